@@ -1,0 +1,108 @@
+"""The `genrec` command line (argparse): train and eval. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from genrec.config import PRESETS, Config, load_config_file, preset
+from genrec.data import DATASETS
+
+# The embedded default is a minutes-long CPU demo on synthetic data, not the paper's 101 epochs.
+SYNTHETIC_DEFAULT_EPOCHS = 8
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genrec", description="Generative Recommenders (HSTU).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a generative retriever and evaluate it")
+    train.add_argument("--dataset", choices=DATASETS, default=None)
+    train.add_argument("--data-dir", default=None, help="directory or file holding the data set")
+    train.add_argument("--model", choices=sorted(PRESETS), default="hstu", help="model preset")
+    train.add_argument("--config", type=Path, default=None, help="TOML file overriding the preset")
+    train.add_argument("--out", type=Path, default=Path("runs/default"))
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    train.add_argument("--epochs", type=int, default=None)
+    train.add_argument("--mode", choices=("paper", "validated"), default=None)
+    train.add_argument("--tie-order", choices=("stable", "paper"), default=None)
+    train.add_argument("--attention-backend", choices=("auto", "torch", "triton"), default=None)
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    train.add_argument("--no-progress", action="store_true")
+    evaluate = commands.add_parser("eval", help="evaluate a trained run")
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help="run directory of genrec train")
+    evaluate.add_argument("--split", choices=("valid", "test"), default="test")
+    evaluate.add_argument("--out", type=Path, default=None, help="where metrics.json goes (default: --checkpoint)")
+    return parser
+
+
+def _train_config(args: argparse.Namespace) -> Config:
+    config = preset(args.model)
+    if args.config is not None:
+        config = load_config_file(args.config, config)
+    overrides = {
+        ("data", "dataset"): args.dataset, ("data", "path"): args.data_dir, ("data", "mode"): args.mode,
+        ("data", "tie_order"): args.tie_order, ("train", "device"): args.device,
+        ("train", "epochs"): args.epochs, ("train", "seed"): args.seed,
+        ("model", "attention_backend"): args.attention_backend,
+    }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            setattr(getattr(config, section), key, value)
+    if args.skip_bad_rows:
+        config.data.skip_bad_rows = True
+    if config.data.dataset == "synthetic" and args.epochs is None and args.config is None:
+        config.train.epochs = SYNTHETIC_DEFAULT_EPOCHS
+    return config.validate()
+
+
+def _print_table(title: str, columns: dict[str, dict[str, float]]) -> None:
+    keys = list(next(iter(columns.values())))
+    print(f"\n{title}")
+    print(f"{'metric':<10}" + "".join(f"{name:>14}" for name in columns))
+    for key in keys:
+        print(f"{key:<10}" + "".join(f"{values[key]:>14.4f}" for values in columns.values()))
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from genrec.train.trainer import Trainer
+
+    if args.resume:
+        from genrec.config import config_from_dict
+        saved = args.out / "config.json"
+        if not saved.is_file():
+            raise ValueError(f"{args.out}: nothing to resume (no config.json)")
+        config = config_from_dict(json.loads(saved.read_text()))
+        if args.epochs is not None:
+            config.train.epochs = args.epochs
+    else:
+        config = _train_config(args)
+    summary = Trainer(config, args.out, progress=not args.no_progress).fit(resume=args.resume)
+    _print_table(f"test metrics ({config.model.architecture}, {config.data.dataset}, "
+                 f"{summary['epoch']} epochs, {summary['train_seconds']:.0f} s)",
+                 {"model": summary["metrics"], "popularity": summary["popularity"]})
+    print(f"\nwrote {args.out / 'metrics.json'}")
+
+
+def _run_eval(args: argparse.Namespace) -> None:
+    from genrec.train.checkpoint import atomic_write_bytes
+    from genrec.train.trainer import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.split)
+    _print_table(f"{args.split} metrics", {"model": result["metrics"], "popularity": result["popularity"]})
+    out = args.out or args.checkpoint
+    atomic_write_bytes(out / "metrics.json", json.dumps(result["metrics"], indent=2).encode())
+    print(f"\nwrote {out / 'metrics.json'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        {"train": _run_train, "eval": _run_eval}[args.command](args)
+    except ValueError as error:
+        print(f"genrec: error: {error}", file=sys.stderr)
+        return 2
+    return 0

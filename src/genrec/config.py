@@ -1,0 +1,190 @@
+"""Run configuration: nested dataclasses are the schema; TOML files override them; unknown keys fail.
+
+Presets carry the paper's ML-1M settings (official configs): max_seq_len 200, d = 50, dropout 0.2,
+128 sampled negatives, temperature 0.05, AdamW lr 1e-3 betas (0.9, 0.98), batch 128, 101 epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    path: str | None = None
+    mode: str = "paper"  # paper | validated (see genrec.data.splits)
+    tie_order: str = "stable"  # stable | paper (see genrec.data.sequences.event_order)
+    max_seq_len: int = 200
+    skip_bad_rows: bool = False
+    synthetic_seed: int = 0
+
+
+@dataclass
+class RabConfig:
+    """Relative attention bias rab^{p,t}: learned bias per relative position and per time-gap bucket."""
+
+    position: bool = True
+    time: bool = True  # switched off automatically for data without timestamps
+    num_time_buckets: int = 128
+    time_bucket_scale: float = 0.301  # bucket = floor(ln(max(|dt|, 1)) / scale)
+
+
+@dataclass
+class ModelConfig:
+    architecture: str = "hstu"  # hstu | sasrec
+    embedding_dim: int = 50
+    num_layers: int = 2
+    num_heads: int = 1
+    qk_dim: int = 50  # per head
+    v_dim: int = 50  # per head
+    dropout: float = 0.2
+    rab: RabConfig = field(default_factory=RabConfig)
+    attention_backend: str = "auto"  # auto | torch | triton
+
+
+@dataclass
+class LossConfig:
+    num_negatives: int = 128
+    in_batch_negatives: int = 0  # extra negatives drawn from the batch's targets (logQ-corrected)
+    temperature: float = 0.05
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 101
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    seed: int = 42
+    device: str = "auto"  # auto | cpu | cuda
+    eval_every: int = 1  # epochs between validation passes (validated mode)
+    eval_batch_size: int = 512
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class EvalConfig:
+    ks: tuple[int, ...] = (10, 50, 200)
+    exclude_history: bool = True
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "Config":
+        checks = [
+            (self.data.mode in ("paper", "validated"), "data.mode must be 'paper' or 'validated'"),
+            (self.data.tie_order in ("stable", "paper"), "data.tie_order must be 'stable' or 'paper'"),
+            (self.data.max_seq_len >= 2, "data.max_seq_len must be >= 2"),
+            (self.model.architecture in ("hstu", "sasrec"), "model.architecture must be 'hstu' or 'sasrec'"),
+            (self.model.embedding_dim > 0 and self.model.num_layers > 0 and self.model.num_heads > 0,
+             "model.embedding_dim, num_layers and num_heads must be positive"),
+            (self.model.qk_dim > 0 and self.model.v_dim > 0, "model.qk_dim and v_dim must be positive"),
+            (0.0 <= self.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+            (self.model.rab.num_time_buckets > 0 and self.model.rab.time_bucket_scale > 0,
+             "model.rab.num_time_buckets and time_bucket_scale must be positive"),
+            (self.model.attention_backend in ("auto", "torch", "triton"),
+             "model.attention_backend must be auto, torch or triton"),
+            (self.train.epochs >= 0, "train.epochs must be >= 0"),
+            (self.train.batch_size > 0 and self.train.eval_batch_size > 0, "batch sizes must be positive"),
+            (self.train.learning_rate > 0, "train.learning_rate must be positive"),
+            (self.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
+            (self.train.eval_every > 0, "train.eval_every must be positive"),
+            (self.train.loss.num_negatives > 0, "train.loss.num_negatives must be positive"),
+            (self.train.loss.in_batch_negatives >= 0, "train.loss.in_batch_negatives must be >= 0"),
+            (self.train.loss.temperature > 0, "train.loss.temperature must be positive"),
+            (len(self.eval.ks) > 0 and all(k > 0 for k in self.eval.ks), "eval.ks must be positive"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"bad config: {message}")
+        if self.model.architecture == "sasrec" and self.model.embedding_dim % self.model.num_heads:
+            raise ValueError("bad config: sasrec needs embedding_dim divisible by num_heads")
+        return self
+
+
+def _preset_hstu_large(config: Config) -> None:
+    config.model.num_layers, config.model.num_heads = 8, 2
+    config.model.qk_dim = config.model.v_dim = 25
+
+
+def _preset_sasrec(config: Config) -> None:
+    config.model.architecture = "sasrec"
+    config.model.num_layers, config.model.num_heads = 2, 1
+
+
+PRESETS = {"hstu": lambda config: None, "hstu-large": _preset_hstu_large, "sasrec": _preset_sasrec}
+
+
+def preset(name: str) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; expected one of {', '.join(PRESETS)}")
+    config = Config()
+    PRESETS[name](config)
+    return config
+
+
+def apply_overrides(target: Any, overrides: dict[str, Any], where: str = "") -> None:
+    """Recursively sets dataclass fields from a nested dict; unknown keys and wrong types fail."""
+    known = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in overrides.items():
+        name = f"{where}{key}"
+        if key not in known:
+            raise ValueError(f"bad config: unknown key {name!r}; expected one of {', '.join(known)}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"bad config: {name} must be a table")
+            apply_overrides(current, value, f"{name}.")
+            continue
+        if isinstance(current, tuple):
+            value = tuple(value) if isinstance(value, list) else value
+        expected = type(current) if current is not None else (str, type(None))
+        if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (isinstance(value, bool) and not isinstance(current, bool)):
+            raise ValueError(f"bad config: {name} = {value!r} has the wrong type "
+                             f"(expected {type(current).__name__})")
+        setattr(target, key, value)
+
+
+def load_config_file(path: Path, base: Config) -> Config:
+    try:
+        with open(path, "rb") as handle:
+            overrides = tomllib.load(handle)
+    except FileNotFoundError as error:
+        raise ValueError(f"{path}: no such config file") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ValueError(f"{path}: not valid TOML: {error}") from error
+    apply_overrides(base, overrides)
+    return base
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    config = Config()
+    apply_overrides(config, values)
+    return config.validate()
+
+
+def config_to_json(config: Config) -> str:
+    return json.dumps(config_to_dict(config), indent=2, sort_keys=True)

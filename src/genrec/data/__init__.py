@@ -1,0 +1,41 @@
+"""Readers, protocol splits and the jagged SequenceBatch. Stands alone: imports no other genrec layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genrec.data.batch import SequenceBatch, make_batch
+from genrec.data.event_log import read_event_log
+from genrec.data.events import Events
+from genrec.data.movielens import read_movielens
+from genrec.data.sequence_files import read_s3rec, read_sasrec
+from genrec.data.sequences import JaggedEvents, SequenceData, build_sequences
+from genrec.data.splits import EvalSplit, ProtocolSplit, leave_one_out, min_length_for
+from genrec.data.synthetic import SyntheticSpec, generate_events
+
+DATASETS = ("synthetic", "ml-1m", "ml-100k", "ml-20m", "sasrec", "s3rec", "events")
+
+
+def load_events(dataset: str, path: str | Path | None, skip_bad_rows: bool = False,
+                seed: int = 0) -> Events:
+    """Reads a data set by name; `path` is a directory or file (unused for synthetic)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if dataset == "synthetic":
+        return generate_events(SyntheticSpec(seed=seed))
+    if path is None:
+        raise ValueError(f"dataset {dataset!r} needs --data-dir (a directory or file)")
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or directory")
+    if dataset.startswith("ml-"):
+        return read_movielens(dataset, path, skip_bad_rows)
+    if path.is_dir():
+        raise ValueError(f"{path}: dataset {dataset!r} needs a file, not a directory")
+    readers = {"sasrec": read_sasrec, "s3rec": read_s3rec, "events": read_event_log}
+    return readers[dataset](path, skip_bad_rows)
+
+
+__all__ = ["DATASETS", "EvalSplit", "Events", "JaggedEvents", "ProtocolSplit", "SequenceBatch",
+           "SequenceData", "SyntheticSpec", "build_sequences", "generate_events", "leave_one_out",
+           "load_events", "make_batch", "min_length_for"]

@@ -1,0 +1,62 @@
+"""SequenceBatch: the one data contract between data and model (jagged, never padded).
+
+Shapes: B sequences, T tokens in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from genrec.data.sequences import JaggedEvents
+
+
+@dataclass
+class SequenceBatch:
+    """item_ids int64 [T] (dense, >= 1); seq_offsets int64 [B+1]; timestamps int64 [T] or None;
+    ratings float32 [T] or None; max_seq_len: the bound every sequence respects."""
+
+    item_ids: torch.Tensor
+    seq_offsets: torch.Tensor
+    max_seq_len: int
+    timestamps: torch.Tensor | None = None
+    ratings: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.seq_offsets.dtype != torch.int64 or self.seq_offsets.dim() != 1:
+            raise ValueError("seq_offsets must be int64 [B+1]")
+        if int(self.seq_offsets[-1]) != self.item_ids.shape[0]:
+            raise ValueError("seq_offsets[-1] must equal the number of tokens")
+        if self.num_sequences and int(self.lengths.max()) > self.max_seq_len:
+            raise ValueError(f"a sequence is longer than max_seq_len={self.max_seq_len}")
+
+    @property
+    def num_sequences(self) -> int:
+        return self.seq_offsets.shape[0] - 1
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.seq_offsets[1:] - self.seq_offsets[:-1]
+
+    def to(self, device: torch.device | str) -> "SequenceBatch":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in moved.items():
+            if isinstance(value, torch.Tensor):
+                moved[name] = value.to(device, non_blocking=True)
+        return SequenceBatch(**moved)
+
+
+def make_batch(sequences: JaggedEvents, users: np.ndarray, max_seq_len: int,
+               drop_last: int = 0) -> SequenceBatch:
+    """The chosen users' most recent `max_seq_len` events (after dropping the last `drop_last`)."""
+    window = sequences.window(np.asarray(users, np.int64), max_seq_len, drop_last)
+    as_tensor = (lambda a, dtype: None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(dtype))
+    return SequenceBatch(
+        item_ids=as_tensor(window.item_ids, torch.int64),
+        seq_offsets=as_tensor(window.offsets, torch.int64),
+        max_seq_len=max_seq_len,
+        timestamps=as_tensor(window.timestamps, torch.int64),
+        ratings=as_tensor(window.ratings, torch.float32),
+    )

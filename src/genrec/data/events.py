@@ -1,0 +1,95 @@
+"""Interaction events in file order, and the row-level error policy shared by every reader."""
+
+from __future__ import annotations
+
+import gzip
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+
+@dataclass
+class Events:
+    """One row per interaction, in the order the source lists them.
+
+    timestamps is None for sources without time (the time bias is then off); ratings holds the
+    explicit rating where the source has one; actions holds extra per-event signal columns.
+    """
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    timestamps: np.ndarray | None = None
+    ratings: np.ndarray | None = None
+    actions: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = ""
+    skipped_rows: int = 0
+
+    def __post_init__(self) -> None:
+        n = len(self.user_ids)
+        columns = {"item_ids": self.item_ids, "timestamps": self.timestamps, "ratings": self.ratings}
+        columns.update({f"actions[{k}]": a for k, a in self.actions.items()})
+        for name, column in columns.items():
+            if column is not None and len(column) != n:
+                raise ValueError(f"{self.source}: column {name} has {len(column)} rows, expected {n}")
+        if n == 0:
+            raise ValueError(f"{self.source}: no events (empty data set)")
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+class BadRows:
+    """Raises on the first malformed row, or (skip=True) skips and counts them."""
+
+    def __init__(self, source: str, skip: bool) -> None:
+        self.source = source
+        self.skip = skip
+        self.count = 0
+
+    def report(self, line_number: int, reason: str) -> None:
+        if not self.skip:
+            raise ValueError(f"{self.source}:{line_number}: {reason} (use --skip-bad-rows to skip such rows)")
+        self.count += 1
+
+
+def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
+    """Opens a text file, transparently gunzipping `*.gz`; a missing file is a clear error."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, newline="")
+    return open(path, encoding=encoding, newline="")
+
+
+def split_lines(path: Path, separator: str | None, encoding: str = "utf-8",
+                skip_header: bool = False) -> Iterator[tuple[int, list[str]]]:
+    """Yields (1-based line number, fields) for every non-blank line."""
+    with open_text(path, encoding) as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if skip_header and line_number == 1:
+                continue
+            line = line.strip()
+            if line:
+                yield line_number, line.split(separator)
+
+
+def parse_int(text: str, what: str, line_number: int, bad: BadRows) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        bad.report(line_number, f"{what} {text!r} is not an integer")
+        return None
+
+
+def parse_number(text: str, what: str, line_number: int, bad: BadRows) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not np.isfinite(value):
+        bad.report(line_number, f"{what} {text!r} is not a finite number")
+        return None
+    return value

@@ -1,0 +1,54 @@
+"""MovieLens readers: ML-1M (`ratings.dat`, `::`), ML-100K (`u.data`, tab), ML-20M (`ratings.csv`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from genrec.data.events import BadRows, Events, parse_int, parse_number, split_lines
+
+# file names tried, in order, inside a --data-dir; separator; header line; encoding
+_LAYOUTS = {
+    "ml-1m": (("ratings.dat", "ratings.dat.gz"), "::", False, "latin-1"),
+    "ml-100k": (("u.data", "u.data.gz"), "\t", False, "latin-1"),
+    "ml-20m": (("ratings.csv", "ratings.csv.gz"), ",", True, "utf-8"),
+}
+
+
+def find_ratings_file(dataset: str, path: Path) -> Path:
+    """`path` may name the ratings file itself or the directory holding it."""
+    names = _LAYOUTS[dataset][0]
+    if path.is_file():
+        return path
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    raise ValueError(f"{path}: no {' or '.join(names)} found for dataset {dataset}")
+
+
+def read_movielens(dataset: str, path: Path, skip_bad_rows: bool = False) -> Events:
+    """Reads `user item rating timestamp` rows; ratings and timestamps are kept."""
+    if dataset not in _LAYOUTS:
+        raise ValueError(f"unknown MovieLens dataset {dataset!r}; expected one of {sorted(_LAYOUTS)}")
+    _, separator, header, encoding = _LAYOUTS[dataset]
+    ratings_file = find_ratings_file(dataset, path)
+    bad = BadRows(str(ratings_file), skip_bad_rows)
+    users, items, ratings, times = [], [], [], []
+    for line_number, fields in split_lines(ratings_file, separator, encoding, skip_header=header):
+        if len(fields) != 4:
+            bad.report(line_number, f"expected 4 fields separated by {separator!r}, got {len(fields)}")
+            continue
+        user = parse_int(fields[0], "user id", line_number, bad)
+        item = parse_int(fields[1], "item id", line_number, bad) if user is not None else None
+        rating = parse_number(fields[2], "rating", line_number, bad) if item is not None else None
+        stamp = parse_int(fields[3], "timestamp", line_number, bad) if rating is not None else None
+        if stamp is None:
+            continue
+        users.append(user)
+        items.append(item)
+        ratings.append(rating)
+        times.append(stamp)
+    return Events(np.asarray(users, np.int64), np.asarray(items, np.int64),
+                  timestamps=np.asarray(times, np.int64), ratings=np.asarray(ratings, np.float32),
+                  source=str(ratings_file), skipped_rows=bad.count)

@@ -1,0 +1,46 @@
+"""Preprocessed sequence files: SASRec (`user item` per line) and S3-Rec (`user item item ...`).
+
+Both list each user's items in time order and carry no timestamps, so the time bias is off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from genrec.data.events import BadRows, Events, parse_int, split_lines
+
+
+def read_sasrec(path: Path, skip_bad_rows: bool = False) -> Events:
+    bad = BadRows(str(path), skip_bad_rows)
+    users, items = [], []
+    for line_number, fields in split_lines(path, None):
+        if len(fields) != 2:
+            bad.report(line_number, f"expected 2 fields 'user item', got {len(fields)}")
+            continue
+        user = parse_int(fields[0], "user id", line_number, bad)
+        item = parse_int(fields[1], "item id", line_number, bad) if user is not None else None
+        if item is not None:
+            users.append(user)
+            items.append(item)
+    return Events(np.asarray(users, np.int64), np.asarray(items, np.int64), source=str(path),
+                  skipped_rows=bad.count)
+
+
+def read_s3rec(path: Path, skip_bad_rows: bool = False) -> Events:
+    bad = BadRows(str(path), skip_bad_rows)
+    users, items = [], []
+    for line_number, fields in split_lines(path, None):
+        if len(fields) < 2:
+            bad.report(line_number, "expected 'user item [item ...]', got fewer than 2 fields")
+            continue
+        try:
+            values = [int(f) for f in fields]
+        except ValueError:
+            bad.report(line_number, "user and item ids must be integers")
+            continue
+        users.extend([values[0]] * (len(values) - 1))
+        items.extend(values[1:])
+    return Events(np.asarray(users, np.int64), np.asarray(items, np.int64), source=str(path),
+                  skipped_rows=bad.count)

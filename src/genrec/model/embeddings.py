@@ -1,0 +1,37 @@
+"""Input embedding (official HSTU/SASRec recipe): item embedding x sqrt(d) + learned absolute position.
+
+Shapes: T tokens, D embedding dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.ops.jagged import positions_in_sequence
+
+
+class InputEmbedding(nn.Module):
+    def __init__(self, num_items: int, embedding_dim: int, max_seq_len: int, dropout: float) -> None:
+        super().__init__()
+        self.item = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)
+        self.position = nn.Embedding(max_seq_len, embedding_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = math.sqrt(embedding_dim)
+        nn.init.trunc_normal_(self.item.weight, std=0.02, a=-0.04, b=0.04)
+        nn.init.trunc_normal_(self.position.weight, std=math.sqrt(1.0 / embedding_dim))
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+
+    def forward(self, item_ids: torch.Tensor, seq_offsets: torch.Tensor) -> torch.Tensor:
+        """item_ids [T], seq_offsets [B+1] -> [T, D]."""
+        positions = positions_in_sequence(seq_offsets, item_ids.shape[0])
+        return self.dropout(self.item(item_ids) * self.scale + self.position(positions))
+
+    def normalized_items(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """l2-normalised item embeddings ([num_items + 1, D] for the whole table)."""
+        table = self.item.weight if item_ids is None else self.item(item_ids)
+        return F.normalize(table, dim=-1)

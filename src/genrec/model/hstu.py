@@ -1,0 +1,64 @@
+"""HSTU encoder (paper Eq. 1-3, with the official research code's details).
+
+Per layer: X^ = LayerNorm(X) (no affine); U, V, Q, K = Split(SiLU(W1 X^)) (no bias);
+A V with A = SiLU(Q K^T + rab) / N under the causal mask; Y = X + W2 Dropout(U * LayerNorm(A V)).
+Shapes: T tokens, D model dim, H heads, Dqk / Dv per-head dims.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.config import ModelConfig
+from genrec.model.rab import RelativeBias
+from genrec.ops import hstu_attention
+from genrec.ops.jagged import lengths_from_offsets
+
+
+class HSTULayer(nn.Module):
+    def __init__(self, config: ModelConfig, max_seq_len: int, use_time: bool) -> None:
+        super().__init__()
+        self.num_heads, self.qk_dim, self.v_dim = config.num_heads, config.qk_dim, config.v_dim
+        self.max_seq_len = max_seq_len
+        self.backend = config.attention_backend
+        dim = config.embedding_dim
+        self.uvqk = nn.Linear(dim, self.num_heads * (2 * self.v_dim + 2 * self.qk_dim), bias=False)
+        self.output = nn.Linear(self.num_heads * self.v_dim, dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.rab = RelativeBias(max_seq_len, config.rab.num_time_buckets, config.rab.time_bucket_scale,
+                                use_position=config.rab.position, use_time=config.rab.time and use_time)
+        nn.init.normal_(self.uvqk.weight, std=0.02)
+        nn.init.xavier_uniform_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
+                num_targets: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, D] -> [T, D]."""
+        normed = F.layer_norm(x, x.shape[-1:])
+        hv, hqk = self.num_heads * self.v_dim, self.num_heads * self.qk_dim
+        u, v, q, k = torch.split(F.silu(self.uvqk(normed)), [hv, hv, hqk, hqk], dim=-1)
+        rab = None
+        if self.rab.enabled:
+            longest = int(lengths_from_offsets(seq_offsets).max()) if x.shape[0] else 0
+            rab = self.rab(seq_offsets, timestamps, longest)
+        attended = hstu_attention(
+            q.reshape(-1, self.num_heads, self.qk_dim), k.reshape(-1, self.num_heads, self.qk_dim),
+            v.reshape(-1, self.num_heads, self.v_dim), seq_offsets, max_seq_len=self.max_seq_len,
+            alpha=1.0, num_targets=num_targets, rab=rab, backend=self.backend,
+        ).reshape(-1, hv)
+        gated = u * F.layer_norm(attended, attended.shape[-1:])
+        return x + self.output(self.dropout(gated))
+
+
+class HSTUEncoder(nn.Module):
+    def __init__(self, config: ModelConfig, max_seq_len: int, use_time: bool) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(HSTULayer(config, max_seq_len, use_time) for _ in range(config.num_layers))
+
+    def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
+                num_targets: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, seq_offsets, timestamps, num_targets)
+        return x

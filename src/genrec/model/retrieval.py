@@ -1,0 +1,41 @@
+"""Generative retriever: embeds the history, encodes it (HSTU or SASRec) and emits an
+l2-normalised user embedding at every position, to be matched against l2-normalised items.
+
+Shapes: T tokens, B sequences, D embedding dim, I items (+1 for padding id 0).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.config import ModelConfig
+from genrec.data.batch import SequenceBatch
+from genrec.model.embeddings import InputEmbedding
+from genrec.model.hstu import HSTUEncoder
+from genrec.model.sasrec import SASRecEncoder
+
+
+class SequentialRetriever(nn.Module):
+    def __init__(self, config: ModelConfig, num_items: int, max_seq_len: int, use_time: bool) -> None:
+        super().__init__()
+        self.num_items = num_items
+        self.max_seq_len = max_seq_len
+        self.embedding = InputEmbedding(num_items, config.embedding_dim, max_seq_len, config.dropout)
+        if config.architecture == "hstu":
+            self.encoder: nn.Module = HSTUEncoder(config, max_seq_len, use_time)
+        elif config.architecture == "sasrec":
+            self.encoder = SASRecEncoder(config, max_seq_len)
+        else:
+            raise ValueError(f"unknown architecture {config.architecture!r}")
+
+    def forward(self, batch: SequenceBatch) -> torch.Tensor:
+        """User embedding after every token: [T, D], l2-normalised."""
+        x = self.embedding(batch.item_ids, batch.seq_offsets)
+        x = self.encoder(x, batch.seq_offsets, batch.timestamps)
+        return F.normalize(x, dim=-1)
+
+    def item_embeddings(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """l2-normalised item embeddings: [I, D] for the whole table (row 0 = padding) or [*ids, D]."""
+        return self.embedding.normalized_items(item_ids)

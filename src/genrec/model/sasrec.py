@@ -1,0 +1,67 @@
+"""SASRec baseline (Kang & McAuley 2018): softmax causal Transformer with learned positions,
+laid out as the official SASRec (LayerNorm'd query, residual from it, point-wise FFN, final norm).
+
+Runs padded internally (it is the baseline, not the hot path). Shapes: T tokens, B sequences,
+n longest length, D model dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.config import ModelConfig
+from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets, padded_to_jagged
+
+
+class SASRecBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.ffn_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout), nn.ReLU(), nn.Linear(dim, dim),
+                                 nn.Dropout(dropout))
+        self.dropout = dropout
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """x [B, n, D]; padding [B, n] True where there is no token."""
+        query = self.attention_norm(x)
+        key, value = self.kv(x).chunk(2, dim=-1)
+        attended = F.scaled_dot_product_attention(
+            self._heads(self.q(query)), self._heads(key), self._heads(value), is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0)
+        x = query + self.out(attended.transpose(1, 2).reshape(x.shape))
+        x = self.ffn_norm(x)
+        x = x + self.ffn(x)
+        return x.masked_fill(padding.unsqueeze(-1), 0.0)
+
+
+class SASRecEncoder(nn.Module):
+    def __init__(self, config: ModelConfig, max_seq_len: int) -> None:
+        super().__init__()
+        dim = config.embedding_dim
+        self.blocks = nn.ModuleList(SASRecBlock(dim, config.num_heads, config.dropout)
+                                    for _ in range(config.num_layers))
+        self.final_norm = nn.LayerNorm(dim, eps=1e-8)
+
+    def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
+                num_targets: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, D] -> [T, D]; timestamps are unused (SASRec has no time signal)."""
+        if num_targets is not None:
+            raise ValueError("SASRec does not support candidate (num_targets) scoring")
+        lengths = lengths_from_offsets(seq_offsets)
+        n = int(lengths.max()) if lengths.numel() else 0
+        padded = jagged_to_padded(x, seq_offsets, n)
+        padding = torch.arange(n, device=x.device).view(1, n) >= lengths.view(-1, 1)
+        for block in self.blocks:
+            padded = block(padded, padding)
+        return padded_to_jagged(self.final_norm(padded), seq_offsets)

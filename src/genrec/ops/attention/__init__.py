@@ -1,0 +1,54 @@
+"""genrec.ops.hstu_attention: pointwise (SiLU, no softmax) jagged attention of HSTU (paper Eq. 2)."""
+
+from __future__ import annotations
+
+import torch
+
+from genrec.ops.attention.reference import attention_mask, hstu_attention_reference
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets: torch.Tensor,
+                  max_seq_len: int, num_targets: torch.Tensor | None) -> None:
+    if q.dim() != 3 or k.shape != q.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
+        raise ValueError(f"expected q, k [T, H, Dqk] and v [T, H, Dv]; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if seq_offsets.dim() != 1 or seq_offsets.dtype != torch.int64:
+        raise ValueError("seq_offsets must be a 1-D int64 tensor [B+1]")
+    if max_seq_len <= 0:
+        raise ValueError(f"max_seq_len must be positive, got {max_seq_len}")
+    if num_targets is not None and num_targets.shape[0] != seq_offsets.shape[0] - 1:
+        raise ValueError("num_targets must have one entry per sequence")
+
+
+def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets: torch.Tensor, *,
+                   max_seq_len: int, alpha: float, num_targets: torch.Tensor | None = None,
+                   rab: torch.Tensor | None = None, max_attn_len: int = 0,
+                   contextual_seq_len: int = 0, backend: str = "auto") -> torch.Tensor:
+    """Jagged HSTU attention.
+
+    out_i = sum_j valid(i, j) * SiLU(alpha * q_i.k_j + rab_ij) / max_seq_len * v_j, where
+    valid(i, j) is causal within a sequence; with num_targets[b] = m the last m tokens of
+    sequence b are candidates that attend to the history and themselves only (see
+    `attention_mask` for max_attn_len and contextual_seq_len).
+
+    Args:
+        q, k: [T, H, Dqk]; v: [T, H, Dv]; seq_offsets: int64 [B+1].
+        max_seq_len: N, the bound on every length and the attention's normaliser.
+        rab: optional dense relative bias [B, H or 1, N, N] indexed by position in sequence.
+        backend: "torch" (reference), "triton" (fused kernel) or "auto" (triton on CUDA).
+    Returns:
+        [T, H, Dv] in q's dtype.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _check_inputs(q, k, v, seq_offsets, max_seq_len, num_targets)
+    if backend == "triton":
+        raise ValueError("the Triton backend is not available in this build; use backend='torch'")
+    return hstu_attention_reference(q, k, v, seq_offsets, max_seq_len=max_seq_len, alpha=alpha,
+                                    num_targets=num_targets, rab=rab, max_attn_len=max_attn_len,
+                                    contextual_seq_len=contextual_seq_len)
+
+
+__all__ = ["BACKENDS", "attention_mask", "hstu_attention", "hstu_attention_reference"]

@@ -1,0 +1,64 @@
+"""Plain-PyTorch HSTU attention: the specification every fused kernel is tested against.
+
+Shapes: B sequences, T tokens, N = max_seq_len, H heads, Dqk / Dv head dims.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets, padded_to_jagged
+
+
+def attention_mask(lengths: torch.Tensor, n: int, num_targets: torch.Tensor | None = None,
+                   max_attn_len: int = 0, contextual_seq_len: int = 0) -> torch.Tensor:
+    """[B, n, n] bool: may query i attend to key j (both positions inside the same sequence).
+
+    With L = length, m = num_targets, Lh = L - m and p(i) = min(i, Lh) (candidates share the
+    position right after the history):
+      valid(i, j) = j == i, or j < p(i) and (max_attn_len == 0 or p(i) - j <= max_attn_len),
+                    or j < contextual_seq_len, or (i < contextual_seq_len and j < Lh);
+    and always i < L, j < L. So history is causal, a candidate sees the history and itself,
+    never another candidate, and the first contextual_seq_len tokens see and are seen by all.
+    """
+    device = lengths.device
+    i = torch.arange(n, device=device).view(1, n, 1)
+    j = torch.arange(n, device=device).view(1, 1, n)
+    seq_len = lengths.view(-1, 1, 1)
+    history_len = seq_len if num_targets is None else seq_len - num_targets.view(-1, 1, 1)
+    query_pos = torch.minimum(i, history_len)
+    past = j < query_pos
+    if max_attn_len > 0:
+        past = past & (query_pos - j <= max_attn_len)
+    valid = (j == i) | past
+    if contextual_seq_len > 0:
+        valid = valid | (j < contextual_seq_len) | ((i < contextual_seq_len) & (j < history_len))
+    return valid & (i < seq_len) & (j < seq_len)
+
+
+def hstu_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             seq_offsets: torch.Tensor, *, max_seq_len: int, alpha: float,
+                             num_targets: torch.Tensor | None = None,
+                             rab: torch.Tensor | None = None, max_attn_len: int = 0,
+                             contextual_seq_len: int = 0) -> torch.Tensor:
+    """out_i = sum_j valid(i, j) * SiLU(alpha * q_i.k_j + rab_ij) / max_seq_len * v_j.
+
+    q, k: [T, H, Dqk]; v: [T, H, Dv]; rab: [B, H or 1, N, N] indexed by position in sequence.
+    Computes in the inputs' dtype (so it doubles as the low-precision reference). Returns [T, H, Dv].
+    """
+    lengths = lengths_from_offsets(seq_offsets)
+    if lengths.numel() == 0 or q.shape[0] == 0:
+        return v.new_zeros(v.shape)
+    n = int(lengths.max())
+    qp = jagged_to_padded(q, seq_offsets, n).transpose(1, 2)  # [B, H, n, Dqk]
+    kp = jagged_to_padded(k, seq_offsets, n).transpose(1, 2)
+    vp = jagged_to_padded(v, seq_offsets, n).transpose(1, 2)  # [B, H, n, Dv]
+    scores = alpha * torch.matmul(qp, kp.transpose(-1, -2))   # [B, H, n, n]
+    if rab is not None:
+        scores = scores + rab[:, :, :n, :n].to(scores.dtype)
+    mask = attention_mask(lengths, n, num_targets, max_attn_len, contextual_seq_len)
+    weights = F.silu(scores) / max_seq_len
+    weights = weights * mask.unsqueeze(1).to(weights.dtype)
+    out = torch.matmul(weights, vp).transpose(1, 2)           # [B, n, H, Dv]
+    return padded_to_jagged(out, seq_offsets)

@@ -1,0 +1,72 @@
+"""Jagged (values + offsets) helpers. Shapes: B sequences, T tokens, N max length, D features.
+
+`seq_offsets` is int64 [B+1] with seq_offsets[0] = 0 and seq_offsets[-1] = T; sequence b owns
+rows seq_offsets[b]:seq_offsets[b+1] of every [T, ...] tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def lengths_from_offsets(seq_offsets: torch.Tensor) -> torch.Tensor:
+    """[B+1] offsets -> [B] lengths."""
+    return seq_offsets[1:] - seq_offsets[:-1]
+
+
+def offsets_from_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    """[B] lengths -> [B+1] int64 offsets."""
+    offsets = torch.zeros(lengths.numel() + 1, dtype=torch.int64, device=lengths.device)
+    torch.cumsum(lengths.to(torch.int64), dim=0, out=offsets[1:])
+    return offsets
+
+
+def sequence_ids(seq_offsets: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
+    """[T] index of the sequence each token belongs to."""
+    lengths = lengths_from_offsets(seq_offsets)
+    ids = torch.arange(lengths.numel(), device=seq_offsets.device)
+    return torch.repeat_interleave(ids, lengths, output_size=num_tokens)
+
+
+def positions_in_sequence(seq_offsets: torch.Tensor, num_tokens: int | None = None) -> torch.Tensor:
+    """[T] 0-based position of each token inside its own sequence."""
+    total = int(seq_offsets[-1]) if num_tokens is None else num_tokens
+    seq_ids = sequence_ids(seq_offsets, total)
+    return torch.arange(total, device=seq_offsets.device) - seq_offsets[seq_ids]
+
+
+def last_positions(seq_offsets: torch.Tensor) -> torch.Tensor:
+    """[B] flat index of each sequence's last token (sequences must be non-empty)."""
+    return seq_offsets[1:] - 1
+
+
+def jagged_to_padded(values: torch.Tensor, seq_offsets: torch.Tensor, max_len: int,
+                     padding_value: float = 0.0) -> torch.Tensor:
+    """values [T, *F] -> [B, max_len, *F]; sequences longer than max_len are an error."""
+    lengths = lengths_from_offsets(seq_offsets)
+    if lengths.numel() and int(lengths.max()) > max_len:
+        raise ValueError(f"a sequence of length {int(lengths.max())} exceeds max_len={max_len}")
+    num_seqs = lengths.numel()
+    out = values.new_full((num_seqs, max_len, *values.shape[1:]), padding_value)
+    seq_ids = sequence_ids(seq_offsets, values.shape[0])
+    pos = positions_in_sequence(seq_offsets, values.shape[0])
+    out[seq_ids, pos] = values
+    return out
+
+
+def padded_to_jagged(padded: torch.Tensor, seq_offsets: torch.Tensor) -> torch.Tensor:
+    """[B, N, *F] -> [T, *F], keeping the first length(b) rows of each sequence."""
+    total = int(seq_offsets[-1])
+    seq_ids = sequence_ids(seq_offsets, total)
+    pos = positions_in_sequence(seq_offsets, total)
+    return padded[seq_ids, pos]
+
+
+def next_in_sequence(values: torch.Tensor, seq_offsets: torch.Tensor) -> torch.Tensor:
+    """[T] -> [T]: each token's successor within its sequence; a sequence's last token keeps its own."""
+    total = values.shape[0]
+    idx = torch.arange(total, device=values.device) + 1
+    last = torch.zeros(total, dtype=torch.bool, device=values.device)
+    last[last_positions(seq_offsets)[lengths_from_offsets(seq_offsets) > 0]] = True
+    idx = torch.where(last, idx - 1, idx)
+    return values[idx]

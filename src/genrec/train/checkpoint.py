@@ -1,0 +1,93 @@
+"""Checkpoints: one safetensors file holding model, optimiser and RNG state, written atomically
+(temp file + fsync + os.replace), so a crash never leaves a half-written checkpoint behind.
+
+Keys: `model.<name>`, `optim.<param index>.<state name>`, `rng.<name>`; metadata (JSON strings):
+`config`, `trainer_state`, `param_groups`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+try:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save
+except ImportError:  # pragma: no cover - exercised only without the train extra
+    safe_open = load_file = save = None
+
+
+def _require_safetensors() -> None:
+    if save is None:
+        raise ValueError("checkpoints need safetensors: pip install 'genrec[train]'")
+
+
+@dataclass
+class Checkpoint:
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+    rng: dict[str, torch.Tensor]
+    config: dict[str, Any]
+    state: dict[str, Any]
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            tmp.write(payload)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+                    rng: dict[str, torch.Tensor], config: dict[str, Any], state: dict[str, Any]) -> None:
+    _require_safetensors()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"config": json.dumps(config), "trainer_state": json.dumps(state)}
+    if optimizer is not None:
+        optim_state = optimizer.state_dict()
+        for index, per_param in optim_state["state"].items():
+            for name, value in per_param.items():
+                tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+                tensors[f"optim.{index}.{name}"] = tensor.detach().cpu().contiguous()
+        metadata["param_groups"] = json.dumps(optim_state["param_groups"])
+    tensors.update({f"rng.{k}": v.cpu().contiguous() for k, v in rng.items()})
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    _require_safetensors()
+    if not path.is_file():
+        raise ValueError(f"{path}: no such checkpoint")
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    if "config" not in metadata or "trainer_state" not in metadata:
+        raise ValueError(f"{path}: not a genrec checkpoint (metadata lacks config/trainer_state)")
+    optimizer = None
+    if "param_groups" in metadata:
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        optimizer = {"state": state, "param_groups": json.loads(metadata["param_groups"])}
+    return Checkpoint(
+        model={k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")},
+        optimizer=optimizer,
+        rng={k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")},
+        config=json.loads(metadata["config"]),
+        state=json.loads(metadata["trainer_state"]),
+    )

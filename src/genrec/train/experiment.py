@@ -1,0 +1,46 @@
+"""Builds what a run needs from a Config: the protocol split, the model and the device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from genrec.config import Config
+from genrec.data import ProtocolSplit, build_sequences, leave_one_out, load_events, min_length_for
+from genrec.model import SequentialRetriever
+
+
+@dataclass
+class PreparedData:
+    split: ProtocolSplit
+    num_items: int
+    has_timestamps: bool
+    item_vocab: np.ndarray  # dense id k -> source id item_vocab[k - 1]
+    summary: dict[str, int | str]
+
+
+def prepare_data(config: Config) -> PreparedData:
+    data_config = config.data
+    events = load_events(data_config.dataset, data_config.path, data_config.skip_bad_rows,
+                         seed=data_config.synthetic_seed)
+    data = build_sequences(events, data_config.tie_order, min_length_for(data_config.mode))
+    summary = {
+        "source": data.source, "events": len(events), "skipped_rows": events.skipped_rows,
+        "users": data.sequences.num_users, "dropped_users": data.dropped_users, "items": data.num_items,
+    }
+    return PreparedData(leave_one_out(data, data_config.mode), data.num_items,
+                        events.timestamps is not None, data.item_vocab, summary)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_model(config: Config, num_items: int, has_timestamps: bool) -> SequentialRetriever:
+    return SequentialRetriever(config.model, num_items, config.data.max_seq_len, use_time=has_timestamps)

@@ -1,0 +1,40 @@
+"""Sampled softmax over l2-normalised embeddings (the paper's retrieval loss).
+
+Shapes: P predicting positions, D dim, S uniform negatives per position, M in-batch negatives.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddings, num_items: int,
+                         num_negatives: int, temperature: float, generator: torch.Generator,
+                         in_batch_negatives: int = 0) -> torch.Tensor:
+    """Mean cross-entropy of the positive against S uniform negatives per position.
+
+    user: [P, D] l2-normalised; targets: [P] dense item ids (>= 1); item_embeddings(ids) returns
+    l2-normalised rows. A negative equal to the positive is masked. Optional in-batch negatives are
+    M of the batch's targets shared by all positions, logQ-corrected against uniform sampling so
+    popular items are not over-penalised.
+    """
+    positives = (user * item_embeddings(targets)).sum(-1, keepdim=True)  # [P, 1]
+    negative_ids = torch.randint(1, num_items + 1, (targets.shape[0], num_negatives),
+                                 device=targets.device, generator=generator)
+    negatives = torch.bmm(item_embeddings(negative_ids), user.unsqueeze(-1)).squeeze(-1)  # [P, S]
+    negatives = negatives.masked_fill(negative_ids == targets.unsqueeze(1), float("-inf"))
+    logits = [positives, negatives]
+    if in_batch_negatives > 0:
+        pick = torch.randint(0, targets.shape[0], (in_batch_negatives,), device=targets.device,
+                             generator=generator)
+        pool = targets[pick]
+        counts = torch.bincount(targets, minlength=num_items + 1).to(user.dtype)
+        log_q = torch.log(counts[pool] / targets.shape[0]) + math.log(num_items)  # vs uniform q = 1/I
+        in_batch = user @ item_embeddings(pool).T - log_q * temperature
+        logits.append(in_batch.masked_fill(pool.unsqueeze(0) == targets.unsqueeze(1), float("-inf")))
+    logits = torch.cat(logits, dim=1) / temperature
+    zeros = torch.zeros(targets.shape[0], dtype=torch.int64, device=targets.device)
+    return F.cross_entropy(logits.float(), zeros)

@@ -1,0 +1,197 @@
+"""Generative retrieval training: next-item prediction at every position with sampled softmax.
+
+Reads top to bottom: set-up, one epoch, evaluation, the fit loop with checkpoints and selection.
+Checkpoints are written at every epoch end (last.safetensors) and, in validated mode, when the
+validation NDCG@10 improves (best.safetensors); --resume continues bit-exactly from last.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from genrec.config import Config, config_from_dict, config_to_dict, config_to_json
+from genrec.data import EvalSplit, make_batch
+from genrec.eval.metrics import summarize
+from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
+from genrec.ops.jagged import lengths_from_offsets, next_in_sequence
+from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from genrec.train.experiment import build_model, prepare_data, resolve_device
+from genrec.train.losses import sampled_softmax_loss
+
+SELECTION_METRIC = "ndcg@10"
+
+
+class Trainer:
+    def __init__(self, config: Config, out_dir: Path, log: Callable[[str], None] = print,
+                 progress: bool = True) -> None:
+        self.config = config.validate()
+        self.out_dir = out_dir
+        self.log = log
+        self.progress = progress
+        self.device = resolve_device(config.train.device)
+        self.data = prepare_data(config)
+        self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+        torch.manual_seed(config.train.seed)
+        self.model = build_model(config, self.data.num_items, self.data.has_timestamps).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.learning_rate,
+                                           betas=config.train.betas, weight_decay=config.train.weight_decay)
+        self.shuffle_generator = torch.Generator().manual_seed(config.train.seed)
+        self.sample_generator = torch.Generator(self.device).manual_seed(config.train.seed + 1)
+        self.state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "valid": []}
+        self.writer = None
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.log("TensorBoard logging off (pip install 'genrec[train]' for tensorboard)")
+            return None
+        return SummaryWriter(str(self.out_dir / "tensorboard"))
+
+    # ---- one epoch -------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        train = self.data.split.train
+        order = torch.randperm(train.num_users, generator=self.shuffle_generator).numpy()
+        batch_size, loss_config = self.config.train.batch_size, self.config.train.loss
+        total_loss, total_positions, total_tokens, started = 0.0, 0, 0, time.perf_counter()
+        for start in range(0, len(order), batch_size):
+            batch = make_batch(train, order[start:start + batch_size], self.config.data.max_seq_len)
+            batch = batch.to(self.device)
+            # predict each token's successor; a sequence's last token has none
+            targets = next_in_sequence(batch.item_ids, batch.seq_offsets)
+            has_target = torch.ones_like(targets, dtype=torch.bool)
+            has_target[batch.seq_offsets[1:] - 1] = False
+            if not bool(has_target.any()):
+                continue
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                users = self.model(batch)[has_target]
+                loss = sampled_softmax_loss(users, targets[has_target], self.model.item_embeddings,
+                                            self.data.num_items, loss_config.num_negatives,
+                                            loss_config.temperature, self.sample_generator,
+                                            loss_config.in_batch_negatives)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.state["step"] += 1
+            total_loss += loss.item() * int(has_target.sum())
+            total_positions += int(has_target.sum())
+            total_tokens += int(lengths_from_offsets(batch.seq_offsets).sum())
+        seconds = time.perf_counter() - started
+        return {"loss": total_loss / max(1, total_positions), "tokens_per_s": total_tokens / seconds,
+                "seconds": seconds}
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def evaluate(self, split: EvalSplit) -> dict[str, float]:
+        self.model.eval()
+        ranks = rank_split(model_scorer(self.model, self.autocast_dtype), split, self.config.data.max_seq_len,
+                           self.config.train.eval_batch_size, self.device, self.config.eval.exclude_history)
+        return summarize(ranks, self.config.eval.ks)
+
+    def popularity_baseline(self, split: EvalSplit) -> dict[str, float]:
+        scorer = popularity_scorer(self.data.split.train.item_ids, self.data.num_items, self.device)
+        ranks = rank_split(scorer, split, self.config.data.max_seq_len, self.config.train.eval_batch_size,
+                           self.device, self.config.eval.exclude_history)
+        return summarize(ranks, self.config.eval.ks)
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def _rng_state(self) -> dict[str, torch.Tensor]:
+        rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle_generator.get_state(),
+               "sample": self.sample_generator.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
+
+    def save(self, name: str) -> None:
+        save_checkpoint(self.out_dir / name, self.model, self.optimizer, self._rng_state(),
+                        config_to_dict(self.config), self.state)
+
+    def resume(self) -> None:
+        checkpoint = load_checkpoint(self.out_dir / "last.safetensors")
+        self.model.load_state_dict(checkpoint.model)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        torch.set_rng_state(checkpoint.rng["torch"])
+        self.shuffle_generator.set_state(checkpoint.rng["shuffle"])
+        self.sample_generator.set_state(checkpoint.rng["sample"])
+        if "cuda" in checkpoint.rng and self.device.type == "cuda":
+            torch.cuda.set_rng_state(checkpoint.rng["cuda"], self.device)
+        self.state = checkpoint.state
+        self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
+
+    # ---- the run ---------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, float]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.out_dir / "config.json", config_to_json(self.config).encode())
+        self.writer = self._tensorboard()
+        if resume:
+            self.resume()
+        split, epochs = self.data.split, self.config.train.epochs
+        self.log(f"data: {json.dumps(self.data.summary)}; mode {split.mode}; device {self.device}")
+        started = time.perf_counter()
+        bar = _progress(range(self.state["epoch"], epochs), self.progress, "train")
+        for epoch in bar:
+            stats = self.train_epoch()
+            self.state["epoch"] = epoch + 1
+            self._scalars("train", stats, epoch + 1)
+            postfix = {"loss": f"{stats['loss']:.3f}", "tok/s": f"{stats['tokens_per_s']:.0f}"}
+            if split.valid is not None and ((epoch + 1) % self.config.train.eval_every == 0 or epoch + 1 == epochs):
+                valid = self.evaluate(split.valid)
+                self._scalars("valid", valid, epoch + 1)
+                self.state["valid"].append({"epoch": epoch + 1, **valid})
+                postfix[f"valid {SELECTION_METRIC}"] = f"{valid[SELECTION_METRIC]:.4f}"
+                if self.state["best_metric"] is None or valid[SELECTION_METRIC] > self.state["best_metric"]:
+                    self.state["best_metric"], self.state["best_epoch"] = valid[SELECTION_METRIC], epoch + 1
+                    self.save("best.safetensors")
+            self.save("last.safetensors")
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(postfix)
+        if split.valid is not None and self.state["best_epoch"] is not None:
+            self.model.load_state_dict(load_checkpoint(self.out_dir / "best.safetensors").model)
+            self.log(f"selected epoch {self.state['best_epoch']} on validation {SELECTION_METRIC}")
+        metrics = self.evaluate(split.test)
+        summary = {"split": "test", "metrics": metrics, "popularity": self.popularity_baseline(split.test),
+                   "train_seconds": time.perf_counter() - started, **self.state, "data": self.data.summary}
+        atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+        atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        if self.writer is not None:
+            self._scalars("test", metrics, self.state["epoch"])
+            self.writer.close()
+        return summary
+
+    def _scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{key}", value, step)
+
+
+def _progress(iterable, enabled: bool, description: str):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, desc=description, unit="epoch", dynamic_ncols=True)
+
+
+def evaluate_checkpoint(run_dir: Path, split_name: str, log: Callable[[str], None] = print) -> dict:
+    """Re-evaluates a finished run (best checkpoint in validated mode, else last) on valid or test."""
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{run_dir}: no config.json (not a genrec run directory)")
+    config = config_from_dict(json.loads(config_path.read_text()))
+    trainer = Trainer(config, run_dir, log=log, progress=False)
+    best = run_dir / "best.safetensors"
+    checkpoint = best if best.is_file() else run_dir / "last.safetensors"
+    trainer.model.load_state_dict(load_checkpoint(checkpoint).model)
+    split = trainer.data.split.test if split_name == "test" else trainer.data.split.valid
+    if split is None:
+        raise ValueError(f"{run_dir}: mode 'paper' has no validation split; use --split test")
+    log(f"evaluating {checkpoint} on {split_name}")
+    return {"split": split_name, "metrics": trainer.evaluate(split), "popularity": trainer.popularity_baseline(split)}
