@@ -28,6 +28,8 @@ class DataConfig:
     max_seq_len: int = 200
     skip_bad_rows: bool = False
     synthetic_seed: int = 0
+    synthetic_users: int = 2000
+    synthetic_items: int = 1000
 
 
 @dataclass

@@ -17,12 +17,12 @@ DATASETS = ("synthetic", "ml-1m", "ml-100k", "ml-20m", "sasrec", "s3rec", "event
 
 
 def load_events(dataset: str, path: str | Path | None, skip_bad_rows: bool = False,
-                seed: int = 0) -> Events:
+                synthetic: SyntheticSpec = SyntheticSpec()) -> Events:
     """Reads a data set by name; `path` is a directory or file (unused for synthetic)."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     if dataset == "synthetic":
-        return generate_events(SyntheticSpec(seed=seed))
+        return generate_events(synthetic)
     if path is None:
         raise ValueError(f"dataset {dataset!r} needs --data-dir (a directory or file)")
     path = Path(path)

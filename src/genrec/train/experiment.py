@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from genrec.config import Config
-from genrec.data import ProtocolSplit, build_sequences, leave_one_out, load_events, min_length_for
+from genrec.data import ProtocolSplit, SyntheticSpec, build_sequences, leave_one_out, load_events, min_length_for
 from genrec.model import SequentialRetriever
 
 
@@ -23,8 +23,9 @@ class PreparedData:
 
 def prepare_data(config: Config) -> PreparedData:
     data_config = config.data
-    events = load_events(data_config.dataset, data_config.path, data_config.skip_bad_rows,
-                         seed=data_config.synthetic_seed)
+    synthetic = SyntheticSpec(num_users=data_config.synthetic_users, num_items=data_config.synthetic_items,
+                              seed=data_config.synthetic_seed)
+    events = load_events(data_config.dataset, data_config.path, data_config.skip_bad_rows, synthetic)
     data = build_sequences(events, data_config.tie_order, min_length_for(data_config.mode))
     summary = {
         "source": data.source, "events": len(events), "skipped_rows": events.skipped_rows,

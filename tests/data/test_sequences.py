@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from genrec.data import Events, build_sequences, leave_one_out, make_batch
+from genrec.data.sequences import event_order
+
+
+def events(users, items, stamps=None):
+    return Events(np.array(users), np.array(items), None if stamps is None else np.array(stamps))
+
+
+def test_sorting_remapping_and_dropping():
+    data = build_sequences(events([2, 1, 1, 2, 3], [30, 20, 10, 20, 99], [5, 2, 1, 4, 7]), min_length=2)
+    assert data.dropped_users == 1  # user 3 has one event
+    assert data.user_vocab.tolist() == [1, 2]
+    assert data.item_vocab.tolist() == [10, 20, 30, 99]
+    assert data.sequences.item_ids.tolist() == [1, 2, 2, 3]  # user 1: 10, 20; user 2: 20, 30 by time
+    assert data.sequences.offsets.tolist() == [0, 2, 4]
+
+
+def test_tie_orders():
+    # all stamps equal: stable keeps file order, whatever the sort
+    tied = events([1] * 20, list(range(20, 0, -1)), [7] * 20)
+    stable = build_sequences(tied, "stable")
+    assert stable.sequences.item_ids.tolist() == list(range(20, 0, -1))
+    paper_order = event_order(tied, "paper")
+    assert sorted(paper_order.tolist()) == list(range(20))
+    with pytest.raises(ValueError, match="tie_order"):
+        event_order(tied, "random")
+
+
+def test_paper_tie_order_is_pandas_sort_then_groupby():
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    users, items, stamps = rng.integers(1, 30, 3000), rng.integers(1, 500, 3000), rng.integers(0, 40, 3000)
+    frame = pd.DataFrame({"user_id": users, "item_id": items, "ts": stamps})
+    grouped = frame.sort_values(by=["ts"]).groupby("user_id")
+    expected = [i for _, group in grouped for i in group.item_id.tolist()]
+    order = event_order(events(users, items, stamps), "paper")
+    assert items[order].tolist() == expected
+
+
+def test_leave_one_out_modes():
+    data = build_sequences(events([1] * 4 + [2] * 3, [1, 2, 3, 4, 5, 6, 7], list(range(7))), min_length=3)
+    paper = leave_one_out(data, "paper")
+    assert paper.valid is None
+    assert paper.train.item_ids.tolist() == [1, 2, 3, 5, 6]
+    assert paper.test.target_items.tolist() == [4, 7]
+    validated = leave_one_out(data, "validated")
+    assert validated.train.item_ids.tolist() == [1, 2, 5]
+    assert validated.valid.target_items.tolist() == [3, 6]
+    assert validated.valid.histories.item_ids.tolist() == [1, 2, 5]
+    assert validated.test.histories.item_ids.tolist() == [1, 2, 3, 5, 6]
+    with pytest.raises(ValueError, match="mode"):
+        leave_one_out(data, "peeking")
+
+
+def test_make_batch_truncates_to_most_recent():
+    data = build_sequences(events([1] * 5 + [2] * 2, [1, 2, 3, 4, 5, 6, 7], list(range(7))))
+    batch = make_batch(data.sequences, np.array([1, 0]), max_seq_len=3)
+    assert batch.item_ids.tolist() == [6, 7, 3, 4, 5]
+    assert batch.seq_offsets.tolist() == [0, 2, 5]
+    assert batch.timestamps.tolist() == [5, 6, 2, 3, 4]

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from genrec.config import preset
+from genrec.data.batch import SequenceBatch
+from genrec.model import SequentialRetriever
+from genrec.ops.jagged import offsets_from_lengths
+
+
+def make_batch(lengths, num_items=30, max_seq_len=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    total = sum(lengths)
+    return SequenceBatch(item_ids=torch.randint(1, num_items + 1, (total,), generator=generator),
+                         seq_offsets=offsets_from_lengths(torch.tensor(lengths)), max_seq_len=max_seq_len,
+                         timestamps=torch.cumsum(torch.randint(1, 5000, (total,), generator=generator), 0))
+
+
+def sub_batch(batch, index, lengths):
+    start = sum(lengths[:index])
+    end = start + lengths[index]
+    return SequenceBatch(batch.item_ids[start:end], offsets_from_lengths(torch.tensor([lengths[index]])),
+                         batch.max_seq_len, batch.timestamps[start:end])
+
+
+@pytest.mark.parametrize("name", ["hstu", "hstu-large", "sasrec"])
+def test_outputs_are_normalised_causal_and_per_sequence(name):
+    config = preset(name)
+    config.model.embedding_dim = 16
+    if name != "sasrec":
+        config.model.qk_dim = config.model.v_dim = 8
+    torch.manual_seed(0)
+    model = SequentialRetriever(config.model, num_items=30, max_seq_len=12, use_time=True).eval()
+    lengths = [5, 1, 7]
+    batch = make_batch(lengths)
+    out = model(batch)
+    assert out.shape == (13, 16)
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(13))
+    # jagged batching: a sequence's output does not depend on its neighbours
+    torch.testing.assert_close(out[6:], model(sub_batch(batch, 2, lengths)), atol=1e-5, rtol=1e-5)
+    # causality: changing the last item leaves earlier positions unchanged
+    changed = make_batch(lengths)
+    changed.item_ids[12] = (changed.item_ids[12] % 30) + 1
+    torch.testing.assert_close(model(changed)[6:12], out[6:12], atol=1e-6, rtol=1e-6)
+    assert model.item_embeddings().shape == (31, 16)
+
+
+def test_hstu_time_bias_changes_outputs_only_when_on():
+    config = preset("hstu")
+    torch.manual_seed(0)
+    with_time = SequentialRetriever(config.model, 30, 12, use_time=True).eval()
+    batch = make_batch([6])
+    shifted = make_batch([6])
+    shifted.timestamps = shifted.timestamps * 50
+    assert not torch.allclose(with_time(batch), with_time(shifted))
+    without_time = SequentialRetriever(config.model, 30, 12, use_time=False).eval()
+    torch.testing.assert_close(without_time(batch), without_time(shifted))

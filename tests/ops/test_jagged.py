@@ -1,0 +1,55 @@
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from genrec.ops.jagged import (jagged_to_padded, lengths_from_offsets, next_in_sequence, offsets_from_lengths,
+                               padded_to_jagged, positions_in_sequence, sequence_ids)
+
+lengths_strategy = st.lists(st.integers(0, 7), min_size=1, max_size=6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(lengths_strategy)
+def test_offsets_round_trip(lengths):
+    offsets = offsets_from_lengths(torch.tensor(lengths))
+    assert offsets.dtype == torch.int64
+    assert offsets.tolist()[0] == 0 and offsets.tolist()[-1] == sum(lengths)
+    assert lengths_from_offsets(offsets).tolist() == lengths
+
+
+@settings(max_examples=50, deadline=None)
+@given(lengths_strategy)
+def test_positions_and_ids_match_python_loop(lengths):
+    offsets = offsets_from_lengths(torch.tensor(lengths))
+    expected_pos = [p for n in lengths for p in range(n)]
+    expected_ids = [b for b, n in enumerate(lengths) for _ in range(n)]
+    assert positions_in_sequence(offsets).tolist() == expected_pos
+    assert sequence_ids(offsets).tolist() == expected_ids
+
+
+@settings(max_examples=50, deadline=None)
+@given(lengths_strategy)
+def test_padded_round_trip_and_padding_value(lengths):
+    offsets = offsets_from_lengths(torch.tensor(lengths))
+    values = torch.randn(sum(lengths), 3)
+    padded = jagged_to_padded(values, offsets, max(lengths) + 1, padding_value=-7.0)
+    assert padded.shape == (len(lengths), max(lengths) + 1, 3)
+    for b, n in enumerate(lengths):
+        assert torch.all(padded[b, n:] == -7.0)
+    assert torch.equal(padded_to_jagged(padded, offsets), values)
+
+
+def test_jagged_to_padded_rejects_too_long():
+    offsets = offsets_from_lengths(torch.tensor([3]))
+    try:
+        jagged_to_padded(torch.zeros(3), offsets, 2)
+    except ValueError as error:
+        assert "exceeds max_len" in str(error)
+    else:
+        raise AssertionError("expected ValueError")
+
+
+def test_next_in_sequence_keeps_last_token():
+    offsets = offsets_from_lengths(torch.tensor([3, 1, 0, 2]))
+    values = torch.tensor([10, 11, 12, 20, 30, 31])
+    assert next_in_sequence(values, offsets).tolist() == [11, 12, 12, 20, 31, 31]

@@ -1,0 +1,43 @@
+import pytest
+
+from genrec.config import Config, apply_overrides, config_from_dict, config_to_dict, load_config_file, preset
+
+
+def test_presets_carry_paper_settings():
+    hstu, large, sas = preset("hstu"), preset("hstu-large"), preset("sasrec")
+    assert (hstu.model.num_layers, hstu.model.num_heads, hstu.model.qk_dim) == (2, 1, 50)
+    assert (large.model.num_layers, large.model.num_heads, large.model.qk_dim, large.model.v_dim) == (8, 2, 25, 25)
+    assert sas.model.architecture == "sasrec"
+    for config in (hstu, large, sas):
+        assert config.data.max_seq_len == 200 and config.model.dropout == 0.2
+        assert config.train.loss.num_negatives == 128 and config.train.loss.temperature == 0.05
+        assert config.train.learning_rate == 1e-3 and config.train.betas == (0.9, 0.98)
+
+
+def test_round_trip():
+    config = preset("hstu-large")
+    assert config_to_dict(config_from_dict(config_to_dict(config))) == config_to_dict(config)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model": {"layers": 3}}, "unknown key 'model.layers'"),
+    ({"train": {"epochs": "many"}}, "train.epochs = 'many' has the wrong type"),
+    ({"data": 3}, "data must be a table"),
+    ({"train": {"loss": {"temperature": True}}}, "wrong type"),
+])
+def test_bad_overrides(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        apply_overrides(Config(), overrides)
+
+
+def test_validation_and_files(tmp_path):
+    config = Config()
+    config.model.dropout = 1.5
+    with pytest.raises(ValueError, match="dropout"):
+        config.validate()
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config_file(bad, Config())
+    with pytest.raises(ValueError, match="no such config file"):
+        load_config_file(tmp_path / "none.toml", Config())

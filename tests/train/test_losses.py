@@ -1,0 +1,46 @@
+import math
+
+import torch
+import torch.nn.functional as F
+
+from genrec.train.losses import sampled_softmax_loss
+
+
+def table(num_items, dim, seed=0):
+    weights = F.normalize(torch.randn(num_items + 1, dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
+    return lambda ids: weights[ids]
+
+
+def test_matches_explicit_softmax_over_sampled_set():
+    items = table(50, 8)
+    user = F.normalize(torch.randn(4, 8), dim=-1)
+    targets = torch.tensor([1, 2, 3, 4])
+    loss = sampled_softmax_loss(user, targets, items, 50, 16, 0.1, torch.Generator().manual_seed(3))
+    negatives = torch.randint(1, 51, (4, 16), generator=torch.Generator().manual_seed(3))
+    expected = 0.0
+    for p in range(4):
+        logits = [float(user[p] @ items(targets[p])) / 0.1]
+        logits += [float(user[p] @ items(n)) / 0.1 for n in negatives[p] if n != targets[p]]
+        expected += -(logits[0] - math.log(sum(math.exp(x) for x in logits)))
+    assert math.isclose(loss.item(), expected / 4, rel_tol=1e-5)
+
+
+def test_negative_equal_to_positive_is_masked():
+    """With a one-item corpus every negative is the positive: the loss must be exactly zero."""
+    items = table(1, 4)
+    user = F.normalize(torch.randn(3, 4), dim=-1)
+    loss = sampled_softmax_loss(user, torch.ones(3, dtype=torch.int64), items, 1, 8, 0.05,
+                                torch.Generator().manual_seed(0), in_batch_negatives=4)
+    assert loss.item() == 0.0
+
+
+def test_in_batch_negatives_add_terms_and_gradients():
+    items = table(100, 8)
+    user = F.normalize(torch.randn(6, 8), dim=-1).requires_grad_()
+    targets = torch.tensor([5, 5, 7, 9, 11, 13])
+    base = sampled_softmax_loss(user, targets, items, 100, 4, 0.05, torch.Generator().manual_seed(0))
+    more = sampled_softmax_loss(user, targets, items, 100, 4, 0.05, torch.Generator().manual_seed(0),
+                                in_batch_negatives=6)
+    assert more.item() > base.item()
+    more.backward()
+    assert torch.isfinite(user.grad).all() and user.grad.abs().sum() > 0
