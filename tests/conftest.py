@@ -1,4 +1,14 @@
+import os
 from pathlib import Path
+
+# Triton kernels run on CPU tensors through Triton's interpreter; it must be chosen before the
+# kernels are defined, so before any test module imports them.
+try:
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:  # pragma: no cover
+    pass
 
 import pytest
 

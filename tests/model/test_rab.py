@@ -2,7 +2,8 @@ import math
 
 import torch
 
-from genrec.model.rab import RelativeBias, time_buckets
+from genrec.model.rab import RelativeBias
+from genrec.ops.attention import dense_bias, time_buckets
 from genrec.ops.jagged import offsets_from_lengths
 
 
@@ -21,7 +22,7 @@ def test_dense_bias_matches_definition():
     rab = RelativeBias(n_max, num_time_buckets=16, time_bucket_scale=0.5)
     offsets = offsets_from_lengths(torch.tensor(lengths))
     stamps = torch.tensor([100, 130, 500, 9000, 7, 50])
-    dense = rab(offsets, stamps, 4)
+    dense = dense_bias(rab(stamps), offsets, 4, n_max)
     assert dense.shape == (2, 1, 4, 4)
     start = 0
     for b, length in enumerate(lengths):
@@ -37,6 +38,6 @@ def test_dense_bias_matches_definition():
 
 def test_disabled_parts():
     offsets = offsets_from_lengths(torch.tensor([3]))
-    assert RelativeBias(4, 8, 0.3, use_position=False, use_time=False)(offsets, torch.arange(3), 3) is None
-    only_pos = RelativeBias(4, 8, 0.3, use_time=True)(offsets, None, 3)  # no timestamps: position only
+    assert RelativeBias(4, 8, 0.3, use_position=False, use_time=False)(torch.arange(3)) is None
+    only_pos = dense_bias(RelativeBias(4, 8, 0.3, use_time=True)(None), offsets, 3, 4)  # no timestamps
     assert only_pos.shape == (1, 1, 3, 3)

@@ -14,7 +14,6 @@ from torch import nn
 from genrec.config import ModelConfig
 from genrec.model.rab import RelativeBias
 from genrec.ops import hstu_attention
-from genrec.ops.jagged import lengths_from_offsets
 
 
 class HSTULayer(nn.Module):
@@ -39,14 +38,10 @@ class HSTULayer(nn.Module):
         normed = F.layer_norm(x, x.shape[-1:])
         hv, hqk = self.num_heads * self.v_dim, self.num_heads * self.qk_dim
         u, v, q, k = torch.split(F.silu(self.uvqk(normed)), [hv, hv, hqk, hqk], dim=-1)
-        rab = None
-        if self.rab.enabled:
-            longest = int(lengths_from_offsets(seq_offsets).max()) if x.shape[0] else 0
-            rab = self.rab(seq_offsets, timestamps, longest)
         attended = hstu_attention(
             q.reshape(-1, self.num_heads, self.qk_dim), k.reshape(-1, self.num_heads, self.qk_dim),
             v.reshape(-1, self.num_heads, self.v_dim), seq_offsets, max_seq_len=self.max_seq_len,
-            alpha=1.0, num_targets=num_targets, rab=rab, backend=self.backend,
+            alpha=1.0, num_targets=num_targets, rab=self.rab(timestamps), backend=self.backend,
         ).reshape(-1, hv)
         gated = u * F.layer_norm(attended, attended.shape[-1:])
         return x + self.output(self.dropout(gated))

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 
+from genrec.ops.attention.rab import BucketedBias, dense_bias, time_buckets
 from genrec.ops.attention.reference import attention_mask, hstu_attention_reference
 
 BACKENDS = ("auto", "torch", "triton")
+TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
 
 def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets: torch.Tensor,
@@ -22,9 +26,23 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets
         raise ValueError("num_targets must have one entry per sequence")
 
 
+def _pick_backend(backend: str, q: torch.Tensor, rab) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        fusable = rab is None or isinstance(rab, BucketedBias)
+        return "triton" if q.is_cuda and TRITON_AVAILABLE and fusable else "torch"
+    if backend == "triton":
+        if not TRITON_AVAILABLE:
+            raise ValueError("backend='triton' needs triton (pip install triton)")
+        if isinstance(rab, torch.Tensor):
+            raise ValueError("backend='triton' computes rab in-kernel: pass a BucketedBias, not a dense tensor")
+    return backend
+
+
 def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets: torch.Tensor, *,
                    max_seq_len: int, alpha: float, num_targets: torch.Tensor | None = None,
-                   rab: torch.Tensor | None = None, max_attn_len: int = 0,
+                   rab: torch.Tensor | BucketedBias | None = None, max_attn_len: int = 0,
                    contextual_seq_len: int = 0, backend: str = "auto") -> torch.Tensor:
     """Jagged HSTU attention.
 
@@ -36,19 +54,20 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offset
     Args:
         q, k: [T, H, Dqk]; v: [T, H, Dv]; seq_offsets: int64 [B+1].
         max_seq_len: N, the bound on every length and the attention's normaliser.
-        rab: optional dense relative bias [B, H or 1, N, N] indexed by position in sequence.
+        rab: a BucketedBias (position + time-gap bucket weights, fused in-kernel) or a dense
+            bias [B, H or 1, N, N] indexed by position in sequence (reference backend only).
         backend: "torch" (reference), "triton" (fused kernel) or "auto" (triton on CUDA).
     Returns:
         [T, H, Dv] in q's dtype.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     _check_inputs(q, k, v, seq_offsets, max_seq_len, num_targets)
-    if backend == "triton":
-        raise ValueError("the Triton backend is not available in this build; use backend='torch'")
-    return hstu_attention_reference(q, k, v, seq_offsets, max_seq_len=max_seq_len, alpha=alpha,
-                                    num_targets=num_targets, rab=rab, max_attn_len=max_attn_len,
-                                    contextual_seq_len=contextual_seq_len)
+    arguments = dict(max_seq_len=max_seq_len, alpha=alpha, num_targets=num_targets, rab=rab,
+                     max_attn_len=max_attn_len, contextual_seq_len=contextual_seq_len)
+    if _pick_backend(backend, q, rab) == "triton":
+        from genrec.ops.attention.kernel import hstu_attention_triton
+        return hstu_attention_triton(q, k, v, seq_offsets, **arguments)
+    return hstu_attention_reference(q, k, v, seq_offsets, **arguments)
 
 
-__all__ = ["BACKENDS", "attention_mask", "hstu_attention", "hstu_attention_reference"]
+__all__ = ["BACKENDS", "BucketedBias", "attention_mask", "dense_bias", "hstu_attention",
+           "hstu_attention_reference", "time_buckets"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from genrec.ops.attention.rab import BucketedBias, dense_bias
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets, padded_to_jagged
 
 
@@ -40,11 +41,12 @@ def attention_mask(lengths: torch.Tensor, n: int, num_targets: torch.Tensor | No
 def hstu_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                              seq_offsets: torch.Tensor, *, max_seq_len: int, alpha: float,
                              num_targets: torch.Tensor | None = None,
-                             rab: torch.Tensor | None = None, max_attn_len: int = 0,
+                             rab: torch.Tensor | BucketedBias | None = None, max_attn_len: int = 0,
                              contextual_seq_len: int = 0) -> torch.Tensor:
     """out_i = sum_j valid(i, j) * SiLU(alpha * q_i.k_j + rab_ij) / max_seq_len * v_j.
 
-    q, k: [T, H, Dqk]; v: [T, H, Dv]; rab: [B, H or 1, N, N] indexed by position in sequence.
+    q, k: [T, H, Dqk]; v: [T, H, Dv]; rab: dense [B, H or 1, N, N] indexed by position in
+    sequence, or a BucketedBias (materialised here; the kernel computes it tile by tile).
     Computes in the inputs' dtype (so it doubles as the low-precision reference). Returns [T, H, Dv].
     """
     lengths = lengths_from_offsets(seq_offsets)
@@ -55,6 +57,8 @@ def hstu_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     kp = jagged_to_padded(k, seq_offsets, n).transpose(1, 2)
     vp = jagged_to_padded(v, seq_offsets, n).transpose(1, 2)  # [B, H, n, Dv]
     scores = alpha * torch.matmul(qp, kp.transpose(-1, -2))   # [B, H, n, n]
+    if isinstance(rab, BucketedBias):
+        rab = dense_bias(rab, seq_offsets, n, max_seq_len)
     if rab is not None:
         scores = scores + rab[:, :, :n, :n].to(scores.dtype)
     mask = attention_mask(lengths, n, num_targets, max_attn_len, contextual_seq_len)

@@ -1,0 +1,392 @@
+"""Fused jagged HSTU attention in Triton: forward, and a backward split into a dK/dV kernel (which
+also accumulates the relative-bias weight gradients) and a dQ kernel, so no dQ atomics are needed.
+
+The relative bias rab^{p,t} is computed inside the kernels from positions, timestamps and the
+bucket weights (see rab.py), never materialised. Plain pointers only (no block pointers), so the
+kernels run on triton 3.6 and its CPU interpreter. Head dims need not be powers of two: tiles are
+padded to the next power of two and masked.
+
+Shapes: B sequences, T tokens, H heads, Dqk / Dv head dims, N max_seq_len.
+Grid: (cdiv(N, BLOCK), B * H); programs past a sequence's end exit at once (no host sync).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# triton 3.6's interpreter computes garbage for tl.dot on bf16 operands (seen: errors of 1e10 on a
+# 16x16 product), so under the interpreter products run in fp32; on a GPU bf16 goes to the MMA units.
+_UPCAST_DOTS = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """a @ b with fp32 accumulation; exact fp32 products (no tf32) when the inputs are fp32."""
+    if IEEE or _UPCAST_DOTS:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len, max_attn_len,
+          contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
+          HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
+          HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr):
+    """Scores alpha*q.k + rab and the validity mask for one [BLOCK_M, BLOCK_N] tile; also returns
+    the position and time bucket indices (for the bias gradient)."""
+    s = _dot(q, tl.trans(k), IEEE) * alpha
+    i = offs_m[:, None]
+    j = offs_n[None, :]
+    query_pos = tl.minimum(i, history_len)
+    past = j < query_pos
+    if HAS_WINDOW:
+        past = past & (query_pos - j <= max_attn_len)
+    valid = (i == j) | past
+    if HAS_CONTEXT:
+        valid = valid | (j < contextual_len) | ((i < contextual_len) & (j < history_len))
+    valid = valid & (i < seq_len) & (j < seq_len)
+    rel = tl.minimum(tl.maximum(j - i + max_seq_len - 1, 0), 2 * max_seq_len - 2)
+    bucket = tl.zeros_like(rel)
+    if HAS_POS:
+        s += tl.load(pos_w + rel, mask=valid, other=0.0).to(tl.float32)
+    if HAS_TIME:
+        next_i = tl.minimum(offs_m + 1, seq_len - 1)
+        t_query = tl.load(ts + seq_start + next_i, mask=offs_m < seq_len, other=0)
+        t_key = tl.load(ts + seq_start + offs_n, mask=offs_n < seq_len, other=0)
+        gap = tl.abs(t_query[:, None] - t_key[None, :]).to(tl.float32)
+        bucket = tl.floor(tl.log(tl.maximum(gap, 1.0)) / time_scale).to(tl.int32)
+        bucket = tl.minimum(tl.maximum(bucket, 0), num_buckets)
+        s += tl.load(time_w + bucket, mask=valid, other=0.0).to(tl.float32)
+    return s, valid, rel, bucket
+
+
+@triton.jit
+def _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS: tl.constexpr):
+    seq_start = tl.load(seq_offsets + b)
+    seq_len = (tl.load(seq_offsets + b + 1) - seq_start).to(tl.int32)
+    history_len = seq_len
+    if HAS_TARGETS:
+        history_len = seq_len - tl.load(num_targets + b).to(tl.int32)
+    return seq_start, seq_len, history_len
+
+
+@triton.jit
+def _load_rows(ptr, rows, seq_start, seq_len, stride_t, head_offset, cols, num_cols):
+    mask = (rows < seq_len)[:, None] & (cols < num_cols)[None, :]
+    return tl.load(ptr + (seq_start + rows)[:, None] * stride_t + head_offset + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr):
+    """Key blocks a query block can see: [0, ctx_hi) then [lo, hi), disjoint."""
+    hi = tl.minimum(seq_len, m0 + BLOCK_M)
+    lo = 0
+    if HAS_WINDOW:
+        lo = tl.maximum(tl.minimum(m0, history_len) - max_attn_len, 0) // BLOCK_N * BLOCK_N
+    ctx_hi = 0
+    if HAS_CONTEXT:
+        if m0 < contextual_len:
+            hi = seq_len
+        ctx_hi = tl.minimum(tl.cdiv(contextual_len, BLOCK_N) * BLOCK_N, lo)
+    return ctx_hi, lo, hi
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts,
+                stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
+                H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+                HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
+                HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
+    m0 = pid_m * BLOCK_M
+    if m0 >= seq_len:
+        return
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M, BLOCK_N,
+                                HAS_WINDOW, HAS_CONTEXT)
+    for start_n in range(0, ctx_hi, BLOCK_N):
+        acc = _fwd_step(acc, q, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
+                        stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
+                        pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW,
+                        HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV)
+    for start_n in range(lo, hi, BLOCK_N):
+        acc = _fwd_step(acc, q, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
+                        stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
+                        pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW,
+                        HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV)
+    out_mask = (offs_m < seq_len)[:, None] & (offs_dv < DV)[None, :]
+    tl.store(Out + (seq_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_dv[None, :],
+             acc.to(Out.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _fwd_step(acc, q, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
+              stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
+              pos_w, time_w, ts, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
+              HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
+    v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
+    s, valid, _, _ = _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len,
+                           max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
+                           HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE)
+    p = tl.where(valid, s * tl.sigmoid(s) * inv_n, 0.0)
+    return acc + _dot(p.to(v.dtype), v, IEEE)
+
+
+@triton.jit
+def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, pos_w, time_w, ts,
+                   stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+                   alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
+                   H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+                   HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
+                   HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
+    n0 = pid_n * BLOCK_N
+    if n0 >= seq_len:
+        return
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, offs_dqk, DQK)
+    v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
+    dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    # query blocks that can see this key block: [0, ctx_hi), [lo, hi), then candidates [cand_lo, seq_len)
+    lo = n0 // BLOCK_M * BLOCK_M
+    hi = seq_len
+    ctx_hi = 0
+    if HAS_CONTEXT:
+        if n0 < contextual_len:
+            lo = 0
+        ctx_hi = tl.minimum(tl.cdiv(contextual_len, BLOCK_M) * BLOCK_M, lo)
+    cand_lo = seq_len
+    if HAS_WINDOW:
+        if not (HAS_CONTEXT and n0 < contextual_len):
+            hi = tl.minimum(seq_len, tl.cdiv(n0 + BLOCK_N + max_attn_len, BLOCK_M) * BLOCK_M)
+        cand_lo = tl.maximum(hi, history_len // BLOCK_M * BLOCK_M)
+    for start_m in range(0, ctx_hi, BLOCK_M):
+        dk, dv = _bwd_kv_step(dk, dv, k, v, Q, DO, DPOS, DTIME, start_m, offs_n, seq_start, seq_len, history_len,
+                              stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len,
+                              max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV,
+                              HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV)
+    for start_m in range(lo, hi, BLOCK_M):
+        dk, dv = _bwd_kv_step(dk, dv, k, v, Q, DO, DPOS, DTIME, start_m, offs_n, seq_start, seq_len, history_len,
+                              stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len,
+                              max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV,
+                              HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV)
+    for start_m in range(cand_lo, seq_len, BLOCK_M):
+        dk, dv = _bwd_kv_step(dk, dv, k, v, Q, DO, DPOS, DTIME, start_m, offs_n, seq_start, seq_len, history_len,
+                              stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len,
+                              max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV,
+                              HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV)
+    row_mask = (offs_n < seq_len)[:, None]
+    tl.store(DK + (seq_start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_dqk[None, :],
+             (dk * alpha).to(DK.dtype.element_ty), mask=row_mask & (offs_dqk < DQK)[None, :])
+    tl.store(DV_ + (seq_start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
+             dv.to(DV_.dtype.element_ty), mask=row_mask & (offs_dv < DV)[None, :])
+
+
+@triton.jit
+def _bwd_kv_step(dk, dv, k, v, Q, DO, DPOS, DTIME, start_m, offs_n, seq_start, seq_len, history_len,
+                 stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len,
+                 contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
+                 HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                 HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
+    do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
+    s, valid, rel, bucket = _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len,
+                                  max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
+                                  HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE)
+    sig = tl.sigmoid(s)
+    p = tl.where(valid, s * sig * inv_n, 0.0)
+    dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
+    dp = _dot(do, tl.trans(v), IEEE)
+    ds = tl.where(valid, dp * sig * (1.0 + s * (1.0 - sig)) * inv_n, 0.0)  # d SiLU(s) / ds
+    dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
+    if HAS_POS:
+        tl.atomic_add(DPOS + rel, ds, mask=valid)
+    if HAS_TIME:
+        tl.atomic_add(DTIME + bucket, ds, mask=valid)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts,
+                  stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+                  alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
+                  H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+                  HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
+                  HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
+    m0 = pid_m * BLOCK_M
+    if m0 >= seq_len:
+        return
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
+    do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
+    dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
+    ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M, BLOCK_N,
+                                HAS_WINDOW, HAS_CONTEXT)
+    for start_n in range(0, ctx_hi, BLOCK_N):
+        dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
+                         stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w,
+                         time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT,
+                         IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV)
+    for start_n in range(lo, hi, BLOCK_N):
+        dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
+                         stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w,
+                         time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT,
+                         IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV)
+    tl.store(DQ + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_dqk[None, :],
+             (dq * alpha).to(DQ.dtype.element_ty), mask=(offs_m < seq_len)[:, None] & (offs_dqk < DQK)[None, :])
+
+
+@triton.jit
+def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
+                stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w,
+                ts, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr,
+                HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
+    v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
+    s, valid, _, _ = _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len,
+                           max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
+                           HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE)
+    sig = tl.sigmoid(s)
+    dp = _dot(do, tl.trans(v), IEEE)
+    ds = tl.where(valid, dp * sig * (1.0 + s * (1.0 - sig)) * inv_n, 0.0)
+    return dq + _dot(ds.to(k.dtype), k, IEEE)
+
+
+def _configs(shapes: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+
+
+_TUNE_KEY = ["max_seq_len", "H", "DQK", "DV", "HAS_POS", "HAS_TIME"]
+_ROW_BLOCK_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3),
+                      (128, 32, 4, 3), (64, 32, 4, 3), (128, 128, 8, 2)]
+_KEY_BLOCK_CONFIGS = [(32, 64, 4, 2), (64, 64, 4, 2), (64, 64, 8, 3), (32, 128, 4, 2), (64, 128, 8, 2),
+                      (32, 128, 8, 3)]
+if INTERPRET:  # the CPU interpreter: one small tile, no tuning (it is slow)
+    _fwd, _bwd_kv, _bwd_q = _fwd_kernel, _bwd_kv_kernel, _bwd_q_kernel
+    _FIXED = {"BLOCK_M": 16, "BLOCK_N": 16}
+else:
+    _fwd = triton.autotune(_configs(_ROW_BLOCK_CONFIGS), key=_TUNE_KEY)(_fwd_kernel)
+    _bwd_q = triton.autotune(_configs(_ROW_BLOCK_CONFIGS), key=_TUNE_KEY)(_bwd_q_kernel)
+    _bwd_kv = triton.autotune(_configs(_KEY_BLOCK_CONFIGS), key=_TUNE_KEY,
+                              reset_to_zero=["DPOS", "DTIME"])(_bwd_kv_kernel)
+    _FIXED = {}
+
+
+def _block_dim(d: int) -> int:
+    return max(16, triton.next_power_of_2(d))
+
+
+class _Options:
+    """The non-tensor arguments shared by the three kernels."""
+
+    def __init__(self, q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+                 max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale):
+        has_time = time_weights is not None and timestamps is not None
+        self.scalars = (float(alpha), 1.0 / max_seq_len, int(max_seq_len), int(max_attn_len),
+                        int(contextual_seq_len), float(time_bucket_scale),
+                        int(time_weights.numel() - 1) if time_weights is not None else 0)
+        self.constexprs = dict(
+            H=q.shape[1], DQK=q.shape[2], DV=v.shape[2], HAS_TARGETS=num_targets is not None,
+            HAS_POS=position_weights is not None, HAS_TIME=has_time, HAS_WINDOW=max_attn_len > 0,
+            HAS_CONTEXT=contextual_seq_len > 0, IEEE=q.dtype == torch.float32,
+            BLOCK_DQK=_block_dim(q.shape[2]), BLOCK_DV=_block_dim(v.shape[2]), **_FIXED)
+        dummy = seq_offsets
+        self.pointers = (seq_offsets, dummy if num_targets is None else num_targets,
+                         dummy if position_weights is None else position_weights,
+                         dummy if time_weights is None else time_weights,
+                         dummy if not has_time else timestamps)
+        self.num_heads_x_seqs = (seq_offsets.shape[0] - 1) * q.shape[1]
+        self.max_seq_len = max_seq_len
+
+    def grid(self, block: str):
+        return lambda meta: (triton.cdiv(self.max_seq_len, meta[block]), self.num_heads_x_seqs)
+
+
+class HSTUAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+                max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # gradients then share their strides
+        options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+                           max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale)
+        out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
+        if options.num_heads_x_seqs and q.shape[0]:
+            _fwd[options.grid("BLOCK_M")](q, k, v, out, *options.pointers, q.stride(0), q.stride(1), k.stride(0),
+                                          k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+                                          *options.scalars, **options.constexprs)
+        ctx.save_for_backward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps)
+        ctx.args = (max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps = ctx.saved_tensors
+        options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, *ctx.args)
+        grad_out = grad_out.contiguous()
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+        dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+        dpos = torch.zeros(position_weights.shape if position_weights is not None else 1, dtype=torch.float32,
+                           device=q.device)
+        dtime = torch.zeros(time_weights.shape if time_weights is not None else 1, dtype=torch.float32,
+                            device=q.device)
+        if options.num_heads_x_seqs and q.shape[0]:
+            strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                       grad_out.stride(0), grad_out.stride(1))
+            _bwd_kv[options.grid("BLOCK_N")](q, k, v, grad_out, dk, dv, dpos, dtime, *options.pointers, *strides,
+                                             *options.scalars, **options.constexprs)
+            _bwd_q[options.grid("BLOCK_M")](q, k, v, grad_out, dq, *options.pointers, *strides,
+                                            *options.scalars, **options.constexprs)
+        else:
+            dq.zero_(), dk.zero_(), dv.zero_()
+        grad_pos = None if position_weights is None else dpos.to(position_weights.dtype)
+        grad_time = None if time_weights is None or timestamps is None else dtime.to(time_weights.dtype)
+        return dq, dk, dv, None, None, grad_pos, grad_time, None, None, None, None, None, None
+
+
+def hstu_attention_triton(q, k, v, seq_offsets, *, max_seq_len, alpha, num_targets=None, rab=None,
+                          max_attn_len=0, contextual_seq_len=0):
+    """Fused twin of `hstu_attention_reference`; `rab` is a BucketedBias (computed in-kernel) or None."""
+    position_weights = time_weights = timestamps = None
+    scale = 0.301
+    if rab is not None:
+        position_weights, time_weights, timestamps, scale = (rab.position_weights, rab.time_weights,
+                                                             rab.timestamps, rab.time_bucket_scale)
+    return HSTUAttentionFunction.apply(q, k, v, seq_offsets, num_targets, position_weights, time_weights,
+                                       timestamps, max_seq_len, alpha, max_attn_len, contextual_seq_len, scale)

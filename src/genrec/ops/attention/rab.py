@@ -1,0 +1,56 @@
+"""rab^{p,t} in factored form: learned weights + per-token timestamps, so a fused kernel can
+compute the bias tile by tile instead of reading a dense [B, N, N] tensor.
+
+bias(i, j) = position_weights[j - i + N - 1] + time_weights[bucket(t_{i+1} - t_j)], with
+bucket(dt) = floor(ln(max(|dt|, 1)) / time_bucket_scale) clamped to [0, num_time_buckets] and
+t_{i+1} the query's next event time (a sequence's last query uses its own).
+Shapes: B sequences, T tokens, N max_seq_len, n longest length in the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from genrec.ops.jagged import jagged_to_padded, next_in_sequence
+
+
+@dataclass
+class BucketedBias:
+    position_weights: torch.Tensor | None  # [2N - 1]
+    time_weights: torch.Tensor | None  # [num_time_buckets + 1]
+    timestamps: torch.Tensor | None  # [T] int64; time part is skipped when None
+    time_bucket_scale: float = 0.301
+
+    @property
+    def num_time_buckets(self) -> int:
+        return 0 if self.time_weights is None else self.time_weights.numel() - 1
+
+    @property
+    def uses_time(self) -> bool:
+        return self.time_weights is not None and self.timestamps is not None
+
+
+def time_buckets(delta: torch.Tensor, scale: float, num_buckets: int) -> torch.Tensor:
+    """floor(ln(max(|dt|, 1)) / scale), clamped to [0, num_buckets]."""
+    log_gap = torch.log(delta.abs().clamp(min=1).to(torch.float32))
+    return (log_gap / scale).floor().to(torch.int64).clamp(0, num_buckets)
+
+
+def dense_bias(bias: BucketedBias, seq_offsets: torch.Tensor, n: int, max_seq_len: int) -> torch.Tensor | None:
+    """Materialises [B, 1, n, n] (positions inside each sequence); None when nothing is on."""
+    num_seqs = seq_offsets.shape[0] - 1
+    dense = None
+    if bias.position_weights is not None:
+        i = torch.arange(n, device=seq_offsets.device)
+        relative = i.view(1, n) - i.view(n, 1) + max_seq_len - 1  # j - i + N - 1
+        dense = bias.position_weights[relative].expand(num_seqs, n, n)
+    if bias.uses_time:
+        query_times = jagged_to_padded(next_in_sequence(bias.timestamps, seq_offsets), seq_offsets, n)
+        key_times = jagged_to_padded(bias.timestamps, seq_offsets, n)
+        buckets = time_buckets(query_times.unsqueeze(2) - key_times.unsqueeze(1), bias.time_bucket_scale,
+                               bias.num_time_buckets)
+        time_part = bias.time_weights[buckets]
+        dense = time_part if dense is None else dense + time_part
+    return None if dense is None else dense.unsqueeze(1)
