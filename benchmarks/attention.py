@@ -1,0 +1,117 @@
+"""How fast is the fused HSTU attention? bf16 jagged causal attention against PyTorch SDPA (flash,
+padded, causal softmax) and the PyTorch reference, measured in the same run.
+
+FLOPs counted as in the issue: 2 * H * D * L^2 / 2 per matmul per sequence (causal half); forward
+has 2 matmuls, backward 5, so forward+backward = 3.5x the forward count.
+
+    python benchmarks/attention.py --out benchmarks/results/attention.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from genrec.ops import BucketedBias, hstu_attention  # noqa: E402
+from genrec.ops.jagged import jagged_to_padded, offsets_from_lengths  # noqa: E402
+
+TOKENS = 124_000
+
+
+def make_case(n: int, heads: int, dim: int, num_seqs: int | None, fill: tuple[float, float], seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    count = num_seqs or max(1, TOKENS // int(n * sum(fill) / 2))
+    lengths = torch.randint(int(fill[0] * n), int(fill[1] * n) + 1, (count,), generator=gen)
+    total = int(lengths.sum())
+    make = lambda d: (torch.randn(total, heads, d, generator=gen) * 0.5).to("cuda", torch.bfloat16)  # noqa: E731
+    q, k, v = make(dim), make(dim), make(dim)
+    stamps = torch.cumsum(torch.randint(1, 3600, (total,), generator=gen), 0).cuda()
+    return lengths.cuda(), q, k, v, stamps
+
+
+def time_ms(fn) -> float:
+    return do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def fwd_bwd(fn, leaves):
+    def run():
+        out = fn()
+        out.backward(torch.ones_like(out))
+        for leaf in leaves:
+            leaf.grad = None
+    return run
+
+
+def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), with_rab=False, baselines=True):
+    lengths, q, k, v, stamps = make_case(n, heads, dim, num_seqs, fill, seed=n + dim)
+    offsets = offsets_from_lengths(lengths)
+    flops_fwd = 2 * 2 * heads * dim * float((lengths.double() ** 2).sum()) / 2
+    rab = None
+    if with_rab:
+        rab = BucketedBias(torch.randn(2 * n - 1, device="cuda") * 0.02, torch.randn(129, device="cuda") * 0.02,
+                           stamps)
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    kernel = lambda: hstu_attention(q, k, v, offsets, max_seq_len=n, alpha=1.0 / dim, rab=rab,  # noqa: E731
+                                    backend="triton")
+    row = {"case": name, "N": n, "H": heads, "D": dim, "sequences": len(lengths), "tokens": int(lengths.sum()),
+           "rab": with_rab, "fwd_ms": time_ms(kernel)}
+    try:
+        row["fwd_bwd_ms"] = time_ms(fwd_bwd(kernel, leaves))
+    except Exception as error:  # report, keep measuring the other cases
+        row["fwd_bwd_error"] = repr(error)[:200]
+    if baselines:
+        qp, kp, vp = (jagged_to_padded(t.detach(), offsets, n).transpose(1, 2).contiguous().requires_grad_()
+                      for t in (q, k, v))
+        sdpa = lambda: F.scaled_dot_product_attention(qp, kp, vp, is_causal=True)  # noqa: E731
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            row["sdpa_flash_fwd_ms"] = time_ms(sdpa)
+            row["sdpa_flash_fwd_bwd_ms"] = time_ms(fwd_bwd(sdpa, [qp, kp, vp]))
+        reference = lambda: hstu_attention(q, k, v, offsets, max_seq_len=n, alpha=1.0 / dim, rab=rab,  # noqa: E731
+                                           backend="torch")
+        try:
+            row["reference_fwd_ms"] = time_ms(reference)
+        except torch.OutOfMemoryError:
+            row["reference_fwd_ms"] = None
+        torch.cuda.empty_cache()
+    row["fwd_tflops"] = flops_fwd / row["fwd_ms"] / 1e9
+    if "fwd_bwd_ms" in row:
+        row["fwd_bwd_tflops"] = 3.5 * flops_fwd / row["fwd_bwd_ms"] / 1e9
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attention.json"))
+    parser.add_argument("--quick", action="store_true", help="only N=1024 and 4096")
+    args = parser.parse_args()
+    sizes = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192]
+    rows = [measure(f"D128 N={n}", n, 4, 128) for n in sizes]
+    rows += [measure(f"D128 N={n} rab", n, 4, 128, with_rab=True, baselines=False) for n in sizes]
+    rows.append(measure("D128 N=8192 SL 50% dense", 8192, 4, 128, fill=(0.65, 0.75)))
+    rows.append(measure("4x256 B=32 N=4096", 4096, 4, 256, num_seqs=32, fill=(1.0, 1.0)))
+    rows.append(measure("ML-1M D50 N=200", 200, 1, 50, num_seqs=128, fill=(0.1, 1.0)))
+    header = f"{'case':<26}{'fwd ms':>9}{'TF/s':>7}{'f+b ms':>9}{'TF/s':>7}{'sdpa f':>9}{'sdpa f+b':>9}{'x sdpa f':>9}{'x ref f':>9}"
+    print(header)
+    for r in rows:
+        ratio_sdpa = r.get("sdpa_flash_fwd_ms", float("nan")) / r["fwd_ms"]
+        ratio_ref = (r.get("reference_fwd_ms") or float("nan")) / r["fwd_ms"]
+        print(f"{r['case']:<26}{r['fwd_ms']:>9.3f}{r['fwd_tflops']:>7.0f}{r.get('fwd_bwd_ms', float('nan')):>9.3f}"
+              f"{r.get('fwd_bwd_tflops', float('nan')):>7.0f}{r.get('sdpa_flash_fwd_ms', float('nan')):>9.3f}"
+              f"{r.get('sdpa_flash_fwd_bwd_ms', float('nan')):>9.3f}{ratio_sdpa:>9.2f}{ratio_ref:>9.2f}")
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Do the paper's public-benchmark findings hold? Trains and evaluates SASRec, HSTU and HSTU-large
+on the leave-one-out protocol and writes benchmarks/results/public.json (merged run by run, so a
+run cut off by a time limit keeps what finished).
+
+    python benchmarks/public.py --data-root ../shared/data --datasets ml-1m-sas,ml-1m-3k \
+        --models sasrec,hstu,hstu-large --modes paper --epochs 101
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from genrec.config import preset  # noqa: E402
+from genrec.train.trainer import Trainer  # noqa: E402
+
+DATASETS = {  # name: (reader, path under --data-root)
+    "ml-1m-sas": ("sasrec", "sasrec/ml-1m.txt"),
+    "ml-1m-3k": ("ml-1m", "ml-1m/partial/ratings-users-1-2999/ratings.dat.gz"),
+    "ml-1m": ("ml-1m", "ml-1m"),
+    "ml-100k": ("ml-100k", "ml-100k"),
+    "beauty": ("s3rec", "s3rec/Beauty.txt"),
+    "sports": ("s3rec", "s3rec/Sports_and_Outdoors.txt"),
+    "toys": ("s3rec", "s3rec/Toys_and_Games.txt"),
+    "games": ("sasrec", "sasrec/Video.txt"),
+}
+METRICS = ("hr@10", "ndcg@10", "hr@50", "hr@200", "ndcg@200", "mrr")
+
+
+def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, tie_order: str) -> dict:
+    reader, relative = DATASETS[dataset]
+    config = preset(model)
+    config.data.dataset, config.data.path = reader, str(data_root / relative)
+    config.data.mode, config.data.tie_order = mode, tie_order
+    config.train.epochs = epochs
+    with tempfile.TemporaryDirectory() as out_dir:
+        started = time.perf_counter()
+        summary = Trainer(config, Path(out_dir), log=lambda _: None, progress=False).fit()
+        seconds = time.perf_counter() - started
+    return {"dataset": dataset, "model": model, "mode": mode, "tie_order": tie_order, "epochs": epochs,
+            "selected_epoch": summary["best_epoch"], "seconds": round(seconds, 1),
+            "seconds_per_epoch": round(summary["train_seconds"] / max(epochs, 1), 3),
+            "metrics": {k: round(summary["metrics"][k], 4) for k in METRICS}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--datasets", default="ml-1m-sas,ml-1m-3k")
+    parser.add_argument("--models", default="sasrec,hstu,hstu-large")
+    parser.add_argument("--modes", default="paper")
+    parser.add_argument("--epochs", type=int, default=101)
+    parser.add_argument("--tie-order", default="stable", choices=("stable", "paper"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/public.json"))
+    args = parser.parse_args()
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
+    result.update({"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                   "torch": torch.__version__, "triton": _triton_version(), "command": " ".join(sys.argv),
+                   "date": datetime.date.today().isoformat()})
+    print(f"{'dataset':<11}{'model':<12}{'mode':<10}{'s':>7}{'s/ep':>7}" + "".join(f"{m:>10}" for m in METRICS))
+    for dataset in args.datasets.split(","):
+        for mode in args.modes.split(","):
+            for model in args.models.split(","):
+                row = run_one(args.data_root, dataset, model, mode, args.epochs, args.tie_order)
+                key = (dataset, model, mode, row["tie_order"], row["epochs"])
+                result["runs"] = [r for r in result["runs"]
+                                  if (r["dataset"], r["model"], r["mode"], r["tie_order"], r["epochs"]) != key]
+                result["runs"].append(row)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(json.dumps(result, indent=2))
+                print(f"{dataset:<11}{model:<12}{mode:<10}{row['seconds']:>7.0f}{row['seconds_per_epoch']:>7.2f}"
+                      + "".join(f"{row['metrics'][m]:>10.4f}" for m in METRICS), flush=True)
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+        return triton.__version__
+    except ImportError:
+        return None
+
+
+if __name__ == "__main__":
+    main()
