@@ -43,7 +43,8 @@ class Trainer:
                                            betas=config.train.betas, weight_decay=config.train.weight_decay)
         self.shuffle_generator = torch.Generator().manual_seed(config.train.seed)
         self.sample_generator = torch.Generator(self.device).manual_seed(config.train.seed + 1)
-        self.state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "valid": []}
+        self.state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "valid": [],
+                      "epoch_seconds": []}
         self.writer = None
 
     def _tensorboard(self):
@@ -138,6 +139,7 @@ class Trainer:
         for epoch in bar:
             stats = self.train_epoch()
             self.state["epoch"] = epoch + 1
+            self.state["epoch_seconds"].append(round(stats["seconds"], 3))
             self._scalars("train", stats, epoch + 1)
             postfix = {"loss": f"{stats['loss']:.3f}", "tok/s": f"{stats['tokens_per_s']:.0f}"}
             if split.valid is not None and ((epoch + 1) % self.config.train.eval_every == 0 or epoch + 1 == epochs):

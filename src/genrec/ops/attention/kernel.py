@@ -19,6 +19,8 @@ import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# GENREC_AUTOTUNE=0 launches one fixed tile instead of autotuning (quick GPU test runs).
+AUTOTUNE = os.environ.get("GENREC_AUTOTUNE", "1") != "0"
 # triton 3.6's interpreter computes garbage for tl.dot on bf16 operands (seen: errors of 1e10 on a
 # 16x16 product), so under the interpreter products run in fp32; on a GPU bf16 goes to the MMA units.
 _UPCAST_DOTS = tl.constexpr(INTERPRET)
@@ -297,9 +299,9 @@ _ROW_BLOCK_CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 2), (128, 64,
                       (128, 32, 4, 3), (64, 32, 4, 3), (128, 128, 8, 2)]
 _KEY_BLOCK_CONFIGS = [(32, 64, 4, 2), (64, 64, 4, 2), (64, 64, 8, 3), (32, 128, 4, 2), (64, 128, 8, 2),
                       (32, 128, 8, 3)]
-if INTERPRET:  # the CPU interpreter: one small tile, no tuning (it is slow)
+if INTERPRET or not AUTOTUNE:  # the CPU interpreter is slow: one small tile there
     _fwd, _bwd_kv, _bwd_q = _fwd_kernel, _bwd_kv_kernel, _bwd_q_kernel
-    _FIXED = {"BLOCK_M": 16, "BLOCK_N": 16}
+    _FIXED = {"BLOCK_M": 16, "BLOCK_N": 16} if INTERPRET else {"BLOCK_M": 64, "BLOCK_N": 64}
 else:
     _fwd = triton.autotune(_configs(_ROW_BLOCK_CONFIGS), key=_TUNE_KEY)(_fwd_kernel)
     _bwd_q = triton.autotune(_configs(_ROW_BLOCK_CONFIGS), key=_TUNE_KEY)(_bwd_q_kernel)
