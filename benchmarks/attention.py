@@ -88,29 +88,40 @@ def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), with_rab=False,
     return row
 
 
+HEADER = (f"{'case':<26}{'fwd ms':>9}{'TF/s':>7}{'f+b ms':>9}{'TF/s':>7}{'sdpa f':>9}{'sdpa f+b':>9}"
+          f"{'x sdpa f':>9}{'x sdpa fb':>10}{'x ref f':>9}")
+
+
+def format_row(r: dict) -> str:
+    nan = float("nan")
+    return (f"{r['case']:<26}{r['fwd_ms']:>9.3f}{r['fwd_tflops']:>7.0f}{r.get('fwd_bwd_ms', nan):>9.3f}"
+            f"{r.get('fwd_bwd_tflops', nan):>7.0f}{r.get('sdpa_flash_fwd_ms', nan):>9.3f}"
+            f"{r.get('sdpa_flash_fwd_bwd_ms', nan):>9.3f}{r.get('sdpa_flash_fwd_ms', nan) / r['fwd_ms']:>9.2f}"
+            f"{r.get('sdpa_flash_fwd_bwd_ms', nan) / r.get('fwd_bwd_ms', nan):>10.2f}"
+            f"{(r.get('reference_fwd_ms') or nan) / r['fwd_ms']:>9.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attention.json"))
-    parser.add_argument("--quick", action="store_true", help="only N=1024 and 4096")
+    parser.add_argument("--sizes", default="1024,2048,4096,8192")
     args = parser.parse_args()
-    sizes = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192]
-    rows = [measure(f"D128 N={n}", n, 4, 128) for n in sizes]
-    rows += [measure(f"D128 N={n} rab", n, 4, 128, with_rab=True, baselines=False) for n in sizes]
-    rows.append(measure("D128 N=8192 SL 50% dense", 8192, 4, 128, fill=(0.65, 0.75)))
-    rows.append(measure("4x256 B=32 N=4096", 4096, 4, 256, num_seqs=32, fill=(1.0, 1.0)))
-    rows.append(measure("ML-1M D50 N=200", 200, 1, 50, num_seqs=128, fill=(0.1, 1.0)))
-    header = f"{'case':<26}{'fwd ms':>9}{'TF/s':>7}{'f+b ms':>9}{'TF/s':>7}{'sdpa f':>9}{'sdpa f+b':>9}{'x sdpa f':>9}{'x ref f':>9}"
-    print(header)
-    for r in rows:
-        ratio_sdpa = r.get("sdpa_flash_fwd_ms", float("nan")) / r["fwd_ms"]
-        ratio_ref = (r.get("reference_fwd_ms") or float("nan")) / r["fwd_ms"]
-        print(f"{r['case']:<26}{r['fwd_ms']:>9.3f}{r['fwd_tflops']:>7.0f}{r.get('fwd_bwd_ms', float('nan')):>9.3f}"
-              f"{r.get('fwd_bwd_tflops', float('nan')):>7.0f}{r.get('sdpa_flash_fwd_ms', float('nan')):>9.3f}"
-              f"{r.get('sdpa_flash_fwd_bwd_ms', float('nan')):>9.3f}{ratio_sdpa:>9.2f}{ratio_ref:>9.2f}")
+    sizes = [int(n) for n in args.sizes.split(",")]
+    cases = [dict(name=f"D128 N={n}", n=n, heads=4, dim=128) for n in sizes]
+    cases += [dict(name=f"D128 N={n} rab", n=n, heads=4, dim=128, with_rab=True, baselines=False) for n in sizes]
+    cases += [dict(name="D128 N=8192 SL 50% dense", n=8192, heads=4, dim=128, fill=(0.65, 0.75)),
+              dict(name="4x256 B=32 N=4096", n=4096, heads=4, dim=256, num_seqs=32, fill=(1.0, 1.0)),
+              dict(name="ML-1M D50 N=200", n=200, heads=1, dim=50, num_seqs=128, fill=(0.1, 1.0))]
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-              "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "rows": rows}
+              "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    print(HEADER, flush=True)
+    for case in cases:  # print and save row by row: a time limit keeps what finished
+        name = case.pop("name")
+        row = measure(name, **case)
+        result["rows"].append(row)
+        args.out.write_text(json.dumps(result, indent=2))
+        print(format_row(row), flush=True)
 
 
 if __name__ == "__main__":
