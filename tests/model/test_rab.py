@@ -28,7 +28,7 @@ def test_dense_bias_matches_definition():
     for b, length in enumerate(lengths):
         seq = stamps[start:start + length].tolist()
         for i in range(length):
-            query_time = seq[i + 1] if i + 1 < length else seq[i]
+            query_time = seq[i + 1] if i + 1 < length else seq[i]  # no candidates: history = sequence
             for j in range(length):
                 bucket = min(16, int(math.log(max(abs(query_time - seq[j]), 1)) / 0.5))
                 expected = rab.position_weights[j - i + n_max - 1] + rab.time_weights[bucket]
@@ -41,3 +41,19 @@ def test_disabled_parts():
     assert RelativeBias(4, 8, 0.3, use_position=False, use_time=False)(torch.arange(3)) is None
     only_pos = dense_bias(RelativeBias(4, 8, 0.3, use_time=True)(None), offsets, 3, 4)  # no timestamps
     assert only_pos.shape == (1, 1, 3, 3)
+
+
+def test_candidates_share_the_history_end_position_and_own_time():
+    """With m candidates: p(x) = min(x, Lh); query time = next history time, own time at the end."""
+    torch.manual_seed(1)
+    rab = RelativeBias(8, num_time_buckets=32, time_bucket_scale=0.3)
+    stamps = torch.tensor([10, 20, 400, 9000, 50000, 7])  # history 4, candidates 2
+    dense = dense_bias(rab(stamps), offsets_from_lengths(torch.tensor([6])), 6, 8, torch.tensor([2]))
+    history_len = 4
+    for i in range(6):
+        query_time = stamps[i + 1] if i + 1 < history_len else stamps[i]
+        for j in range(6):
+            p_i, p_j = min(i, history_len), min(j, history_len)
+            bucket = min(32, int(math.log(max(abs(int(query_time) - int(stamps[j])), 1)) / 0.3))
+            expected = rab.position_weights[p_j - p_i + 7] + rab.time_weights[bucket]
+            torch.testing.assert_close(dense[0, 0, i, j], expected)

@@ -26,9 +26,16 @@ class InputEmbedding(nn.Module):
         with torch.no_grad():
             self.item.weight[0].zero_()
 
-    def forward(self, item_ids: torch.Tensor, seq_offsets: torch.Tensor) -> torch.Tensor:
-        """item_ids [T], seq_offsets [B+1] -> [T, D]."""
+    def forward(self, item_ids: torch.Tensor, seq_offsets: torch.Tensor,
+                num_targets: torch.Tensor | None = None) -> torch.Tensor:
+        """item_ids [T], seq_offsets [B+1] -> [T, D]; the last num_targets[b] tokens of sequence b are
+        candidates and all take the position right after the history."""
         positions = positions_in_sequence(seq_offsets, item_ids.shape[0])
+        if num_targets is not None:
+            lengths = seq_offsets[1:] - seq_offsets[:-1]
+            history_len = torch.repeat_interleave(lengths - num_targets, lengths, output_size=item_ids.shape[0])
+            positions = torch.minimum(positions, history_len)
+        positions = positions.clamp(max=self.position.num_embeddings - 1)
         return self.dropout(self.item(item_ids) * self.scale + self.position(positions))
 
     def normalized_items(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:

@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.config import ModelConfig
+from genrec.model.kv_cache import HistoryCache
 from genrec.model.rab import RelativeBias
 from genrec.ops import hstu_attention
+from genrec.ops.attention import candidate_attention_reference
 
 
 class HSTULayer(nn.Module):
@@ -32,19 +34,38 @@ class HSTULayer(nn.Module):
         nn.init.xavier_uniform_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
-    def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
-                num_targets: torch.Tensor | None = None) -> torch.Tensor:
-        """x [T, D] -> [T, D]."""
-        normed = F.layer_norm(x, x.shape[-1:])
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [T, D] -> u [T, H*Dv], v [T, H, Dv], q [T, H, Dqk], k [T, H, Dqk] (paper Eq. 1)."""
         hv, hqk = self.num_heads * self.v_dim, self.num_heads * self.qk_dim
-        u, v, q, k = torch.split(F.silu(self.uvqk(normed)), [hv, hv, hqk, hqk], dim=-1)
-        attended = hstu_attention(
-            q.reshape(-1, self.num_heads, self.qk_dim), k.reshape(-1, self.num_heads, self.qk_dim),
-            v.reshape(-1, self.num_heads, self.v_dim), seq_offsets, max_seq_len=self.max_seq_len,
-            alpha=1.0, num_targets=num_targets, rab=self.rab(timestamps), backend=self.backend,
-        ).reshape(-1, hv)
-        gated = u * F.layer_norm(attended, attended.shape[-1:])
-        return x + self.output(self.dropout(gated))
+        u, v, q, k = torch.split(F.silu(self.uvqk(F.layer_norm(x, x.shape[-1:]))), [hv, hv, hqk, hqk], dim=-1)
+        return (u, v.reshape(-1, self.num_heads, self.v_dim), q.reshape(-1, self.num_heads, self.qk_dim),
+                k.reshape(-1, self.num_heads, self.qk_dim))
+
+    def _finish(self, x: torch.Tensor, u: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Y = X + W2 Dropout(U * LayerNorm(A V)) (paper Eq. 3)."""
+        attended = attended.reshape(x.shape[0], -1)
+        return x + self.output(self.dropout(u * F.layer_norm(attended, attended.shape[-1:])))
+
+    def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
+                num_targets: torch.Tensor | None = None,
+                cache: HistoryCache | None = None) -> torch.Tensor:
+        """x [T, D] -> [T, D]. With `cache` (one user's history), appends this layer's keys/values."""
+        u, v, q, k = self._project(x)
+        if cache is not None:
+            cache.keys.append(k)
+            cache.values.append(v)
+        attended = hstu_attention(q, k, v, seq_offsets, max_seq_len=self.max_seq_len, alpha=1.0,
+                                  num_targets=num_targets, rab=self.rab(timestamps), backend=self.backend)
+        return self._finish(x, u, attended)
+
+    def forward_candidates(self, x: torch.Tensor, timestamps: torch.Tensor | None, cache: HistoryCache,
+                           layer_index: int) -> torch.Tensor:
+        """Candidate rows only: x [C, D] -> [C, D], attending to the cached history and themselves."""
+        u, v, q, k = self._project(x)
+        attended = candidate_attention_reference(
+            q, k, v, cache.keys[layer_index], cache.values[layer_index], max_seq_len=self.max_seq_len,
+            alpha=1.0, rab=self.rab(cache.timestamps), candidate_timestamps=timestamps)
+        return self._finish(x, u, attended)
 
 
 class HSTUEncoder(nn.Module):
@@ -53,7 +74,13 @@ class HSTUEncoder(nn.Module):
         self.layers = nn.ModuleList(HSTULayer(config, max_seq_len, use_time) for _ in range(config.num_layers))
 
     def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
-                num_targets: torch.Tensor | None = None) -> torch.Tensor:
+                num_targets: torch.Tensor | None = None, cache: HistoryCache | None = None) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x, seq_offsets, timestamps, num_targets)
+            x = layer(x, seq_offsets, timestamps, num_targets, cache)
+        return x
+
+    def forward_candidates(self, x: torch.Tensor, timestamps: torch.Tensor | None,
+                           cache: HistoryCache) -> torch.Tensor:
+        for index, layer in enumerate(self.layers):
+            x = layer.forward_candidates(x, timestamps, cache, index)
         return x

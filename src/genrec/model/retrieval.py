@@ -30,10 +30,11 @@ class SequentialRetriever(nn.Module):
         else:
             raise ValueError(f"unknown architecture {config.architecture!r}")
 
-    def forward(self, batch: SequenceBatch) -> torch.Tensor:
-        """User embedding after every token: [T, D], l2-normalised."""
-        x = self.embedding(batch.item_ids, batch.seq_offsets)
-        x = self.encoder(x, batch.seq_offsets, batch.timestamps)
+    def forward(self, batch: SequenceBatch, num_targets: torch.Tensor | None = None) -> torch.Tensor:
+        """User embedding after every token: [T, D], l2-normalised. With num_targets, the last
+        num_targets[b] tokens of each sequence are candidates (see genrec.ops.hstu_attention)."""
+        x = self.embedding(batch.item_ids, batch.seq_offsets, num_targets)
+        x = self.encoder(x, batch.seq_offsets, batch.timestamps, num_targets)
         return F.normalize(x, dim=-1)
 
     def item_embeddings(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:

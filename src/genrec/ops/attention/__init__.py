@@ -7,7 +7,8 @@ import importlib.util
 import torch
 
 from genrec.ops.attention.rab import BucketedBias, dense_bias, time_buckets
-from genrec.ops.attention.reference import attention_mask, hstu_attention_reference
+from genrec.ops.attention.reference import (attention_mask, candidate_attention_reference,
+                                            hstu_attention_reference)
 
 BACKENDS = ("auto", "torch", "triton")
 TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
@@ -69,5 +70,5 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offset
     return hstu_attention_reference(q, k, v, seq_offsets, **arguments)
 
 
-__all__ = ["BACKENDS", "BucketedBias", "attention_mask", "dense_bias", "hstu_attention",
+__all__ = ["BACKENDS", "BucketedBias", "attention_mask", "candidate_attention_reference", "dense_bias", "hstu_attention",
            "hstu_attention_reference", "time_buckets"]

@@ -52,12 +52,13 @@ def _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_
     if HAS_CONTEXT:
         valid = valid | (j < contextual_len) | ((i < contextual_len) & (j < history_len))
     valid = valid & (i < seq_len) & (j < seq_len)
-    rel = tl.minimum(tl.maximum(j - i + max_seq_len - 1, 0), 2 * max_seq_len - 2)
+    key_pos = tl.minimum(j, history_len)
+    rel = tl.minimum(tl.maximum(key_pos - query_pos + max_seq_len - 1, 0), 2 * max_seq_len - 2)
     bucket = tl.zeros_like(rel)
     if HAS_POS:
         s += tl.load(pos_w + rel, mask=valid, other=0.0).to(tl.float32)
     if HAS_TIME:
-        next_i = tl.minimum(offs_m + 1, seq_len - 1)
+        next_i = tl.where(offs_m + 1 < history_len, offs_m + 1, offs_m)  # next *history* event
         t_query = tl.load(ts + seq_start + next_i, mask=offs_m < seq_len, other=0)
         t_key = tl.load(ts + seq_start + offs_n, mask=offs_n < seq_len, other=0)
         gap = tl.abs(t_query[:, None] - t_key[None, :]).to(tl.float32)

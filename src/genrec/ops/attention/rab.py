@@ -1,9 +1,12 @@
 """rab^{p,t} in factored form: learned weights + per-token timestamps, so a fused kernel can
 compute the bias tile by tile instead of reading a dense [B, N, N] tensor.
 
-bias(i, j) = position_weights[j - i + N - 1] + time_weights[bucket(t_{i+1} - t_j)], with
-bucket(dt) = floor(ln(max(|dt|, 1)) / time_bucket_scale) clamped to [0, num_time_buckets] and
-t_{i+1} the query's next event time (a sequence's last query uses its own).
+bias(i, j) = position_weights[p(j) - p(i) + N - 1] + time_weights[bucket(t'_i - t_j)], with
+bucket(dt) = floor(ln(max(|dt|, 1)) / time_bucket_scale) clamped to [0, num_time_buckets],
+p(x) = min(x, Lh) (candidates share the position right after the history of length Lh) and
+t'_i the query's next *history* event time t_{i+1}; the last history token and candidates use
+their own time. So history rows never depend on the candidates, and a candidate's bias does not
+depend on where it sits among the others (what M-FALCON's exactness rests on).
 Shapes: B sequences, T tokens, N max_seq_len, n longest length in the batch.
 """
 
@@ -13,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genrec.ops.jagged import jagged_to_padded, next_in_sequence
+from genrec.ops.jagged import jagged_to_padded
 
 
 @dataclass
@@ -38,17 +41,21 @@ def time_buckets(delta: torch.Tensor, scale: float, num_buckets: int) -> torch.T
     return (log_gap / scale).floor().to(torch.int64).clamp(0, num_buckets)
 
 
-def dense_bias(bias: BucketedBias, seq_offsets: torch.Tensor, n: int, max_seq_len: int) -> torch.Tensor | None:
+def dense_bias(bias: BucketedBias, seq_offsets: torch.Tensor, n: int, max_seq_len: int,
+               num_targets: torch.Tensor | None = None) -> torch.Tensor | None:
     """Materialises [B, 1, n, n] (positions inside each sequence); None when nothing is on."""
-    num_seqs = seq_offsets.shape[0] - 1
+    lengths = seq_offsets[1:] - seq_offsets[:-1]
+    history_len = (lengths if num_targets is None else lengths - num_targets).view(-1, 1)
+    index = torch.arange(n, device=seq_offsets.device).view(1, n)
+    position = torch.minimum(index, history_len)  # p(x): [B, n]
     dense = None
     if bias.position_weights is not None:
-        i = torch.arange(n, device=seq_offsets.device)
-        relative = i.view(1, n) - i.view(n, 1) + max_seq_len - 1  # j - i + N - 1
-        dense = bias.position_weights[relative].expand(num_seqs, n, n)
+        relative = position.unsqueeze(1) - position.unsqueeze(2) + max_seq_len - 1  # p(j) - p(i) + N - 1
+        dense = bias.position_weights[relative]
     if bias.uses_time:
-        query_times = jagged_to_padded(next_in_sequence(bias.timestamps, seq_offsets), seq_offsets, n)
         key_times = jagged_to_padded(bias.timestamps, seq_offsets, n)
+        next_index = torch.where(index + 1 < history_len, index + 1, index).clamp(max=n - 1)
+        query_times = key_times.gather(1, next_index)
         buckets = time_buckets(query_times.unsqueeze(2) - key_times.unsqueeze(1), bias.time_bucket_scale,
                                bias.num_time_buckets)
         time_part = bias.time_weights[buckets]

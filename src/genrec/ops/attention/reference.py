@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from genrec.ops.attention.rab import BucketedBias, dense_bias
+from genrec.ops.attention.rab import BucketedBias, dense_bias, time_buckets
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets, padded_to_jagged
 
 
@@ -58,7 +58,7 @@ def hstu_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     vp = jagged_to_padded(v, seq_offsets, n).transpose(1, 2)  # [B, H, n, Dv]
     scores = alpha * torch.matmul(qp, kp.transpose(-1, -2))   # [B, H, n, n]
     if isinstance(rab, BucketedBias):
-        rab = dense_bias(rab, seq_offsets, n, max_seq_len)
+        rab = dense_bias(rab, seq_offsets, n, max_seq_len, num_targets)
     if rab is not None:
         scores = scores + rab[:, :, :n, :n].to(scores.dtype)
     mask = attention_mask(lengths, n, num_targets, max_attn_len, contextual_seq_len)
@@ -66,3 +66,30 @@ def hstu_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     weights = weights * mask.unsqueeze(1).to(weights.dtype)
     out = torch.matmul(weights, vp).transpose(1, 2)           # [B, n, H, Dv]
     return padded_to_jagged(out, seq_offsets)
+
+
+def candidate_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, history_k: torch.Tensor,
+                                  history_v: torch.Tensor, *, max_seq_len: int, alpha: float,
+                                  rab: BucketedBias | None = None,
+                                  candidate_timestamps: torch.Tensor | None = None) -> torch.Tensor:
+    """The candidate rows of `hstu_attention_reference` for one user, from cached history keys/values.
+
+    q, k: [C, H, Dqk], v: [C, H, Dv] for C candidates; history_k: [L, H, Dqk], history_v: [L, H, Dv];
+    rab.timestamps holds the L history times. Each candidate sees the history and itself only, at
+    position p = L, with its own time as query time (see rab.py). Returns [C, H, Dv].
+    """
+    history_len = history_k.shape[0]
+    scores = alpha * torch.einsum("chd,lhd->chl", q, history_k)  # [C, H, L]
+    self_scores = alpha * (q * k).sum(-1)  # [C, H]
+    if rab is not None:
+        if rab.position_weights is not None:
+            keys = torch.arange(history_len, device=q.device)
+            scores = scores + rab.position_weights[keys - history_len + max_seq_len - 1].to(scores.dtype)
+            self_scores = self_scores + rab.position_weights[max_seq_len - 1].to(scores.dtype)
+        if rab.uses_time and candidate_timestamps is not None:
+            gaps = candidate_timestamps.view(-1, 1) - rab.timestamps.view(1, -1)  # [C, L]
+            buckets = time_buckets(gaps, rab.time_bucket_scale, rab.num_time_buckets)
+            scores = scores + rab.time_weights[buckets].unsqueeze(1).to(scores.dtype)
+            self_scores = self_scores + rab.time_weights[0].to(scores.dtype)  # |dt| = 0
+    out = torch.einsum("chl,lhd->chd", F.silu(scores) / max_seq_len, history_v)
+    return out + (F.silu(self_scores) / max_seq_len).unsqueeze(-1) * v

@@ -1,0 +1,88 @@
+"""The properties M-FALCON's correctness rests on: a candidate's score is unaffected by the other
+candidates, cached equals uncached, and the micro-batch size does not change scores."""
+
+import pytest
+import torch
+
+from genrec.config import preset
+from genrec.inference.mfalcon import MFalcon
+from genrec.model import SequentialRetriever
+
+NUM_ITEMS, MAX_LEN = 40, 32
+
+
+def make_model(use_time=True, seed=0):
+    config = preset("hstu-large")
+    config.model.embedding_dim, config.model.num_layers = 16, 3
+    config.model.qk_dim = config.model.v_dim = 8
+    torch.manual_seed(seed)
+    return SequentialRetriever(config.model, NUM_ITEMS, MAX_LEN, use_time=use_time).eval()
+
+
+def inputs(num_history=9, num_candidates=7, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    history = torch.randint(1, NUM_ITEMS + 1, (num_history,), generator=gen)
+    candidates = torch.randint(1, NUM_ITEMS + 1, (num_candidates,), generator=gen)
+    stamps = torch.cumsum(torch.randint(1, 10_000, (num_history,), generator=gen), 0)
+    candidate_stamps = stamps[-1] + torch.randint(0, 50_000, (num_candidates,), generator=gen)
+    return history, stamps, candidates, candidate_stamps
+
+
+@pytest.mark.parametrize("use_time", [True, False])
+@pytest.mark.parametrize("micro_batch", [1, 3, 7, 100])
+def test_cached_equals_uncached_and_one_by_one(use_time, micro_batch):
+    model = make_model(use_time)
+    history, stamps, candidates, candidate_stamps = inputs()
+    if not use_time:
+        stamps = candidate_stamps = None
+    scorer = MFalcon(model, micro_batch_size=micro_batch)
+    cached = scorer.encode_candidates(history, stamps, candidates, candidate_stamps)
+    uncached = scorer.encode_candidates_uncached(history, stamps, candidates, candidate_stamps)
+    alone = MFalcon(model, micro_batch_size=1).encode_candidates_uncached(history, stamps, candidates,
+                                                                          candidate_stamps)
+    torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(uncached, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_candidate_unaffected_by_others_and_history_rows_unaffected_by_candidates():
+    model = make_model()
+    history, stamps, candidates, candidate_stamps = inputs()
+    scorer = MFalcon(model, micro_batch_size=4)
+    base = scorer.encode_candidates(history, stamps, candidates, candidate_stamps)
+    swapped = candidates.clone()
+    swapped[1:] = (swapped[1:] % NUM_ITEMS) + 1
+    changed = scorer.encode_candidates(history, stamps, swapped, candidate_stamps)
+    torch.testing.assert_close(base[0], changed[0])
+    assert not torch.allclose(base[1:], changed[1:])
+
+
+def test_lru_cache_reuse_invalidation_and_eviction():
+    model = make_model()
+    history, stamps, candidates, candidate_stamps = inputs()
+    scorer = MFalcon(model, cache_capacity=2)
+    first = scorer.encode_candidates(history, stamps, candidates, candidate_stamps, user="a")
+    cache = scorer._caches["a"]
+    again = scorer.encode_candidates(history, stamps, candidates, candidate_stamps, user="a")
+    assert scorer._caches["a"] is cache and torch.equal(first, again)
+    longer = torch.cat([history, candidates[:1]])
+    longer_stamps = torch.cat([stamps, candidate_stamps[:1]])
+    updated = scorer.encode_candidates(longer, longer_stamps, candidates, candidate_stamps, user="a")
+    assert scorer._caches["a"] is not cache  # a changed history is never served from a stale cache
+    torch.testing.assert_close(updated, scorer.encode_candidates(longer, longer_stamps, candidates, candidate_stamps))
+    scorer.invalidate("a")
+    assert "a" not in scorer._caches
+    for user in ("b", "c", "d"):
+        scorer.encode_candidates(history, stamps, candidates, candidate_stamps, user=user)
+    assert list(scorer._caches) == ["c", "d"]
+
+
+def test_bad_requests():
+    scorer = MFalcon(make_model())
+    history, stamps, candidates, candidate_stamps = inputs()
+    with pytest.raises(ValueError, match="empty history"):
+        scorer.encode_candidates(history[:0], stamps[:0], candidates, candidate_stamps)
+    with pytest.raises(ValueError, match="unknown candidate item id"):
+        scorer.encode_candidates(history, stamps, torch.tensor([NUM_ITEMS + 1]), candidate_stamps[:1])
+    with pytest.raises(ValueError, match="at most"):
+        scorer.encode_candidates(torch.ones(MAX_LEN, dtype=torch.int64), torch.arange(MAX_LEN), candidates,
+                                 candidate_stamps)
