@@ -1,4 +1,4 @@
-"""The `genrec` command line (argparse): train and eval. User errors print one line and exit 2."""
+"""The `genrec` command line (argparse): train, eval and serve. User errors print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="run directory of genrec train")
     evaluate.add_argument("--split", choices=("valid", "test"), default="test")
     evaluate.add_argument("--out", type=Path, default=None, help="where metrics.json goes (default: --checkpoint)")
+    serve = commands.add_parser("serve", help="serve a trained run over HTTP (needs genrec[serve])")
+    serve.add_argument("--checkpoint", type=Path, required=True, help="run directory of genrec train")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
     return parser
 
 
@@ -98,10 +104,20 @@ def _run_eval(args: argparse.Namespace) -> None:
     print(f"\nwrote {out / 'metrics.json'}")
 
 
+def _run_serve(args: argparse.Namespace) -> None:
+    try:
+        import uvicorn
+
+        from genrec.serve.http import Limits, create_app
+    except ImportError as error:
+        raise ValueError(f"genrec serve needs FastAPI and uvicorn: pip install 'genrec[serve]' ({error})") from error
+    uvicorn.run(create_app(args.checkpoint, args.device, Limits(max_k=args.max_k)), host=args.host, port=args.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"train": _run_train, "eval": _run_eval}[args.command](args)
+        {"train": _run_train, "eval": _run_eval, "serve": _run_serve}[args.command](args)
     except ValueError as error:
         print(f"genrec: error: {error}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """Checkpoints: one safetensors file holding model, optimiser and RNG state, written atomically
 (temp file + fsync + os.replace), so a crash never leaves a half-written checkpoint behind.
 
-Keys: `model.<name>`, `optim.<param index>.<state name>`, `rng.<name>`; metadata (JSON strings):
+Keys: `model.<name>`, `optim.<param index>.<state name>`, `rng.<name>`, `vocab.items` (source id of
+dense item id k at index k - 1, so serving maps ids without the data set); metadata (JSON strings):
 `config`, `trainer_state`, `param_groups`.
 """
 
@@ -35,6 +36,7 @@ class Checkpoint:
     rng: dict[str, torch.Tensor]
     config: dict[str, Any]
     state: dict[str, Any]
+    item_vocab: torch.Tensor | None = None
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -52,9 +54,12 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-                    rng: dict[str, torch.Tensor], config: dict[str, Any], state: dict[str, Any]) -> None:
+                    rng: dict[str, torch.Tensor], config: dict[str, Any], state: dict[str, Any],
+                    item_vocab: torch.Tensor | None = None) -> None:
     _require_safetensors()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if item_vocab is not None:
+        tensors["vocab.items"] = item_vocab.cpu().contiguous()
     metadata = {"config": json.dumps(config), "trainer_state": json.dumps(state)}
     if optimizer is not None:
         optim_state = optimizer.state_dict()
@@ -90,4 +95,5 @@ def load_checkpoint(path: Path) -> Checkpoint:
         rng={k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")},
         config=json.loads(metadata["config"]),
         state=json.loads(metadata["trainer_state"]),
+        item_vocab=tensors.get("vocab.items"),
     )

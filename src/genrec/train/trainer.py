@@ -111,7 +111,7 @@ class Trainer:
 
     def save(self, name: str) -> None:
         save_checkpoint(self.out_dir / name, self.model, self.optimizer, self._rng_state(),
-                        config_to_dict(self.config), self.state)
+                        config_to_dict(self.config), self.state, torch.from_numpy(self.data.item_vocab))
 
     def resume(self) -> None:
         checkpoint = load_checkpoint(self.out_dir / "last.safetensors")
