@@ -69,6 +69,16 @@ def _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_
 
 
 @triton.jit
+def _segment_start(index, first_end, second_start, second_blocks, third_start, BLOCK: tl.constexpr):
+    """Start of the index-th block over up to three disjoint ranges [0, first_end),
+    [second_start, second_start + second_blocks * BLOCK) and [third_start, ...), in that order."""
+    first_blocks = first_end // BLOCK
+    start = tl.where(index < first_blocks, index * BLOCK, second_start + (index - first_blocks) * BLOCK)
+    return tl.where(index < first_blocks + second_blocks, start,
+                    third_start + (index - first_blocks - second_blocks) * BLOCK)
+
+
+@triton.jit
 def _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS: tl.constexpr):
     seq_start = tl.load(seq_offsets + b)
     seq_len = (tl.load(seq_offsets + b + 1) - seq_start).to(tl.int32)
@@ -122,12 +132,9 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts,
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M, BLOCK_N,
                                 HAS_WINDOW, HAS_CONTEXT)
-    for start_n in range(0, ctx_hi, BLOCK_N):
-        acc = _fwd_step(acc, q, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
-                        stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
-                        pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW,
-                        HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV)
-    for start_n in range(lo, hi, BLOCK_N):
+    num_blocks = ctx_hi // BLOCK_N + tl.cdiv(hi - lo, BLOCK_N)
+    for index in range(0, num_blocks):
+        start_n = _segment_start(index, ctx_hi, lo, tl.cdiv(hi - lo, BLOCK_N), hi, BLOCK_N)
         acc = _fwd_step(acc, q, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
                         stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
                         pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW,
@@ -189,17 +196,10 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
         if not (HAS_CONTEXT and n0 < contextual_len):
             hi = tl.minimum(seq_len, tl.cdiv(n0 + BLOCK_N + max_attn_len, BLOCK_M) * BLOCK_M)
         cand_lo = tl.maximum(hi, history_len // BLOCK_M * BLOCK_M)
-    for start_m in range(0, ctx_hi, BLOCK_M):
-        dk, dv = _bwd_kv_step(dk, dv, k, v, Q, DO, DPOS, DTIME, start_m, offs_n, seq_start, seq_len, history_len,
-                              stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len,
-                              max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV,
-                              HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV)
-    for start_m in range(lo, hi, BLOCK_M):
-        dk, dv = _bwd_kv_step(dk, dv, k, v, Q, DO, DPOS, DTIME, start_m, offs_n, seq_start, seq_len, history_len,
-                              stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len,
-                              max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV,
-                              HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV)
-    for start_m in range(cand_lo, seq_len, BLOCK_M):
+    main_blocks = tl.cdiv(hi - lo, BLOCK_M)
+    num_blocks = ctx_hi // BLOCK_M + main_blocks + tl.cdiv(seq_len - cand_lo, BLOCK_M)
+    for index in range(0, num_blocks):
+        start_m = _segment_start(index, ctx_hi, lo, main_blocks, cand_lo, BLOCK_M)
         dk, dv = _bwd_kv_step(dk, dv, k, v, Q, DO, DPOS, DTIME, start_m, offs_n, seq_start, seq_len, history_len,
                               stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len,
                               max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV,
@@ -259,12 +259,9 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts,
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
     ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M, BLOCK_N,
                                 HAS_WINDOW, HAS_CONTEXT)
-    for start_n in range(0, ctx_hi, BLOCK_N):
-        dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
-                         stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w,
-                         time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT,
-                         IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV)
-    for start_n in range(lo, hi, BLOCK_N):
+    num_blocks = ctx_hi // BLOCK_N + tl.cdiv(hi - lo, BLOCK_N)
+    for index in range(0, num_blocks):
+        start_n = _segment_start(index, ctx_hi, lo, tl.cdiv(hi - lo, BLOCK_N), hi, BLOCK_N)
         dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
                          stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w,
                          time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT,
