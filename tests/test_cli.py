@@ -63,3 +63,19 @@ def test_malformed_rows_with_and_without_skip(tmp_path):
                  str(tmp_path / "r"), "--no-progress", "--skip-bad-rows", "--epochs", "1")
     assert run.returncode == 0, run.stderr
     assert json.loads((tmp_path / "r/summary.json").read_text())["data"]["skipped_rows"] == 1
+
+
+@pytest.mark.slow
+def test_ranking_end_to_end_on_a_multi_signal_log(tmp_path):
+    rows = ["user_id,item_id,timestamp,click,like"]
+    rows += [f"{u},{(u * 3 + i) % 40 + 1},{i * 60},{int(i % 3 > 0)},{int((u + i) % 4 == 0)}"
+             for u in range(1, 80) for i in range(10)]
+    log = tmp_path / "log.csv"
+    log.write_text("\n".join(rows) + "\n")
+    run = genrec("train", "--task", "ranking", "--dataset", "events", "--data-dir", str(log), "--config", str(TINY),
+                 "--out", str(tmp_path / "r"), "--epochs", "2")
+    assert run.returncode == 0, run.stderr
+    metrics = json.loads((tmp_path / "r/metrics.json").read_text())
+    assert set(metrics) == {"click/auc", "click/ne", "like/auc", "like/ne"}
+    summary = json.loads((tmp_path / "r/summary.json").read_text())
+    assert set(summary["din"]) == set(metrics) and "din" in run.stdout

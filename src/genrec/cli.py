@@ -18,6 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrec", description="Generative Recommenders (HSTU).")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a generative retriever and evaluate it")
+    train.add_argument("--task", choices=("retrieval", "ranking"), default=None,
+                       help="retrieval: next-item generation; ranking: multi-task action prediction")
     train.add_argument("--dataset", choices=DATASETS, default=None)
     train.add_argument("--data-dir", default=None, help="directory or file holding the data set")
     train.add_argument("--model", choices=sorted(PRESETS), default="hstu", help="model preset")
@@ -53,7 +55,7 @@ def _train_config(args: argparse.Namespace) -> Config:
         ("data", "dataset"): args.dataset, ("data", "path"): args.data_dir, ("data", "mode"): args.mode,
         ("data", "tie_order"): args.tie_order, ("train", "device"): args.device,
         ("train", "epochs"): args.epochs, ("train", "seed"): args.seed,
-        ("model", "attention_backend"): args.attention_backend,
+        ("model", "attention_backend"): args.attention_backend, ("train", "task"): args.task,
     }
     for (section, key), value in overrides.items():
         if value is not None:
@@ -86,6 +88,15 @@ def _run_train(args: argparse.Namespace) -> None:
             config.train.epochs = args.epochs
     else:
         config = _train_config(args)
+    if config.train.task == "ranking":
+        if args.resume:
+            raise ValueError("--resume is not supported for --task ranking yet")
+        from genrec.train.ranking import RankingTrainer
+        summary = RankingTrainer(config, args.out).fit()
+        _print_table(f"test metrics (ranking, {config.data.dataset}, {len(summary['epochs'])} epochs, "
+                     f"{summary['train_seconds']:.0f} s)", {"hstu": summary["metrics"], "din": summary["din"]})
+        print(f"\nwrote {args.out / 'metrics.json'}")
+        return
     summary = Trainer(config, args.out, progress=not args.no_progress).fit(resume=args.resume)
     _print_table(f"test metrics ({config.model.architecture}, {config.data.dataset}, "
                  f"{summary['epoch']} epochs, {summary['train_seconds']:.0f} s)",

@@ -64,6 +64,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
+    task: str = "retrieval"  # retrieval (next item) | ranking (actions on items, multi-task)
     epochs: int = 101
     batch_size: int = 128
     learning_rate: float = 1e-3
@@ -103,6 +104,7 @@ class Config:
              "model.rab.num_time_buckets and time_bucket_scale must be positive"),
             (self.model.attention_backend in ("auto", "torch", "triton"),
              "model.attention_backend must be auto, torch or triton"),
+            (self.train.task in ("retrieval", "ranking"), "train.task must be 'retrieval' or 'ranking'"),
             (self.train.epochs >= 0, "train.epochs must be >= 0"),
             (self.train.batch_size > 0 and self.train.eval_batch_size > 0, "batch sizes must be positive"),
             (self.train.learning_rate > 0, "train.learning_rate must be positive"),

@@ -99,3 +99,17 @@ def test_event_log_csv_and_parquet(tmp_path):
     pq.write_table(table, tmp_path / "log.parquet")
     parquet = load_events("events", tmp_path / "log.parquet")
     assert parquet.ratings.tolist() == [4.0, 2.0] and parquet.actions == {}
+
+
+def test_kuairand_shaped_log_gives_one_task_per_signal(tmp_path):
+    """A generated log shaped like KuaiRand (several signals per event) feeds ranking labels."""
+    from genrec.data.actions import action_labels
+    rows = ["user_id,item_id,timestamp,is_click,is_like,long_view,is_share"]
+    rows += [f"{u},{(u * 7 + i) % 50 + 1},{1000 + i},{i % 2},{int(i % 5 == 0)},{i % 3 % 2},0" for u in range(1, 6)
+             for i in range(12)]
+    path = write(tmp_path / "kuai.csv", "\n".join(rows) + "\n")
+    names, labels = action_labels(load_events("events", path))
+    assert names == ["is_click", "is_like", "is_share", "long_view"]
+    assert labels.shape == (60, 4) and labels[:, 0].sum() == 30 and labels[:, 2].sum() == 0
+    with pytest.raises(ValueError, match="needs ratings or action columns"):
+        action_labels(load_events("sasrec", write(tmp_path / "s.txt", "1 2\n1 3\n")))

@@ -32,3 +32,14 @@ def test_summarize_rejects_bad_ranks():
         summarize(torch.tensor([0, 1]))
     with pytest.raises(ValueError):
         summarize(torch.tensor([], dtype=torch.int64))
+
+
+def test_auc_and_normalized_entropy():
+    from genrec.eval.metrics import auc, normalized_entropy
+    labels = torch.tensor([0, 0, 1, 1])
+    assert auc(torch.tensor([0.1, 0.4, 0.35, 0.8]), labels) == 0.75
+    assert auc(torch.tensor([0.5, 0.5, 0.5, 0.5]), labels) == 0.5  # ties count half
+    assert math.isnan(auc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1])))
+    base = torch.full((4,), math.log(0.5 / 0.5))  # predicting the base rate 0.5 gives NE = 1
+    assert math.isclose(normalized_entropy(base, labels), 1.0)
+    assert normalized_entropy(torch.tensor([-5.0, -5.0, 5.0, 5.0]), labels) < 0.05

@@ -16,13 +16,15 @@ from genrec.data.sequences import JaggedEvents
 @dataclass
 class SequenceBatch:
     """item_ids int64 [T] (dense, >= 1); seq_offsets int64 [B+1]; timestamps int64 [T] or None;
-    ratings float32 [T] or None; max_seq_len: the bound every sequence respects."""
+    ratings float32 [T] or None; labels float32 [T, A] (action signals) or None; max_seq_len: the
+    bound every sequence respects."""
 
     item_ids: torch.Tensor
     seq_offsets: torch.Tensor
     max_seq_len: int
     timestamps: torch.Tensor | None = None
     ratings: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.seq_offsets.dtype != torch.int64 or self.seq_offsets.dim() != 1:
@@ -59,4 +61,5 @@ def make_batch(sequences: JaggedEvents, users: np.ndarray, max_seq_len: int,
         max_seq_len=max_seq_len,
         timestamps=as_tensor(window.timestamps, torch.int64),
         ratings=as_tensor(window.ratings, torch.float32),
+        labels=as_tensor(window.labels, torch.float32),
     )

@@ -16,12 +16,14 @@ TIE_ORDERS = ("stable", "paper")
 
 @dataclass
 class JaggedEvents:
-    """U users; E events. offsets int64 [U+1]; item_ids [E] dense; timestamps/ratings [E] or None."""
+    """U users; E events. offsets int64 [U+1]; item_ids [E] dense; timestamps/ratings [E] or None;
+    labels [E, A] per-event action signals (0/1) for ranking, or None."""
 
     item_ids: np.ndarray
     offsets: np.ndarray
     timestamps: np.ndarray | None = None
     ratings: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -32,9 +34,9 @@ class JaggedEvents:
         return np.diff(self.offsets)
 
     def _take(self, index: np.ndarray, offsets: np.ndarray) -> "JaggedEvents":
-        return JaggedEvents(self.item_ids[index], offsets,
-                            None if self.timestamps is None else self.timestamps[index],
-                            None if self.ratings is None else self.ratings[index])
+        take = lambda column: None if column is None else column[index]  # noqa: E731
+        return JaggedEvents(self.item_ids[index], offsets, take(self.timestamps), take(self.ratings),
+                            take(self.labels))
 
     def drop_last(self, n: int) -> "JaggedEvents":
         """Every user's sequence without its last n events (lengths must exceed n)."""
@@ -92,8 +94,10 @@ def event_order(events: Events, tie_order: str) -> np.ndarray:
     return by_time[np.argsort(events.user_ids[by_time], kind="stable")]
 
 
-def build_sequences(events: Events, tie_order: str = "stable", min_length: int = 2) -> SequenceData:
-    """Sorts, re-indexes items densely (by ascending source id) and drops users shorter than min_length."""
+def build_sequences(events: Events, tie_order: str = "stable", min_length: int = 2,
+                    labels: np.ndarray | None = None) -> SequenceData:
+    """Sorts, re-indexes items densely (by ascending source id) and drops users shorter than min_length.
+    `labels` [E, A] (in the events' order) travel with their events."""
     order = event_order(events, tie_order)
     users = events.user_ids[order]
     item_vocab, dense_items = np.unique(events.item_ids[order], return_inverse=True)
@@ -110,5 +114,6 @@ def build_sequences(events: Events, tie_order: str = "stable", min_length: int =
         offsets=offsets,
         timestamps=None if events.timestamps is None else events.timestamps[order],
         ratings=None if events.ratings is None else events.ratings[order],
+        labels=None if labels is None else labels[order],
     )
     return SequenceData(sequences, item_vocab, user_vocab[keep], int((~keep).sum()), events.source)

@@ -1,0 +1,41 @@
+"""Target-aware generative ranking (paper Sec. 2.2): each event becomes two tokens, the item
+Phi_i and then its action a_i, and one causal HSTU pass predicts every a_i from the output at
+Phi_i, which sees everything before it and the item itself but not its own action.
+
+Shapes: T events (2T tokens), D model dim, A action signals / tasks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genrec.config import ModelConfig
+from genrec.data.batch import SequenceBatch
+from genrec.model.embeddings import InputEmbedding
+from genrec.model.hstu import HSTUEncoder
+from genrec.ops.jagged import positions_in_sequence
+
+
+class GenerativeRanker(nn.Module):
+    def __init__(self, config: ModelConfig, num_items: int, num_tasks: int, max_seq_len: int, use_time: bool) -> None:
+        super().__init__()
+        if config.architecture != "hstu":
+            raise ValueError("the generative ranker is built on HSTU (model.architecture = 'hstu')")
+        self.max_seq_len = max_seq_len  # in events; the encoder sees 2x as many tokens
+        self.embedding = InputEmbedding(num_items, config.embedding_dim, 2 * max_seq_len, config.dropout)
+        self.action = nn.Linear(num_tasks, config.embedding_dim)  # an action token embeds its signal bits
+        self.encoder = HSTUEncoder(config, 2 * max_seq_len, use_time)
+        self.heads = nn.Linear(config.embedding_dim, num_tasks)
+
+    def forward(self, batch: SequenceBatch) -> torch.Tensor:
+        """Logits [T, A]: for every event, its action signals predicted before they are seen."""
+        if batch.labels is None:
+            raise ValueError("ranking batches need per-event action labels")
+        items = self.embedding.item(batch.item_ids) * self.embedding.scale
+        actions = self.action(batch.labels)
+        tokens = torch.stack([items, actions], dim=1).reshape(-1, items.shape[-1])  # Phi_0, a_0, Phi_1, ...
+        offsets = batch.seq_offsets * 2
+        x = self.embedding.dropout(tokens + self.embedding.position(positions_in_sequence(offsets, tokens.shape[0])))
+        stamps = None if batch.timestamps is None else torch.repeat_interleave(batch.timestamps, 2)
+        return self.heads(self.encoder(x, offsets, stamps)[0::2])

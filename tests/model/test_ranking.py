@@ -1,0 +1,31 @@
+import torch
+
+from genrec.config import preset
+from genrec.data.batch import SequenceBatch
+from genrec.model.ranking import GenerativeRanker
+from genrec.ops.jagged import offsets_from_lengths
+
+
+def batch(labels, items=None):
+    n = labels.shape[0]
+    items = torch.arange(1, n + 1) if items is None else items
+    return SequenceBatch(items, offsets_from_lengths(torch.tensor([n])), max_seq_len=8,
+                         timestamps=torch.arange(n) * 1000, labels=labels)
+
+
+def test_prediction_sees_its_item_but_not_its_action():
+    config = preset("hstu")
+    config.model.embedding_dim = config.model.qk_dim = config.model.v_dim = 16
+    torch.manual_seed(0)
+    model = GenerativeRanker(config.model, num_items=10, num_tasks=2, max_seq_len=8, use_time=True).eval()
+    labels = torch.randint(0, 2, (5, 2)).float()
+    base = model(batch(labels))
+    assert base.shape == (5, 2)
+    flipped = labels.clone()
+    flipped[3] = 1 - flipped[3]  # event 3's own action: predictions up to event 3 unchanged
+    changed = model(batch(flipped))
+    torch.testing.assert_close(changed[:4], base[:4])
+    assert not torch.allclose(changed[4], base[4])  # later events do see it
+    other_item = torch.arange(1, 6)
+    other_item[3] = 9  # event 3's item: its own prediction changes (target-aware)
+    assert not torch.allclose(model(batch(labels, other_item))[3], base[3])
