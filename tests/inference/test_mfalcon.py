@@ -86,3 +86,26 @@ def test_bad_requests():
     with pytest.raises(ValueError, match="at most"):
         scorer.encode_candidates(torch.ones(MAX_LEN, dtype=torch.int64), torch.arange(MAX_LEN), candidates,
                                  candidate_stamps)
+
+
+def test_ranker_candidates_cached_equal_full_pass():
+    """For the ranker, a candidate scored through the cache equals appending it as the next event."""
+    from genrec.data.batch import SequenceBatch
+    from genrec.model.ranking import GenerativeRanker
+    from genrec.ops.jagged import offsets_from_lengths
+
+    config = preset("hstu")
+    config.model.embedding_dim, config.model.qk_dim, config.model.v_dim = 16, 8, 8
+    torch.manual_seed(0)
+    ranker = GenerativeRanker(config.model, NUM_ITEMS, num_tasks=2, max_seq_len=MAX_LEN, use_time=True).eval()
+    history, stamps, candidates, candidate_stamps = inputs(num_history=6, num_candidates=5)
+    labels = torch.randint(0, 2, (6, 2)).float()
+    scores = MFalcon(ranker, micro_batch_size=2).encode_candidates(history, stamps, candidates, candidate_stamps,
+                                                                    history_labels=labels)
+    assert scores.shape == (5, 2) and ((scores > 0) & (scores < 1)).all()
+    for c in range(5):  # the full pass: the candidate appended as a target event (its action unseen)
+        batch = SequenceBatch(torch.cat([history, candidates[c:c + 1]]), offsets_from_lengths(torch.tensor([7])),
+                              MAX_LEN, torch.cat([stamps, candidate_stamps[c:c + 1]]),
+                              labels=torch.cat([labels, torch.zeros(1, 2)]))
+        full = ranker(batch, num_targets=torch.tensor([1]))[-1]
+        torch.testing.assert_close(torch.sigmoid(full), scores[c], atol=1e-5, rtol=1e-5)

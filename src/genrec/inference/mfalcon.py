@@ -4,9 +4,11 @@ Candidates are appended after the history with num_targets = m, so each attends 
 history and to itself, never to another candidate; they run in micro-batches of b_m. The history's
 per-layer keys/values are computed once (prefill) and cached per user in a bounded LRU, so each
 micro-batch computes only the candidate rows. Returns the encoder's candidate representations
-[C, D] (l2-normalised), which task heads turn into scores.
+through the model's own output (l2-normalised embeddings for the retriever, per-task
+probabilities for the ranker). A model serves M-FALCON by providing `history_tokens`,
+`candidate_tokens`, `candidate_outputs`, an HSTU `encoder` and `max_seq_len`.
 
-Shapes: L history length, C candidates, D model dim.
+Shapes: L history events, C candidates, D model dim.
 """
 
 from __future__ import annotations
@@ -15,17 +17,17 @@ from collections import OrderedDict
 from collections.abc import Hashable
 
 import torch
-import torch.nn.functional as F
 
 from genrec.data.batch import SequenceBatch
 from genrec.model.hstu import HSTUEncoder
 from genrec.model.kv_cache import HistoryCache
+from genrec.model.ranking import GenerativeRanker
 from genrec.model.retrieval import SequentialRetriever
 from genrec.ops.jagged import offsets_from_lengths
 
 
 class MFalcon:
-    def __init__(self, model: SequentialRetriever, micro_batch_size: int = 256, cache_capacity: int = 1024) -> None:
+    def __init__(self, model: SequentialRetriever | GenerativeRanker, micro_batch_size: int = 256, cache_capacity: int = 1024) -> None:
         if not isinstance(model.encoder, HSTUEncoder):
             raise ValueError("M-FALCON needs an HSTU encoder (candidates attend through num_targets)")
         if micro_batch_size <= 0 or cache_capacity < 0:
@@ -38,27 +40,28 @@ class MFalcon:
     def _check(self, history_ids: torch.Tensor, candidate_ids: torch.Tensor) -> None:
         if history_ids.numel() == 0:
             raise ValueError("empty history: M-FALCON scores candidates against a user's history")
-        if history_ids.numel() >= self.model.max_seq_len:
+        if history_ids.numel() >= self.model.max_seq_len:  # events; candidates take the next position
             raise ValueError(f"history of {history_ids.numel()} events; at most {self.model.max_seq_len - 1} fit")
         for name, ids in (("history", history_ids), ("candidate", candidate_ids)):
             if ids.numel() and (int(ids.min()) < 1 or int(ids.max()) > self.model.num_items):
                 raise ValueError(f"unknown {name} item id (valid: 1..{self.model.num_items})")
 
     @torch.no_grad()
-    def prefill(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None) -> HistoryCache:
+    def prefill(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
+                history_labels: torch.Tensor | None = None) -> HistoryCache:
         """Runs the history once and keeps every layer's keys/values."""
-        cache = HistoryCache(history_ids, history_timestamps)
-        offsets = offsets_from_lengths(torch.tensor([history_ids.numel()], device=history_ids.device))
-        x = self.model.embedding(history_ids, offsets)
-        self.model.encoder(x, offsets, history_timestamps, cache=cache)
+        x, token_stamps = self.model.history_tokens(history_ids, history_timestamps, history_labels)
+        cache = HistoryCache(history_ids, history_timestamps, history_labels, token_stamps)
+        offsets = offsets_from_lengths(torch.tensor([x.shape[0]], device=x.device))
+        self.model.encoder(x, offsets, token_stamps, cache=cache)
         return cache
 
-    def cached_history(self, user: Hashable, history_ids: torch.Tensor,
-                       history_timestamps: torch.Tensor | None) -> HistoryCache:
+    def cached_history(self, user: Hashable, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
+                       history_labels: torch.Tensor | None = None) -> HistoryCache:
         """The user's cache, rebuilt when the history changed; least recently used ones are evicted."""
         cache = self._caches.get(user)
-        if cache is None or not cache.matches(history_ids, history_timestamps):
-            cache = self.prefill(history_ids, history_timestamps)
+        if cache is None or not cache.matches(history_ids, history_timestamps, history_labels):
+            cache = self.prefill(history_ids, history_timestamps, history_labels)
         self._caches[user] = cache
         self._caches.move_to_end(user)
         while len(self._caches) > self.cache_capacity:
@@ -72,20 +75,19 @@ class MFalcon:
     @torch.no_grad()
     def encode_candidates(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
                           candidate_ids: torch.Tensor, candidate_timestamps: torch.Tensor | None = None,
-                          user: Hashable | None = None) -> torch.Tensor:
-        """[C, D] candidate representations via the cached history (cached across calls when `user` is given)."""
+                          user: Hashable | None = None, history_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Candidate outputs via the cached history (cached across calls when `user` is given)."""
         self._check(history_ids, candidate_ids)
-        cache = (self.cached_history(user, history_ids, history_timestamps) if user is not None
-                 else self.prefill(history_ids, history_timestamps))
-        position = torch.full_like(candidate_ids, history_ids.numel())
+        cache = (self.cached_history(user, history_ids, history_timestamps, history_labels) if user is not None
+                 else self.prefill(history_ids, history_timestamps, history_labels))
+        position = cache.keys[0].shape[0]  # history tokens
         outputs = []
         for start in range(0, candidate_ids.numel(), self.micro_batch_size):
             ids = candidate_ids[start:start + self.micro_batch_size]
             stamps = None if candidate_timestamps is None else candidate_timestamps[start:start + self.micro_batch_size]
-            x = self.model.embedding.item(ids) * self.model.embedding.scale
-            x = x + self.model.embedding.position(position[:ids.numel()].clamp(max=self.model.max_seq_len - 1))
-            outputs.append(self.model.encoder.forward_candidates(x, stamps, cache))
-        return F.normalize(torch.cat(outputs), dim=-1)
+            hidden = self.model.encoder.forward_candidates(self.model.candidate_tokens(ids, position), stamps, cache)
+            outputs.append(self.model.candidate_outputs(hidden))
+        return torch.cat(outputs)
 
     @torch.no_grad()
     def encode_candidates_uncached(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,

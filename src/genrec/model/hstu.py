@@ -64,7 +64,7 @@ class HSTULayer(nn.Module):
         u, v, q, k = self._project(x)
         attended = candidate_attention_reference(
             q, k, v, cache.keys[layer_index], cache.values[layer_index], max_seq_len=self.max_seq_len,
-            alpha=1.0, rab=self.rab(cache.timestamps), candidate_timestamps=timestamps)
+            alpha=1.0, rab=self.rab(cache.token_timestamps), candidate_timestamps=timestamps)
         return self._finish(x, u, attended)
 
 

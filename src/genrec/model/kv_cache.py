@@ -13,8 +13,10 @@ import torch
 
 @dataclass
 class HistoryCache:
-    item_ids: torch.Tensor  # [L]
-    timestamps: torch.Tensor | None  # [L]
+    item_ids: torch.Tensor  # [L] events
+    timestamps: torch.Tensor | None  # [L] event times, as requested
+    labels: torch.Tensor | None = None  # [L, A] action signals (ranker)
+    token_timestamps: torch.Tensor | None = None  # per history token (the ranker has two per event)
     keys: list[torch.Tensor] = field(default_factory=list)  # per layer [L, H, Dqk]
     values: list[torch.Tensor] = field(default_factory=list)  # per layer [L, H, Dv]
 
@@ -22,9 +24,12 @@ class HistoryCache:
     def history_len(self) -> int:
         return self.item_ids.shape[0]
 
-    def matches(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None) -> bool:
+    def matches(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None, labels: torch.Tensor | None) -> bool:
         """True when this cache was built from exactly this history."""
-        same_items = self.item_ids.shape == item_ids.shape and bool(torch.equal(self.item_ids, item_ids.to(self.item_ids.device)))
-        if self.timestamps is None or timestamps is None:
-            return same_items and self.timestamps is None and timestamps is None
-        return same_items and bool(torch.equal(self.timestamps, timestamps.to(self.timestamps.device)))
+        return _same(self.item_ids, item_ids) and _same(self.timestamps, timestamps) and _same(self.labels, labels)
+
+
+def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(torch.equal(a, b.to(a.device)))

@@ -22,20 +22,43 @@ class GenerativeRanker(nn.Module):
         super().__init__()
         if config.architecture != "hstu":
             raise ValueError("the generative ranker is built on HSTU (model.architecture = 'hstu')")
+        self.num_items = num_items
         self.max_seq_len = max_seq_len  # in events; the encoder sees 2x as many tokens
         self.embedding = InputEmbedding(num_items, config.embedding_dim, 2 * max_seq_len, config.dropout)
         self.action = nn.Linear(num_tasks, config.embedding_dim)  # an action token embeds its signal bits
         self.encoder = HSTUEncoder(config, 2 * max_seq_len, use_time)
         self.heads = nn.Linear(config.embedding_dim, num_tasks)
 
-    def forward(self, batch: SequenceBatch) -> torch.Tensor:
-        """Logits [T, A]: for every event, its action signals predicted before they are seen."""
+    def _tokens(self, item_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        items = self.embedding.item(item_ids) * self.embedding.scale
+        return torch.stack([items, self.action(labels)], dim=1).reshape(-1, items.shape[-1])  # Phi_0, a_0, ...
+
+    def forward(self, batch: SequenceBatch, num_targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [T, A]: for every event, its action signals predicted before they are seen. With
+        num_targets, the last num_targets[b] events of each sequence are candidates (M-FALCON)."""
         if batch.labels is None:
             raise ValueError("ranking batches need per-event action labels")
-        items = self.embedding.item(batch.item_ids) * self.embedding.scale
-        actions = self.action(batch.labels)
-        tokens = torch.stack([items, actions], dim=1).reshape(-1, items.shape[-1])  # Phi_0, a_0, Phi_1, ...
+        tokens = self._tokens(batch.item_ids, batch.labels)
         offsets = batch.seq_offsets * 2
         x = self.embedding.dropout(tokens + self.embedding.position(positions_in_sequence(offsets, tokens.shape[0])))
         stamps = None if batch.timestamps is None else torch.repeat_interleave(batch.timestamps, 2)
-        return self.heads(self.encoder(x, offsets, stamps)[0::2])
+        token_targets = None if num_targets is None else 2 * num_targets
+        return self.heads(self.encoder(x, offsets, stamps, token_targets)[0::2])
+
+    # --- the M-FALCON interface: candidates are item tokens after the whole interleaved history ---
+    def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,
+                       labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if labels is None:
+            raise ValueError("ranking histories need each event's action signals")
+        tokens = self._tokens(item_ids, labels)
+        positions = torch.arange(tokens.shape[0], device=tokens.device)
+        stamps = None if timestamps is None else torch.repeat_interleave(timestamps, 2)
+        return tokens + self.embedding.position(positions), stamps
+
+    def candidate_tokens(self, item_ids: torch.Tensor, position: int) -> torch.Tensor:
+        position = torch.full_like(item_ids, min(position, self.embedding.position.num_embeddings - 1))
+        return self.embedding.item(item_ids) * self.embedding.scale + self.embedding.position(position)
+
+    def candidate_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Per-task probabilities [C, A]."""
+        return torch.sigmoid(self.heads(hidden))

@@ -37,6 +37,21 @@ class SequentialRetriever(nn.Module):
         x = self.encoder(x, batch.seq_offsets, batch.timestamps, num_targets)
         return F.normalize(x, dim=-1)
 
+    # --- the M-FALCON interface (history tokens, candidate tokens, candidate outputs) -------------
+    def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,
+                       labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One user's history as encoder input: ([L, D], per-token timestamps)."""
+        offsets = torch.tensor([0, item_ids.numel()], device=item_ids.device)
+        return self.embedding(item_ids, offsets), timestamps
+
+    def candidate_tokens(self, item_ids: torch.Tensor, position: int) -> torch.Tensor:
+        """Candidates as encoder input, all at token position `position` (right after the history)."""
+        position = torch.full_like(item_ids, min(position, self.embedding.position.num_embeddings - 1))
+        return self.embedding.item(item_ids) * self.embedding.scale + self.embedding.position(position)
+
+    def candidate_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.normalize(hidden, dim=-1)
+
     def item_embeddings(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         """l2-normalised item embeddings: [I, D] for the whole table (row 0 = padding) or [*ids, D]."""
         return self.embedding.normalized_items(item_ids)
