@@ -40,10 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", type=Path, default=None, help="where metrics.json goes (default: --checkpoint)")
     serve = commands.add_parser("serve", help="serve a trained run over HTTP (needs genrec[serve])")
     serve.add_argument("--checkpoint", type=Path, required=True, help="run directory of genrec train")
+    serve.add_argument("--ranker", type=Path, default=None, help="run directory of genrec train --task ranking")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--device", default="cpu")
     serve.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
+    serve.add_argument("--max-candidates", type=int, default=4096, help="most candidates one /v1/rank may send")
     return parser
 
 
@@ -122,7 +124,8 @@ def _run_serve(args: argparse.Namespace) -> None:
         from genrec.serve.http import Limits, create_app
     except ImportError as error:
         raise ValueError(f"genrec serve needs FastAPI and uvicorn: pip install 'genrec[serve]' ({error})") from error
-    uvicorn.run(create_app(args.checkpoint, args.device, Limits(max_k=args.max_k)), host=args.host, port=args.port)
+    limits = Limits(max_k=args.max_k, max_candidates=args.max_candidates)
+    uvicorn.run(create_app(args.checkpoint, args.device, limits, args.ranker), host=args.host, port=args.port)
 
 
 def main(argv: list[str] | None = None) -> int:

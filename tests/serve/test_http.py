@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from genrec.config import Config, load_config_file  # noqa: E402
 from genrec.serve.http import Limits, create_app  # noqa: E402
+from genrec.train.ranking import RankingTrainer  # noqa: E402
 from genrec.train.trainer import Trainer  # noqa: E402
 
 TINY = Path(__file__).resolve().parents[1] / "tiny.toml"
@@ -29,8 +30,17 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(run_dir):
-    return TestClient(create_app(run_dir, limits=Limits(max_k=50)))
+def ranker_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranker")
+    config = load_config_file(TINY, Config())
+    config.train.epochs, config.train.device, config.train.task = 1, "cpu", "ranking"
+    RankingTrainer(config, out, log=lambda _: None).fit()
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(run_dir, ranker_dir):
+    return TestClient(create_app(run_dir, limits=Limits(max_k=50, max_candidates=8), ranker_dir=ranker_dir))
 
 
 def history():
@@ -54,7 +64,7 @@ def test_retrieve_returns_ranked_unseen_items(client):
 
 @pytest.mark.parametrize("payload, message", [
     ({"history": [], "timestamps": [], "k": 5}, "history is empty"),
-    ({"history": [5, 999_999], "timestamps": [1, 2], "k": 5}, "unknown item id(s): [999999]"),
+    ({"history": [5, 999_999], "timestamps": [1, 2], "k": 5}, "unknown history item id(s): [999999]"),
     ({"history": [5] * 25, "timestamps": list(range(25)), "k": 5}, "at most 24"),
     ({"history": [5], "timestamps": [1], "k": 0}, "k must be in [1, 50]"),
     ({"history": [5], "timestamps": [1], "k": 51}, "k must be in [1, 50]"),
@@ -64,6 +74,38 @@ def test_retrieve_returns_ranked_unseen_items(client):
 def test_bad_requests_are_4xx_with_reason(client, payload, message):
     response = client.post("/v1/retrieve", json=payload)
     assert response.status_code == 422 and message in response.json()["detail"]
+
+
+def rank_request(**changes):
+    return {"history": [5, 17, 42], "actions": [[1], [0], [1]], "timestamps": [1000, 2000, 3000],
+            "candidates": [3, 9, 27], **changes}
+
+
+def test_rank_returns_a_probability_per_task_and_candidate(client):
+    assert client.get("/healthz").json()["ranking_tasks"] == ["liked"]
+    body = client.post("/v1/rank", json=rank_request()).json()
+    assert body["tasks"] == ["liked"] and len(body["scores"]) == 3
+    assert all(0.0 < s[0] < 1.0 for s in body["scores"])
+    alone = client.post("/v1/rank", json=rank_request(candidates=[9])).json()
+    assert alone["scores"][0] == pytest.approx(body["scores"][1], abs=1e-5)  # candidates do not interact
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"candidates": list(range(1, 10))}, "at most 8 per request"),
+    ({"candidates": []}, "no candidates"),
+    ({"candidates": [999_999]}, "unknown candidate item id(s)"),
+    ({"actions": [[1], [0]]}, "actions must hold"),
+    ({"actions": [[1, 0], [0, 0], [1, 1]]}, "actions must hold"),
+    ({"history": [], "actions": [], "timestamps": []}, "history is empty"),
+])
+def test_bad_rank_requests(client, changes, message):
+    response = client.post("/v1/rank", json=rank_request(**changes))
+    assert response.status_code == 422 and message in response.json()["detail"]
+
+
+def test_rank_without_a_ranker_is_404(run_dir):
+    response = TestClient(create_app(run_dir)).post("/v1/rank", json=rank_request())
+    assert response.status_code == 404 and "--ranker" in response.json()["detail"]
 
 
 def test_malformed_json_is_4xx(client):

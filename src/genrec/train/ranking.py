@@ -54,6 +54,8 @@ class RankingTrainer:
         data = build_sequences(events, data_config.tie_order, max(min_length_for(data_config.mode), held_out + 2),
                                labels)
         self.sequences, self.held_out, self.num_items = data.sequences, held_out, data.num_items
+        self.item_vocab = torch.from_numpy(data.item_vocab)
+        self.uses_time = events.timestamps is not None
         self.summary = {"source": data.source, "events": len(events), "skipped_rows": events.skipped_rows,
                         "users": data.sequences.num_users, "dropped_users": data.dropped_users,
                         "tasks": self.task_names}
@@ -131,7 +133,8 @@ class RankingTrainer:
             history.append({"epoch": epoch + 1, **stats})
             self.log(f"epoch {epoch + 1}: loss {stats['loss']:.4f} (din {stats['baseline_loss']:.4f})")
             save_checkpoint(self.out_dir / "last.safetensors", self.model, self.optimizer, {},
-                            config_to_dict(self.config), {"epoch": epoch + 1, "tasks": self.task_names})
+                            config_to_dict(self.config), {"epoch": epoch + 1, "tasks": self.task_names,
+                                                          "uses_time": self.uses_time}, self.item_vocab)
         test = self.evaluate(drop_last=0)
         summary = {"split": "test", "metrics": test["model"], "din": test["din"], "epochs": history,
                    "train_seconds": time.perf_counter() - started, "data": self.summary}
