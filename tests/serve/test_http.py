@@ -103,6 +103,13 @@ def test_bad_rank_requests(client, changes, message):
     assert response.status_code == 422 and message in response.json()["detail"]
 
 
+def test_runs_of_the_wrong_task_are_refused(run_dir, ranker_dir):
+    with pytest.raises(ValueError, match="a ranking run, where a retrieval run is needed"):
+        create_app(ranker_dir)
+    with pytest.raises(ValueError, match="a retrieval run, where a ranking run is needed"):
+        create_app(run_dir, ranker_dir=run_dir)
+
+
 def test_rank_without_a_ranker_is_404(run_dir):
     response = TestClient(create_app(run_dir)).post("/v1/rank", json=rank_request())
     assert response.status_code == 404 and "--ranker" in response.json()["detail"]

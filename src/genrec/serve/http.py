@@ -63,11 +63,15 @@ class Limits(BaseModel):
 class LoadedRun:
     """A trained run loaded for serving: config, checkpoint, source <-> dense id maps."""
 
+    task = "retrieval"
+
     def __init__(self, run_dir: Path, device: str) -> None:
         config_path = run_dir / "config.json"
         if not config_path.is_file():
             raise ValueError(f"{run_dir}: no config.json (not a genrec run directory)")
         self.config = config_from_dict(json.loads(config_path.read_text()))
+        if self.config.train.task != self.task:
+            raise ValueError(f"{run_dir}: a {self.config.train.task} run, where a {self.task} run is needed")
         best = run_dir / "best.safetensors"
         self.checkpoint = load_checkpoint(best if best.is_file() else run_dir / "last.safetensors")
         if self.checkpoint.item_vocab is None:
@@ -124,6 +128,8 @@ class Retriever(LoadedRun):
 
 
 class Ranker(LoadedRun):
+    task = "ranking"
+
     def __init__(self, run_dir: Path, device: str = "cpu") -> None:
         super().__init__(run_dir, device)
         self.tasks = list(self.checkpoint.state["tasks"])
