@@ -79,3 +79,6 @@ def test_ranking_end_to_end_on_a_multi_signal_log(tmp_path):
     assert set(metrics) == {"click/auc", "click/ne", "like/auc", "like/ne"}
     summary = json.loads((tmp_path / "r/summary.json").read_text())
     assert set(summary["din"]) == set(metrics) and "din" in run.stdout
+    again = genrec("eval", "--checkpoint", str(tmp_path / "r"), "--out", str(tmp_path / "e"))
+    assert again.returncode == 0, again.stderr
+    assert json.loads((tmp_path / "e/metrics.json").read_text()) == metrics  # same weights, same numbers

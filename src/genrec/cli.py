@@ -108,10 +108,18 @@ def _run_train(args: argparse.Namespace) -> None:
 
 def _run_eval(args: argparse.Namespace) -> None:
     from genrec.train.checkpoint import atomic_write_bytes
-    from genrec.train.trainer import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, args.split)
-    _print_table(f"{args.split} metrics", {"model": result["metrics"], "popularity": result["popularity"]})
+    config_path = args.checkpoint / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"{args.checkpoint}: no config.json (not a genrec run directory)")
+    if json.loads(config_path.read_text()).get("train", {}).get("task") == "ranking":
+        from genrec.train.ranking import evaluate_ranking_run
+        result = evaluate_ranking_run(args.checkpoint, args.split)
+        _print_table(f"{args.split} metrics (ranking)", {"hstu": result["metrics"], "din": result["din"]})
+    else:
+        from genrec.train.trainer import evaluate_checkpoint
+        result = evaluate_checkpoint(args.checkpoint, args.split)
+        _print_table(f"{args.split} metrics", {"model": result["metrics"], "popularity": result["popularity"]})
     out = args.out or args.checkpoint
     atomic_write_bytes(out / "metrics.json", json.dumps(result["metrics"], indent=2).encode())
     print(f"\nwrote {out / 'metrics.json'}")

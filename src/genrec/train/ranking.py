@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from genrec.config import Config, config_to_dict, config_to_json
+from genrec.config import Config, config_from_dict, config_to_dict, config_to_json
 from genrec.data import build_sequences, load_events, make_batch, min_length_for
 from genrec.data.actions import action_labels
 from genrec.data.batch import SequenceBatch
@@ -55,7 +55,6 @@ class RankingTrainer:
                                labels)
         self.sequences, self.held_out, self.num_items = data.sequences, held_out, data.num_items
         self.item_vocab = torch.from_numpy(data.item_vocab)
-        self.uses_time = events.timestamps is not None
         self.summary = {"source": data.source, "events": len(events), "skipped_rows": events.skipped_rows,
                         "users": data.sequences.num_users, "dropped_users": data.dropped_users,
                         "tasks": self.task_names}
@@ -132,12 +131,28 @@ class RankingTrainer:
                 stats["valid"] = self.evaluate(drop_last=1)["model"]
             history.append({"epoch": epoch + 1, **stats})
             self.log(f"epoch {epoch + 1}: loss {stats['loss']:.4f} (din {stats['baseline_loss']:.4f})")
+            state = {"epoch": epoch + 1, "tasks": self.task_names}
             save_checkpoint(self.out_dir / "last.safetensors", self.model, self.optimizer, {},
-                            config_to_dict(self.config), {"epoch": epoch + 1, "tasks": self.task_names,
-                                                          "uses_time": self.uses_time}, self.item_vocab)
+                            config_to_dict(self.config), state, self.item_vocab)
+            save_checkpoint(self.out_dir / "din.safetensors", self.baseline, None, {}, config_to_dict(self.config),
+                            state)
         test = self.evaluate(drop_last=0)
         summary = {"split": "test", "metrics": test["model"], "din": test["din"], "epochs": history,
                    "train_seconds": time.perf_counter() - started, "data": self.summary}
         atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(test["model"], indent=2).encode())
         atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
+
+
+def evaluate_ranking_run(run_dir: Path, split_name: str, log: Callable[[str], None] = print) -> dict:
+    """Re-evaluates a finished ranking run (ranker and DIN) on valid or test."""
+    from genrec.train.checkpoint import load_checkpoint
+
+    config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    trainer = RankingTrainer(config, run_dir, log=log)
+    trainer.model.load_state_dict(load_checkpoint(run_dir / "last.safetensors").model)
+    trainer.baseline.load_state_dict(load_checkpoint(run_dir / "din.safetensors").model)
+    if split_name == "valid" and trainer.held_out == 1:
+        raise ValueError(f"{run_dir}: mode 'paper' has no validation split; use --split test")
+    result = trainer.evaluate(drop_last=0 if split_name == "test" else 1)
+    return {"split": split_name, "metrics": result["model"], "din": result["din"]}
