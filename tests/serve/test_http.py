@@ -77,15 +77,15 @@ def test_bad_requests_are_4xx_with_reason(client, payload, message):
 
 
 def rank_request(**changes):
-    return {"history": [5, 17, 42], "actions": [[1], [0], [1]], "timestamps": [1000, 2000, 3000],
+    return {"history": [5, 17, 42], "actions": [[1, 0], [0, 0], [1, 1]], "timestamps": [1000, 2000, 3000],
             "candidates": [3, 9, 27], **changes}
 
 
 def test_rank_returns_a_probability_per_task_and_candidate(client):
-    assert client.get("/healthz").json()["ranking_tasks"] == ["liked"]
+    assert client.get("/healthz").json()["ranking_tasks"] == ["liked", "loved"]
     body = client.post("/v1/rank", json=rank_request()).json()
-    assert body["tasks"] == ["liked"] and len(body["scores"]) == 3
-    assert all(0.0 < s[0] < 1.0 for s in body["scores"])
+    assert body["tasks"] == ["liked", "loved"] and len(body["scores"]) == 3
+    assert all(0.0 < p < 1.0 for scores in body["scores"] for p in scores)
     alone = client.post("/v1/rank", json=rank_request(candidates=[9])).json()
     assert alone["scores"][0] == pytest.approx(body["scores"][1], abs=1e-5)  # candidates do not interact
 
@@ -94,8 +94,8 @@ def test_rank_returns_a_probability_per_task_and_candidate(client):
     ({"candidates": list(range(1, 10))}, "at most 8 per request"),
     ({"candidates": []}, "no candidates"),
     ({"candidates": [999_999]}, "unknown candidate item id(s)"),
-    ({"actions": [[1], [0]]}, "actions must hold"),
-    ({"actions": [[1, 0], [0, 0], [1, 1]]}, "actions must hold"),
+    ({"actions": [[1, 0], [0, 1]]}, "actions must hold"),
+    ({"actions": [[1], [0], [1]]}, "actions must hold"),
     ({"history": [], "actions": [], "timestamps": []}, "history is empty"),
 ])
 def test_bad_rank_requests(client, changes, message):

@@ -1,7 +1,8 @@
 """Per-event action signals for ranking: binary tasks derived from what the source records.
 
-A rating becomes `liked` (rating >= 4); every extra numeric column of an event log (click, like,
-long_view, share, ...) becomes a task that is on when the value is > 0.
+A rating becomes two ordinal tasks, `liked` (rating >= 4) and `loved` (the top grade, >= 5); every
+extra numeric column of an event log (click, like, long_view, share, ...) becomes a task that is on
+when the value is > 0.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import numpy as np
 from genrec.data.events import Events
 
 LIKED_THRESHOLD = 4.0
+LOVED_THRESHOLD = 5.0
 
 
 def action_labels(events: Events) -> tuple[list[str], np.ndarray]:
     """(task names, labels [E, A] float32 of 0/1) in the events' order."""
     names, columns = [], []
     if events.ratings is not None:
-        names.append("liked")
-        columns.append(events.ratings >= LIKED_THRESHOLD)
+        names += ["liked", "loved"]
+        columns += [events.ratings >= LIKED_THRESHOLD, events.ratings >= LOVED_THRESHOLD]
     for name in sorted(events.actions):
         names.append(name)
         columns.append(events.actions[name] > 0)
