@@ -101,7 +101,7 @@ def build_sequences(events: Events, tie_order: str = "stable", min_length: int =
     order = event_order(events, tie_order)
     users = events.user_ids[order]
     item_vocab, dense_items = np.unique(events.item_ids[order], return_inverse=True)
-    user_vocab, user_starts, user_counts = np.unique(users, return_index=True, return_counts=True)
+    user_vocab, user_counts = np.unique(users, return_counts=True)
     keep = user_counts >= min_length
     if not keep.any():
         raise ValueError(f"{events.source}: no user has at least {min_length} events")

@@ -22,7 +22,6 @@ class EvalSplit:
 
     histories: JaggedEvents
     target_items: np.ndarray  # [U]
-    target_timestamps: np.ndarray | None
 
 
 @dataclass
@@ -42,8 +41,7 @@ def min_length_for(mode: str) -> int:
 
 def _held_out(sequences: JaggedEvents, n_from_end: int) -> EvalSplit:
     index = sequences.nth_from_end(n_from_end)
-    stamps = None if sequences.timestamps is None else sequences.timestamps[index]
-    return EvalSplit(sequences.drop_last(n_from_end), sequences.item_ids[index], stamps)
+    return EvalSplit(sequences.drop_last(n_from_end), sequences.item_ids[index])
 
 
 def leave_one_out(data: SequenceData, mode: str) -> ProtocolSplit:

@@ -81,8 +81,9 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.state["step"] += 1
-            total_loss += loss.item() * int(has_target.sum())
-            total_positions += int(has_target.sum())
+            num_positions = int(has_target.sum())
+            total_loss += loss.item() * num_positions
+            total_positions += num_positions
             total_tokens += int(lengths_from_offsets(batch.seq_offsets).sum())
         seconds = time.perf_counter() - started
         return {"loss": total_loss / max(1, total_positions), "tokens_per_s": total_tokens / seconds,
