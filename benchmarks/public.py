@@ -4,13 +4,20 @@ run cut off by a time limit keeps what finished).
 
     python benchmarks/public.py --data-root ../shared/data --datasets ml-1m-sas,ml-1m-3k \
         --models sasrec,hstu,hstu-large --modes paper --epochs 101
+
+A model is a preset, optionally followed by config assignments for one-at-a-time ablations:
+`hstu-large:train.loss.num_negatives=512:model.dropout=0.3`. --jobs N trains N runs at once on the
+same GPU (small models leave it mostly idle); each row records how many ran beside it, since
+seconds per epoch are only comparable between rows with the same count.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import json
+import multiprocessing
 import statistics
 import sys
 import tempfile
@@ -20,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from genrec.config import preset  # noqa: E402
+from genrec.config import apply_overrides, parse_assignment, preset  # noqa: E402
 from genrec.train.trainer import Trainer  # noqa: E402
 
 DATASETS = {  # name: (reader, path under --data-root)
@@ -36,17 +43,23 @@ DATASETS = {  # name: (reader, path under --data-root)
 METRICS = ("hr@10", "ndcg@10", "hr@50", "hr@200", "ndcg@200", "mrr")
 
 
-def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, tie_order: str) -> dict:
+def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, tie_order: str,
+            common: list[str], jobs: int) -> dict:
     reader, relative = DATASETS[dataset]
-    config = preset(model)
+    name, *assignments = model.split(":")
+    config = preset(name)
     config.data.dataset, config.data.path = reader, str(data_root / relative)
     config.data.mode, config.data.tie_order = mode, tie_order
     config.train.epochs = epochs
+    overrides = [*common, *assignments]
+    for assignment in overrides:
+        apply_overrides(config, parse_assignment(assignment))
     with tempfile.TemporaryDirectory() as out_dir:
         started = time.perf_counter()
         summary = Trainer(config, Path(out_dir), log=lambda _: None, progress=False).fit()
         seconds = time.perf_counter() - started
     return {"dataset": dataset, "model": model, "mode": mode, "tie_order": tie_order, "epochs": epochs,
+            "overrides": overrides, "concurrent_jobs": jobs, "epochs_run": summary["epoch"],
             "selected_epoch": summary["best_epoch"], "seconds": round(seconds, 1),
             # median: the first epoch also pays for kernel compilation and autotuning
             "seconds_per_epoch": round(statistics.median(summary["epoch_seconds"] or [0.0]), 3),
@@ -57,29 +70,38 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, required=True)
     parser.add_argument("--datasets", default="ml-1m-sas,ml-1m-3k")
-    parser.add_argument("--models", default="sasrec,hstu,hstu-large")
+    parser.add_argument("--models", default="sasrec,hstu,hstu-large", help="comma-separated model specs")
     parser.add_argument("--modes", default="paper")
     parser.add_argument("--epochs", type=int, default=101)
     parser.add_argument("--tie-order", default="stable", choices=("stable", "paper"))
+    parser.add_argument("--set", action="append", default=[], dest="common", metavar="KEY=VALUE",
+                        help="config assignment applied to every run (e.g. train.patience=10)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once on the one device")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/public.json"))
     args = parser.parse_args()
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
     result.update({"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                    "torch": torch.__version__, "triton": _triton_version(), "command": " ".join(sys.argv),
                    "date": datetime.date.today().isoformat()})
-    print(f"{'dataset':<11}{'model':<12}{'mode':<10}{'s':>7}{'s/ep':>7}" + "".join(f"{m:>10}" for m in METRICS))
-    for dataset in args.datasets.split(","):
-        for mode in args.modes.split(","):
-            for model in args.models.split(","):
-                row = run_one(args.data_root, dataset, model, mode, args.epochs, args.tie_order)
-                key = (dataset, model, mode, row["tie_order"], row["epochs"])
-                result["runs"] = [r for r in result["runs"]
-                                  if (r["dataset"], r["model"], r["mode"], r["tie_order"], r["epochs"]) != key]
-                result["runs"].append(row)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.write_text(json.dumps(result, indent=2))
-                print(f"{dataset:<11}{model:<12}{mode:<10}{row['seconds']:>7.0f}{row['seconds_per_epoch']:>7.2f}"
-                      + "".join(f"{row['metrics'][m]:>10.4f}" for m in METRICS), flush=True)
+    runs = [(dataset, model, mode) for dataset in args.datasets.split(",") for mode in args.modes.split(",")
+            for model in args.models.split(",")]
+    print(f"{'dataset':<11}{'mode':<10}{'s':>7}{'s/ep':>7}" + "".join(f"{m:>9}" for m in METRICS) + "  model")
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(run_one, args.data_root, dataset, model, mode, args.epochs, args.tie_order,
+                               args.common, min(args.jobs, len(runs))) for dataset, model, mode in runs]
+        for future in concurrent.futures.as_completed(futures):
+            row = future.result()
+            _merge(result, row)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2))
+            print(f"{row['dataset']:<11}{row['mode']:<10}{row['seconds']:>7.0f}{row['seconds_per_epoch']:>7.2f}"
+                  + "".join(f"{row['metrics'][m]:>9.4f}" for m in METRICS) + f"  {row['model']}", flush=True)
+
+
+def _merge(result: dict, row: dict) -> None:
+    """A rerun of the same (dataset, model spec, mode, tie order, epochs) replaces the old row."""
+    fields = ("dataset", "model", "mode", "tie_order", "epochs")
+    result["runs"] = [r for r in result["runs"] if any(r[f] != row[f] for f in fields)] + [row]
 
 
 def _triton_version() -> str | None:

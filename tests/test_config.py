@@ -41,3 +41,15 @@ def test_validation_and_files(tmp_path):
         load_config_file(bad, Config())
     with pytest.raises(ValueError, match="no such config file"):
         load_config_file(tmp_path / "none.toml", Config())
+
+
+def test_parse_assignment_reads_toml_values():
+    from genrec.config import parse_assignment
+
+    assert parse_assignment("train.loss.num_negatives=512") == {"train": {"loss": {"num_negatives": 512}}}
+    assert parse_assignment("model.dropout = 0.3") == {"model": {"dropout": 0.3}}
+    assert parse_assignment("train.lr_schedule=cosine") == {"train": {"lr_schedule": "cosine"}}
+    assert parse_assignment("model.rab.time=false") == {"model": {"rab": {"time": False}}}
+    for bad in ("novalue", "=3", "model..dropout=1"):
+        with pytest.raises(ValueError, match="bad config assignment"):
+            parse_assignment(bad)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from genrec.config import PRESETS, Config, load_config_file, preset
+from genrec.config import PRESETS, Config, apply_overrides, load_config_file, parse_assignment, preset
 from genrec.data import DATASETS
 
 # The embedded default is a minutes-long CPU demo on synthetic data, not the paper's 101 epochs.
@@ -24,6 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", default=None, help="directory or file holding the data set")
     train.add_argument("--model", choices=sorted(PRESETS), default="hstu", help="model preset")
     train.add_argument("--config", type=Path, default=None, help="TOML file overriding the preset")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
+                       help="override one config field, e.g. --set train.loss.num_negatives=512 (repeatable)")
     train.add_argument("--out", type=Path, default=Path("runs/default"))
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     train.add_argument("--epochs", type=int, default=None)
@@ -53,6 +55,8 @@ def _train_config(args: argparse.Namespace) -> Config:
     config = preset(args.model)
     if args.config is not None:
         config = load_config_file(args.config, config)
+    for assignment in args.assignments:
+        apply_overrides(config, parse_assignment(assignment))
     overrides = {
         ("data", "dataset"): args.dataset, ("data", "path"): args.data_dir, ("data", "mode"): args.mode,
         ("data", "tie_order"): args.tie_order, ("train", "device"): args.device,
@@ -64,7 +68,9 @@ def _train_config(args: argparse.Namespace) -> Config:
             setattr(getattr(config, section), key, value)
     if args.skip_bad_rows:
         config.data.skip_bad_rows = True
-    if config.data.dataset == "synthetic" and args.epochs is None and args.config is None:
+    explicit_epochs = args.epochs is not None or args.config is not None or any(
+        a.strip().startswith("train.epochs") for a in args.assignments)
+    if config.data.dataset == "synthetic" and not explicit_epochs:
         config.train.epochs = SYNTHETIC_DEFAULT_EPOCHS
     return config.validate()
 

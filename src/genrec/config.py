@@ -57,6 +57,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
+    negatives: str = "sampled"  # sampled (uniform, per position) | all (full softmax over the catalog)
     num_negatives: int = 128
     in_batch_negatives: int = 0  # extra negatives drawn from the batch's targets (logQ-corrected)
     temperature: float = 0.05
@@ -73,6 +74,9 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     eval_every: int = 1  # epochs between validation passes (validated mode)
+    patience: int = 0  # validated mode: stop after this many passes without improvement; 0 = never
+    lr_schedule: str = "constant"  # constant | cosine (decays to 0 at the last epoch)
+    warmup_epochs: int = 0  # linear warm-up from 0 over this many epochs, then the schedule
     eval_batch_size: int = 512
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -110,7 +114,14 @@ class Config:
             (self.train.learning_rate > 0, "train.learning_rate must be positive"),
             (self.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
             (self.train.eval_every > 0, "train.eval_every must be positive"),
+            (self.train.patience >= 0, "train.patience must be >= 0"),
+            (self.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine"),
+            (0 <= self.train.warmup_epochs <= max(self.train.epochs, 0),
+             "train.warmup_epochs must be in [0, train.epochs]"),
+            (self.train.loss.negatives in ("sampled", "all"), "train.loss.negatives must be sampled or all"),
             (self.train.loss.num_negatives > 0, "train.loss.num_negatives must be positive"),
+            (self.train.loss.negatives == "sampled" or self.train.loss.in_batch_negatives == 0,
+             "train.loss.in_batch_negatives needs train.loss.negatives = sampled"),
             (self.train.loss.in_batch_negatives >= 0, "train.loss.in_batch_negatives must be >= 0"),
             (self.train.loss.temperature > 0, "train.loss.temperature must be positive"),
             (len(self.eval.ks) > 0 and all(k > 0 for k in self.eval.ks), "eval.ks must be positive"),
@@ -166,6 +177,21 @@ def apply_overrides(target: Any, overrides: dict[str, Any], where: str = "") -> 
             raise ValueError(f"bad config: {name} = {value!r} has the wrong type "
                              f"(expected {type(current).__name__})")
         setattr(target, key, value)
+
+
+def parse_assignment(text: str) -> dict[str, Any]:
+    """'train.loss.num_negatives=512' -> {"train": {"loss": {"num_negatives": 512}}}; the value is read
+    as TOML (numbers, booleans, quoted strings, arrays) and as a bare string when it is not TOML."""
+    key, separator, raw = text.partition("=")
+    if not separator or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ValueError(f"bad config assignment {text!r}: expected section.key=value")
+    try:
+        value: Any = tomllib.loads(f"value = {raw.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
 
 
 def load_config_file(path: Path, base: Config) -> Config:

@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,39 @@ def test_checkpoint_contents(tmp_path):
     assert checkpoint.optimizer["state"] and not (tmp_path / "best.safetensors").exists()
     with pytest.raises(ValueError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.safetensors")
+
+
+def test_learning_rate_warms_up_then_decays_to_zero(tmp_path):
+    config = tiny_config(mode="paper", epochs=4)
+    config.train.lr_schedule, config.train.warmup_epochs = "cosine", 1
+    trainer = Trainer(config, tmp_path, progress=False, log=lambda _: None)
+    steps_per_epoch = -(-trainer.data.split.train.num_users // config.train.batch_size)
+    rates = []
+    for step in range(4 * steps_per_epoch):
+        trainer.state["step"] = step
+        trainer._set_learning_rate()
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+    peak = steps_per_epoch - 1
+    assert rates[peak] == pytest.approx(config.train.learning_rate)
+    assert all(a < b for a, b in zip(rates[:peak], rates[1:peak + 1]))  # linear warm-up
+    assert all(a >= b for a, b in zip(rates[peak:], rates[peak + 1:]))  # cosine decay
+    assert rates[-1] < 0.05 * config.train.learning_rate
+
+
+def test_early_stopping_on_validation(tmp_path, monkeypatch):
+    config = tiny_config(epochs=10)
+    config.train.patience = 2
+    scores = iter([0.3, 0.5, 0.4, 0.45, 0.6, 0.1, 0.2, 0.3, 0.4, 0.5])
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, split: {"ndcg@10": next(scores, 0.0)})
+    summary = Trainer(config, tmp_path, progress=False, log=lambda _: None).fit()
+    # best at epoch 2, then two passes (epochs 3, 4) without a gain: no epoch 5
+    assert summary["best_epoch"] == 2 and summary["epoch"] == 4
+
+
+def test_full_softmax_training_learns(tmp_path):
+    config = tiny_config(mode="paper", epochs=3)
+    config.train.loss.negatives = "all"
+    trainer = Trainer(config, tmp_path, progress=False, log=lambda _: None)
+    first = trainer.train_epoch()["loss"]
+    trainer.train_epoch()
+    assert math.isfinite(first) and trainer.train_epoch()["loss"] < first

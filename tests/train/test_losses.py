@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from genrec.train.losses import sampled_softmax_loss
+from genrec.train.losses import full_softmax_loss, sampled_softmax_loss
 
 
 def table(num_items, dim, seed=0):
@@ -44,3 +44,15 @@ def test_in_batch_negatives_add_terms_and_gradients():
     assert more.item() > base.item()
     more.backward()
     assert torch.isfinite(user.grad).all() and user.grad.abs().sum() > 0
+
+
+def test_full_softmax_is_cross_entropy_over_the_catalog():
+    items = table(30, 8, seed=1)
+    user = F.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(2)), dim=-1)
+    targets = torch.tensor([1, 7, 30, 12, 7])
+    loss = full_softmax_loss(user, targets, items, 30, 0.05)
+    expected = 0.0
+    for p in range(5):
+        logits = [float(user[p] @ items(torch.tensor(i))) / 0.05 for i in range(1, 31)]
+        expected += math.log(sum(math.exp(x) for x in logits)) - logits[int(targets[p]) - 1]
+    assert math.isclose(loss.item(), expected / 5, rel_tol=1e-5)

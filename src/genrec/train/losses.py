@@ -1,6 +1,6 @@
-"""Sampled softmax over l2-normalised embeddings (the paper's retrieval loss).
+"""Softmax over l2-normalised embeddings: sampled (the paper's retrieval loss) or over the whole catalog.
 
-Shapes: P predicting positions, D dim, S uniform negatives per position, M in-batch negatives.
+Shapes: P predicting positions, D dim, S uniform negatives per position, M in-batch negatives, I items.
 """
 
 from __future__ import annotations
@@ -38,3 +38,12 @@ def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddi
     logits = torch.cat(logits, dim=1) / temperature
     zeros = torch.zeros(targets.shape[0], dtype=torch.int64, device=targets.device)
     return F.cross_entropy(logits.float(), zeros)
+
+
+def full_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddings, num_items: int,
+                      temperature: float) -> torch.Tensor:
+    """Mean cross-entropy over every item of the catalog (ids 1..I): exact where I is small enough
+    that a [P, I] logit matrix is cheaper than gathering S negatives per position."""
+    catalog = item_embeddings(torch.arange(1, num_items + 1, device=targets.device))  # [I, D]
+    logits = (user @ catalog.T) / temperature
+    return F.cross_entropy(logits.float(), targets - 1)

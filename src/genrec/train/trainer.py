@@ -8,6 +8,7 @@ validation NDCG@10 improves (best.safetensors); --resume continues bit-exactly f
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,7 +23,7 @@ from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
 from genrec.ops.jagged import lengths_from_offsets, next_in_sequence
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from genrec.train.experiment import build_model, prepare_data, resolve_device
-from genrec.train.losses import sampled_softmax_loss
+from genrec.train.losses import full_softmax_loss, sampled_softmax_loss
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -73,12 +74,17 @@ class Trainer:
                 continue
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 users = self.model(batch)[has_target]
-                loss = sampled_softmax_loss(users, targets[has_target], self.model.item_embeddings,
-                                            self.data.num_items, loss_config.num_negatives,
-                                            loss_config.temperature, self.sample_generator,
-                                            loss_config.in_batch_negatives)
+                if loss_config.negatives == "all":
+                    loss = full_softmax_loss(users, targets[has_target], self.model.item_embeddings,
+                                             self.data.num_items, loss_config.temperature)
+                else:
+                    loss = sampled_softmax_loss(users, targets[has_target], self.model.item_embeddings,
+                                                self.data.num_items, loss_config.num_negatives,
+                                                loss_config.temperature, self.sample_generator,
+                                                loss_config.in_batch_negatives)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            self._set_learning_rate()
             self.optimizer.step()
             self.state["step"] += 1
             num_positions = int(has_target.sum())
@@ -88,6 +94,21 @@ class Trainer:
         seconds = time.perf_counter() - started
         return {"loss": total_loss / max(1, total_positions), "tokens_per_s": total_tokens / seconds,
                 "seconds": seconds}
+
+    def _set_learning_rate(self) -> None:
+        """Learning rate as a pure function of the step, so a resumed run follows the same curve."""
+        train = self.config.train
+        steps_per_epoch = math.ceil(self.data.split.train.num_users / train.batch_size)
+        step, warmup = self.state["step"], train.warmup_epochs * steps_per_epoch
+        total = max(1, train.epochs * steps_per_epoch - warmup)
+        if step < warmup:
+            factor = (step + 1) / warmup
+        elif train.lr_schedule == "cosine":
+            factor = 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
+        else:
+            factor = 1.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = train.learning_rate * factor
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self, split: EvalSplit) -> dict[str, float]:
@@ -138,6 +159,10 @@ class Trainer:
         started = time.perf_counter()
         bar = _progress(range(self.state["epoch"], epochs), self.progress, "train")
         for epoch in bar:
+            if self._out_of_patience():  # checked first so a resumed run stops too
+                self.log(f"early stop after epoch {epoch}: no validation gain since epoch "
+                         f"{self.state['best_epoch']}")
+                break
             stats = self.train_epoch()
             self.state["epoch"] = epoch + 1
             self.state["epoch_seconds"].append(round(stats["seconds"], 3))
@@ -166,6 +191,12 @@ class Trainer:
             self._scalars("test", metrics, self.state["epoch"])
             self.writer.close()
         return summary
+
+    def _out_of_patience(self) -> bool:
+        patience, best = self.config.train.patience, self.state["best_epoch"]
+        if patience == 0 or best is None:
+            return False
+        return sum(1 for valid in self.state["valid"] if valid["epoch"] > best) >= patience
 
     def _scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         if self.writer is not None:
