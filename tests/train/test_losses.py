@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -8,21 +9,28 @@ from genrec.train.losses import full_softmax_loss, sampled_softmax_loss
 
 def table(num_items, dim, seed=0):
     weights = F.normalize(torch.randn(num_items + 1, dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
-    return lambda ids: weights[ids]
+    return lambda ids=None: weights if ids is None else weights[ids]
 
 
-def test_matches_explicit_softmax_over_sampled_set():
-    items = table(50, 8)
-    user = F.normalize(torch.randn(4, 8), dim=-1)
-    targets = torch.tensor([1, 2, 3, 4])
-    loss = sampled_softmax_loss(user, targets, items, 50, 16, 0.1, torch.Generator().manual_seed(3))
-    negatives = torch.randint(1, 51, (4, 16), generator=torch.Generator().manual_seed(3))
+@pytest.mark.parametrize("num_positions, num_items, num_negatives", [
+    (4, 50, 16),  # small catalog: whole-table scores, then gather
+    (40, 100, 4),  # table normalised once, rows gathered
+    (4, 100, 16),  # large catalog: gathered rows normalised one by one
+])
+def test_matches_explicit_softmax_over_sampled_set(num_positions, num_items, num_negatives):
+    items = table(num_items, 8)
+    user = F.normalize(torch.randn(num_positions, 8), dim=-1)
+    targets = torch.arange(num_positions) % num_items + 1
+    loss = sampled_softmax_loss(user, targets, items, num_items, num_negatives, 0.1,
+                                torch.Generator().manual_seed(3))
+    negatives = torch.randint(1, num_items + 1, (num_positions, num_negatives),
+                              generator=torch.Generator().manual_seed(3))
     expected = 0.0
-    for p in range(4):
+    for p in range(num_positions):
         logits = [float(user[p] @ items(targets[p])) / 0.1]
         logits += [float(user[p] @ items(n)) / 0.1 for n in negatives[p] if n != targets[p]]
         expected += -(logits[0] - math.log(sum(math.exp(x) for x in logits)))
-    assert math.isclose(loss.item(), expected / 4, rel_tol=1e-5)
+    assert math.isclose(loss.item(), expected / num_positions, rel_tol=1e-5)
 
 
 def test_negative_equal_to_positive_is_masked():
