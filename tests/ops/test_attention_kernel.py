@@ -93,3 +93,39 @@ def test_triton_backend_rejects_dense_rab():
     offsets = offsets_from_lengths(torch.tensor([2], device=DEVICE))
     with pytest.raises(ValueError, match="BucketedBias"):
         hstu_attention(q, q, q, offsets, max_seq_len=2, alpha=1.0, rab=torch.zeros(1, 1, 2, 2), backend="triton")
+
+
+def _op_inputs(with_time: bool):
+    generator = torch.Generator().manual_seed(5)
+    lengths, max_seq_len = [3, 1, 6], 8
+    rand = lambda *shape: torch.randn(*shape, generator=generator).to(DEVICE).requires_grad_()  # noqa: E731
+    stamps = torch.cumsum(torch.randint(0, 500, (10,), generator=generator), 0).to(DEVICE)
+    offsets = offsets_from_lengths(torch.tensor(lengths, device=DEVICE))
+    time_weights = rand(9) if with_time else None
+    return (rand(10, 2, 16), rand(10, 2, 16), rand(10, 2, 8), offsets, None, rand(2 * max_seq_len - 1),
+            time_weights, stamps if with_time else None, max_seq_len, 0.25, 0, 0, 0.7)
+
+
+@pytest.mark.parametrize("with_time", [False, True], ids=["position-bias", "position-and-time-bias"])
+def test_registered_op_passes_opcheck(with_time):
+    """Schema, fake (shape) function, autograd registration and AOT dispatch of genrec::hstu_attention_fwd."""
+    from genrec.ops.attention.op import hstu_attention_fwd
+
+    torch.library.opcheck(hstu_attention_fwd, _op_inputs(with_time))
+
+
+def test_compiles_without_graph_breaks():
+    from genrec.ops.attention.op import hstu_attention_fwd
+
+    inputs = _op_inputs(True)
+    compiled = torch.compile(hstu_attention_fwd, backend="aot_eager", fullgraph=True)
+    out = compiled(*inputs)
+    out.square().sum().backward()
+    grads = [t.grad.clone() for t in (inputs[0], inputs[5], inputs[6])]
+    for t in (inputs[0], inputs[5], inputs[6]):
+        t.grad = None
+    eager = hstu_attention_fwd(*inputs)
+    eager.square().sum().backward()
+    torch.testing.assert_close(out, eager)
+    for got, t in zip(grads, (inputs[0], inputs[5], inputs[6])):
+        torch.testing.assert_close(got, t.grad)

@@ -65,7 +65,7 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offset
     arguments = dict(max_seq_len=max_seq_len, alpha=alpha, num_targets=num_targets, rab=rab,
                      max_attn_len=max_attn_len, contextual_seq_len=contextual_seq_len)
     if _pick_backend(backend, q, rab) == "triton":
-        from genrec.ops.attention.kernel import hstu_attention_triton
+        from genrec.ops.attention.op import hstu_attention_triton
         return hstu_attention_triton(q, k, v, seq_offsets, **arguments)
     return hstu_attention_reference(q, k, v, seq_offsets, **arguments)
 

@@ -1,5 +1,6 @@
 """Fused jagged HSTU attention in Triton: forward, and a backward split into a dK/dV kernel (which
 also accumulates the relative-bias weight gradients) and a dQ kernel, so no dQ atomics are needed.
+This file holds the kernels and their launchers; op.py registers the launchers with PyTorch.
 
 The relative bias rab^{p,t} is computed inside the kernels from positions, timestamps and the
 bucket weights (see rab.py), never materialised. Plain pointers only (no block pointers), so the
@@ -338,55 +339,37 @@ class _Options:
         return lambda meta: (triton.cdiv(self.max_seq_len, meta[block]), self.num_heads_x_seqs)
 
 
-class HSTUAttentionFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
-                max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale):
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()  # gradients then share their strides
-        options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
-                           max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale)
-        out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
-        if options.num_heads_x_seqs and q.shape[0]:
-            _fwd[options.grid("BLOCK_M")](q, k, v, out, *options.pointers, q.stride(0), q.stride(1), k.stride(0),
-                                          k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-                                          *options.scalars, **options.constexprs)
-        ctx.save_for_backward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps)
-        ctx.args = (max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps = ctx.saved_tensors
-        options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, *ctx.args)
-        grad_out = grad_out.contiguous()
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-        dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-        dpos = torch.zeros(position_weights.shape if position_weights is not None else 1, dtype=torch.float32,
-                           device=q.device)
-        dtime = torch.zeros(time_weights.shape if time_weights is not None else 1, dtype=torch.float32,
-                            device=q.device)
-        if options.num_heads_x_seqs and q.shape[0]:
-            strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                       grad_out.stride(0), grad_out.stride(1))
-            _bwd_kv[options.grid("BLOCK_N")](q, k, v, grad_out, dk, dv, dpos, dtime, *options.pointers, *strides,
-                                             *options.scalars, **options.constexprs)
-            _bwd_q[options.grid("BLOCK_M")](q, k, v, grad_out, dq, *options.pointers, *strides,
-                                            *options.scalars, **options.constexprs)
-        else:
-            dq.zero_(), dk.zero_(), dv.zero_()
-        grad_pos = None if position_weights is None else dpos.to(position_weights.dtype)
-        grad_time = None if time_weights is None or timestamps is None else dtime.to(time_weights.dtype)
-        return dq, dk, dv, None, None, grad_pos, grad_time, None, None, None, None, None, None
+def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+            max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale) -> torch.Tensor:
+    """Launches the forward kernel; q, k, v must be contiguous. Returns out [T, H, Dv]."""
+    options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+                       max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale)
+    out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
+    if options.num_heads_x_seqs and q.shape[0]:
+        _fwd[options.grid("BLOCK_M")](q, k, v, out, *options.pointers, q.stride(0), q.stride(1), k.stride(0),
+                                      k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+                                      *options.scalars, **options.constexprs)
+    return out
 
 
-def hstu_attention_triton(q, k, v, seq_offsets, *, max_seq_len, alpha, num_targets=None, rab=None,
-                          max_attn_len=0, contextual_seq_len=0):
-    """Fused twin of `hstu_attention_reference`; `rab` is a BucketedBias (computed in-kernel) or None."""
-    position_weights = time_weights = timestamps = None
-    scale = 0.301
-    if rab is not None:
-        position_weights, time_weights, timestamps, scale = (rab.position_weights, rab.time_weights,
-                                                             rab.timestamps, rab.time_bucket_scale)
-    return HSTUAttentionFunction.apply(q, k, v, seq_offsets, num_targets, position_weights, time_weights,
-                                       timestamps, max_seq_len, alpha, max_attn_len, contextual_seq_len, scale)
+def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+             max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale):
+    """Launches the dK/dV and dQ kernels; grad_out, q, k, v must be contiguous. Returns dq, dk, dv and the
+    fp32 gradients of the position and time weights (shaped like them; [0] where a weight is absent)."""
+    options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+                       max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dpos = torch.zeros(position_weights.shape if position_weights is not None else 0, dtype=torch.float32,
+                       device=q.device)
+    dtime = torch.zeros(time_weights.shape if options.constexprs["HAS_TIME"] else 0, dtype=torch.float32,
+                        device=q.device)
+    if options.num_heads_x_seqs and q.shape[0]:
+        strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                   grad_out.stride(0), grad_out.stride(1))
+        _bwd_kv[options.grid("BLOCK_N")](q, k, v, grad_out, dk, dv, dpos, dtime, *options.pointers, *strides,
+                                         *options.scalars, **options.constexprs)
+        _bwd_q[options.grid("BLOCK_M")](q, k, v, grad_out, dq, *options.pointers, *strides,
+                                        *options.scalars, **options.constexprs)
+    else:
+        dq.zero_(), dk.zero_(), dv.zero_()
+    return dq, dk, dv, dpos, dtime

@@ -1,0 +1,84 @@
+"""The fused kernel as registered PyTorch operators: `genrec::hstu_attention_fwd` / `_bwd`, each with a
+fake (shape-only) twin, and autograd tying them together. Registration through torch.library (not a
+bare autograd.Function) is what lets torch.compile trace through without a graph break, and FSDP,
+export and `torch.library.opcheck` treat the kernel like any aten op.
+
+Shapes: T tokens, H heads, Dqk / Dv head dims, B sequences.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genrec.ops.attention import kernel
+
+
+@torch.library.custom_op("genrec::hstu_attention_fwd", mutates_args=())
+def hstu_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets: torch.Tensor,
+                       num_targets: torch.Tensor | None, position_weights: torch.Tensor | None,
+                       time_weights: torch.Tensor | None, timestamps: torch.Tensor | None, max_seq_len: int,
+                       alpha: float, max_attn_len: int, contextual_seq_len: int,
+                       time_bucket_scale: float) -> torch.Tensor:
+    """out [T, H, Dv]; q, k [T, H, Dqk], v [T, H, Dv] contiguous (see genrec.ops.hstu_attention)."""
+    return kernel.forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+                          max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale)
+
+
+@hstu_attention_fwd.register_fake
+def _(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, max_seq_len, alpha,
+      max_attn_len, contextual_seq_len, time_bucket_scale):
+    return q.new_empty(q.shape[0], q.shape[1], v.shape[2])
+
+
+@torch.library.custom_op("genrec::hstu_attention_bwd", mutates_args=())
+def hstu_attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       seq_offsets: torch.Tensor, num_targets: torch.Tensor | None,
+                       position_weights: torch.Tensor | None, time_weights: torch.Tensor | None,
+                       timestamps: torch.Tensor | None, max_seq_len: int, alpha: float, max_attn_len: int,
+                       contextual_seq_len: int, time_bucket_scale: float) -> list[torch.Tensor]:
+    """[dq, dk, dv, d position_weights, d time_weights]; the weight gradients are fp32 and empty ([0])
+    where that part of the bias is off."""
+    return list(kernel.backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time_weights,
+                                timestamps, max_seq_len, alpha, max_attn_len, contextual_seq_len,
+                                time_bucket_scale))
+
+
+@hstu_attention_bwd.register_fake
+def _(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, max_seq_len,
+      alpha, max_attn_len, contextual_seq_len, time_bucket_scale):
+    uses_time = time_weights is not None and timestamps is not None
+    return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+            q.new_empty(position_weights.shape if position_weights is not None else 0, dtype=torch.float32),
+            q.new_empty(time_weights.shape if uses_time else 0, dtype=torch.float32)]
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, *scalars = inputs
+    ctx.save_for_backward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps)
+    ctx.scalars = scalars
+
+
+def _backward(ctx, grad_out):
+    q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps = ctx.saved_tensors
+    dq, dk, dv, dpos, dtime = hstu_attention_bwd(grad_out.contiguous(), q, k, v, seq_offsets, num_targets,
+                                                 position_weights, time_weights, timestamps, *ctx.scalars)
+    grad_pos = None if position_weights is None else dpos.to(position_weights.dtype)
+    grad_time = None if time_weights is None or timestamps is None else dtime.to(time_weights.dtype)
+    return dq, dk, dv, None, None, grad_pos, grad_time, None, None, None, None, None, None
+
+
+hstu_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def hstu_attention_triton(q, k, v, seq_offsets, *, max_seq_len, alpha, num_targets=None, rab=None,
+                          max_attn_len=0, contextual_seq_len=0):
+    """Fused twin of `hstu_attention_reference`; `rab` is a BucketedBias (computed in-kernel) or None."""
+    position_weights = time_weights = timestamps = None
+    scale = 0.301
+    if rab is not None:
+        position_weights, time_weights, timestamps, scale = (rab.position_weights, rab.time_weights,
+                                                             rab.timestamps, rab.time_bucket_scale)
+    # contiguous inputs: the gradients then share their strides
+    return hstu_attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(), seq_offsets, num_targets,
+                              position_weights, time_weights, timestamps, int(max_seq_len), float(alpha),
+                              int(max_attn_len), int(contextual_seq_len), float(scale))
