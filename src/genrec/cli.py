@@ -97,10 +97,8 @@ def _run_train(args: argparse.Namespace) -> None:
     else:
         config = _train_config(args)
     if config.train.task == "ranking":
-        if args.resume:
-            raise ValueError("--resume is not supported for --task ranking yet")
         from genrec.train.ranking import RankingTrainer
-        summary = RankingTrainer(config, args.out).fit()
+        summary = RankingTrainer(config, args.out).fit(resume=args.resume)
         _print_table(f"test metrics (ranking, {config.data.dataset}, {len(summary['epochs'])} epochs, "
                      f"{summary['train_seconds']:.0f} s)", {"hstu": summary["metrics"], "din": summary["din"]})
         print(f"\nwrote {args.out / 'metrics.json'}")

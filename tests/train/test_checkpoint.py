@@ -1,22 +1,11 @@
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from genrec.config import Config, load_config_file
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
 from genrec.train.trainer import Trainer
-
-TINY = Path(__file__).resolve().parents[1] / "tiny.toml"
-
-
-def tiny_config(mode="validated", epochs=2) -> Config:
-    config = load_config_file(TINY, Config())
-    config.data.mode = mode
-    config.train.epochs = epochs
-    config.train.device = "cpu"
-    return config
+from tests.tiny import tiny_config
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -27,7 +16,7 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]  # no temp files left behind
 
 
-def test_resume_is_exact(tmp_path):
+def test_resume_is_exact(tmp_path, deterministic):
     straight = Trainer(tiny_config(epochs=3), tmp_path / "a", progress=False, log=lambda _: None).fit()
     Trainer(tiny_config(epochs=1), tmp_path / "b", progress=False, log=lambda _: None).fit()
     resumed = Trainer(tiny_config(epochs=3), tmp_path / "b", progress=False, log=lambda _: None).fit(resume=True)

@@ -28,6 +28,7 @@ from genrec.model import SequentialRetriever
 from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import offsets_from_lengths
 from genrec.train.checkpoint import load_checkpoint
+from genrec.train.ranking import ranker_weights
 
 
 class RetrieveRequest(BaseModel):
@@ -135,7 +136,7 @@ class Ranker(LoadedRun):
         self.tasks = list(self.checkpoint.state["tasks"])
         model = GenerativeRanker(self.config.model, len(self.source_ids), len(self.tasks),
                                  self.config.data.max_seq_len, use_time=self.uses_time)
-        model.load_state_dict(self.checkpoint.model)
+        model.load_state_dict(ranker_weights(self.checkpoint.model))
         self.scorer = MFalcon(model.to(device).eval())
 
     def rank(self, request: RankRequest, limits: Limits) -> RankResponse:

@@ -97,3 +97,19 @@ def load_checkpoint(path: Path) -> Checkpoint:
         state=json.loads(metadata["trainer_state"]),
         item_vocab=tensors.get("vocab.items"),
     )
+
+
+def rng_state(generators: dict[str, torch.Generator], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every random stream a run draws from: the global CPU (and CUDA) generators and the run's own."""
+    rng = {"torch": torch.get_rng_state(), **{name: g.get_state() for name, g in generators.items()}}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def restore_rng(rng: dict[str, torch.Tensor], generators: dict[str, torch.Generator], device: torch.device) -> None:
+    torch.set_rng_state(rng["torch"])
+    for name, generator in generators.items():
+        generator.set_state(rng[name])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)

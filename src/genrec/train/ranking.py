@@ -3,7 +3,10 @@
 user's held-out last event (AUC and normalised entropy per task).
 
 The held-out event's item is in the ranker's input (target-aware) but its action is not visible
-to the prediction (causal). Validated mode holds out the second-to-last event for validation.
+to the prediction (causal). Validated mode holds out the second-to-last event for validation and
+tests the epoch with the best mean validation AUC of the ranker (best.safetensors). Ranker and DIN
+share one optimiser (their parameters are disjoint, so the updates are those of two) and one
+checkpoint file, written atomically every epoch; --resume continues from it exactly.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from genrec.config import Config, config_from_dict, config_to_dict, config_to_json
 from genrec.data import build_sequences, load_events, make_batch, min_length_for
@@ -27,7 +31,7 @@ from genrec.eval.metrics import auc, normalized_entropy
 from genrec.model.din import DIN
 from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
-from genrec.train.checkpoint import atomic_write_bytes, save_checkpoint
+from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from genrec.train.experiment import resolve_device
 
 
@@ -63,11 +67,11 @@ class RankingTrainer:
         self.model = GenerativeRanker(config.model, self.num_items, num_tasks, data_config.max_seq_len,
                                       events.timestamps is not None).to(self.device)
         self.baseline = DIN(self.num_items, config.model.embedding_dim, num_tasks).to(self.device)
-        make_optimizer = lambda module: torch.optim.AdamW(  # noqa: E731
-            module.parameters(), lr=config.train.learning_rate, betas=config.train.betas,
-            weight_decay=config.train.weight_decay)
-        self.optimizer, self.baseline_optimizer = make_optimizer(self.model), make_optimizer(self.baseline)
+        self.modules = nn.ModuleDict({"ranker": self.model, "din": self.baseline})
+        self.optimizer = torch.optim.AdamW(self.modules.parameters(), lr=config.train.learning_rate,
+                                           betas=config.train.betas, weight_decay=config.train.weight_decay)
         self.generator = torch.Generator().manual_seed(config.train.seed)
+        self.state = {"epoch": 0, "tasks": self.task_names, "epochs": [], "best_metric": None, "best_epoch": None}
 
     def _batch(self, sequences: JaggedEvents, users: np.ndarray, drop_last: int) -> SequenceBatch:
         return make_batch(sequences, users, self.config.data.max_seq_len, drop_last).to(self.device)
@@ -80,9 +84,6 @@ class RankingTrainer:
         for start in range(0, len(order), self.config.train.batch_size):
             batch = self._batch(self.sequences, order[start:start + self.config.train.batch_size], self.held_out)
             loss = F.binary_cross_entropy_with_logits(self.model(batch), batch.labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
             # DIN: one impression per user at a random position with a non-empty history
             lengths = lengths_from_offsets(batch.seq_offsets)
             targets = 1 + (torch.rand(lengths.shape, generator=self.generator).to(self.device) * (lengths - 1)).long()
@@ -90,9 +91,9 @@ class RankingTrainer:
             labels = batch.labels[batch.seq_offsets[:-1] + targets]
             baseline_loss = F.binary_cross_entropy_with_logits(
                 self.baseline(history_ids, history_labels, mask, target_ids), labels)
-            self.baseline_optimizer.zero_grad(set_to_none=True)
-            baseline_loss.backward()
-            self.baseline_optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            (loss + baseline_loss).backward()
+            self.optimizer.step()
             losses.append((loss.item(), baseline_loss.item()))
         model_loss, baseline_loss = np.mean(losses, axis=0)
         return {"loss": float(model_loss), "baseline_loss": float(baseline_loss),
@@ -120,38 +121,59 @@ class RankingTrainer:
                 result[name][f"{task_name}/ne"] = normalized_entropy(logits[:, task], labels[:, task])
         return result
 
-    def fit(self) -> dict:
+    def save(self, name: str) -> None:
+        save_checkpoint(self.out_dir / name, self.modules, self.optimizer, rng_state({"sample": self.generator},
+                        self.device), config_to_dict(self.config), self.state, self.item_vocab)
+
+    def resume(self) -> None:
+        checkpoint = load_checkpoint(self.out_dir / "last.safetensors")
+        self.modules.load_state_dict(checkpoint.model)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        restore_rng(checkpoint.rng, {"sample": self.generator}, self.device)
+        self.state = checkpoint.state
+        self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
+
+    def fit(self, resume: bool = False) -> dict:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.out_dir / "config.json", config_to_json(self.config).encode())
+        if resume:
+            self.resume()
         self.log(f"data: {json.dumps(self.summary)}; device {self.device}")
-        started, history = time.perf_counter(), []
-        for epoch in range(self.config.train.epochs):
+        started = time.perf_counter()
+        for epoch in range(self.state["epoch"], self.config.train.epochs):
             stats = self.train_epoch()
+            self.state["epoch"] = epoch + 1
             if self.held_out == 2:
                 stats["valid"] = self.evaluate(drop_last=1)["model"]
-            history.append({"epoch": epoch + 1, **stats})
+                metric = float(np.mean([v for k, v in stats["valid"].items() if k.endswith("/auc")]))
+                if self.state["best_metric"] is None or metric > self.state["best_metric"]:
+                    self.state["best_metric"], self.state["best_epoch"] = metric, epoch + 1
+                    self.save("best.safetensors")
+            self.state["epochs"].append({"epoch": epoch + 1, **stats})
             self.log(f"epoch {epoch + 1}: loss {stats['loss']:.4f} (din {stats['baseline_loss']:.4f})")
-            state = {"epoch": epoch + 1, "tasks": self.task_names}
-            save_checkpoint(self.out_dir / "last.safetensors", self.model, self.optimizer, {},
-                            config_to_dict(self.config), state, self.item_vocab)
-            save_checkpoint(self.out_dir / "din.safetensors", self.baseline, None, {}, config_to_dict(self.config),
-                            state)
+            self.save("last.safetensors")
+        if self.state["best_epoch"] is not None:
+            self.modules.load_state_dict(load_checkpoint(self.out_dir / "best.safetensors").model)
+            self.log(f"selected epoch {self.state['best_epoch']} on mean validation AUC")
         test = self.evaluate(drop_last=0)
-        summary = {"split": "test", "metrics": test["model"], "din": test["din"], "epochs": history,
+        summary = {"split": "test", "metrics": test["model"], "din": test["din"], **self.state,
                    "train_seconds": time.perf_counter() - started, "data": self.summary}
         atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(test["model"], indent=2).encode())
         atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
 
 
-def evaluate_ranking_run(run_dir: Path, split_name: str, log: Callable[[str], None] = print) -> dict:
-    """Re-evaluates a finished ranking run (ranker and DIN) on valid or test."""
-    from genrec.train.checkpoint import load_checkpoint
+def ranker_weights(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ranker's own weights out of a ranking checkpoint (which holds the DIN baseline beside it)."""
+    return {k.removeprefix("ranker."): v for k, v in model_state.items() if k.startswith("ranker.")}
 
+
+def evaluate_ranking_run(run_dir: Path, split_name: str, log: Callable[[str], None] = print) -> dict:
+    """Re-evaluates a finished ranking run (ranker and DIN; the selected epoch in validated mode)."""
     config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
     trainer = RankingTrainer(config, run_dir, log=log)
-    trainer.model.load_state_dict(load_checkpoint(run_dir / "last.safetensors").model)
-    trainer.baseline.load_state_dict(load_checkpoint(run_dir / "din.safetensors").model)
+    best = run_dir / "best.safetensors"
+    trainer.modules.load_state_dict(load_checkpoint(best if best.is_file() else run_dir / "last.safetensors").model)
     if split_name == "valid" and trainer.held_out == 1:
         raise ValueError(f"{run_dir}: mode 'paper' has no validation split; use --split test")
     result = trainer.evaluate(drop_last=0 if split_name == "test" else 1)

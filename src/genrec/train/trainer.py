@@ -21,7 +21,7 @@ from genrec.data import EvalSplit, make_batch
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
 from genrec.ops.jagged import lengths_from_offsets, next_in_sequence
-from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from genrec.train.experiment import build_model, prepare_data, resolve_device
 from genrec.train.losses import full_softmax_loss, sampled_softmax_loss
 
@@ -124,26 +124,18 @@ class Trainer:
         return summarize(ranks, self.config.eval.ks)
 
     # ---- checkpoints -----------------------------------------------------------------------
-    def _rng_state(self) -> dict[str, torch.Tensor]:
-        rng = {"torch": torch.get_rng_state(), "shuffle": self.shuffle_generator.get_state(),
-               "sample": self.sample_generator.get_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        return rng
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"shuffle": self.shuffle_generator, "sample": self.sample_generator}
 
     def save(self, name: str) -> None:
-        save_checkpoint(self.out_dir / name, self.model, self.optimizer, self._rng_state(),
+        save_checkpoint(self.out_dir / name, self.model, self.optimizer, rng_state(self._generators(), self.device),
                         config_to_dict(self.config), self.state, torch.from_numpy(self.data.item_vocab))
 
     def resume(self) -> None:
         checkpoint = load_checkpoint(self.out_dir / "last.safetensors")
         self.model.load_state_dict(checkpoint.model)
         self.optimizer.load_state_dict(checkpoint.optimizer)
-        torch.set_rng_state(checkpoint.rng["torch"])
-        self.shuffle_generator.set_state(checkpoint.rng["shuffle"])
-        self.sample_generator.set_state(checkpoint.rng["sample"])
-        if "cuda" in checkpoint.rng and self.device.type == "cuda":
-            torch.cuda.set_rng_state(checkpoint.rng["cuda"], self.device)
+        restore_rng(checkpoint.rng, self._generators(), self.device)
         self.state = checkpoint.state
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 

@@ -1,0 +1,38 @@
+import torch
+
+from genrec.train.checkpoint import load_checkpoint
+from genrec.train.ranking import RankingTrainer, evaluate_ranking_run, ranker_weights
+from tests.tiny import tiny_config
+
+
+def ranking_config(mode="validated", epochs=2):
+    config = tiny_config(mode=mode, epochs=epochs)
+    config.train.task = "ranking"
+    return config
+
+
+def quiet(config, out):
+    return RankingTrainer(config, out, log=lambda _: None)
+
+
+def test_resume_is_exact(tmp_path, deterministic):
+    straight = quiet(ranking_config(epochs=3), tmp_path / "a").fit()
+    quiet(ranking_config(epochs=1), tmp_path / "b").fit()
+    resumed = quiet(ranking_config(epochs=3), tmp_path / "b").fit(resume=True)
+    a, b = load_checkpoint(tmp_path / "a/last.safetensors"), load_checkpoint(tmp_path / "b/last.safetensors")
+    assert a.state["epoch"] == b.state["epoch"] == 3
+    assert set(a.model) == set(b.model) and any(k.startswith("din.") for k in a.model)
+    for name, tensor in a.model.items():
+        assert torch.equal(tensor, b.model[name]), name
+    assert straight["metrics"] == resumed["metrics"] and straight["din"] == resumed["din"]
+    assert straight["best_epoch"] == resumed["best_epoch"]
+
+
+def test_validated_mode_tests_the_selected_epoch(tmp_path):
+    summary = quiet(ranking_config(epochs=3), tmp_path).fit()
+    valid_aucs = [sum(v for k, v in e["valid"].items() if k.endswith("/auc")) for e in summary["epochs"]]
+    assert summary["best_epoch"] == 1 + max(range(3), key=valid_aucs.__getitem__)
+    best = load_checkpoint(tmp_path / "best.safetensors")
+    assert best.state["epoch"] == summary["best_epoch"]
+    assert evaluate_ranking_run(tmp_path, "test", log=lambda _: None)["metrics"] == summary["metrics"]
+    assert set(ranker_weights(best.model)) and not any(k.startswith("din.") for k in ranker_weights(best.model))
