@@ -169,7 +169,8 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
                    H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
                    HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
                    HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
     pid_n = tl.program_id(0)
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
@@ -184,6 +185,7 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    dtime = tl.zeros([BLOCK_BUCKETS], dtype=tl.float32)  # this program's time-bucket gradient sums
     # query blocks that can see this key block: [0, ctx_hi), [lo, hi), then candidates [cand_lo, seq_len)
     lo = n0 // BLOCK_M * BLOCK_M
     hi = seq_len
@@ -201,10 +203,14 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
     num_blocks = ctx_hi // BLOCK_M + main_blocks + tl.cdiv(seq_len - cand_lo, BLOCK_M)
     for index in range(0, num_blocks):
         start_m = _segment_start(index, ctx_hi, lo, main_blocks, cand_lo, BLOCK_M)
-        dk, dv = _bwd_kv_step(dk, dv, k, v, Q, DO, DPOS, DTIME, start_m, offs_n, seq_start, seq_len, history_len,
-                              stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len,
-                              max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV,
-                              HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV)
+        dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, offs_n, seq_start, seq_len,
+                                     history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
+                                     max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale,
+                                     num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
+                                     BLOCK_M, BLOCK_DQK, BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS)
+    if HAS_TIME:
+        offs_bucket = tl.arange(0, BLOCK_BUCKETS)
+        tl.atomic_add(DTIME + offs_bucket, dtime, mask=offs_bucket <= num_buckets, sem="relaxed")
     row_mask = (offs_n < seq_len)[:, None]
     tl.store(DK + (seq_start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_dqk[None, :],
              (dk * alpha).to(DK.dtype.element_ty), mask=row_mask & (offs_dqk < DQK)[None, :])
@@ -213,12 +219,13 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
 
 
 @triton.jit
-def _bwd_kv_step(dk, dv, k, v, Q, DO, DPOS, DTIME, start_m, offs_n, seq_start, seq_len, history_len,
+def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, offs_n, seq_start, seq_len, history_len,
                  stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len,
                  contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
                  HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
                  HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+                 BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_REL: tl.constexpr,
+                 BLOCK_BUCKETS: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
@@ -231,12 +238,38 @@ def _bwd_kv_step(dk, dv, k, v, Q, DO, DPOS, DTIME, start_m, offs_n, seq_start, s
     dp = _dot(do, tl.trans(v), IEEE)
     ds = tl.where(valid, dp * sig * (1.0 + s * (1.0 - sig)) * inv_n, 0.0)  # d SiLU(s) / ds
     dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
-    # relaxed: the sums are read only after the kernel ends, so no ordering is needed (default acq_rel)
     if HAS_POS:
-        tl.atomic_add(DPOS + rel, ds, mask=valid, sem="relaxed")
+        _add_position_grad(DPOS, ds, rel, valid, BLOCK_REL)
     if HAS_TIME:
-        tl.atomic_add(DTIME + bucket, ds, mask=valid, sem="relaxed")
-    return dk, dv
+        dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, BLOCK_BUCKETS)
+    return dk, dv, dtime
+
+
+# The bias-weight gradients are sums of ds over the (query, key) pairs sharing a weight. One atomic
+# per pair (the first build) funnels B*H*N^2 atomics into ~2N + 130 addresses, which the L2 serialises:
+# that backward ran 30-100x slower than without rab. Here each tile first reduces ds per weight it
+# touches (a tile spans at most BLOCK_M + BLOCK_N - 1 relative positions, and few time buckets).
+@triton.jit
+def _add_position_grad(DPOS, ds, rel, valid, BLOCK_REL: tl.constexpr):
+    """DPOS[r] += sum of the tile's ds at relative position r: one atomic per distinct r."""
+    lo = tl.min(tl.where(valid, rel, 1 << 30))
+    hi = tl.max(tl.where(valid, rel, -1))
+    offs = tl.arange(0, BLOCK_REL)
+    sums = tl.zeros([BLOCK_REL], dtype=tl.float32)
+    for r in range(lo, hi + 1):
+        sums = tl.where(offs == r - lo, tl.sum(tl.where(valid & (rel == r), ds, 0.0)), sums)
+    tl.atomic_add(DPOS + lo + offs, sums, mask=offs <= hi - lo, sem="relaxed")
+
+
+@triton.jit
+def _accumulate_bucket_grad(dtime, ds, bucket, valid, BLOCK_BUCKETS: tl.constexpr):
+    """dtime[b] += sum of the tile's ds in time bucket b (flushed once per program)."""
+    lo = tl.min(tl.where(valid, bucket, BLOCK_BUCKETS))
+    hi = tl.max(tl.where(valid, bucket, -1))
+    offs = tl.arange(0, BLOCK_BUCKETS)
+    for b in range(lo, hi + 1):
+        dtime += tl.where(offs == b, tl.sum(tl.where(valid & (bucket == b), ds, 0.0)), 0.0)
+    return dtime
 
 
 @triton.jit
@@ -290,8 +323,16 @@ def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_le
     return dq + _dot(ds.to(k.dtype), k, IEEE)
 
 
-def _configs(shapes: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+def _tiles(block_m: int, block_n: int) -> dict[str, int]:
+    # BLOCK_REL: room for the BLOCK_M + BLOCK_N - 1 relative positions one tile can span
+    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_REL": triton.next_power_of_2(block_m + block_n)}
+
+
+def _configs(shapes: list[tuple[int, int, int, int]], key_blocks: bool = False) -> list[triton.Config]:
+    def tiles(m: int, n: int) -> dict[str, int]:
+        return _tiles(m, n) if key_blocks else {"BLOCK_M": m, "BLOCK_N": n}
+
+    return [triton.Config(tiles(m, n), num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
 _TUNE_KEY = ["max_seq_len", "H", "DQK", "DV", "HAS_POS", "HAS_TIME"]
@@ -301,12 +342,13 @@ _KEY_BLOCK_CONFIGS = [(64, 64, 4, 2), (32, 128, 4, 2), (64, 128, 8, 2), (32, 64,
 if INTERPRET or not AUTOTUNE:  # the CPU interpreter is slow: one small tile there
     _fwd, _bwd_kv, _bwd_q = _fwd_kernel, _bwd_kv_kernel, _bwd_q_kernel
     _FIXED = {"BLOCK_M": 16, "BLOCK_N": 16} if INTERPRET else {"BLOCK_M": 64, "BLOCK_N": 64}
+    _FIXED_KV = _tiles(_FIXED["BLOCK_M"], _FIXED["BLOCK_N"])
 else:
     _fwd = triton.autotune(_configs(_ROW_BLOCK_CONFIGS), key=_TUNE_KEY)(_fwd_kernel)
     _bwd_q = triton.autotune(_configs(_ROW_BLOCK_CONFIGS), key=_TUNE_KEY)(_bwd_q_kernel)
-    _bwd_kv = triton.autotune(_configs(_KEY_BLOCK_CONFIGS), key=_TUNE_KEY,
+    _bwd_kv = triton.autotune(_configs(_KEY_BLOCK_CONFIGS, key_blocks=True), key=_TUNE_KEY,
                               reset_to_zero=["DPOS", "DTIME"])(_bwd_kv_kernel)
-    _FIXED = {}
+    _FIXED = _FIXED_KV = {}
 
 
 def _block_dim(d: int) -> int:
@@ -322,11 +364,14 @@ class _Options:
         self.scalars = (float(alpha), 1.0 / max_seq_len, int(max_seq_len), int(max_attn_len),
                         int(contextual_seq_len), float(time_bucket_scale),
                         int(time_weights.numel() - 1) if time_weights is not None else 0)
-        self.constexprs = dict(
+        shared = dict(
             H=q.shape[1], DQK=q.shape[2], DV=v.shape[2], HAS_TARGETS=num_targets is not None,
             HAS_POS=position_weights is not None, HAS_TIME=has_time, HAS_WINDOW=max_attn_len > 0,
             HAS_CONTEXT=contextual_seq_len > 0, IEEE=q.dtype == torch.float32,
-            BLOCK_DQK=_block_dim(q.shape[2]), BLOCK_DV=_block_dim(v.shape[2]), **_FIXED)
+            BLOCK_DQK=_block_dim(q.shape[2]), BLOCK_DV=_block_dim(v.shape[2]))
+        self.constexprs = {**shared, **_FIXED}
+        self.kv_constexprs = {**shared, **_FIXED_KV,
+                              "BLOCK_BUCKETS": triton.next_power_of_2(time_weights.numel()) if has_time else 16}
         dummy = seq_offsets
         self.pointers = (seq_offsets, dummy if num_targets is None else num_targets,
                          dummy if position_weights is None else position_weights,
@@ -367,7 +412,7 @@ def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time
         strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                    grad_out.stride(0), grad_out.stride(1))
         _bwd_kv[options.grid("BLOCK_N")](q, k, v, grad_out, dk, dv, dpos, dtime, *options.pointers, *strides,
-                                         *options.scalars, **options.constexprs)
+                                         *options.scalars, **options.kv_constexprs)
         _bwd_q[options.grid("BLOCK_M")](q, k, v, grad_out, dq, *options.pointers, *strides,
                                         *options.scalars, **options.constexprs)
     else:
