@@ -54,3 +54,16 @@ def test_hstu_time_bias_changes_outputs_only_when_on():
     assert not torch.allclose(with_time(batch), with_time(shifted))
     without_time = SequentialRetriever(config.model, 30, 12, use_time=False).eval()
     torch.testing.assert_close(without_time(batch), without_time(shifted))
+
+
+def test_forward_flops_count_projections_and_causal_pairs():
+    lengths = torch.tensor([1, 3])  # 4 tokens, 1 + 6 visible (query, key) pairs
+    hstu = preset("hstu")
+    hstu.model.embedding_dim, hstu.model.num_layers, hstu.model.qk_dim, hstu.model.v_dim = 4, 3, 2, 2
+    encoder = SequentialRetriever(hstu.model, 10, 8, use_time=False).encoder
+    per_token = 2 * 4 * 8 + 2 * 2 * 4  # f1: D -> 2 Dv + 2 Dqk, f2: Dv -> D
+    assert encoder.forward_flops(lengths) == 3 * (4 * per_token + 7 * 2 * (2 + 2))
+    sasrec = preset("sasrec")
+    sasrec.model.embedding_dim, sasrec.model.num_heads = 4, 2
+    encoder = SequentialRetriever(sasrec.model, 10, 8, use_time=False).encoder
+    assert encoder.forward_flops(lengths) == 2 * (4 * 12 * 16 + 7 * 2 * 2 * (2 + 2))

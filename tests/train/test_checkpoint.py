@@ -73,3 +73,9 @@ def test_full_softmax_training_learns(tmp_path):
     first = trainer.train_epoch()["loss"]
     trainer.train_epoch()
     assert math.isfinite(first) and trainer.train_epoch()["loss"] < first
+
+
+def test_epoch_reports_throughput(tmp_path):
+    stats = Trainer(tiny_config(mode="paper", epochs=1), tmp_path, progress=False, log=lambda _: None).train_epoch()
+    assert stats["tokens_per_s"] > 0 and stats["tflops"] > 0
+    assert "mfu" not in stats  # no peak is known for a CPU

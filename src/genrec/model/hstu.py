@@ -15,7 +15,7 @@ from genrec.config import ModelConfig
 from genrec.model.kv_cache import HistoryCache
 from genrec.model.rab import RelativeBias
 from genrec.ops import hstu_attention
-from genrec.ops.attention import candidate_attention_reference
+from genrec.ops.attention import attention_flops, candidate_attention_reference
 
 
 class HSTULayer(nn.Module):
@@ -78,6 +78,15 @@ class HSTUEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, seq_offsets, timestamps, num_targets, cache)
         return x
+
+    def forward_flops(self, lengths: torch.Tensor) -> float:
+        """Matrix-multiply FLOPs of one forward pass over sequences of these lengths."""
+        layer = self.layers[0]
+        dim, projected = layer.uvqk.in_features, layer.uvqk.out_features
+        per_token = 2 * dim * projected + 2 * layer.output.in_features * dim  # f1 and f2
+        per_layer = float(lengths.sum()) * per_token + attention_flops(lengths, layer.num_heads, layer.qk_dim,
+                                                                       layer.v_dim)
+        return len(self.layers) * per_layer
 
     def forward_candidates(self, x: torch.Tensor, timestamps: torch.Tensor | None,
                            cache: HistoryCache) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.config import ModelConfig
+from genrec.ops.attention import attention_flops
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets, padded_to_jagged
 
 
@@ -65,3 +66,10 @@ class SASRecEncoder(nn.Module):
         for block in self.blocks:
             padded = block(padded, padding)
         return padded_to_jagged(self.final_norm(padded), seq_offsets)
+
+    def forward_flops(self, lengths: torch.Tensor) -> float:
+        """Matrix-multiply FLOPs of one forward pass (useful causal pairs only, not the padding)."""
+        dim, heads = self.final_norm.normalized_shape[0], self.blocks[0].num_heads
+        per_token = 2 * 6 * dim * dim  # q, k, v, out and the two FFN layers: six D x D products
+        per_block = float(lengths.sum()) * per_token + attention_flops(lengths, heads, dim // heads, dim // heads)
+        return len(self.blocks) * per_block

@@ -43,5 +43,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# Dense bf16 tensor-core peaks from the vendors' data sheets (training runs under bf16 autocast on
+# CUDA); the first name contained in the device's name wins. MFU is not reported elsewhere.
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
 def build_model(config: Config, num_items: int, has_timestamps: bool) -> SequentialRetriever:
     return SequentialRetriever(config.model, num_items, config.data.max_seq_len, use_time=has_timestamps)

@@ -56,3 +56,10 @@ def full_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddings
     catalog = item_embeddings(torch.arange(1, num_items + 1, device=targets.device))  # [I, D]
     logits = (user @ catalog.T) / temperature
     return F.cross_entropy(logits.float(), targets - 1)
+
+
+def loss_flops(num_positions: int, dim: int, num_items: int, negatives: str, num_negatives: int,
+               in_batch_negatives: int) -> float:
+    """Forward FLOPs of the logits: 2 * D per (position, scored item) pair."""
+    scored = num_items if negatives == "all" else 1 + num_negatives + in_batch_negatives
+    return 2.0 * num_positions * scored * dim

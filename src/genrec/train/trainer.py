@@ -22,8 +22,8 @@ from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
 from genrec.ops.jagged import lengths_from_offsets, next_in_sequence
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint, restore_rng, rng_state, save_checkpoint
-from genrec.train.experiment import build_model, prepare_data, resolve_device
-from genrec.train.losses import full_softmax_loss, sampled_softmax_loss
+from genrec.train.experiment import build_model, peak_tflops, prepare_data, resolve_device
+from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -38,6 +38,7 @@ class Trainer:
         self.device = resolve_device(config.train.device)
         self.data = prepare_data(config)
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
+        self.peak_tflops = peak_tflops(self.device)
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.data.num_items, self.data.has_timestamps).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.learning_rate,
@@ -62,9 +63,11 @@ class Trainer:
         train = self.data.split.train
         order = torch.randperm(train.num_users, generator=self.shuffle_generator).numpy()
         batch_size, loss_config = self.config.train.batch_size, self.config.train.loss
-        total_loss, total_positions, total_tokens, started = 0.0, 0, 0, time.perf_counter()
+        total_loss, total_positions, total_tokens, total_flops = 0.0, 0, 0, 0.0
+        started = time.perf_counter()
         for start in range(0, len(order), batch_size):
             batch = make_batch(train, order[start:start + batch_size], self.config.data.max_seq_len)
+            lengths = lengths_from_offsets(batch.seq_offsets)  # on the host: no device sync
             batch = batch.to(self.device)
             # predict each token's successor; a sequence's last token has none
             targets = next_in_sequence(batch.item_ids, batch.seq_offsets)
@@ -90,10 +93,16 @@ class Trainer:
             num_positions = int(has_target.sum())
             total_loss += loss.item() * num_positions
             total_positions += num_positions
-            total_tokens += int(lengths_from_offsets(batch.seq_offsets).sum())
+            total_tokens += int(lengths.sum())
+            total_flops += 3 * (self.model.encoder.forward_flops(lengths) + loss_flops(
+                num_positions, users.shape[-1], self.data.num_items, loss_config.negatives,
+                loss_config.num_negatives, loss_config.in_batch_negatives))  # forward + 2x for backward
         seconds = time.perf_counter() - started
-        return {"loss": total_loss / max(1, total_positions), "tokens_per_s": total_tokens / seconds,
-                "seconds": seconds}
+        stats = {"loss": total_loss / max(1, total_positions), "tokens_per_s": total_tokens / seconds,
+                 "tflops": total_flops / seconds / 1e12, "seconds": seconds}
+        if self.peak_tflops is not None:
+            stats["mfu"] = stats["tflops"] / self.peak_tflops
+        return stats
 
     def _set_learning_rate(self) -> None:
         """Learning rate as a pure function of the step, so a resumed run follows the same curve."""
@@ -159,7 +168,10 @@ class Trainer:
             self.state["epoch"] = epoch + 1
             self.state["epoch_seconds"].append(round(stats["seconds"], 3))
             self._scalars("train", stats, epoch + 1)
-            postfix = {"loss": f"{stats['loss']:.3f}", "tok/s": f"{stats['tokens_per_s']:.0f}"}
+            postfix = {"loss": f"{stats['loss']:.3f}", "tok/s": f"{stats['tokens_per_s']:.0f}",
+                       "TFLOP/s": f"{stats['tflops']:.2f}"}
+            if "mfu" in stats:
+                postfix["MFU"] = f"{stats['mfu']:.1%}"
             if split.valid is not None and ((epoch + 1) % self.config.train.eval_every == 0 or epoch + 1 == epochs):
                 valid = self.evaluate(split.valid)
                 self._scalars("valid", valid, epoch + 1)

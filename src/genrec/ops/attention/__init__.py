@@ -41,6 +41,13 @@ def _pick_backend(backend: str, q: torch.Tensor, rab) -> str:
     return backend
 
 
+def attention_flops(lengths: torch.Tensor, num_heads: int, qk_dim: int, v_dim: int) -> float:
+    """Forward FLOPs of causal attention over sequences of these lengths: Q K^T and A V each cost
+    2 * H * D per visible (query, key) pair, and a causal sequence of length L has L (L + 1) / 2 pairs."""
+    lengths = lengths.double()
+    return float((lengths * (lengths + 1) / 2).sum()) * 2 * num_heads * (qk_dim + v_dim)
+
+
 def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets: torch.Tensor, *,
                    max_seq_len: int, alpha: float, num_targets: torch.Tensor | None = None,
                    rab: torch.Tensor | BucketedBias | None = None, max_attn_len: int = 0,
@@ -70,5 +77,5 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offset
     return hstu_attention_reference(q, k, v, seq_offsets, **arguments)
 
 
-__all__ = ["BACKENDS", "BucketedBias", "attention_mask", "candidate_attention_reference", "dense_bias", "hstu_attention",
+__all__ = ["BACKENDS", "BucketedBias", "attention_flops", "attention_mask", "candidate_attention_reference", "dense_bias", "hstu_attention",
            "hstu_attention_reference", "time_buckets"]
