@@ -22,17 +22,30 @@ import triton.language as tl
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # GENREC_AUTOTUNE=0 launches one fixed tile instead of autotuning (quick GPU test runs).
 AUTOTUNE = os.environ.get("GENREC_AUTOTUNE", "1") != "0"
-# triton 3.6's interpreter computes garbage for tl.dot on bf16 operands (seen: errors of 1e10 on a
-# 16x16 product), so under the interpreter products run in fp32; on a GPU bf16 goes to the MMA units.
-_UPCAST_DOTS = tl.constexpr(INTERPRET)
+_INTERPRETED = tl.constexpr(INTERPRET)
 
 
 @triton.jit
 def _dot(a, b, IEEE: tl.constexpr):
-    """a @ b with fp32 accumulation; exact fp32 products (no tf32) when the inputs are fp32."""
-    if IEEE or _UPCAST_DOTS:
+    """a @ b with fp32 accumulation; exact fp32 products (no tf32) when the inputs are fp32.
+    triton 3.6's interpreter computes garbage for tl.dot on bf16 operands (seen: errors of 1e10 on a
+    16x16 product), so under the interpreter products run in fp32; on a GPU bf16 goes to the MMA units."""
+    if IEEE or _INTERPRETED:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     return tl.dot(a, b)
+
+
+@triton.jit
+def _sigmoid(x, IEEE: tl.constexpr):
+    """sigmoid(x). On a GPU with 16-bit inputs: 0.5 + 0.5 tanh(x / 2) through one tanh.approx, a single
+    special-function-unit op instead of exp + reciprocal. At D = 128 the SFU (16 ops/clock/SM) needs
+    about as long per score as the tensor cores' two products, so this halves a co-bottleneck; its
+    ~5e-4 error is far below bf16's resolution. fp32 inputs and the interpreter (no PTX) keep the exact form."""
+    if IEEE or _INTERPRETED:
+        return tl.sigmoid(x)
+    half_tanh = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x * 0.5], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+    return 0.5 + 0.5 * half_tanh
 
 
 @triton.jit
@@ -158,7 +171,7 @@ def _fwd_step(acc, q, K, V, start_n, offs_m, seq_start, seq_len, history_len, st
     s, valid, _, _ = _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len,
                            max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
                            HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE)
-    p = tl.where(valid, s * tl.sigmoid(s) * inv_n, 0.0)
+    p = tl.where(valid, s * _sigmoid(s, IEEE) * inv_n, 0.0)
     return acc + _dot(p.to(v.dtype), v, IEEE)
 
 
@@ -232,7 +245,7 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, offs_n, seq_start, s
     s, valid, rel, bucket = _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len,
                                   max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
                                   HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE)
-    sig = tl.sigmoid(s)
+    sig = _sigmoid(s, IEEE)
     p = tl.where(valid, s * sig * inv_n, 0.0)
     dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
     dp = _dot(do, tl.trans(v), IEEE)
@@ -317,7 +330,7 @@ def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_le
     s, valid, _, _ = _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len,
                            max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
                            HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE)
-    sig = tl.sigmoid(s)
+    sig = _sigmoid(s, IEEE)
     dp = _dot(do, tl.trans(v), IEEE)
     ds = tl.where(valid, dp * sig * (1.0 + s * (1.0 - sig)) * inv_n, 0.0)
     return dq + _dot(ds.to(k.dtype), k, IEEE)
@@ -337,7 +350,8 @@ def _configs(shapes: list[tuple[int, int, int, int]], key_blocks: bool = False) 
 
 _TUNE_KEY = ["max_seq_len", "H", "DQK", "DV", "HAS_POS", "HAS_TIME"]
 # single-stage small tiles keep head dim 256 within shared memory
-_ROW_BLOCK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 128, 8, 2), (64, 32, 4, 1)]
+_ROW_BLOCK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 2),
+                      (64, 32, 4, 1)]
 _KEY_BLOCK_CONFIGS = [(64, 64, 4, 2), (32, 128, 4, 2), (64, 128, 8, 2), (32, 64, 4, 1)]
 if INTERPRET or not AUTOTUNE:  # the CPU interpreter is slow: one small tile there
     _fwd, _bwd_kv, _bwd_q = _fwd_kernel, _bwd_kv_kernel, _bwd_q_kernel

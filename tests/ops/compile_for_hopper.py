@@ -1,0 +1,72 @@
+"""Compiles the attention kernels ahead of time for an H100 (sm_90) with triton's bundled ptxas, no
+GPU needed; run in a process without TRITON_INTERPRET (the interpreter replaces the compiler).
+
+    python tests/ops/compile_for_hopper.py [--quick]   # one line per variant: shared memory, SFU ops in the PTX
+
+--quick compiles the three kernels once each (bf16, every option and the bias on, head dim 25).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from genrec.ops.attention import kernel
+
+INT64_POINTERS = {"seq_offsets", "num_targets", "ts"}
+FP32_POINTERS = {"pos_w", "time_w", "DPOS", "DTIME"}
+FLOATS = {"alpha", "inv_n", "time_scale"}
+KERNELS = {"fwd": (kernel._fwd_kernel, (128, 64, 8, 3)), "bwd_kv": (kernel._bwd_kv_kernel, (64, 64, 4, 2)),
+           "bwd_q": (kernel._bwd_q_kernel, (128, 64, 8, 2))}
+
+
+def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
+    types = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            types[name] = "constexpr"
+        elif name in INT64_POINTERS:
+            types[name] = "*i64"
+        elif name in FP32_POINTERS:
+            types[name] = "*fp32"
+        elif name in FLOATS:
+            types[name] = "fp32"
+        elif name.startswith("stride") or name in ("max_seq_len", "max_attn_len", "contextual_len", "num_buckets"):
+            types[name] = "i32"
+        else:
+            types[name] = f"*{dtype}"
+    return types
+
+
+def compile_variant(name: str, dtype: str, rab_and_options: bool, head_dim: int) -> dict:
+    fn, (block_m, block_n, warps, stages) = KERNELS[name]
+    flags = dict.fromkeys(("HAS_TARGETS", "HAS_POS", "HAS_TIME", "HAS_WINDOW", "HAS_CONTEXT"), rab_and_options)
+    block_dim = max(16, triton.next_power_of_2(head_dim))
+    constexprs = dict(H=4, DQK=head_dim, DV=head_dim, IEEE=dtype == "fp32", BLOCK_M=block_m, BLOCK_N=block_n,
+                      BLOCK_DQK=block_dim, BLOCK_DV=block_dim, **flags)
+    if name == "bwd_kv":
+        constexprs.update(BLOCK_REL=triton.next_power_of_2(block_m + block_n), BLOCK_BUCKETS=256)
+    source = ASTSource(fn=fn, signature=signature(fn, dtype, constexprs), constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": warps, "num_stages": stages})
+    ptx = compiled.asm["ptx"]
+    return {"shared_bytes": compiled.metadata.shared, "cubin_bytes": len(compiled.asm["cubin"]),
+            "sfu_ops": {op: len(re.findall(rf"\b{op}\.approx", ptx)) for op in ("tanh", "ex2", "rcp")}}
+
+
+def main() -> None:
+    variants = itertools.product(KERNELS, ("bf16", "fp32"), (False, True), (128, 25))
+    if "--quick" in sys.argv:
+        variants = [(name, "bf16", True, 25) for name in KERNELS]
+    for name, dtype, options, head_dim in variants:
+        info = compile_variant(name, dtype, options, head_dim)
+        print(f"{name:<7} {dtype} {'rab+options' if options else 'plain':<12} D={head_dim:<4} {info}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
