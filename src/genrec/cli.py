@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -84,6 +85,7 @@ def _print_table(title: str, columns: dict[str, dict[str, float]]) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    from genrec.train.parallel import shutdown
     from genrec.train.trainer import Trainer
 
     if args.resume:
@@ -97,13 +99,19 @@ def _run_train(args: argparse.Namespace) -> None:
     else:
         config = _train_config(args)
     if config.train.task == "ranking":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("ranking runs train in one process for now; start them without torchrun")
         from genrec.train.ranking import RankingTrainer
         summary = RankingTrainer(config, args.out).fit(resume=args.resume)
         _print_table(f"test metrics (ranking, {config.data.dataset}, {len(summary['epochs'])} epochs, "
                      f"{summary['train_seconds']:.0f} s)", {"hstu": summary["metrics"], "din": summary["din"]})
         print(f"\nwrote {args.out / 'metrics.json'}")
         return
-    summary = Trainer(config, args.out, progress=not args.no_progress).fit(resume=args.resume)
+    trainer = Trainer(config, args.out, progress=not args.no_progress)
+    summary = trainer.fit(resume=args.resume)
+    shutdown(trainer.ranks)
+    if not trainer.ranks.is_main:
+        return
     _print_table(f"test metrics ({config.model.architecture}, {config.data.dataset}, "
                  f"{summary['epoch']} epochs, {summary['train_seconds']:.0f} s)",
                  {"model": summary["metrics"], "popularity": summary["popularity"]})

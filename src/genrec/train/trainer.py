@@ -24,6 +24,8 @@ from genrec.ops.jagged import lengths_from_offsets, next_in_sequence
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from genrec.train.experiment import build_model, peak_tflops, prepare_data, resolve_device
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
+from genrec.train.parallel import (barrier, data_parallel, gather_rng, init_distributed, num_batches, own_rng,
+                                   rank_slice)
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -33,18 +35,22 @@ class Trainer:
                  progress: bool = True) -> None:
         self.config = config.validate()
         self.out_dir = out_dir
-        self.log = log
-        self.progress = progress
-        self.device = resolve_device(config.train.device)
+        self.ranks, device = init_distributed(config.train.device)
+        self.log = log if self.ranks.is_main else (lambda _: None)
+        self.progress = progress and self.ranks.is_main
+        self.device = device or resolve_device(config.train.device)
         self.data = prepare_data(config)
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         self.peak_tflops = peak_tflops(self.device)
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.data.num_items, self.data.has_timestamps).to(self.device)
+        self.train_model = data_parallel(self.model, self.ranks, self.device)
+        if self.ranks.enabled:  # same initial weights everywhere, then rank-specific dropout
+            torch.manual_seed(config.train.seed + self.ranks.rank)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.learning_rate,
                                            betas=config.train.betas, weight_decay=config.train.weight_decay)
         self.shuffle_generator = torch.Generator().manual_seed(config.train.seed)
-        self.sample_generator = torch.Generator(self.device).manual_seed(config.train.seed + 1)
+        self.sample_generator = torch.Generator(self.device).manual_seed(config.train.seed + 1 + self.ranks.rank)
         self.state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "valid": [],
                       "epoch_seconds": []}
         self.writer = None
@@ -65,8 +71,9 @@ class Trainer:
         batch_size, loss_config = self.config.train.batch_size, self.config.train.loss
         total_loss, total_positions, total_tokens, total_flops = 0.0, 0, 0, 0.0
         started = time.perf_counter()
-        for start in range(0, len(order), batch_size):
-            batch = make_batch(train, order[start:start + batch_size], self.config.data.max_seq_len)
+        for index in range(num_batches(len(order), batch_size, self.ranks)):
+            users = rank_slice(order[index * batch_size:(index + 1) * batch_size], self.ranks)
+            batch = make_batch(train, users, self.config.data.max_seq_len)
             lengths = lengths_from_offsets(batch.seq_offsets)  # on the host: no device sync
             batch = batch.to(self.device)
             # predict each token's successor; a sequence's last token has none
@@ -76,7 +83,7 @@ class Trainer:
             if not bool(has_target.any()):
                 continue
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                users = self.model(batch)[has_target]
+                users = self.train_model(batch)[has_target]
                 if loss_config.negatives == "all":
                     loss = full_softmax_loss(users, targets[has_target], self.model.item_embeddings,
                                              self.data.num_items, loss_config.temperature)
@@ -137,22 +144,28 @@ class Trainer:
         return {"shuffle": self.shuffle_generator, "sample": self.sample_generator}
 
     def save(self, name: str) -> None:
-        save_checkpoint(self.out_dir / name, self.model, self.optimizer, rng_state(self._generators(), self.device),
-                        config_to_dict(self.config), self.state, torch.from_numpy(self.data.item_vocab))
+        """Collective under torchrun: every rank hands in its random streams, rank 0 writes."""
+        rng = gather_rng(rng_state(self._generators(), self.device), self.ranks)
+        if self.ranks.is_main:
+            save_checkpoint(self.out_dir / name, self.model, self.optimizer, rng, config_to_dict(self.config),
+                            self.state, torch.from_numpy(self.data.item_vocab))
+        barrier(self.ranks)
 
     def resume(self) -> None:
         checkpoint = load_checkpoint(self.out_dir / "last.safetensors")
         self.model.load_state_dict(checkpoint.model)
         self.optimizer.load_state_dict(checkpoint.optimizer)
-        restore_rng(checkpoint.rng, self._generators(), self.device)
+        restore_rng(own_rng(checkpoint.rng, self.ranks), self._generators(), self.device)
         self.state = checkpoint.state
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 
     # ---- the run ---------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, float]:
+        main = self.ranks.is_main  # under torchrun only rank 0 writes files
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.out_dir / "config.json", config_to_json(self.config).encode())
-        self.writer = self._tensorboard()
+        if main:
+            atomic_write_bytes(self.out_dir / "config.json", config_to_json(self.config).encode())
+        self.writer = self._tensorboard() if main else None
         if resume:
             self.resume()
         split, epochs = self.data.split, self.config.train.epochs
@@ -189,8 +202,9 @@ class Trainer:
         metrics = self.evaluate(split.test)
         summary = {"split": "test", "metrics": metrics, "popularity": self.popularity_baseline(split.test),
                    "train_seconds": time.perf_counter() - started, **self.state, "data": self.data.summary}
-        atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
-        atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        if main:
+            atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
+            atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
         if self.writer is not None:
             self._scalars("test", metrics, self.state["epoch"])
             self.writer.close()

@@ -1,0 +1,67 @@
+"""Data-parallel training under torchrun (two CPU processes over Gloo)."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.train.checkpoint import load_checkpoint
+from genrec.train.parallel import Distributed, num_batches, own_rng, rank_slice
+
+TINY = Path(__file__).resolve().parents[1] / "tiny.toml"
+
+
+def test_every_rank_gets_a_share_of_every_step():
+    users = np.arange(10)
+    shares = [rank_slice(users, Distributed(rank, 3)) for rank in range(3)]
+    assert sorted(np.concatenate(shares).tolist()) == list(range(10))
+    assert num_batches(130, 32, Distributed(0, 2)) == 5  # the last 2 users still make a step for 2 ranks
+    assert num_batches(129, 32, Distributed(0, 2)) == 4  # one user cannot: dropped, or rank 1 would hang
+    assert num_batches(129, 32, Distributed()) == 5
+
+
+def test_resume_needs_the_same_number_of_ranks():
+    saved = {"torch.0": torch.zeros(1), "torch.1": torch.ones(1)}
+    assert torch.equal(own_rng(saved, Distributed(1, 2))["torch"], torch.ones(1))
+    with pytest.raises(ValueError, match="same number of processes"):
+        own_rng(saved, Distributed(2, 3))
+
+
+def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun not on PATH")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "genrec", "train", "--config", str(TINY), "--device", "cpu", "--out", str(out),
+               "--no-progress", "--mode", "validated", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_processes_train_and_resume_exactly(tmp_path):
+    straight = torchrun(tmp_path / "a", "--epochs", "3")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert straight.stdout.count("test metrics") == 1  # rank 0 alone reports
+    first = torchrun(tmp_path / "b", "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = torchrun(tmp_path / "b", "--epochs", "3", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = load_checkpoint(tmp_path / "a/last.safetensors"), load_checkpoint(tmp_path / "b/last.safetensors")
+    assert {"sample.0", "sample.1"} <= set(a.rng)  # both ranks' negative-sampling streams
+    for name, tensor in a.model.items():
+        assert torch.equal(tensor, b.model[name]), name
+    assert (tmp_path / "a/metrics.json").read_text() == (tmp_path / "b/metrics.json").read_text()
+
+
+@pytest.mark.slow
+def test_ranks_hold_the_same_weights_after_training(tmp_path):
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun not on PATH")
+    script = Path(__file__).with_name("ddp_ranks_agree.py")
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(script), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "ranks=2 agree=True moved=True" in run.stdout
