@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -99,10 +98,12 @@ def _run_train(args: argparse.Namespace) -> None:
     else:
         config = _train_config(args)
     if config.train.task == "ranking":
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ValueError("ranking runs train in one process for now; start them without torchrun")
         from genrec.train.ranking import RankingTrainer
-        summary = RankingTrainer(config, args.out).fit(resume=args.resume)
+        trainer = RankingTrainer(config, args.out)
+        summary = trainer.fit(resume=args.resume)
+        shutdown(trainer.ranks)
+        if not trainer.ranks.is_main:
+            return
         _print_table(f"test metrics (ranking, {config.data.dataset}, {len(summary['epochs'])} epochs, "
                      f"{summary['train_seconds']:.0f} s)", {"hstu": summary["metrics"], "din": summary["din"]})
         print(f"\nwrote {args.out / 'metrics.json'}")

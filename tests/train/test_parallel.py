@@ -41,11 +41,12 @@ def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_two_processes_train_and_resume_exactly(tmp_path):
-    straight = torchrun(tmp_path / "a", "--epochs", "3")
+@pytest.mark.parametrize("task", ["retrieval", "ranking"])
+def test_two_processes_train_and_resume_exactly(tmp_path, task):
+    straight = torchrun(tmp_path / "a", "--epochs", "3", "--task", task)
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert straight.stdout.count("test metrics") == 1  # rank 0 alone reports
-    first = torchrun(tmp_path / "b", "--epochs", "1")
+    first = torchrun(tmp_path / "b", "--epochs", "1", "--task", task)
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = torchrun(tmp_path / "b", "--epochs", "3", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

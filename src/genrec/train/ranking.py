@@ -6,7 +6,8 @@ The held-out event's item is in the ranker's input (target-aware) but its action
 to the prediction (causal). Validated mode holds out the second-to-last event for validation and
 tests the epoch with the best mean validation AUC of the ranker (best.safetensors). Ranker and DIN
 share one optimiser (their parameters are disjoint, so the updates are those of two) and one
-checkpoint file, written atomically every epoch; --resume continues from it exactly.
+checkpoint file, written atomically every epoch; --resume continues from it exactly. Under torchrun
+both train data-parallel, as the retriever does (see genrec.train.parallel).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from genrec.train.experiment import resolve_device
+from genrec.train.parallel import barrier, data_parallel, gather_rng, init_distributed, num_batches, own_rng, rank_slice
 
 
 def _din_inputs(batch: SequenceBatch, targets: torch.Tensor):
@@ -47,8 +49,10 @@ def _din_inputs(batch: SequenceBatch, targets: torch.Tensor):
 class RankingTrainer:
     def __init__(self, config: Config, out_dir: Path, log: Callable[[str], None] = print) -> None:
         self.config = config.validate()
-        self.out_dir, self.log = out_dir, log
-        self.device = resolve_device(config.train.device)
+        self.out_dir = out_dir
+        self.ranks, device = init_distributed(config.train.device)
+        self.log = log if self.ranks.is_main else (lambda _: None)
+        self.device = device or resolve_device(config.train.device)
         data_config = config.data
         synthetic = SyntheticSpec(num_users=data_config.synthetic_users, num_items=data_config.synthetic_items,
                                   seed=data_config.synthetic_seed)
@@ -70,7 +74,13 @@ class RankingTrainer:
         self.modules = nn.ModuleDict({"ranker": self.model, "din": self.baseline})
         self.optimizer = torch.optim.AdamW(self.modules.parameters(), lr=config.train.learning_rate,
                                            betas=config.train.betas, weight_decay=config.train.weight_decay)
-        self.generator = torch.Generator().manual_seed(config.train.seed)
+        # the shuffle is shared by all ranks; DIN impressions and dropout differ per rank
+        self.shuffle_generator = torch.Generator().manual_seed(config.train.seed)
+        self.sample_generator = torch.Generator().manual_seed(config.train.seed + 1 + self.ranks.rank)
+        self.train_ranker = data_parallel(self.model, self.ranks, self.device)
+        self.train_baseline = data_parallel(self.baseline, self.ranks, self.device)
+        if self.ranks.enabled:
+            torch.manual_seed(config.train.seed + self.ranks.rank)
         self.state = {"epoch": 0, "tasks": self.task_names, "epochs": [], "best_metric": None, "best_epoch": None}
 
     def _batch(self, sequences: JaggedEvents, users: np.ndarray, drop_last: int) -> SequenceBatch:
@@ -79,18 +89,20 @@ class RankingTrainer:
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         self.baseline.train()
-        order = torch.randperm(self.sequences.num_users, generator=self.generator).numpy()
+        order = torch.randperm(self.sequences.num_users, generator=self.shuffle_generator).numpy()
         losses, started = [], time.perf_counter()
-        for start in range(0, len(order), self.config.train.batch_size):
-            batch = self._batch(self.sequences, order[start:start + self.config.train.batch_size], self.held_out)
-            loss = F.binary_cross_entropy_with_logits(self.model(batch), batch.labels)
+        batch_size = self.config.train.batch_size
+        for index in range(num_batches(len(order), batch_size, self.ranks)):
+            users = rank_slice(order[index * batch_size:(index + 1) * batch_size], self.ranks)
+            batch = self._batch(self.sequences, users, self.held_out)
+            loss = F.binary_cross_entropy_with_logits(self.train_ranker(batch), batch.labels)
             # DIN: one impression per user at a random position with a non-empty history
             lengths = lengths_from_offsets(batch.seq_offsets)
-            targets = 1 + (torch.rand(lengths.shape, generator=self.generator).to(self.device) * (lengths - 1)).long()
+            targets = 1 + (torch.rand(lengths.shape, generator=self.sample_generator).to(self.device) * (lengths - 1)).long()
             history_ids, history_labels, mask, target_ids = _din_inputs(batch, targets)
             labels = batch.labels[batch.seq_offsets[:-1] + targets]
             baseline_loss = F.binary_cross_entropy_with_logits(
-                self.baseline(history_ids, history_labels, mask, target_ids), labels)
+                self.train_baseline(history_ids, history_labels, mask, target_ids), labels)
             self.optimizer.zero_grad(set_to_none=True)
             (loss + baseline_loss).backward()
             self.optimizer.step()
@@ -121,21 +133,30 @@ class RankingTrainer:
                 result[name][f"{task_name}/ne"] = normalized_entropy(logits[:, task], labels[:, task])
         return result
 
+    def _generators(self) -> dict[str, torch.Generator]:
+        return {"shuffle": self.shuffle_generator, "sample": self.sample_generator}
+
     def save(self, name: str) -> None:
-        save_checkpoint(self.out_dir / name, self.modules, self.optimizer, rng_state({"sample": self.generator},
-                        self.device), config_to_dict(self.config), self.state, self.item_vocab)
+        """Collective under torchrun: every rank hands in its random streams, rank 0 writes."""
+        rng = gather_rng(rng_state(self._generators(), self.device), self.ranks)
+        if self.ranks.is_main:
+            save_checkpoint(self.out_dir / name, self.modules, self.optimizer, rng, config_to_dict(self.config),
+                            self.state, self.item_vocab)
+        barrier(self.ranks)
 
     def resume(self) -> None:
         checkpoint = load_checkpoint(self.out_dir / "last.safetensors")
         self.modules.load_state_dict(checkpoint.model)
         self.optimizer.load_state_dict(checkpoint.optimizer)
-        restore_rng(checkpoint.rng, {"sample": self.generator}, self.device)
+        restore_rng(own_rng(checkpoint.rng, self.ranks), self._generators(), self.device)
         self.state = checkpoint.state
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 
     def fit(self, resume: bool = False) -> dict:
+        main = self.ranks.is_main  # under torchrun only rank 0 writes files
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.out_dir / "config.json", config_to_json(self.config).encode())
+        if main:
+            atomic_write_bytes(self.out_dir / "config.json", config_to_json(self.config).encode())
         if resume:
             self.resume()
         self.log(f"data: {json.dumps(self.summary)}; device {self.device}")
@@ -158,8 +179,9 @@ class RankingTrainer:
         test = self.evaluate(drop_last=0)
         summary = {"split": "test", "metrics": test["model"], "din": test["din"], **self.state,
                    "train_seconds": time.perf_counter() - started, "data": self.summary}
-        atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(test["model"], indent=2).encode())
-        atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        if main:
+            atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(test["model"], indent=2).encode())
+            atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
 
 
