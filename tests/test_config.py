@@ -53,3 +53,14 @@ def test_parse_assignment_reads_toml_values():
     for bad in ("novalue", "=3", "model..dropout=1"):
         with pytest.raises(ValueError, match="bad config assignment"):
             parse_assignment(bad)
+
+
+@pytest.mark.parametrize("name", ["ml-1m-hstu", "ml-1m-hstu-large", "ml-1m-sasrec"])
+def test_frozen_configs_load_and_match_their_preset(name):
+    """configs/*.toml freeze the published runs; they must stay loadable and equal to the preset."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml"
+    config = load_config_file(path, Config()).validate()
+    model = name.removeprefix("ml-1m-")
+    assert config_to_dict(config) == config_to_dict(preset(model))
