@@ -36,3 +36,8 @@ def test_validated_mode_tests_the_selected_epoch(tmp_path):
     assert best.state["epoch"] == summary["best_epoch"]
     assert evaluate_ranking_run(tmp_path, "test", log=lambda _: None)["metrics"] == summary["metrics"]
     assert set(ranker_weights(best.model)) and not any(k.startswith("din.") for k in ranker_weights(best.model))
+
+
+def test_epoch_reports_throughput(tmp_path):
+    stats = quiet(ranking_config(mode="paper", epochs=1), tmp_path).train_epoch()
+    assert stats["tokens_per_s"] > 0 and stats["tflops"] > 0 and "mfu" not in stats

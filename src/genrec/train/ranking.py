@@ -33,7 +33,7 @@ from genrec.model.din import DIN
 from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint, restore_rng, rng_state, save_checkpoint
-from genrec.train.experiment import resolve_device
+from genrec.train.experiment import peak_tflops, resolve_device
 from genrec.train.parallel import barrier, data_parallel, gather_rng, init_distributed, num_batches, own_rng, rank_slice
 
 
@@ -53,6 +53,7 @@ class RankingTrainer:
         self.ranks, device = init_distributed(config.train.device)
         self.log = log if self.ranks.is_main else (lambda _: None)
         self.device = device or resolve_device(config.train.device)
+        self.peak_tflops = peak_tflops(self.device)
         data_config = config.data
         synthetic = SyntheticSpec(num_users=data_config.synthetic_users, num_items=data_config.synthetic_items,
                                   seed=data_config.synthetic_seed)
@@ -90,11 +91,15 @@ class RankingTrainer:
         self.model.train()
         self.baseline.train()
         order = torch.randperm(self.sequences.num_users, generator=self.shuffle_generator).numpy()
-        losses, started = [], time.perf_counter()
+        losses, num_tokens, flops, started = [], 0, 0.0, time.perf_counter()
         batch_size = self.config.train.batch_size
         for index in range(num_batches(len(order), batch_size, self.ranks)):
             users = rank_slice(order[index * batch_size:(index + 1) * batch_size], self.ranks)
-            batch = self._batch(self.sequences, users, self.held_out)
+            host_batch = make_batch(self.sequences, users, self.config.data.max_seq_len, self.held_out)
+            token_lengths = 2 * lengths_from_offsets(host_batch.seq_offsets)  # item and action tokens; no sync
+            batch = host_batch.to(self.device)
+            num_tokens += int(token_lengths.sum())
+            flops += 3 * self.model.encoder.forward_flops(token_lengths)  # forward + 2x for backward
             loss = F.binary_cross_entropy_with_logits(self.train_ranker(batch), batch.labels)
             # DIN: one impression per user at a random position with a non-empty history
             lengths = lengths_from_offsets(batch.seq_offsets)
@@ -108,8 +113,12 @@ class RankingTrainer:
             self.optimizer.step()
             losses.append((loss.item(), baseline_loss.item()))
         model_loss, baseline_loss = np.mean(losses, axis=0)
-        return {"loss": float(model_loss), "baseline_loss": float(baseline_loss),
-                "seconds": time.perf_counter() - started}
+        seconds = time.perf_counter() - started
+        stats = {"loss": float(model_loss), "baseline_loss": float(baseline_loss), "seconds": seconds,
+                 "tokens_per_s": num_tokens / seconds, "tflops": flops / seconds / 1e12}
+        if self.peak_tflops is not None:
+            stats["mfu"] = stats["tflops"] / self.peak_tflops
+        return stats
 
     @torch.no_grad()
     def evaluate(self, drop_last: int) -> dict[str, dict[str, float]]:
@@ -171,7 +180,9 @@ class RankingTrainer:
                     self.state["best_metric"], self.state["best_epoch"] = metric, epoch + 1
                     self.save("best.safetensors")
             self.state["epochs"].append({"epoch": epoch + 1, **stats})
-            self.log(f"epoch {epoch + 1}: loss {stats['loss']:.4f} (din {stats['baseline_loss']:.4f})")
+            self.log(f"epoch {epoch + 1}: loss {stats['loss']:.4f} (din {stats['baseline_loss']:.4f}), "
+                     f"{stats['tokens_per_s']:.0f} tokens/s, {stats['tflops']:.3f} TFLOP/s"
+                     + (f", MFU {stats['mfu']:.1%}" if "mfu" in stats else ""))
             self.save("last.safetensors")
         if self.state["best_epoch"] is not None:
             self.modules.load_state_dict(load_checkpoint(self.out_dir / "best.safetensors").model)
