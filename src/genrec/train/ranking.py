@@ -103,7 +103,8 @@ class RankingTrainer:
             loss = F.binary_cross_entropy_with_logits(self.train_ranker(batch), batch.labels)
             # DIN: one impression per user at a random position with a non-empty history
             lengths = lengths_from_offsets(batch.seq_offsets)
-            targets = 1 + (torch.rand(lengths.shape, generator=self.sample_generator).to(self.device) * (lengths - 1)).long()
+            uniform = torch.rand(lengths.shape, generator=self.sample_generator).to(self.device)
+            targets = 1 + (uniform * (lengths - 1)).long()
             history_ids, history_labels, mask, target_ids = _din_inputs(batch, targets)
             labels = batch.labels[batch.seq_offsets[:-1] + targets]
             baseline_loss = F.binary_cross_entropy_with_logits(
@@ -131,7 +132,8 @@ class RankingTrainer:
             batch = self._batch(self.sequences, users, drop_last)
             last = batch.seq_offsets[1:] - 1
             model_logits.append(self.model(batch)[last].cpu())
-            baseline_logits.append(self.baseline(*_din_inputs(batch, lengths_from_offsets(batch.seq_offsets) - 1)).cpu())
+            last_position = lengths_from_offsets(batch.seq_offsets) - 1
+            baseline_logits.append(self.baseline(*_din_inputs(batch, last_position)).cpu())
             labels.append(batch.labels[last].cpu())
         labels = torch.cat(labels)
         result = {}

@@ -77,5 +77,6 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offset
     return hstu_attention_reference(q, k, v, seq_offsets, **arguments)
 
 
-__all__ = ["BACKENDS", "BucketedBias", "attention_flops", "attention_mask", "candidate_attention_reference", "dense_bias", "hstu_attention",
+__all__ = ["BACKENDS", "BucketedBias", "attention_flops", "attention_mask", "candidate_attention_reference",
+           "dense_bias", "hstu_attention",
            "hstu_attention_reference", "time_buckets"]
