@@ -78,5 +78,4 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offset
 
 
 __all__ = ["BACKENDS", "BucketedBias", "attention_flops", "attention_mask", "candidate_attention_reference",
-           "dense_bias", "hstu_attention",
-           "hstu_attention_reference", "time_buckets"]
+           "dense_bias", "hstu_attention", "hstu_attention_reference", "time_buckets"]
