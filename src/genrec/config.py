@@ -77,6 +77,7 @@ class TrainConfig:
     patience: int = 0  # validated mode: stop after this many passes without improvement; 0 = never
     lr_schedule: str = "constant"  # constant | cosine (decays to 0 at the last epoch)
     warmup_epochs: int = 0  # linear warm-up from 0 over this many epochs, then the schedule
+    stochastic_length_alpha: float = 0.0  # subsample long histories (paper Sec. 3.3); 0 = off, (0, 2]
     eval_batch_size: int = 512
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -115,6 +116,7 @@ class Config:
             (self.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
             (self.train.eval_every > 0, "train.eval_every must be positive"),
             (self.train.patience >= 0, "train.patience must be >= 0"),
+            (0.0 <= self.train.stochastic_length_alpha <= 2.0, "train.stochastic_length_alpha must be in [0, 2]"),
             (self.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine"),
             (0 <= self.train.warmup_epochs <= max(self.train.epochs, 0),
              "train.warmup_epochs must be in [0, train.epochs]"),

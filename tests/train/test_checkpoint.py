@@ -16,12 +16,19 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]  # no temp files left behind
 
 
-def test_resume_is_exact(tmp_path, deterministic):
-    straight = Trainer(tiny_config(epochs=3), tmp_path / "a", progress=False, log=lambda _: None).fit()
-    Trainer(tiny_config(epochs=1), tmp_path / "b", progress=False, log=lambda _: None).fit()
-    resumed = Trainer(tiny_config(epochs=3), tmp_path / "b", progress=False, log=lambda _: None).fit(resume=True)
+@pytest.mark.parametrize("stochastic_length_alpha", [0.0, 1.2], ids=["full-length", "stochastic-length"])
+def test_resume_is_exact(tmp_path, deterministic, stochastic_length_alpha):
+    def config(epochs):
+        config = tiny_config(epochs=epochs)
+        config.train.stochastic_length_alpha = stochastic_length_alpha
+        return config
+
+    straight = Trainer(config(3), tmp_path / "a", progress=False, log=lambda _: None).fit()
+    Trainer(config(1), tmp_path / "b", progress=False, log=lambda _: None).fit()
+    resumed = Trainer(config(3), tmp_path / "b", progress=False, log=lambda _: None).fit(resume=True)
     a = load_checkpoint(tmp_path / "a/last.safetensors")
     b = load_checkpoint(tmp_path / "b/last.safetensors")
+    assert ("length" in a.rng) == (stochastic_length_alpha > 0)
     assert a.state["epoch"] == b.state["epoch"] == 3
     for name, tensor in a.model.items():
         assert torch.equal(tensor, b.model[name]), name

@@ -27,6 +27,7 @@ from genrec.data import build_sequences, load_events, make_batch, min_length_for
 from genrec.data.actions import action_labels
 from genrec.data.batch import SequenceBatch
 from genrec.data.sequences import JaggedEvents
+from genrec.data.stochastic_length import stochastic_length
 from genrec.data.synthetic import SyntheticSpec
 from genrec.eval.metrics import auc, normalized_entropy
 from genrec.model.din import DIN
@@ -78,6 +79,7 @@ class RankingTrainer:
         # the shuffle is shared by all ranks; DIN impressions and dropout differ per rank
         self.shuffle_generator = torch.Generator().manual_seed(config.train.seed)
         self.sample_generator = torch.Generator().manual_seed(config.train.seed + 1 + self.ranks.rank)
+        self.length_generator = torch.Generator().manual_seed(config.train.seed + 1000 + self.ranks.rank)
         self.train_ranker = data_parallel(self.model, self.ranks, self.device)
         self.train_baseline = data_parallel(self.baseline, self.ranks, self.device)
         if self.ranks.enabled:
@@ -96,6 +98,9 @@ class RankingTrainer:
         for index in range(num_batches(len(order), batch_size, self.ranks)):
             users = rank_slice(order[index * batch_size:(index + 1) * batch_size], self.ranks)
             host_batch = make_batch(self.sequences, users, self.config.data.max_seq_len, self.held_out)
+            if self.config.train.stochastic_length_alpha > 0:
+                host_batch = stochastic_length(host_batch, self.config.train.stochastic_length_alpha,
+                                               self.length_generator)
             token_lengths = 2 * lengths_from_offsets(host_batch.seq_offsets)  # item and action tokens; no sync
             batch = host_batch.to(self.device)
             num_tokens += int(token_lengths.sum())
@@ -145,7 +150,10 @@ class RankingTrainer:
         return result
 
     def _generators(self) -> dict[str, torch.Generator]:
-        return {"shuffle": self.shuffle_generator, "sample": self.sample_generator}
+        generators = {"shuffle": self.shuffle_generator, "sample": self.sample_generator}
+        if self.config.train.stochastic_length_alpha > 0:
+            generators["length"] = self.length_generator
+        return generators
 
     def save(self, name: str) -> None:
         """Collective under torchrun: every rank hands in its random streams, rank 0 writes."""

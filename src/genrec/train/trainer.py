@@ -18,6 +18,7 @@ import torch
 
 from genrec.config import Config, config_from_dict, config_to_dict, config_to_json
 from genrec.data import EvalSplit, make_batch
+from genrec.data.stochastic_length import stochastic_length
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
 from genrec.ops.jagged import lengths_from_offsets, next_in_sequence
@@ -51,6 +52,7 @@ class Trainer:
                                            betas=config.train.betas, weight_decay=config.train.weight_decay)
         self.shuffle_generator = torch.Generator().manual_seed(config.train.seed)
         self.sample_generator = torch.Generator(self.device).manual_seed(config.train.seed + 1 + self.ranks.rank)
+        self.length_generator = torch.Generator().manual_seed(config.train.seed + 1000 + self.ranks.rank)
         self.state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "valid": [],
                       "epoch_seconds": []}
         self.writer = None
@@ -74,6 +76,8 @@ class Trainer:
         for index in range(num_batches(len(order), batch_size, self.ranks)):
             users = rank_slice(order[index * batch_size:(index + 1) * batch_size], self.ranks)
             batch = make_batch(train, users, self.config.data.max_seq_len)
+            if self.config.train.stochastic_length_alpha > 0:
+                batch = stochastic_length(batch, self.config.train.stochastic_length_alpha, self.length_generator)
             lengths = lengths_from_offsets(batch.seq_offsets)  # on the host: no device sync
             batch = batch.to(self.device)
             # predict each token's successor; a sequence's last token has none
@@ -141,7 +145,10 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------
     def _generators(self) -> dict[str, torch.Generator]:
-        return {"shuffle": self.shuffle_generator, "sample": self.sample_generator}
+        generators = {"shuffle": self.shuffle_generator, "sample": self.sample_generator}
+        if self.config.train.stochastic_length_alpha > 0:
+            generators["length"] = self.length_generator
+        return generators
 
     def save(self, name: str) -> None:
         """Collective under torchrun: every rank hands in its random streams, rank 0 writes."""

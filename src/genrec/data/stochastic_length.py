@@ -1,0 +1,42 @@
+"""Stochastic Length (paper Sec. 3.3): subsample long training histories so that attention costs
+O(N^alpha) per sequence in expectation instead of O(n^2), with N the maximum sequence length.
+
+A sequence of n events is kept whole when n <= N^(alpha/2). A longer one is, with probability
+1 - N^alpha / n^2, replaced by N^(alpha/2) of its events drawn uniformly without replacement and kept
+in time order; otherwise it is kept whole. alpha = 2 turns it off; the paper uses 1.6-1.7 on long
+histories. Training only: evaluation always sees the full (truncated) history.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import torch
+
+from genrec.data.batch import SequenceBatch
+
+
+def stochastic_length(batch: SequenceBatch, alpha: float, generator: torch.Generator) -> SequenceBatch:
+    """A batch with some long sequences subsampled (host tensors; the generator is a CPU one)."""
+    if not 0.0 < alpha <= 2.0:
+        raise ValueError(f"stochastic length alpha must be in (0, 2], got {alpha}")
+    max_seq_len = batch.max_seq_len
+    kept_len = int(max_seq_len ** (alpha / 2))
+    lengths = batch.lengths.tolist()
+    if max(lengths, default=0) <= kept_len:
+        return batch
+    keep = torch.ones(batch.item_ids.shape[0], dtype=torch.bool)
+    new_lengths = []
+    for start, length in zip(batch.seq_offsets[:-1].tolist(), lengths):
+        cut = length > kept_len and float(torch.rand((), generator=generator)) >= max_seq_len ** alpha / length ** 2
+        if cut:
+            chosen = torch.randperm(length, generator=generator)[:kept_len]
+            keep[start:start + length] = False
+            keep[start + chosen] = True
+        new_lengths.append(kept_len if cut else length)
+    offsets = torch.zeros(len(new_lengths) + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.tensor(new_lengths, dtype=torch.int64), 0)
+    per_token = {f.name: getattr(batch, f.name) for f in fields(batch)
+                 if f.name not in ("seq_offsets", "max_seq_len")}
+    subsampled = {name: None if value is None else value[keep] for name, value in per_token.items()}
+    return SequenceBatch(seq_offsets=offsets, max_seq_len=max_seq_len, **subsampled)

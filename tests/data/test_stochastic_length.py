@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from genrec.data.batch import SequenceBatch
+from genrec.data.stochastic_length import stochastic_length
+from genrec.ops.jagged import offsets_from_lengths
+
+
+def batch_of(lengths, max_seq_len=100):
+    offsets = offsets_from_lengths(torch.tensor(lengths, dtype=torch.int64))
+    total = int(offsets[-1])
+    return SequenceBatch(item_ids=torch.arange(1, total + 1), seq_offsets=offsets, max_seq_len=max_seq_len,
+                         timestamps=torch.arange(total) * 10, labels=torch.arange(total, dtype=torch.float32)[:, None])
+
+
+def test_short_sequences_and_alpha_two_are_untouched():
+    batch = batch_of([5, 10, 1])  # N = 100, alpha 1.0: kept length 10
+    same = stochastic_length(batch, 1.0, torch.Generator().manual_seed(0))
+    assert torch.equal(same.item_ids, batch.item_ids) and torch.equal(same.seq_offsets, batch.seq_offsets)
+    long = batch_of([100, 60])
+    assert torch.equal(stochastic_length(long, 2.0, torch.Generator()).item_ids, long.item_ids)
+
+
+def test_long_sequences_are_cut_with_the_papers_probability():
+    max_seq_len, alpha, length = 100, 1.6, 60  # kept length 100^0.8 = 39; P(cut) = 1 - 100^1.6 / 60^2
+    batch = batch_of([length] * 400, max_seq_len)
+    out = stochastic_length(batch, alpha, torch.Generator().manual_seed(1))
+    kept = int(max_seq_len ** (alpha / 2))
+    new_lengths = out.lengths
+    assert set(new_lengths.tolist()) == {kept, length}
+    expected = 1 - max_seq_len ** alpha / length ** 2
+    assert abs(float((new_lengths == kept).float().mean()) - expected) < 0.07
+    # every sequence is a subsequence of its original, in time order, with its fields aligned
+    for b in range(out.num_sequences):
+        start, end = int(out.seq_offsets[b]), int(out.seq_offsets[b + 1])
+        items = out.item_ids[start:end]
+        assert bool((items[1:] > items[:-1]).all())
+        assert bool(((items - 1) // length == b).all())  # drawn from sequence b only
+        assert torch.equal(out.timestamps[start:end], (items - 1) * 10)
+        assert torch.equal(out.labels[start:end, 0], (items - 1).float())
+
+
+def test_bad_alpha():
+    with pytest.raises(ValueError, match="alpha must be in"):
+        stochastic_length(batch_of([3]), 2.5, torch.Generator())
