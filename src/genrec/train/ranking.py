@@ -33,9 +33,10 @@ from genrec.eval.metrics import auc, normalized_entropy
 from genrec.model.din import DIN
 from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
-from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
 from genrec.train.experiment import peak_tflops, resolve_device
-from genrec.train.parallel import barrier, data_parallel, gather_rng, init_distributed, num_batches, own_rng, rank_slice
+from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
+from genrec.train.run_state import RandomStreams, resume_run, save_run
 
 
 def _din_inputs(batch: SequenceBatch, targets: torch.Tensor):
@@ -76,10 +77,8 @@ class RankingTrainer:
         self.modules = nn.ModuleDict({"ranker": self.model, "din": self.baseline})
         self.optimizer = torch.optim.AdamW(self.modules.parameters(), lr=config.train.learning_rate,
                                            betas=config.train.betas, weight_decay=config.train.weight_decay)
-        # the shuffle is shared by all ranks; DIN impressions and dropout differ per rank
-        self.shuffle_generator = torch.Generator().manual_seed(config.train.seed)
-        self.sample_generator = torch.Generator().manual_seed(config.train.seed + 1 + self.ranks.rank)
-        self.length_generator = torch.Generator().manual_seed(config.train.seed + 1000 + self.ranks.rank)
+        self.streams = RandomStreams(config.train.seed, self.ranks.rank, "cpu",
+                                     config.train.stochastic_length_alpha > 0)
         self.train_ranker = data_parallel(self.model, self.ranks, self.device)
         self.train_baseline = data_parallel(self.baseline, self.ranks, self.device)
         if self.ranks.enabled:
@@ -92,7 +91,7 @@ class RankingTrainer:
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         self.baseline.train()
-        order = torch.randperm(self.sequences.num_users, generator=self.shuffle_generator).numpy()
+        order = torch.randperm(self.sequences.num_users, generator=self.streams.shuffle).numpy()
         losses, num_tokens, flops, started = [], 0, 0.0, time.perf_counter()
         batch_size = self.config.train.batch_size
         for index in range(num_batches(len(order), batch_size, self.ranks)):
@@ -100,7 +99,7 @@ class RankingTrainer:
             host_batch = make_batch(self.sequences, users, self.config.data.max_seq_len, self.held_out)
             if self.config.train.stochastic_length_alpha > 0:
                 host_batch = stochastic_length(host_batch, self.config.train.stochastic_length_alpha,
-                                               self.length_generator)
+                                               self.streams.length)
             token_lengths = 2 * lengths_from_offsets(host_batch.seq_offsets)  # item and action tokens; no sync
             batch = host_batch.to(self.device)
             num_tokens += int(token_lengths.sum())
@@ -108,7 +107,7 @@ class RankingTrainer:
             loss = F.binary_cross_entropy_with_logits(self.train_ranker(batch), batch.labels)
             # DIN: one impression per user at a random position with a non-empty history
             lengths = lengths_from_offsets(batch.seq_offsets)
-            uniform = torch.rand(lengths.shape, generator=self.sample_generator).to(self.device)
+            uniform = torch.rand(lengths.shape, generator=self.streams.sample).to(self.device)
             targets = 1 + (uniform * (lengths - 1)).long()
             history_ids, history_labels, mask, target_ids = _din_inputs(batch, targets)
             labels = batch.labels[batch.seq_offsets[:-1] + targets]
@@ -149,26 +148,13 @@ class RankingTrainer:
                 result[name][f"{task_name}/ne"] = normalized_entropy(logits[:, task], labels[:, task])
         return result
 
-    def _generators(self) -> dict[str, torch.Generator]:
-        generators = {"shuffle": self.shuffle_generator, "sample": self.sample_generator}
-        if self.config.train.stochastic_length_alpha > 0:
-            generators["length"] = self.length_generator
-        return generators
-
     def save(self, name: str) -> None:
-        """Collective under torchrun: every rank hands in its random streams, rank 0 writes."""
-        rng = gather_rng(rng_state(self._generators(), self.device), self.ranks)
-        if self.ranks.is_main:
-            save_checkpoint(self.out_dir / name, self.modules, self.optimizer, rng, config_to_dict(self.config),
-                            self.state, self.item_vocab)
-        barrier(self.ranks)
+        save_run(self.out_dir / name, self.modules, self.optimizer, self.streams, self.device, self.ranks,
+                 config_to_dict(self.config), self.state, self.item_vocab)
 
     def resume(self) -> None:
-        checkpoint = load_checkpoint(self.out_dir / "last.safetensors")
-        self.modules.load_state_dict(checkpoint.model)
-        self.optimizer.load_state_dict(checkpoint.optimizer)
-        restore_rng(own_rng(checkpoint.rng, self.ranks), self._generators(), self.device)
-        self.state = checkpoint.state
+        self.state = resume_run(self.out_dir / "last.safetensors", self.modules, self.optimizer, self.streams,
+                                self.device, self.ranks)
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 
     def fit(self, resume: bool = False) -> dict:

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from genrec.config import Config, config_from_dict, config_to_dict, config_to_json
@@ -22,11 +21,11 @@ from genrec.data.stochastic_length import stochastic_length
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
 from genrec.ops.jagged import lengths_from_offsets, next_in_sequence
-from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
 from genrec.train.experiment import build_model, peak_tflops, prepare_data, resolve_device
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
-from genrec.train.parallel import (barrier, data_parallel, gather_rng, init_distributed, num_batches, own_rng,
-                                   rank_slice)
+from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
+from genrec.train.run_state import RandomStreams, resume_run, save_run
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -50,9 +49,8 @@ class Trainer:
             torch.manual_seed(config.train.seed + self.ranks.rank)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.learning_rate,
                                            betas=config.train.betas, weight_decay=config.train.weight_decay)
-        self.shuffle_generator = torch.Generator().manual_seed(config.train.seed)
-        self.sample_generator = torch.Generator(self.device).manual_seed(config.train.seed + 1 + self.ranks.rank)
-        self.length_generator = torch.Generator().manual_seed(config.train.seed + 1000 + self.ranks.rank)
+        self.streams = RandomStreams(config.train.seed, self.ranks.rank, self.device,
+                                     config.train.stochastic_length_alpha > 0)
         self.state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "valid": [],
                       "epoch_seconds": []}
         self.writer = None
@@ -69,7 +67,7 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
         train = self.data.split.train
-        order = torch.randperm(train.num_users, generator=self.shuffle_generator).numpy()
+        order = torch.randperm(train.num_users, generator=self.streams.shuffle).numpy()
         batch_size, loss_config = self.config.train.batch_size, self.config.train.loss
         total_loss, total_positions, total_tokens, total_flops = 0.0, 0, 0, 0.0
         started = time.perf_counter()
@@ -77,7 +75,7 @@ class Trainer:
             users = rank_slice(order[index * batch_size:(index + 1) * batch_size], self.ranks)
             batch = make_batch(train, users, self.config.data.max_seq_len)
             if self.config.train.stochastic_length_alpha > 0:
-                batch = stochastic_length(batch, self.config.train.stochastic_length_alpha, self.length_generator)
+                batch = stochastic_length(batch, self.config.train.stochastic_length_alpha, self.streams.length)
             lengths = lengths_from_offsets(batch.seq_offsets)  # on the host: no device sync
             batch = batch.to(self.device)
             # predict each token's successor; a sequence's last token has none
@@ -94,7 +92,7 @@ class Trainer:
                 else:
                     loss = sampled_softmax_loss(users, targets[has_target], self.model.item_embeddings,
                                                 self.data.num_items, loss_config.num_negatives,
-                                                loss_config.temperature, self.sample_generator,
+                                                loss_config.temperature, self.streams.sample,
                                                 loss_config.in_batch_negatives)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -144,26 +142,13 @@ class Trainer:
         return summarize(ranks, self.config.eval.ks)
 
     # ---- checkpoints -----------------------------------------------------------------------
-    def _generators(self) -> dict[str, torch.Generator]:
-        generators = {"shuffle": self.shuffle_generator, "sample": self.sample_generator}
-        if self.config.train.stochastic_length_alpha > 0:
-            generators["length"] = self.length_generator
-        return generators
-
     def save(self, name: str) -> None:
-        """Collective under torchrun: every rank hands in its random streams, rank 0 writes."""
-        rng = gather_rng(rng_state(self._generators(), self.device), self.ranks)
-        if self.ranks.is_main:
-            save_checkpoint(self.out_dir / name, self.model, self.optimizer, rng, config_to_dict(self.config),
-                            self.state, torch.from_numpy(self.data.item_vocab))
-        barrier(self.ranks)
+        save_run(self.out_dir / name, self.model, self.optimizer, self.streams, self.device, self.ranks,
+                 config_to_dict(self.config), self.state, torch.from_numpy(self.data.item_vocab))
 
     def resume(self) -> None:
-        checkpoint = load_checkpoint(self.out_dir / "last.safetensors")
-        self.model.load_state_dict(checkpoint.model)
-        self.optimizer.load_state_dict(checkpoint.optimizer)
-        restore_rng(own_rng(checkpoint.rng, self.ranks), self._generators(), self.device)
-        self.state = checkpoint.state
+        self.state = resume_run(self.out_dir / "last.safetensors", self.model, self.optimizer, self.streams,
+                                self.device, self.ranks)
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 
     # ---- the run ---------------------------------------------------------------------------

@@ -1,0 +1,52 @@
+"""What a training run carries across a restart besides its weights: its random streams, and the
+collective save / resume that puts them, the model, the optimiser and the trainer state into one
+checkpoint (shared by the retrieval and the ranking trainer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from genrec.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from genrec.train.parallel import Distributed, barrier, gather_rng, own_rng
+
+
+class RandomStreams:
+    """The shuffle is the same on every rank (so ranks split one batch order); sampling (negatives,
+    impressions) and Stochastic Length differ per rank. The length stream is checkpointed only when
+    Stochastic Length is on, so runs without it keep their checkpoint layout."""
+
+    def __init__(self, seed: int, rank: int, sample_device: torch.device | str, stochastic_length: bool) -> None:
+        self.shuffle = torch.Generator().manual_seed(seed)
+        self.sample = torch.Generator(sample_device).manual_seed(seed + 1 + rank)
+        self.length = torch.Generator().manual_seed(seed + 1000 + rank)
+        self.stochastic_length = stochastic_length
+
+    def named(self) -> dict[str, torch.Generator]:
+        streams = {"shuffle": self.shuffle, "sample": self.sample}
+        if self.stochastic_length:
+            streams["length"] = self.length
+        return streams
+
+
+def save_run(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, streams: RandomStreams,
+             device: torch.device, ranks: Distributed, config: dict[str, Any], state: dict[str, Any],
+             item_vocab: torch.Tensor | None) -> None:
+    """Collective under torchrun: every rank hands in its random streams, rank 0 writes."""
+    rng = gather_rng(rng_state(streams.named(), device), ranks)
+    if ranks.is_main:
+        save_checkpoint(path, module, optimizer, rng, config, state, item_vocab)
+    barrier(ranks)
+
+
+def resume_run(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, streams: RandomStreams,
+               device: torch.device, ranks: Distributed) -> dict[str, Any]:
+    """Restores weights, optimiser and this rank's random streams; returns the trainer state."""
+    checkpoint = load_checkpoint(path)
+    module.load_state_dict(checkpoint.model)
+    optimizer.load_state_dict(checkpoint.optimizer)
+    restore_rng(own_rng(checkpoint.rng, ranks), streams.named(), device)
+    return checkpoint.state
