@@ -19,6 +19,7 @@ import concurrent.futures
 import datetime
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -46,6 +47,7 @@ METRICS = ("hr@10", "ndcg@10", "hr@50", "hr@200", "ndcg@200", "mrr")
 
 def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, tie_order: str,
             common: list[str], jobs: int) -> dict:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))  # jobs share the host's cores
     reader, relative = DATASETS[dataset]
     name, *assignments = model.split(":")
     config = preset(name)

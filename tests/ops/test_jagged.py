@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genrec.ops.jagged import (jagged_to_padded, lengths_from_offsets, next_in_sequence, offsets_from_lengths,
+from genrec.ops.jagged import (positions_with_successor, jagged_to_padded, lengths_from_offsets, offsets_from_lengths,
                                padded_to_jagged, positions_in_sequence, sequence_ids)
 
 lengths_strategy = st.lists(st.integers(0, 7), min_size=1, max_size=6)
@@ -49,7 +49,7 @@ def test_jagged_to_padded_rejects_too_long():
         raise AssertionError("expected ValueError")
 
 
-def test_next_in_sequence_keeps_last_token():
+def test_positions_with_successor_skip_each_last_token():
     offsets = offsets_from_lengths(torch.tensor([3, 1, 0, 2]))
-    values = torch.tensor([10, 11, 12, 20, 30, 31])
-    assert next_in_sequence(values, offsets).tolist() == [11, 12, 12, 20, 31, 31]
+    assert positions_with_successor(offsets).tolist() == [0, 1, 4]
+    assert positions_with_successor(offsets_from_lengths(torch.tensor([], dtype=torch.int64))).numel() == 0

@@ -5,6 +5,7 @@ Shapes: B sequences, T tokens in the batch.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -43,12 +44,13 @@ class SequenceBatch:
         return self.seq_offsets[1:] - self.seq_offsets[:-1]
 
     def to(self, device: torch.device | str) -> "SequenceBatch":
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in moved.items():
+        """A copy on `device`; not re-validated (that would read device tensors back: a sync per batch)."""
+        moved = copy.copy(self)
+        for item in fields(self):
+            value = getattr(self, item.name)
             if isinstance(value, torch.Tensor):
-                moved[name] = value.to(device, non_blocking=True)
-        return SequenceBatch(**moved)
-
+                setattr(moved, item.name, value.to(device, non_blocking=True))
+        return moved
 
 def make_batch(sequences: JaggedEvents, users: np.ndarray, max_seq_len: int,
                drop_last: int = 0) -> SequenceBatch:

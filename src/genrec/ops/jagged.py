@@ -62,11 +62,11 @@ def padded_to_jagged(padded: torch.Tensor, seq_offsets: torch.Tensor) -> torch.T
     return padded[seq_ids, pos]
 
 
-def next_in_sequence(values: torch.Tensor, seq_offsets: torch.Tensor) -> torch.Tensor:
-    """[T] -> [T]: each token's successor within its sequence; a sequence's last token keeps its own."""
-    total = values.shape[0]
-    idx = torch.arange(total, device=values.device) + 1
-    last = torch.zeros(total, dtype=torch.bool, device=values.device)
-    last[last_positions(seq_offsets)[lengths_from_offsets(seq_offsets) > 0]] = True
-    idx = torch.where(last, idx - 1, idx)
-    return values[idx]
+def positions_with_successor(seq_offsets: torch.Tensor) -> torch.Tensor:
+    """[P] flat index of every token that has a successor in its sequence (all but each last token);
+    token p's successor is token p + 1."""
+    total = int(seq_offsets[-1])
+    has_successor = torch.ones(total, dtype=torch.bool, device=seq_offsets.device)
+    lengths = lengths_from_offsets(seq_offsets)
+    has_successor[last_positions(seq_offsets)[lengths > 0]] = False
+    return torch.arange(total, device=seq_offsets.device)[has_successor]

@@ -20,7 +20,7 @@ from genrec.data import EvalSplit, make_batch
 from genrec.data.stochastic_length import stochastic_length
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
-from genrec.ops.jagged import lengths_from_offsets, next_in_sequence
+from genrec.ops.jagged import lengths_from_offsets, positions_with_successor
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
 from genrec.train.experiment import build_model, peak_tflops, prepare_data, resolve_device
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
@@ -69,28 +69,30 @@ class Trainer:
         train = self.data.split.train
         order = torch.randperm(train.num_users, generator=self.streams.shuffle).numpy()
         batch_size, loss_config = self.config.train.batch_size, self.config.train.loss
-        total_loss, total_positions, total_tokens, total_flops = 0.0, 0, 0, 0.0
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync per step
+        total_positions, total_tokens, total_flops = 0, 0, 0.0
         started = time.perf_counter()
         for index in range(num_batches(len(order), batch_size, self.ranks)):
             users = rank_slice(order[index * batch_size:(index + 1) * batch_size], self.ranks)
             batch = make_batch(train, users, self.config.data.max_seq_len)
             if self.config.train.stochastic_length_alpha > 0:
                 batch = stochastic_length(batch, self.config.train.stochastic_length_alpha, self.streams.length)
-            lengths = lengths_from_offsets(batch.seq_offsets)  # on the host: no device sync
-            batch = batch.to(self.device)
-            # predict each token's successor; a sequence's last token has none
-            targets = next_in_sequence(batch.item_ids, batch.seq_offsets)
-            has_target = torch.ones_like(targets, dtype=torch.bool)
-            has_target[batch.seq_offsets[1:] - 1] = False
-            if not bool(has_target.any()):
+            # each token predicts its successor; found on the host so the step never waits on the GPU
+            lengths = lengths_from_offsets(batch.seq_offsets)
+            positions = positions_with_successor(batch.seq_offsets)
+            num_positions = positions.numel()
+            if num_positions == 0:
                 continue
+            targets = batch.item_ids[positions + 1].to(self.device, non_blocking=True)
+            positions = positions.to(self.device, non_blocking=True)
+            batch = batch.to(self.device)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                users = self.train_model(batch)[has_target]
+                users = self.train_model(batch).index_select(0, positions)
                 if loss_config.negatives == "all":
-                    loss = full_softmax_loss(users, targets[has_target], self.model.item_embeddings,
-                                             self.data.num_items, loss_config.temperature)
+                    loss = full_softmax_loss(users, targets, self.model.item_embeddings, self.data.num_items,
+                                             loss_config.temperature)
                 else:
-                    loss = sampled_softmax_loss(users, targets[has_target], self.model.item_embeddings,
+                    loss = sampled_softmax_loss(users, targets, self.model.item_embeddings,
                                                 self.data.num_items, loss_config.num_negatives,
                                                 loss_config.temperature, self.streams.sample,
                                                 loss_config.in_batch_negatives)
@@ -99,15 +101,14 @@ class Trainer:
             self._set_learning_rate()
             self.optimizer.step()
             self.state["step"] += 1
-            num_positions = int(has_target.sum())
-            total_loss += loss.item() * num_positions
+            total_loss += loss.detach() * num_positions
             total_positions += num_positions
             total_tokens += int(lengths.sum())
             total_flops += 3 * (self.model.encoder.forward_flops(lengths) + loss_flops(
                 num_positions, users.shape[-1], self.data.num_items, loss_config.negatives,
                 loss_config.num_negatives, loss_config.in_batch_negatives))  # forward + 2x for backward
         seconds = time.perf_counter() - started
-        stats = {"loss": total_loss / max(1, total_positions), "tokens_per_s": total_tokens / seconds,
+        stats = {"loss": total_loss.item() / max(1, total_positions), "tokens_per_s": total_tokens / seconds,
                  "tflops": total_flops / seconds / 1e12, "seconds": seconds}
         if self.peak_tflops is not None:
             stats["mfu"] = stats["tflops"] / self.peak_tflops
