@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from genrec.config import apply_overrides, parse_assignment, preset  # noqa: E402
+from genrec.config import Config, apply_overrides, parse_assignment, preset  # noqa: E402
 from genrec.train.trainer import Trainer  # noqa: E402
 
 DATASETS = {  # name: (reader, path under --data-root)
@@ -45,9 +45,9 @@ DATASETS = {  # name: (reader, path under --data-root)
 METRICS = ("hr@10", "ndcg@10", "hr@50", "hr@200", "ndcg@200", "mrr")
 
 
-def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, tie_order: str,
-            common: list[str], jobs: int) -> dict:
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))  # jobs share the host's cores
+def build_config(data_root: Path, dataset: str, model: str, mode: str, epochs: int, tie_order: str,
+                 common: list[str]) -> tuple[Config, list[str]]:
+    """The config of one run (model spec `preset:key=value:...`) and the overrides applied to it."""
     reader, relative = DATASETS[dataset]
     name, *assignments = model.split(":")
     config = preset(name)
@@ -57,6 +57,13 @@ def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, t
     overrides = [*common, *assignments]
     for assignment in overrides:
         apply_overrides(config, parse_assignment(assignment))
+    return config, overrides
+
+
+def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, tie_order: str,
+            common: list[str], jobs: int) -> dict:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))  # jobs share the host's cores
+    config, overrides = build_config(data_root, dataset, model, mode, epochs, tie_order, common)
     with tempfile.TemporaryDirectory() as out_dir:
         started = time.perf_counter()
         summary = Trainer(config, Path(out_dir), log=lambda _: None, progress=False).fit()

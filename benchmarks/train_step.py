@@ -1,0 +1,83 @@
+"""Where does a training epoch's time go? Trains one warm-up epoch (compilation, autotuning), times
+one epoch, then profiles one more and prints the GPU kernels by total time next to the wall time, so
+a launch-bound step (GPU busy for a small part of the wall time) shows at once.
+
+    python benchmarks/train_step.py --data-root ../shared/data --dataset ml-1m-sas \
+        --models hstu-large,hstu-large:model.rab.position=false --out benchmarks/results/train_step.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from public import DATASETS, build_config  # noqa: E402
+
+from genrec.train.trainer import Trainer  # noqa: E402
+
+TOP_KERNELS = 8
+CUDA = torch.cuda.is_available()
+
+
+def measure(data_root: Path, dataset: str, model: str, common: list[str]) -> dict:
+    config, _ = build_config(data_root, dataset, model, "paper", 3, "stable", common)
+    with tempfile.TemporaryDirectory() as out_dir:
+        trainer = Trainer(config, Path(out_dir), log=lambda _: None, progress=False)
+        trainer.train_epoch()  # warm-up
+        _synchronize()
+        started = time.perf_counter()
+        stats = trainer.train_epoch()
+        _synchronize()
+        epoch_seconds = time.perf_counter() - started
+        with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * CUDA) as prof:
+            trainer.train_epoch()
+            _synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    gpu_seconds = sum(e.self_device_time_total for e in kernels) / 1e6
+    return {"dataset": dataset, "model": model, "epoch_seconds": round(epoch_seconds, 3),
+            "gpu_busy_seconds": round(gpu_seconds, 3), "launches": sum(e.count for e in kernels),
+            "tflops": round(stats["tflops"], 2),
+            "top_kernels": [{"name": e.key[:80], "count": e.count, "seconds": round(e.self_device_time_total / 1e6, 4)}
+                            for e in kernels[:TOP_KERNELS]]}
+
+
+def _synchronize() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--dataset", default="ml-1m-sas", choices=sorted(DATASETS))
+    parser.add_argument("--models", default="hstu-large", help="comma-separated model specs (see public.py)")
+    parser.add_argument("--set", action="append", default=[], dest="common", metavar="KEY=VALUE",
+                        help="config assignment applied to every run")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_step.json"))
+    args = parser.parse_args()
+    result = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__, "command": " ".join(sys.argv),
+              "date": datetime.date.today().isoformat(), "rows": []}
+    for model in args.models.split(","):
+        row = measure(args.data_root, args.dataset, model, args.common)
+        result["rows"].append(row)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+        print(f"\n{model}: epoch {row['epoch_seconds']:.2f} s wall, GPU busy {row['gpu_busy_seconds']:.2f} s, "
+              f"{row['launches']} launches, {row['tflops']:.2f} TFLOP/s")
+        for kernel in row["top_kernels"]:
+            print(f"  {kernel['seconds']:8.4f} s {kernel['count']:>7}  {kernel['name']}")
+
+
+if __name__ == "__main__":
+    main()
