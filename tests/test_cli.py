@@ -18,10 +18,12 @@ def genrec(*args):
 @pytest.mark.slow
 def test_train_then_eval(tmp_path):
     run = genrec("train", "--config", str(TINY), "--out", str(tmp_path), "--mode", "validated", "--no-progress",
-                 "--device", "cpu", "--set", "train.loss.num_negatives=8", "--set", "train.lr_schedule=cosine")
+                 "--device", "cpu", "--set", "train.loss.num_negatives=8", "--set", "train.lr_schedule=cosine",
+                 "--set", "model.similarity=mol")
     assert run.returncode == 0, run.stderr
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["train"]["loss"]["num_negatives"] == 8 and config["train"]["lr_schedule"] == "cosine"
+    assert config["model"]["similarity"] == "mol"  # the learned similarity survives checkpoint and eval
     assert "popularity" in run.stdout
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == KEYS and all(isinstance(v, float) for v in metrics.values())
@@ -49,6 +51,7 @@ def test_learns_more_than_popularity(tmp_path):
     (["eval", "--checkpoint", "/nonexistent"], "no config.json"),
     (["train", "--set", "model.layers=3"], "unknown key 'model.layers'"),
     (["train", "--set", "train.lr_schedule=linear"], "train.lr_schedule must be constant or cosine"),
+    (["train", "--set", "model.similarity=mol", "--set", "train.loss.negatives=all"], "needs train.loss.negatives"),
 ])
 def test_user_errors_are_one_line(args, message):
     run = genrec(*args)

@@ -43,6 +43,16 @@ class RabConfig:
 
 
 @dataclass
+class MoLConfig:
+    """Mixture-of-logits similarity (model.similarity = "mol"); see genrec.model.similarity."""
+
+    user_components: int = 8
+    item_components: int = 4
+    component_dim: int = 32
+    gate_hidden: int = 64
+
+
+@dataclass
 class ModelConfig:
     architecture: str = "hstu"  # hstu | sasrec
     embedding_dim: int = 50
@@ -53,6 +63,8 @@ class ModelConfig:
     dropout: float = 0.2
     rab: RabConfig = field(default_factory=RabConfig)
     attention_backend: str = "auto"  # auto | torch | triton
+    similarity: str = "dot"  # dot (cosine of the l2-normalised embeddings) | mol (mixture of logits)
+    mol: MoLConfig = field(default_factory=MoLConfig)
 
 
 @dataclass
@@ -109,6 +121,11 @@ class Config:
              "model.rab.num_time_buckets and time_bucket_scale must be positive"),
             (self.model.attention_backend in ("auto", "torch", "triton"),
              "model.attention_backend must be auto, torch or triton"),
+            (self.model.similarity in ("dot", "mol"), "model.similarity must be dot or mol"),
+            (min(self.model.mol.user_components, self.model.mol.item_components, self.model.mol.component_dim,
+                 self.model.mol.gate_hidden) > 0, "model.mol sizes must be positive"),
+            (self.model.similarity == "dot" or self.train.loss.negatives == "sampled",
+             "model.similarity = mol needs train.loss.negatives = sampled (it cannot afford a [P, I, K] tensor)"),
             (self.train.task in ("retrieval", "ranking"), "train.task must be 'retrieval' or 'ranking'"),
             (self.train.epochs >= 0, "train.epochs must be >= 0"),
             (self.train.batch_size > 0 and self.train.eval_batch_size > 0, "batch sizes must be positive"),

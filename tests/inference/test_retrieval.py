@@ -51,3 +51,13 @@ def test_faiss_indexes_against_exact():
     _, hnsw_ids = FaissIndex(items, kind="hnsw").search(queries, 20, exclude, offsets)
     assert recall_at_k(hnsw_ids, exact_ids) >= 0.9
     assert not set(hnsw_ids[0].tolist()) & {5, 6, 7}
+
+
+def test_exact_top_k_with_a_learned_similarity():
+    torch.manual_seed(0)
+    queries, items = torch.randn(3, 4), torch.randn(40, 4)
+    similarity = lambda q, x: -torch.cdist(q, x)  # noqa: E731 -- nearest neighbours, not inner products
+    scores, ids = top_k_exact(queries, items, 5, chunk_size=7, similarity=similarity)
+    expected_scores, expected_ids = similarity(queries, items[1:]).topk(5, dim=1)
+    assert torch.equal(ids, expected_ids + 1)
+    torch.testing.assert_close(scores, expected_scores)

@@ -82,6 +82,16 @@ def test_full_softmax_training_learns(tmp_path):
     assert math.isfinite(first) and trainer.train_epoch()["loss"] < first
 
 
+def test_mixture_of_logits_training_learns(tmp_path):
+    config = tiny_config(mode="paper", epochs=3)
+    config.model.similarity = "mol"
+    trainer = Trainer(config, tmp_path, progress=False, log=lambda _: None)
+    first = trainer.train_epoch()["loss"]
+    trainer.train_epoch()
+    assert math.isfinite(first) and trainer.train_epoch()["loss"] < first
+    assert any(name.startswith("similarity.") for name in trainer.model.state_dict())
+
+
 def test_epoch_reports_throughput(tmp_path):
     stats = Trainer(tiny_config(mode="paper", epochs=1), tmp_path, progress=False, log=lambda _: None).train_epoch()
     assert stats["tokens_per_s"] > 0 and stats["tflops"] > 0

@@ -7,6 +7,8 @@ K results, T excluded ids in total (jagged, with exclude_offsets [B+1]).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -18,9 +20,11 @@ def _check(queries: torch.Tensor, items: torch.Tensor, k: int) -> None:
 
 
 def top_k_exact(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_ids: torch.Tensor | None = None,
-                exclude_offsets: torch.Tensor | None = None,
-                chunk_size: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact maximum inner product search over items[1:], chunk by chunk.
+                exclude_offsets: torch.Tensor | None = None, chunk_size: int = 65536,
+                similarity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-K over items[1:], chunk by chunk: maximum inner product search, or the best scores of
+    `similarity(queries [B, D], items [C, D]) -> [B, C]` (e.g. a model's mixture of logits).
 
     exclude_ids / exclude_offsets: per query, ids never to return (e.g. the user's history).
     Returns (scores [B, K], item ids [B, K]), best first; an excluded-out slot scores -inf.
@@ -34,7 +38,8 @@ def top_k_exact(queries: torch.Tensor, items: torch.Tensor, k: int, exclude_ids:
         exclude_rows = torch.repeat_interleave(torch.arange(num_queries, device=queries.device), counts)
     for start in range(1, items.shape[0], chunk_size):
         end = min(start + chunk_size, items.shape[0])
-        scores = (queries @ items[start:end].T).float()  # [B, C]
+        chunk = items[start:end]
+        scores = (queries @ chunk.T if similarity is None else similarity(queries, chunk)).float()  # [B, C]
         if exclude_ids is not None:
             inside = (exclude_ids >= start) & (exclude_ids < end)
             scores[exclude_rows[inside], exclude_ids[inside] - start] = float("-inf")

@@ -15,6 +15,7 @@ from genrec.data.batch import SequenceBatch
 from genrec.model.embeddings import InputEmbedding
 from genrec.model.hstu import HSTUEncoder
 from genrec.model.sasrec import SASRecEncoder
+from genrec.model.similarity import build_similarity
 
 
 class SequentialRetriever(nn.Module):
@@ -29,6 +30,7 @@ class SequentialRetriever(nn.Module):
             self.encoder = SASRecEncoder(config, max_seq_len)
         else:
             raise ValueError(f"unknown architecture {config.architecture!r}")
+        self.similarity = build_similarity(config)
 
     def forward(self, batch: SequenceBatch, num_targets: torch.Tensor | None = None) -> torch.Tensor:
         """User embedding after every token: [T, D], l2-normalised. With num_targets, the last

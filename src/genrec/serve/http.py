@@ -122,7 +122,8 @@ class Retriever(LoadedRun):
         exclude = offsets = None
         if request.exclude_history:
             exclude, offsets = ids, torch.tensor([0, len(ids)], device=self.device)
-        scores, dense = top_k_exact(user, self.model.item_embeddings(), request.k, exclude, offsets)
+        scores, dense = top_k_exact(user, self.model.item_embeddings(), request.k, exclude, offsets,
+                                    similarity=self.model.similarity.all)
         keep = torch.isfinite(scores[0])
         return ScoredItems(items=self.source_ids[dense[0][keep].cpu() - 1].tolist(),
                            scores=scores[0][keep].cpu().tolist())

@@ -9,31 +9,36 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from genrec.model.similarity import DotSimilarity
 
 
 def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddings, num_items: int,
                          num_negatives: int, temperature: float, generator: torch.Generator,
-                         in_batch_negatives: int = 0) -> torch.Tensor:
+                         in_batch_negatives: int = 0, similarity: nn.Module | None = None) -> torch.Tensor:
     """Mean cross-entropy of the positive against S uniform negatives per position.
 
     user: [P, D] l2-normalised; targets: [P] dense item ids (>= 1); item_embeddings(ids) returns
     l2-normalised rows. A negative equal to the positive is masked. Optional in-batch negatives are
     M of the batch's targets shared by all positions, logQ-corrected against uniform sampling so
-    popular items are not over-penalised.
+    popular items are not over-penalised. `similarity` scores a user against an item (default: the
+    dot product; see genrec.model.similarity).
     """
+    similarity = similarity or DotSimilarity()
     num_positions, dim = user.shape
     # Normalising the whole table once and gathering from it is the same math as normalising each
     # gathered row, and cheaper when the catalog has fewer rows than the P * (S + 1) the loss reads.
     table = item_embeddings() if num_items + 1 <= num_positions * (num_negatives + 1) else None
     rows = item_embeddings if table is None else (lambda ids: F.embedding(ids, table))
-    positives = (user * rows(targets)).sum(-1, keepdim=True)  # [P, 1]
+    positives = similarity.pairs(user, rows(targets)).unsqueeze(1)  # [P, 1]
     negative_ids = torch.randint(1, num_items + 1, (num_positions, num_negatives),
                                  device=targets.device, generator=generator)
-    if table is not None and num_items + 1 <= num_negatives * dim:
+    if isinstance(similarity, DotSimilarity) and table is not None and num_items + 1 <= num_negatives * dim:
         # small catalog: score all of it with one matmul, then pick; no [P, S, D] tensor
         negatives = (user @ table.T).gather(1, negative_ids)  # [P, S]
     else:
-        negatives = torch.einsum("psd,pd->ps", rows(negative_ids), user)  # [P, S]
+        negatives = similarity.pairs(user.unsqueeze(1), rows(negative_ids))  # [P, S]
     negatives = negatives.masked_fill(negative_ids == targets.unsqueeze(1), float("-inf"))
     logits = [positives, negatives]
     if in_batch_negatives > 0:
@@ -42,7 +47,7 @@ def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddi
         pool = targets[pick]
         counts = torch.bincount(targets, minlength=num_items + 1).to(user.dtype)
         log_q = torch.log(counts[pool] / targets.shape[0]) + math.log(num_items)  # vs uniform q = 1/I
-        in_batch = user @ rows(pool).T - log_q * temperature
+        in_batch = similarity.all(user, rows(pool)) - log_q * temperature
         logits.append(in_batch.masked_fill(pool.unsqueeze(0) == targets.unsqueeze(1), float("-inf")))
     logits = torch.cat(logits, dim=1) / temperature
     zeros = torch.zeros(targets.shape[0], dtype=torch.int64, device=targets.device)

@@ -95,7 +95,7 @@ class Trainer:
                     loss = sampled_softmax_loss(users, targets, self.model.item_embeddings,
                                                 self.data.num_items, loss_config.num_negatives,
                                                 loss_config.temperature, self.streams.sample,
-                                                loss_config.in_batch_negatives)
+                                                loss_config.in_batch_negatives, self.model.similarity)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self._set_learning_rate()
