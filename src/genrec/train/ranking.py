@@ -92,7 +92,9 @@ class RankingTrainer:
         self.model.train()
         self.baseline.train()
         order = torch.randperm(self.sequences.num_users, generator=self.streams.shuffle).numpy()
-        losses, num_tokens, flops, started = [], 0, 0.0, time.perf_counter()
+        # model and DIN losses summed on the device (no sync per step)
+        loss_sums, steps = torch.zeros(2, dtype=torch.float64, device=self.device), 0
+        num_tokens, flops, started = 0, 0.0, time.perf_counter()
         batch_size = self.config.train.batch_size
         for index in range(num_batches(len(order), batch_size, self.ranks)):
             users = rank_slice(order[index * batch_size:(index + 1) * batch_size], self.ranks)
@@ -116,8 +118,9 @@ class RankingTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             (loss + baseline_loss).backward()
             self.optimizer.step()
-            losses.append((loss.item(), baseline_loss.item()))
-        model_loss, baseline_loss = np.mean(losses, axis=0)
+            loss_sums += torch.stack([loss.detach(), baseline_loss.detach()])
+            steps += 1
+        model_loss, baseline_loss = (loss_sums / max(1, steps)).tolist()
         seconds = time.perf_counter() - started
         stats = {"loss": float(model_loss), "baseline_loss": float(baseline_loss), "seconds": seconds,
                  "tokens_per_s": num_tokens / seconds, "tflops": flops / seconds / 1e12}
