@@ -72,7 +72,7 @@ def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, t
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {"dataset": dataset, "model": model, "mode": mode, "tie_order": tie_order, "epochs": epochs,
             "device": device, "torch": torch.__version__, "overrides": overrides, "concurrent_jobs": jobs,
-            "epochs_run": summary["epoch"],
+            "epochs_run": summary["epoch"], "eval_scores": "fp32",
             "selected_epoch": summary["best_epoch"], "seconds": round(seconds, 1),
             # median: the first epoch also pays for kernel compilation and autotuning
             "seconds_per_epoch": round(statistics.median(summary["epoch_seconds"] or [0.0]), 3),
