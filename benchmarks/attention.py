@@ -51,19 +51,21 @@ def fwd_bwd(fn, leaves):
     return run
 
 
-def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), with_rab=False, baselines=True):
+def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), rab_parts=(), baselines=True):
+    """rab_parts: which parts of the relative bias are fused ("position", "time"); none by default."""
     lengths, q, k, v, stamps = make_case(n, heads, dim, num_seqs, fill, seed=n + dim)
     offsets = offsets_from_lengths(lengths)
     flops_fwd = 2 * 2 * heads * dim * float((lengths.double() ** 2).sum()) / 2
     rab = None
-    if with_rab:
-        rab = BucketedBias(torch.randn(2 * n - 1, device="cuda") * 0.02, torch.randn(129, device="cuda") * 0.02,
-                           stamps)
+    if rab_parts:
+        position = torch.randn(2 * n - 1, device="cuda") * 0.02 if "position" in rab_parts else None
+        time_weights = torch.randn(129, device="cuda") * 0.02 if "time" in rab_parts else None
+        rab = BucketedBias(position, time_weights, stamps if time_weights is not None else None)
     leaves = [t.requires_grad_() for t in (q, k, v)]
     kernel = lambda: hstu_attention(q, k, v, offsets, max_seq_len=n, alpha=1.0 / dim, rab=rab,  # noqa: E731
                                     backend="triton")
     row = {"case": name, "N": n, "H": heads, "D": dim, "sequences": len(lengths), "tokens": int(lengths.sum()),
-           "rab": with_rab, "fwd_ms": time_ms(kernel)}
+           "rab": "+".join(rab_parts) or None, "fwd_ms": time_ms(kernel)}
     try:
         row["fwd_bwd_ms"] = time_ms(fwd_bwd(kernel, leaves))
     except Exception as error:  # report, keep measuring the other cases
@@ -88,13 +90,13 @@ def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), with_rab=False,
     return row
 
 
-HEADER = (f"{'case':<26}{'fwd ms':>9}{'TF/s':>7}{'f+b ms':>9}{'TF/s':>7}{'sdpa f':>9}{'sdpa f+b':>9}"
+HEADER = (f"{'case':<31}{'fwd ms':>9}{'TF/s':>7}{'f+b ms':>9}{'TF/s':>7}{'sdpa f':>9}{'sdpa f+b':>9}"
           f"{'x sdpa f':>9}{'x sdpa fb':>10}{'x ref f':>9}")
 
 
 def format_row(r: dict) -> str:
     nan = float("nan")
-    return (f"{r['case']:<26}{r['fwd_ms']:>9.3f}{r['fwd_tflops']:>7.0f}{r.get('fwd_bwd_ms', nan):>9.3f}"
+    return (f"{r['case']:<31}{r['fwd_ms']:>9.3f}{r['fwd_tflops']:>7.0f}{r.get('fwd_bwd_ms', nan):>9.3f}"
             f"{r.get('fwd_bwd_tflops', nan):>7.0f}{r.get('sdpa_flash_fwd_ms', nan):>9.3f}"
             f"{r.get('sdpa_flash_fwd_bwd_ms', nan):>9.3f}{r.get('sdpa_flash_fwd_ms', nan) / r['fwd_ms']:>9.2f}"
             f"{r.get('sdpa_flash_fwd_bwd_ms', nan) / r.get('fwd_bwd_ms', nan):>10.2f}"
@@ -108,10 +110,16 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
     cases = [dict(name=f"D128 N={n}", n=n, heads=4, dim=128) for n in sizes]
-    cases += [dict(name=f"D128 N={n} rab", n=n, heads=4, dim=128, with_rab=True, baselines=False) for n in sizes]
+    both = ("position", "time")
+    cases += [dict(name=f"D128 N={n} rab", n=n, heads=4, dim=128, rab_parts=both, baselines=False) for n in sizes]
+    # which part of the bias costs what
+    cases += [dict(name=f"D128 N={sizes[-1]} rab {part} only", n=sizes[-1], heads=4, dim=128, rab_parts=(part,),
+                   baselines=False) for part in both]
     cases += [dict(name="D128 N=8192 SL 50% dense", n=8192, heads=4, dim=128, fill=(0.65, 0.75)),
               dict(name="4x256 B=32 N=4096", n=4096, heads=4, dim=256, num_seqs=32, fill=(1.0, 1.0)),
-              dict(name="ML-1M D50 N=200", n=200, heads=1, dim=50, num_seqs=128, fill=(0.1, 1.0))]
+              dict(name="ML-1M D50 N=200", n=200, heads=1, dim=50, num_seqs=128, fill=(0.1, 1.0)),
+              dict(name="ML-1M D50 N=200 rab position", n=200, heads=1, dim=50, num_seqs=128, fill=(0.1, 1.0),
+                   rab_parts=("position",), baselines=False)]
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
