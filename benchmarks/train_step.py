@@ -1,6 +1,7 @@
 """Where does a training epoch's time go? Trains one warm-up epoch (compilation, autotuning), times
 one epoch, then profiles one more and prints the GPU kernels by total time next to the wall time, so
-a launch-bound step (GPU busy for a small part of the wall time) shows at once.
+a launch-bound step (GPU busy for a small part of the wall time) shows at once. Runs on a CPU too
+(no kernel table there).
 
     python benchmarks/train_step.py --data-root ../shared/data --dataset ml-1m-sas \
         --models hstu-large,hstu-large:model.rab.position=false --out benchmarks/results/train_step.json
@@ -66,8 +67,8 @@ def main() -> None:
                         help="config assignment applied to every run")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_step.json"))
     args = parser.parse_args()
-    result = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__, "command": " ".join(sys.argv),
-              "date": datetime.date.today().isoformat(), "rows": []}
+    result = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__,
+              "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "rows": []}
     for model in args.models.split(","):
         row = measure(args.data_root, args.dataset, model, args.common)
         result["rows"].append(row)

@@ -52,6 +52,7 @@ class SequenceBatch:
                 setattr(moved, item.name, value.to(device, non_blocking=True))
         return moved
 
+
 def make_batch(sequences: JaggedEvents, users: np.ndarray, max_seq_len: int,
                drop_last: int = 0) -> SequenceBatch:
     """The chosen users' most recent `max_seq_len` events (after dropping the last `drop_last`)."""

@@ -69,7 +69,8 @@ class Trainer:
         train = self.data.split.train
         order = torch.randperm(train.num_users, generator=self.streams.shuffle).numpy()
         batch_size, loss_config = self.config.train.batch_size, self.config.train.loss
-        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device: no sync per step
+        # the loss is summed on the device: reading it back each step would stall the step on the GPU
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         total_positions, total_tokens, total_flops = 0, 0, 0.0
         started = time.perf_counter()
         for index in range(num_batches(len(order), batch_size, self.ranks)):
