@@ -85,6 +85,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
+    data_parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters and optimiser sharded)
     eval_every: int = 1  # epochs between validation passes (validated mode)
     patience: int = 0  # validated mode: stop after this many passes without improvement; 0 = never
     lr_schedule: str = "constant"  # constant | cosine (decays to 0 at the last epoch)
@@ -131,6 +132,7 @@ class Config:
             (self.train.batch_size > 0 and self.train.eval_batch_size > 0, "batch sizes must be positive"),
             (self.train.learning_rate > 0, "train.learning_rate must be positive"),
             (self.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
+            (self.train.data_parallel in ("ddp", "fsdp"), "train.data_parallel must be ddp or fsdp"),
             (self.train.eval_every > 0, "train.eval_every must be positive"),
             (self.train.patience >= 0, "train.patience must be >= 0"),
             (0.0 <= self.train.stochastic_length_alpha <= 2.0, "train.stochastic_length_alpha must be in [0, 2]"),

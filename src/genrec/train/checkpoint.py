@@ -53,16 +53,16 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], optim_state: dict[str, Any] | None,
                     rng: dict[str, torch.Tensor], config: dict[str, Any], state: dict[str, Any],
                     item_vocab: torch.Tensor | None = None) -> None:
+    """weights: a module's state dict; optim_state: an optimiser's (both with whole tensors)."""
     _require_safetensors()
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
     if item_vocab is not None:
         tensors["vocab.items"] = item_vocab.cpu().contiguous()
     metadata = {"config": json.dumps(config), "trainer_state": json.dumps(state)}
-    if optimizer is not None:
-        optim_state = optimizer.state_dict()
+    if optim_state is not None:
         for index, per_param in optim_state["state"].items():
             for name, value in per_param.items():
                 tensor = value if isinstance(value, torch.Tensor) else torch.tensor(value)

@@ -1,11 +1,16 @@
-"""All torch.distributed code: data-parallel training (DDP) under torchrun.
+"""All torch.distributed code: data-parallel training (DDP or FSDP2) under torchrun.
 
     torchrun --nproc_per_node 8 -m genrec train --dataset ml-1m ...
+    torchrun --nproc_per_node 8 -m genrec train --set train.data_parallel=fsdp ...
 
 Each rank trains on its slice of every global batch of users (the batch size stays global), with its
-own negatives and dropout streams; DDP averages the gradients. Every rank evaluates (identical
-weights give identical numbers, so early stopping and epoch selection agree without messages); rank 0
-alone writes files, and checkpoints carry every rank's random streams, so --resume stays exact.
+own negatives and dropout streams. DDP keeps a full replica per rank and averages the gradients;
+FSDP2 (`fully_shard`, one group per encoder layer plus the root) keeps 1/world of every parameter
+and of the optimiser state per rank, the item embedding table included (sharded by rows), gathers a
+layer's weights for its forward and backward, and reduce-scatters the gradients. Every rank evaluates
+(identical weights give identical numbers, so early stopping and epoch selection agree without
+messages); rank 0 alone writes files. Checkpoints hold full (unsharded) tensors and every rank's random
+streams, so --resume stays exact, and a checkpoint does not depend on the strategy that wrote it.
 Without torchrun's environment (WORLD_SIZE unset or 1) all of this is a no-op.
 """
 
@@ -18,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -54,11 +61,46 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device | None
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank), device
 
 
-def data_parallel(model: nn.Module, ranks: Distributed, device: torch.device) -> nn.Module:
-    """The module to run training forwards through (DDP hooks average gradients in backward)."""
+def data_parallel(model: nn.Module, ranks: Distributed, device: torch.device, strategy: str = "ddp") -> nn.Module:
+    """The module to run training forwards through: a DDP wrapper, or `model` itself sharded in place
+    by FSDP2 (build the optimiser after this call: it must see the sharded parameters)."""
     if not ranks.enabled:
         return model
+    if strategy == "fsdp":
+        for layer in getattr(getattr(model, "encoder", None), "layers", []):
+            fully_shard(layer)
+        # the root keeps its weights gathered from forward to backward (FSDP2's default for the root),
+        # so the loss may read the item table outside forward
+        fully_shard(model)
+        return model
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def full_tensors(state: dict) -> dict:
+    """A (nested) state dict with every sharded tensor gathered whole (collective under FSDP)."""
+    return {key: full_tensors(value) if isinstance(value, dict)
+            else value.full_tensor() if isinstance(value, DTensor) else value for key, value in state.items()}
+
+
+def load_weights(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Loads full tensors into `module`, sharding each like the parameter it replaces."""
+    current = module.state_dict()
+    module.load_state_dict({name: _like(value, current[name]) if name in current else value
+                            for name, value in state.items()})
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Loads a full optimiser state, sharding each per-parameter tensor like its parameter."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.load_state_dict({**state, "state": {
+        index: {name: _like(value, params[index]) if value.shape == params[index].shape else value
+                for name, value in per_param.items()} for index, per_param in state["state"].items()}})
+
+
+def _like(full: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    if not isinstance(reference, DTensor):
+        return full
+    return distribute_tensor(full.to(reference.device), reference.device_mesh, reference.placements)
 
 
 def rank_slice(users: np.ndarray, ranks: Distributed) -> np.ndarray:

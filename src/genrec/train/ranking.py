@@ -35,7 +35,7 @@ from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
 from genrec.train.experiment import peak_tflops, resolve_device
-from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
+from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
 from genrec.train.run_state import RandomStreams, resume_run, save_run
 
 
@@ -75,12 +75,13 @@ class RankingTrainer:
                                       events.timestamps is not None).to(self.device)
         self.baseline = DIN(self.num_items, config.model.embedding_dim, num_tasks).to(self.device)
         self.modules = nn.ModuleDict({"ranker": self.model, "din": self.baseline})
+        # before the optimiser: FSDP2 replaces the parameters with their shards
+        self.train_ranker = data_parallel(self.model, self.ranks, self.device, config.train.data_parallel)
+        self.train_baseline = data_parallel(self.baseline, self.ranks, self.device, config.train.data_parallel)
         self.optimizer = torch.optim.AdamW(self.modules.parameters(), lr=config.train.learning_rate,
                                            betas=config.train.betas, weight_decay=config.train.weight_decay)
         self.streams = RandomStreams(config.train.seed, self.ranks.rank, "cpu",
                                      config.train.stochastic_length_alpha > 0)
-        self.train_ranker = data_parallel(self.model, self.ranks, self.device)
-        self.train_baseline = data_parallel(self.baseline, self.ranks, self.device)
         if self.ranks.enabled:
             torch.manual_seed(config.train.seed + self.ranks.rank)
         self.state = {"epoch": 0, "tasks": self.task_names, "epochs": [], "best_metric": None, "best_epoch": None}
@@ -184,7 +185,7 @@ class RankingTrainer:
                      + (f", MFU {stats['mfu']:.1%}" if "mfu" in stats else ""))
             self.save("last.safetensors")
         if self.state["best_epoch"] is not None:
-            self.modules.load_state_dict(load_checkpoint(self.out_dir / "best.safetensors").model)
+            load_weights(self.modules, load_checkpoint(self.out_dir / "best.safetensors").model)
             self.log(f"selected epoch {self.state['best_epoch']} on mean validation AUC")
         test = self.evaluate(drop_last=0)
         summary = {"split": "test", "metrics": test["model"], "din": test["din"], **self.state,

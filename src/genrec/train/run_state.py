@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from genrec.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
-from genrec.train.parallel import Distributed, barrier, gather_rng, own_rng
+from genrec.train.parallel import (Distributed, barrier, full_tensors, gather_rng, load_optimizer, load_weights,
+                                   own_rng)
 
 
 class RandomStreams:
@@ -35,10 +36,12 @@ class RandomStreams:
 def save_run(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, streams: RandomStreams,
              device: torch.device, ranks: Distributed, config: dict[str, Any], state: dict[str, Any],
              item_vocab: torch.Tensor | None) -> None:
-    """Collective under torchrun: every rank hands in its random streams, rank 0 writes."""
+    """Collective under torchrun: every rank hands in its random streams (and, under FSDP, its shards),
+    rank 0 writes."""
     rng = gather_rng(rng_state(streams.named(), device), ranks)
+    weights, optimizer_state = full_tensors(module.state_dict()), full_tensors(optimizer.state_dict())
     if ranks.is_main:
-        save_checkpoint(path, module, optimizer, rng, config, state, item_vocab)
+        save_checkpoint(path, weights, optimizer_state, rng, config, state, item_vocab)
     barrier(ranks)
 
 
@@ -46,7 +49,7 @@ def resume_run(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, 
                device: torch.device, ranks: Distributed) -> dict[str, Any]:
     """Restores weights, optimiser and this rank's random streams; returns the trainer state."""
     checkpoint = load_checkpoint(path)
-    module.load_state_dict(checkpoint.model)
-    optimizer.load_state_dict(checkpoint.optimizer)
+    load_weights(module, checkpoint.model)
+    load_optimizer(optimizer, checkpoint.optimizer)
     restore_rng(own_rng(checkpoint.rng, ranks), streams.named(), device)
     return checkpoint.state

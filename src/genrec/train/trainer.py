@@ -24,7 +24,7 @@ from genrec.ops.jagged import lengths_from_offsets, positions_with_successor
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
 from genrec.train.experiment import build_model, peak_tflops, prepare_data, resolve_device
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
-from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
+from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
 from genrec.train.run_state import RandomStreams, resume_run, save_run
 
 SELECTION_METRIC = "ndcg@10"
@@ -44,7 +44,8 @@ class Trainer:
         self.peak_tflops = peak_tflops(self.device)
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.data.num_items, self.data.has_timestamps).to(self.device)
-        self.train_model = data_parallel(self.model, self.ranks, self.device)
+        # before the optimiser: FSDP2 replaces the parameters with their shards
+        self.train_model = data_parallel(self.model, self.ranks, self.device, config.train.data_parallel)
         if self.ranks.enabled:  # same initial weights everywhere, then rank-specific dropout
             torch.manual_seed(config.train.seed + self.ranks.rank)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.learning_rate,
@@ -191,7 +192,7 @@ class Trainer:
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(postfix)
         if split.valid is not None and self.state["best_epoch"] is not None:
-            self.model.load_state_dict(load_checkpoint(self.out_dir / "best.safetensors").model)
+            load_weights(self.model, load_checkpoint(self.out_dir / "best.safetensors").model)
             self.log(f"selected epoch {self.state['best_epoch']} on validation {SELECTION_METRIC}")
         metrics = self.evaluate(split.test)
         summary = {"split": "test", "metrics": metrics, "popularity": self.popularity_baseline(split.test),
