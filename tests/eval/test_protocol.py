@@ -1,7 +1,9 @@
 import torch
 
+from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
 from genrec.eval.protocol import model_scorer, target_ranks
+from genrec.model.retrieval import SequentialRetriever
 from genrec.ops.jagged import offsets_from_lengths
 
 
@@ -17,9 +19,6 @@ def test_ranks_exclude_padding_and_history():
 
 def test_model_scores_stay_fp32_under_autocast():
     """Scores rounded to bf16 tie, and ties rank the target too high: only the encoder may autocast."""
-    from genrec.config import ModelConfig
-    from genrec.model.retrieval import SequentialRetriever
-
     torch.manual_seed(0)
     model = SequentialRetriever(ModelConfig(embedding_dim=16, qk_dim=8, v_dim=8), num_items=50, max_seq_len=8,
                                 use_time=False).eval()

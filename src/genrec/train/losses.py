@@ -25,7 +25,7 @@ def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddi
     popular items are not over-penalised. `similarity` scores a user against an item (default: the
     dot product; see genrec.model.similarity).
     """
-    similarity = similarity or DotSimilarity()
+    similarity = DotSimilarity() if similarity is None else similarity
     num_positions, dim = user.shape
     # Normalising the whole table once and gathering from it is the same math as normalising each
     # gathered row, and cheaper when the catalog has fewer rows than the P * (S + 1) the loss reads.
