@@ -5,6 +5,7 @@ FLOPs counted as in the issue: 2 * H * D * L^2 / 2 per matmul per sequence (caus
 has 2 matmuls, backward 5, so forward+backward = 3.5x the forward count.
 
     python benchmarks/attention.py --out benchmarks/results/attention.json
+    python benchmarks/attention.py --sizes 1024,4096 --match rab --out /tmp/rab.json   # the bias rows only
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attention.json"))
     parser.add_argument("--sizes", default="1024,2048,4096,8192")
+    parser.add_argument("--match", default="", help="only the cases whose name contains this text (e.g. rab)")
     args = parser.parse_args()
     sizes = [int(n) for n in args.sizes.split(",")]
     cases = [dict(name=f"D128 N={n}", n=n, heads=4, dim=128) for n in sizes]
@@ -124,7 +126,7 @@ def main() -> None:
               "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     print(HEADER, flush=True)
-    for case in cases:  # print and save row by row: a time limit keeps what finished
+    for case in (c for c in cases if args.match in c["name"]):  # row by row: a time limit keeps what finished
         name = case.pop("name")
         row = measure(name, **case)
         result["rows"].append(row)

@@ -70,7 +70,7 @@ def _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_
     rel = tl.minimum(tl.maximum(key_pos - query_pos + max_seq_len - 1, 0), 2 * max_seq_len - 2)
     bucket = tl.zeros_like(rel)
     if HAS_POS:
-        s += tl.load(pos_w + rel, mask=valid, other=0.0).to(tl.float32)
+        s += tl.load(pos_w + rel).to(tl.float32)  # rel is clamped in range: no mask to evaluate
     if HAS_TIME:
         next_i = tl.where(offs_m + 1 < history_len, offs_m + 1, offs_m)  # next *history* event
         t_query = tl.load(ts + seq_start + next_i, mask=offs_m < seq_len, other=0)
@@ -78,7 +78,7 @@ def _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_
         gap = tl.abs(t_query[:, None] - t_key[None, :]).to(tl.float32)
         bucket = tl.floor(tl.log(tl.maximum(gap, 1.0)) / time_scale).to(tl.int32)
         bucket = tl.minimum(tl.maximum(bucket, 0), num_buckets)
-        s += tl.load(time_w + bucket, mask=valid, other=0.0).to(tl.float32)
+        s += tl.load(time_w + bucket).to(tl.float32)  # so is bucket
     return s, valid, rel, bucket
 
 
@@ -216,11 +216,11 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
     num_blocks = ctx_hi // BLOCK_M + main_blocks + tl.cdiv(seq_len - cand_lo, BLOCK_M)
     for index in range(0, num_blocks):
         start_m = _segment_start(index, ctx_hi, lo, main_blocks, cand_lo, BLOCK_M)
-        dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, offs_n, seq_start, seq_len,
+        dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_start, seq_len,
                                      history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
                                      max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale,
                                      num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
-                                     BLOCK_M, BLOCK_DQK, BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS)
+                                     BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS)
     if HAS_TIME:
         offs_bucket = tl.arange(0, BLOCK_BUCKETS)
         tl.atomic_add(DTIME + offs_bucket, dtime, mask=offs_bucket <= num_buckets, sem="relaxed")
@@ -232,11 +232,11 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
 
 
 @triton.jit
-def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, offs_n, seq_start, seq_len, history_len,
+def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_start, seq_len, history_len,
                  stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len,
                  contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
                  HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                 HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+                 HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_REL: tl.constexpr,
                  BLOCK_BUCKETS: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -252,7 +252,8 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, offs_n, seq_start, s
     ds = tl.where(valid, dp * sig * (1.0 + s * (1.0 - sig)) * inv_n, 0.0)  # d SiLU(s) / ds
     dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
     if HAS_POS:
-        _add_position_grad(DPOS, ds, rel, valid, BLOCK_REL)
+        _add_position_grad(DPOS, ds, rel, valid, start_m, n0, seq_len, history_len, max_seq_len, BLOCK_M,
+                           BLOCK_N, BLOCK_REL)
     if HAS_TIME:
         dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, BLOCK_BUCKETS)
     return dk, dv, dtime
@@ -263,8 +264,36 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, offs_n, seq_start, s
 # that backward ran 30-100x slower than without rab. Here each tile first reduces ds per weight it
 # touches (a tile spans at most BLOCK_M + BLOCK_N - 1 relative positions, and few time buckets).
 @triton.jit
-def _add_position_grad(DPOS, ds, rel, valid, BLOCK_REL: tl.constexpr):
+def _add_position_grad(DPOS, ds, rel, valid, start_m, n0, seq_len, history_len, max_seq_len,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_REL: tl.constexpr):
     """DPOS[r] += sum of the tile's ds at relative position r: one atomic per distinct r."""
+    no_candidates = (tl.minimum(start_m + BLOCK_M, seq_len) <= history_len) & \
+        (tl.minimum(n0 + BLOCK_N, seq_len) <= history_len)
+    if no_candidates:
+        _add_diagonal_sums(DPOS, ds, n0 - start_m + max_seq_len - BLOCK_M, 2 * max_seq_len - 2, BLOCK_M, BLOCK_N,
+                           BLOCK_REL)
+    else:
+        _add_sums_by_value(DPOS, ds, rel, valid, BLOCK_REL)
+
+
+@triton.jit
+def _add_diagonal_sums(DPOS, ds, base, last, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_REL: tl.constexpr):
+    """Tiles without candidates: rel = base + (j - i + BLOCK_M - 1), constant along diagonals. Shearing
+    the tile (row i shifted right by BLOCK_M - 1 - i) turns diagonals into columns, so one gather and
+    one column sum replace a full-tile masked reduction per relative position."""
+    column = tl.arange(0, BLOCK_REL)[None, :] + tl.arange(0, BLOCK_M)[:, None] - (BLOCK_M - 1)
+    inside = (column >= 0) & (column < BLOCK_N)
+    sheared = tl.gather(ds, tl.minimum(tl.maximum(column, 0), BLOCK_N - 1), 1)
+    sums = tl.sum(tl.where(inside, sheared, 0.0), 0)
+    offs = tl.arange(0, BLOCK_REL)
+    target = base + offs
+    tl.atomic_add(DPOS + target, sums, mask=(sums != 0.0) & (target >= 0) & (target <= last), sem="relaxed")
+
+
+@triton.jit
+def _add_sums_by_value(DPOS, ds, rel, valid, BLOCK_REL: tl.constexpr):
+    """Any tile (candidates map many keys or queries to one position): one masked reduction per value."""
     lo = tl.min(tl.where(valid, rel, 1 << 30))
     hi = tl.max(tl.where(valid, rel, -1))
     offs = tl.arange(0, BLOCK_REL)
