@@ -49,6 +49,17 @@ def _sigmoid(x, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _log(x, IEEE: tl.constexpr):
+    """ln(x). On a GPU with 16-bit inputs: one lg2.approx (an SFU op, relative error ~2^-22) times ln 2;
+    tl.log lowers to libdevice's logf, some twenty instructions per score. fp32 inputs and the
+    interpreter keep tl.log."""
+    if IEEE or _INTERPRETED:
+        return tl.log(x)
+    log2 = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+    return log2 * 0.6931471805599453
+
+
+@triton.jit
 def _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len, max_attn_len,
           contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
           HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
@@ -76,7 +87,8 @@ def _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_
         t_query = tl.load(ts + seq_start + next_i, mask=offs_m < seq_len, other=0)
         t_key = tl.load(ts + seq_start + offs_n, mask=offs_n < seq_len, other=0)
         gap = tl.abs(t_query[:, None] - t_key[None, :]).to(tl.float32)
-        bucket = tl.floor(tl.log(tl.maximum(gap, 1.0)) / time_scale).to(tl.int32)
+        # truncation, not floor: the two differ only below 0, which the clamp maps to 0 either way
+        bucket = (_log(tl.maximum(gap, 1.0), IEEE) / time_scale).to(tl.int32)
         bucket = tl.minimum(tl.maximum(bucket, 0), num_buckets)
         s += tl.load(time_w + bucket).to(tl.float32)  # so is bucket
     return s, valid, rel, bucket
