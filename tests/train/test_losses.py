@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from genrec.config import ModelConfig
+from genrec.model.similarity import build_similarity
 from genrec.train.losses import full_softmax_loss, sampled_softmax_loss
 
 
@@ -13,23 +15,27 @@ def table(num_items, dim, seed=0):
 
 
 @pytest.mark.parametrize("num_positions, num_items, num_negatives", [
-    (4, 50, 16),  # small catalog: whole-table scores, then gather
+    (4, 50, 16),  # small catalog: whole-table scores (dot) / item features (MoL) once, then gather
     (40, 100, 4),  # table normalised once, rows gathered
     (4, 100, 16),  # large catalog: gathered rows normalised one by one
 ])
-def test_matches_explicit_softmax_over_sampled_set(num_positions, num_items, num_negatives):
+@pytest.mark.parametrize("kind", ["dot", "mol"])
+def test_matches_explicit_softmax_over_sampled_set(num_positions, num_items, num_negatives, kind):
+    torch.manual_seed(0)
+    similarity = build_similarity(ModelConfig(embedding_dim=8, similarity=kind))
     items = table(num_items, 8)
     user = F.normalize(torch.randn(num_positions, 8), dim=-1)
     targets = torch.arange(num_positions) % num_items + 1
     loss = sampled_softmax_loss(user, targets, items, num_items, num_negatives, 0.1,
-                                torch.Generator().manual_seed(3))
+                                torch.Generator().manual_seed(3), similarity=similarity)
     negatives = torch.randint(1, num_items + 1, (num_positions, num_negatives),
                               generator=torch.Generator().manual_seed(3))
     expected = 0.0
-    for p in range(num_positions):
-        logits = [float(user[p] @ items(targets[p])) / 0.1]
-        logits += [float(user[p] @ items(n)) / 0.1 for n in negatives[p] if n != targets[p]]
-        expected += -(logits[0] - math.log(sum(math.exp(x) for x in logits)))
+    with torch.no_grad():
+        for p in range(num_positions):
+            logits = [float(similarity.pairs(user[p], items(targets[p]))) / 0.1]
+            logits += [float(similarity.pairs(user[p], items(n))) / 0.1 for n in negatives[p] if n != targets[p]]
+            expected += -(logits[0] - math.log(sum(math.exp(x) for x in logits)))
     assert math.isclose(loss.item(), expected / num_positions, rel_tol=1e-5)
 
 

@@ -19,17 +19,30 @@ from genrec.config import ModelConfig
 _PAIRS_PER_CHUNK = 1 << 25
 
 
-class DotSimilarity(nn.Module):
+class Similarity(nn.Module):
+    """A similarity is item_features (what depends on the item alone, so a loss can compute it once per
+    catalog row and gather it), score (users against item features) and all (users x catalog)."""
+
     def pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[..., D] x [..., D] (broadcast) -> [...]."""
-        return (users * items).sum(-1)
+        return self.score(users, self.item_features(items))
+
+
+class DotSimilarity(Similarity):
+    def item_features(self, items: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> [..., F]; here F = D, the embedding itself."""
+        return items
+
+    def score(self, users: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """[..., D] x [..., F] (broadcast) -> [...]."""
+        return (users * features).sum(-1)
 
     def all(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B, D] x [I, D] -> [B, I]."""
         return users @ items.T
 
 
-class MixtureOfLogits(nn.Module):
+class MixtureOfLogits(Similarity):
     """s(u, x) = sum_k gate_k(u, x) * cos(f_p(u), g_q(x)) over the K component pairs k = (p, q), where
     f and g are learned projections into P and Q unit-norm components and the gate is a softmax over K
     of a user term, an item term and a small MLP of the K cosines themselves."""
@@ -53,12 +66,18 @@ class MixtureOfLogits(nn.Module):
         gate = torch.softmax((user_gate + item_gate + self.pair_gate(cosines)).float(), dim=-1)
         return (gate * cosines.float()).sum(-1)
 
-    def pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """[..., D] x [..., D] (broadcast) -> [...]."""
+    def item_features(self, items: torch.Tensor) -> torch.Tensor:
+        """[..., D] -> [..., Q * C + K]: the unit item components, then the item's gate term."""
+        parts, gate = self._side(items, self.item_components, self.item_parts, self.item_gate)
+        return torch.cat([parts.flatten(-2), gate.to(parts.dtype)], dim=-1)
+
+    def score(self, users: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """[..., D] x [..., Q * C + K] (broadcast) -> [...]."""
         user_parts, user_gate = self._side(users, self.user_components, self.user_parts, self.user_gate)
-        item_parts, item_gate = self._side(items, self.item_components, self.item_parts, self.item_gate)
-        cosines = torch.einsum("...pc,...qc->...pq", user_parts, item_parts).flatten(-2)
-        return self._mix(cosines, user_gate, item_gate)
+        split = self.item_parts * self.part_dim
+        item_parts = features[..., :split].unflatten(-1, (self.item_parts, self.part_dim))
+        cosines = torch.einsum("...pc,...qc->...pq", user_parts.to(item_parts.dtype), item_parts).flatten(-2)
+        return self._mix(cosines, user_gate, features[..., split:])
 
     def all(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B, D] x [I, D] -> [B, I], items in chunks (the [B, I, K] cosines are never whole)."""
@@ -73,5 +92,5 @@ class MixtureOfLogits(nn.Module):
         return torch.cat(scores, dim=1) if scores else users.new_zeros(users.shape[0], 0)
 
 
-def build_similarity(config: ModelConfig) -> nn.Module:
+def build_similarity(config: ModelConfig) -> Similarity:
     return MixtureOfLogits(config) if config.similarity == "mol" else DotSimilarity()

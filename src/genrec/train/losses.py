@@ -6,17 +6,17 @@ Shapes: P predicting positions, D dim, S uniform negatives per position, M in-ba
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from genrec.model.similarity import DotSimilarity
+from genrec.model.similarity import DotSimilarity, Similarity
 
 
 def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddings, num_items: int,
                          num_negatives: int, temperature: float, generator: torch.Generator,
-                         in_batch_negatives: int = 0, similarity: nn.Module | None = None) -> torch.Tensor:
+                         in_batch_negatives: int = 0, similarity: Similarity | None = None) -> torch.Tensor:
     """Mean cross-entropy of the positive against S uniform negatives per position.
 
     user: [P, D] l2-normalised; targets: [P] dense item ids (>= 1); item_embeddings(ids) returns
@@ -29,16 +29,20 @@ def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddi
     num_positions, dim = user.shape
     # Normalising the whole table once and gathering from it is the same math as normalising each
     # gathered row, and cheaper when the catalog has fewer rows than the P * (S + 1) the loss reads.
+    # The item-only part of the similarity (for MoL: projections, normalisation, gate) likewise runs
+    # once per catalog row rather than once per (position, negative) pair.
     table = item_embeddings() if num_items + 1 <= num_positions * (num_negatives + 1) else None
-    rows = item_embeddings if table is None else (lambda ids: F.embedding(ids, table))
-    positives = similarity.pairs(user, rows(targets)).unsqueeze(1)  # [P, 1]
+    rows = item_embeddings if table is None else partial(F.embedding, weight=table)
+    features = (lambda ids: similarity.item_features(item_embeddings(ids))) if table is None else \
+        partial(F.embedding, weight=similarity.item_features(table))
+    positives = similarity.score(user, features(targets)).unsqueeze(1)  # [P, 1]
     negative_ids = torch.randint(1, num_items + 1, (num_positions, num_negatives),
                                  device=targets.device, generator=generator)
     if isinstance(similarity, DotSimilarity) and table is not None and num_items + 1 <= num_negatives * dim:
         # small catalog: score all of it with one matmul, then pick; no [P, S, D] tensor
         negatives = (user @ table.T).gather(1, negative_ids)  # [P, S]
     else:
-        negatives = similarity.pairs(user.unsqueeze(1), rows(negative_ids))  # [P, S]
+        negatives = similarity.score(user.unsqueeze(1), features(negative_ids))  # [P, S]
     negatives = negatives.masked_fill(negative_ids == targets.unsqueeze(1), float("-inf"))
     logits = [positives, negatives]
     if in_batch_negatives > 0:
