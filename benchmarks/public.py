@@ -99,16 +99,25 @@ def main() -> None:
     runs = [(dataset, model, mode) for dataset in args.datasets.split(",") for mode in args.modes.split(",")
             for model in args.models.split(",")]
     print(f"{'dataset':<11}{'mode':<10}{'s':>7}{'s/ep':>7}" + "".join(f"{m:>9}" for m in METRICS) + "  model")
+    failed = []
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_one, args.data_root, dataset, model, mode, args.epochs, args.tie_order,
-                               args.common, min(args.jobs, len(runs))) for dataset, model, mode in runs]
+        futures = {pool.submit(run_one, args.data_root, dataset, model, mode, args.epochs, args.tie_order,
+                               args.common, min(args.jobs, len(runs))): (dataset, model, mode)
+                   for dataset, model, mode in runs}
         for future in concurrent.futures.as_completed(futures):
-            row = future.result()
+            try:
+                row = future.result()
+            except Exception as error:  # one failed run must not take the others' results with it
+                failed.append(futures[future])
+                print(f"FAILED {' '.join(futures[future])}: {error!r}"[:500], flush=True)
+                continue
             _merge(result, row)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2))
             print(f"{row['dataset']:<11}{row['mode']:<10}{row['seconds']:>7.0f}{row['seconds_per_epoch']:>7.2f}"
                   + "".join(f"{row['metrics'][m]:>9.4f}" for m in METRICS) + f"  {row['model']}", flush=True)
+    if failed:
+        sys.exit(f"{len(failed)} of {len(runs)} runs failed: {failed}")
 
 
 def _merge(result: dict, row: dict) -> None:
