@@ -36,9 +36,10 @@ class BucketedBias:
 
 
 def time_buckets(delta: torch.Tensor, scale: float, num_buckets: int) -> torch.Tensor:
-    """floor(ln(max(|dt|, 1)) / scale), clamped to [0, num_buckets]. Clamped before the floor, in
-    float32 (the same result: the bounds are integers), where CPU clamps vectorise and int64 ones do not."""
-    log_gap = torch.log(delta.abs().to(torch.float32).clamp(min=1))
+    """floor(ln(max(|dt|, 1)) / scale), clamped to [0, num_buckets]. |dt| and the clamps are taken in
+    float32 (the same result: rounding is symmetric and the bounds are integers), where CPU kernels
+    vectorise and int64 ones do not."""
+    log_gap = torch.log(delta.to(torch.float32).abs().clamp(min=1))
     return (log_gap / scale).clamp(0, num_buckets).floor().to(torch.int64)
 
 
