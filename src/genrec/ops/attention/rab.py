@@ -51,11 +51,14 @@ def _lookup(weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def dense_bias(bias: BucketedBias, seq_offsets: torch.Tensor, n: int, max_seq_len: int,
                num_targets: torch.Tensor | None = None) -> torch.Tensor | None:
-    """Materialises [B, 1, n, n] (positions inside each sequence); None when nothing is on."""
+    """Materialises [B, 1, n, n] (positions inside each sequence; entries past a sequence's end are
+    unspecified: the attention mask drops them); None when nothing is on."""
     lengths = seq_offsets[1:] - seq_offsets[:-1]
     history_len = (lengths if num_targets is None else lengths - num_targets).view(-1, 1)
     index = torch.arange(n, device=seq_offsets.device).view(1, n)
-    position = torch.minimum(index, history_len)  # p(x): [B, n]
+    # Without candidates p(x) = x inside every sequence, so one [1, n, n] position bias serves the
+    # whole batch (B times less lookup work, forward and backward); candidates make it per sequence.
+    position = index if num_targets is None else torch.minimum(index, history_len)  # p(x): [1 or B, n]
     dense = None
     if bias.position_weights is not None:
         relative = position.unsqueeze(1) - position.unsqueeze(2) + max_seq_len - 1  # p(j) - p(i) + N - 1
@@ -68,4 +71,4 @@ def dense_bias(bias: BucketedBias, seq_offsets: torch.Tensor, n: int, max_seq_le
                                bias.num_time_buckets)
         time_part = _lookup(bias.time_weights, buckets)
         dense = time_part if dense is None else dense + time_part
-    return None if dense is None else dense.unsqueeze(1)
+    return None if dense is None else dense.unsqueeze(1).expand(lengths.shape[0], 1, n, n)
