@@ -81,14 +81,10 @@ class MixtureOfLogits(Similarity):
 
     def all(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B, D] x [I, D] -> [B, I], items in chunks (the [B, I, K] cosines are never whole)."""
-        user_parts, user_gate = self._side(users, self.user_components, self.user_parts, self.user_gate)
-        item_parts, item_gate = self._side(items, self.item_components, self.item_parts, self.item_gate)
-        chunk = max(1, _PAIRS_PER_CHUNK // max(1, users.shape[0] * user_gate.shape[-1]))
-        scores = []
-        for start in range(0, items.shape[0], chunk):
-            parts = item_parts[start:start + chunk]
-            cosines = torch.einsum("bpc,iqc->bipq", user_parts, parts).flatten(-2)
-            scores.append(self._mix(cosines, user_gate[:, None], item_gate[None, start:start + chunk]))
+        features = self.item_features(items)
+        chunk = max(1, _PAIRS_PER_CHUNK // max(1, users.shape[0] * self.user_parts * self.item_parts))
+        scores = [self.score(users[:, None], features[None, start:start + chunk])
+                  for start in range(0, items.shape[0], chunk)]
         return torch.cat(scores, dim=1) if scores else users.new_zeros(users.shape[0], 0)
 
 
