@@ -8,6 +8,9 @@ def test_presets_carry_paper_settings():
     assert (hstu.model.num_layers, hstu.model.num_heads, hstu.model.qk_dim) == (2, 1, 50)
     assert (large.model.num_layers, large.model.num_heads, large.model.qk_dim, large.model.v_dim) == (8, 2, 25, 25)
     assert sas.model.architecture == "sasrec"
+    xl = preset("hstu-xl")
+    assert (xl.model.num_layers, xl.model.num_heads, xl.model.qk_dim) == (8, 2, 25)
+    assert (xl.data.max_seq_len, xl.train.loss.num_negatives) == (400, 2048)
     for config in (hstu, large, sas):
         assert config.data.max_seq_len == 200 and config.model.dropout == 0.2
         assert config.train.loss.num_negatives == 128 and config.train.loss.temperature == 0.05
@@ -55,7 +58,7 @@ def test_parse_assignment_reads_toml_values():
             parse_assignment(bad)
 
 
-@pytest.mark.parametrize("name", ["ml-1m-hstu", "ml-1m-hstu-large", "ml-1m-sasrec"])
+@pytest.mark.parametrize("name", ["ml-1m-hstu", "ml-1m-hstu-large", "ml-1m-hstu-xl", "ml-1m-sasrec"])
 def test_frozen_configs_load_and_match_their_preset(name):
     """configs/*.toml freeze the published runs; they must stay loadable and equal to the preset."""
     from pathlib import Path
