@@ -61,7 +61,8 @@ def compile_variant(name: str, dtype: str, rab_and_options: bool, head_dim: int)
                               options={"num_warps": warps, "num_stages": stages})
     ptx = compiled.asm["ptx"]
     return {"shared_bytes": compiled.metadata.shared, "async_copies": compiled.asm["ttgir"].count("async_copy_global"),
-            "sfu_ops": {op: len(re.findall(rf"\b{op}\.approx", ptx)) for op in ("tanh", "ex2", "rcp", "lg2")}}
+            "sfu_ops": {op: len(re.findall(rf"\b{op}\.approx", ptx)) for op in ("tanh", "ex2", "rcp", "lg2")},
+            "divisions": len(re.findall(r"\bdiv\.\w+\.f32", ptx))}
 
 
 def main() -> None:

@@ -53,6 +53,7 @@ OPTIONS = [
     {"context": 3},
     {"rab": True},
     {"rab": True, "targets": True, "window": 7, "context": 2},
+    {"rab": True, "wide_times": True},
 ]
 
 
@@ -64,7 +65,10 @@ def test_kernel_matches_reference(options, dtype):
     total = sum(lengths)
     rand = lambda *shape: torch.randn(*shape, generator=generator).to(DEVICE)  # noqa: E731
     q, k, v = rand(total, heads, dqk), rand(total, heads, dqk), rand(total, heads, dv)
-    stamps = torch.cumsum(torch.randint(0, 4000, (total,), generator=generator), 0).to(DEVICE)
+    steps = torch.randint(0, 4000, (total,), generator=generator)
+    if options.get("wide_times"):  # some gaps of ~1e9: tiles spanning more than 2^24 take the int64 path
+        steps = torch.where(torch.rand(total, generator=generator) < 0.1, steps * 250_000, steps)
+    stamps = torch.cumsum(steps, 0).to(DEVICE)
     num_targets = torch.tensor([0, 4, 9, 2], device=DEVICE) if options.get("targets") else None
     inputs = (q, k, v, rand(2 * max_seq_len - 1), rand(65), stamps, num_targets)
     exact_out, exact_grads = run("torch", torch.float64, inputs, lengths, max_seq_len, options)
@@ -147,3 +151,5 @@ def test_kernels_compile_for_hopper():
     lines = run.stdout.strip().splitlines()
     assert len(lines) == 3 and all("'tanh': 32" in line for line in lines), run.stdout
     assert all("'lg2': 0" not in line for line in lines), run.stdout  # the time-bucket log on the SFU
+    # the time scale is divided once per program (ln 2 / scale), not once per score (64 in this tile)
+    assert all("'divisions': 1}" in line for line in lines), run.stdout

@@ -49,14 +49,15 @@ def _sigmoid(x, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _log(x, IEEE: tl.constexpr):
-    """ln(x). On a GPU with 16-bit inputs: one lg2.approx (an SFU op, relative error ~2^-22) times ln 2;
-    tl.log lowers to libdevice's logf, some twenty instructions per score. fp32 inputs and the
-    interpreter keep tl.log."""
+def _log_over(x, scale, IEEE: tl.constexpr):
+    """ln(x) / scale. On a GPU with 16-bit inputs: one lg2.approx (an SFU op, relative error ~2^-22) times
+    ln(2) / scale, one division per tile: tl.log lowers to libdevice's logf (some twenty instructions
+    per score), and `/ scale` per score to div.full.f32 (a second SFU op). fp32 inputs and the
+    interpreter keep the reference's exact ln(x) / scale."""
     if IEEE or _INTERPRETED:
-        return tl.log(x)
+        return tl.log(x) / scale
     log2 = tl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
-    return log2 * 0.6931471805599453
+    return log2 * (0.6931471805599453 / scale)
 
 
 @triton.jit
@@ -88,7 +89,7 @@ def _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_
         t_key = tl.load(ts + seq_start + offs_n, mask=offs_n < seq_len, other=0)
         gap = tl.abs(t_query[:, None] - t_key[None, :]).to(tl.float32)
         # truncation, not floor: the two differ only below 0, which the clamp maps to 0 either way
-        bucket = (_log(tl.maximum(gap, 1.0), IEEE) / time_scale).to(tl.int32)
+        bucket = _log_over(tl.maximum(gap, 1.0), time_scale, IEEE).to(tl.int32)
         bucket = tl.minimum(tl.maximum(bucket, 0), num_buckets)
         s += tl.load(time_w + bucket).to(tl.float32)  # so is bucket
     return s, valid, rel, bucket
