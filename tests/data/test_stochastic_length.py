@@ -43,3 +43,10 @@ def test_long_sequences_are_cut_with_the_papers_probability():
 def test_bad_alpha():
     with pytest.raises(ValueError, match="alpha must be in"):
         stochastic_length(batch_of([3]), 2.5, torch.Generator())
+
+
+def test_per_user_context_travels_unchanged():
+    batch = batch_of([60, 3])
+    batch.context = torch.tensor([[1, 2], [3, 4]])
+    out = stochastic_length(batch, 1.0, torch.Generator().manual_seed(0))
+    assert out.lengths.tolist()[1] == 3 and torch.equal(out.context, batch.context)

@@ -3,6 +3,7 @@ import torch
 
 from genrec.config import preset
 from genrec.data.batch import SequenceBatch
+from genrec.inference.mfalcon import MFalcon
 from genrec.model import SequentialRetriever
 from genrec.ops.jagged import offsets_from_lengths
 
@@ -67,3 +68,31 @@ def test_forward_flops_count_projections_and_causal_pairs():
     sasrec.model.embedding_dim, sasrec.model.num_heads = 4, 2
     encoder = SequentialRetriever(sasrec.model, 10, 8, use_time=False).encoder
     assert encoder.forward_flops(lengths) == 2 * (4 * 12 * 16 + 7 * 2 * 2 * (2 + 2))
+
+
+def test_user_context_prefix_is_read_without_leaking_the_future():
+    config = preset("hstu")
+    config.model.embedding_dim, config.model.qk_dim, config.model.v_dim = 16, 8, 8
+    torch.manual_seed(0)
+    model = SequentialRetriever(config.model, 30, 12, use_time=True, context_cardinalities=(2, 5)).eval()
+    lengths = [5, 1, 7]
+    batch = make_batch(lengths)
+    batch.context = torch.tensor([[1, 3], [2, 0], [1, 5]])
+    out = model(batch)
+    assert out.shape == (13, 16)
+    # the context is read: another user's features change every position of the sequence
+    other = make_batch(lengths)
+    other.context = torch.tensor([[2, 3], [2, 0], [1, 5]])
+    assert not torch.allclose(model(other)[:5], out[:5], atol=1e-4)
+    torch.testing.assert_close(model(other)[5:], out[5:])
+    # and it does not carry the future back: changing the last item leaves earlier positions alone
+    changed = make_batch(lengths)
+    changed.context = batch.context
+    changed.item_ids[12] = (changed.item_ids[12] % 30) + 1
+    torch.testing.assert_close(model(changed)[6:12], out[6:12], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="batch has no context"):
+        model(make_batch(lengths))
+    with pytest.raises(ValueError, match="M-FALCON does not support user-context"):
+        MFalcon(model)
+    with pytest.raises(ValueError, match="need the HSTU encoder"):
+        SequentialRetriever(preset("sasrec").model, 30, 12, use_time=False, context_cardinalities=(2,))

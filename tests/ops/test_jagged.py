@@ -3,7 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genrec.ops.jagged import (positions_with_successor, jagged_to_padded, lengths_from_offsets, offsets_from_lengths,
-                               padded_to_jagged, positions_in_sequence, sequence_ids)
+                               padded_to_jagged, positions_in_sequence, prepend_prefix, sequence_ids)
 
 lengths_strategy = st.lists(st.integers(0, 7), min_size=1, max_size=6)
 
@@ -53,3 +53,13 @@ def test_positions_with_successor_skip_each_last_token():
     offsets = offsets_from_lengths(torch.tensor([3, 1, 0, 2]))
     assert positions_with_successor(offsets).tolist() == [0, 1, 4]
     assert positions_with_successor(offsets_from_lengths(torch.tensor([], dtype=torch.int64))).numel() == 0
+
+
+def test_prepend_prefix_puts_rows_in_front_of_each_sequence():
+    values = torch.arange(5.0).view(5, 1)  # sequences [0, 1], [], [2, 3, 4]
+    offsets = torch.tensor([0, 2, 2, 5])
+    prefix = -torch.arange(1.0, 7.0).view(3, 2, 1)  # two rows per sequence
+    out, new_offsets, rows = prepend_prefix(values, offsets, prefix)
+    assert new_offsets.tolist() == [0, 4, 6, 11]
+    assert out.view(-1).tolist() == [-1, -2, 0, 1, -3, -4, -5, -6, 2, 3, 4]
+    torch.testing.assert_close(out[rows], values)

@@ -17,8 +17,9 @@ from genrec.data.sequences import JaggedEvents
 @dataclass
 class SequenceBatch:
     """item_ids int64 [T] (dense, >= 1); seq_offsets int64 [B+1]; timestamps int64 [T] or None;
-    ratings float32 [T] or None; labels float32 [T, A] (action signals) or None; max_seq_len: the
-    bound every sequence respects."""
+    ratings float32 [T] or None; labels float32 [T, A] (action signals) or None; context int64 [B, F]
+    (per-user feature codes, the user-context prefix) or None; max_seq_len: the bound every sequence
+    respects (the prefix not counted)."""
 
     item_ids: torch.Tensor
     seq_offsets: torch.Tensor
@@ -26,6 +27,7 @@ class SequenceBatch:
     timestamps: torch.Tensor | None = None
     ratings: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    context: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.seq_offsets.dtype != torch.int64 or self.seq_offsets.dim() != 1:
@@ -34,6 +36,8 @@ class SequenceBatch:
             raise ValueError("seq_offsets[-1] must equal the number of tokens")
         if self.num_sequences and int(self.lengths.max()) > self.max_seq_len:
             raise ValueError(f"a sequence is longer than max_seq_len={self.max_seq_len}")
+        if self.context is not None and (self.context.dim() != 2 or self.context.shape[0] != self.num_sequences):
+            raise ValueError(f"context must be [B, F] with B = {self.num_sequences}, got {list(self.context.shape)}")
 
     @property
     def num_sequences(self) -> int:
@@ -65,4 +69,5 @@ def make_batch(sequences: JaggedEvents, users: np.ndarray, max_seq_len: int,
         timestamps=as_tensor(window.timestamps, torch.int64),
         ratings=as_tensor(window.ratings, torch.float32),
         labels=as_tensor(window.labels, torch.float32),
+        context=as_tensor(window.context, torch.int64),
     )

@@ -17,13 +17,15 @@ TIE_ORDERS = ("stable", "paper")
 @dataclass
 class JaggedEvents:
     """U users; E events. offsets int64 [U+1]; item_ids [E] dense; timestamps/ratings [E] or None;
-    labels [E, A] per-event action signals (0/1) for ranking, or None."""
+    labels [E, A] per-event action signals (0/1) for ranking, or None; context [U, F] per-user
+    feature codes (genrec.data.user_features), or None."""
 
     item_ids: np.ndarray
     offsets: np.ndarray
     timestamps: np.ndarray | None = None
     ratings: np.ndarray | None = None
     labels: np.ndarray | None = None
+    context: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -33,10 +35,10 @@ class JaggedEvents:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def _take(self, index: np.ndarray, offsets: np.ndarray) -> "JaggedEvents":
+    def _take(self, users: np.ndarray, index: np.ndarray, offsets: np.ndarray) -> "JaggedEvents":
         take = lambda column: None if column is None else column[index]  # noqa: E731
         return JaggedEvents(self.item_ids[index], offsets, take(self.timestamps), take(self.ratings),
-                            take(self.labels))
+                            take(self.labels), None if self.context is None else self.context[users])
 
     def drop_last(self, n: int) -> "JaggedEvents":
         """Every user's sequence without its last n events (lengths must exceed n)."""
@@ -54,7 +56,7 @@ class JaggedEvents:
         offsets = np.zeros(len(users) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-        return self._take(index, offsets)
+        return self._take(users, index, offsets)
 
     def nth_from_end(self, n: int) -> np.ndarray:
         """Index into item_ids/timestamps of each user's n-th last event (n = 1 is the last)."""

@@ -37,6 +37,6 @@ def stochastic_length(batch: SequenceBatch, alpha: float, generator: torch.Gener
     offsets = torch.zeros(len(new_lengths) + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(torch.tensor(new_lengths, dtype=torch.int64), 0)
     per_token = {f.name: getattr(batch, f.name) for f in fields(batch)
-                 if f.name not in ("seq_offsets", "max_seq_len")}
+                 if f.name not in ("seq_offsets", "max_seq_len", "context")}
     subsampled = {name: None if value is None else value[keep] for name, value in per_token.items()}
-    return SequenceBatch(seq_offsets=offsets, max_seq_len=max_seq_len, **subsampled)
+    return SequenceBatch(seq_offsets=offsets, max_seq_len=max_seq_len, context=batch.context, **subsampled)

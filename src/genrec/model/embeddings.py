@@ -42,3 +42,26 @@ class InputEmbedding(nn.Module):
         """l2-normalised item embeddings ([num_items + 1, D] for the whole table)."""
         table = self.item.weight if item_ids is None else self.item(item_ids)
         return F.normalize(table, dim=-1)
+
+
+class UserContextEmbedding(nn.Module):
+    """One token per user feature (the paper's user-context prefix): feature f's code c becomes row c
+    of table f (row 0: unknown), scaled like the item embeddings. codes [B, F] -> [B, F, D]."""
+
+    def __init__(self, cardinalities: tuple[int, ...], embedding_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.tables = nn.ModuleList(nn.Embedding(size + 1, embedding_dim) for size in cardinalities)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = math.sqrt(embedding_dim)
+        for table in self.tables:
+            nn.init.trunc_normal_(table.weight, std=0.02, a=-0.04, b=0.04)
+
+    @property
+    def num_features(self) -> int:
+        return len(self.tables)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        if codes.shape[-1] != len(self.tables):
+            raise ValueError(f"context has {codes.shape[-1]} features; this model reads {len(self.tables)}")
+        tokens = torch.stack([table(codes[:, f]) for f, table in enumerate(self.tables)], dim=1)
+        return self.dropout(tokens * self.scale)

@@ -1,7 +1,12 @@
 """Generative retriever: embeds the history, encodes it (HSTU or SASRec) and emits an
 l2-normalised user embedding at every position, to be matched against l2-normalised items.
 
-Shapes: T tokens, B sequences, D embedding dim, I items (+1 for padding id 0).
+With user context (HSTU only), each sequence starts with F prefix tokens, one per user feature,
+under the plain causal mask: every event sees them, and they see only each other. (The attention's
+`contextual_seq_len` mask would also let them see the whole history, which with a next-item loss at
+every position leaks each target into the positions before it.)
+
+Shapes: T tokens, B sequences, F user features, D embedding dim, I items (+1 for padding id 0).
 """
 
 from __future__ import annotations
@@ -12,20 +17,27 @@ from torch import nn
 
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
-from genrec.model.embeddings import InputEmbedding
+from genrec.model.embeddings import InputEmbedding, UserContextEmbedding
 from genrec.model.hstu import HSTUEncoder
 from genrec.model.sasrec import SASRecEncoder
 from genrec.model.similarity import build_similarity
+from genrec.ops.jagged import prepend_prefix
 
 
 class SequentialRetriever(nn.Module):
-    def __init__(self, config: ModelConfig, num_items: int, max_seq_len: int, use_time: bool) -> None:
+    def __init__(self, config: ModelConfig, num_items: int, max_seq_len: int, use_time: bool,
+                 context_cardinalities: tuple[int, ...] = ()) -> None:
+        """context_cardinalities: the number of values of each user feature (none: no prefix)."""
         super().__init__()
         self.num_items = num_items
         self.max_seq_len = max_seq_len
         self.embedding = InputEmbedding(num_items, config.embedding_dim, max_seq_len, config.dropout)
+        self.context = (UserContextEmbedding(context_cardinalities, config.embedding_dim, config.dropout)
+                        if context_cardinalities else None)
+        if self.context is not None and config.architecture != "hstu":
+            raise ValueError("user-context prefix tokens need the HSTU encoder")
         if config.architecture == "hstu":
-            self.encoder: nn.Module = HSTUEncoder(config, max_seq_len, use_time)
+            self.encoder: nn.Module = HSTUEncoder(config, max_seq_len + len(context_cardinalities), use_time)
         elif config.architecture == "sasrec":
             self.encoder = SASRecEncoder(config, max_seq_len)
         else:
@@ -36,8 +48,20 @@ class SequentialRetriever(nn.Module):
         """User embedding after every token: [T, D], l2-normalised. With num_targets, the last
         num_targets[b] tokens of each sequence are candidates (see genrec.ops.hstu_attention)."""
         x = self.embedding(batch.item_ids, batch.seq_offsets, num_targets)
-        x = self.encoder(x, batch.seq_offsets, batch.timestamps, num_targets)
-        return F.normalize(x, dim=-1)
+        if self.context is None:
+            return F.normalize(self.encoder(x, batch.seq_offsets, batch.timestamps, num_targets), dim=-1)
+        if batch.context is None:
+            raise ValueError("this model reads user-context prefix tokens: the batch has no context")
+        if num_targets is not None:
+            raise ValueError("candidates (num_targets) after a user-context prefix are not supported")
+        x, seq_offsets, rows = prepend_prefix(x, batch.seq_offsets, self.context(batch.context))
+        timestamps = batch.timestamps
+        if timestamps is not None:  # the prefix takes the time of the sequence's first event
+            first = timestamps[batch.seq_offsets[:-1].clamp(max=max(timestamps.numel() - 1, 0))]
+            prefix_times = first[:, None].expand(-1, self.context.num_features)
+            timestamps = prepend_prefix(timestamps, batch.seq_offsets, prefix_times)[0]
+        x = self.encoder(x, seq_offsets, timestamps)
+        return F.normalize(x.index_select(0, rows), dim=-1)
 
     # --- the M-FALCON interface (history tokens, candidate tokens, candidate outputs) -------------
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,

@@ -70,3 +70,17 @@ def positions_with_successor(seq_offsets: torch.Tensor) -> torch.Tensor:
     lengths = lengths_from_offsets(seq_offsets)
     has_successor[last_positions(seq_offsets)[lengths > 0]] = False
     return torch.arange(total, device=seq_offsets.device)[has_successor]
+
+
+def prepend_prefix(values: torch.Tensor, seq_offsets: torch.Tensor,
+                   prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Puts P prefix rows in front of every sequence: values [T, ...], prefix [B, P, ...] ->
+    (values [T + B * P, ...], the new seq_offsets [B+1], rows [T]: where each old row went)."""
+    num_sequences, num_prefix = prefix.shape[:2]
+    num_tokens = values.shape[0]
+    new_offsets = seq_offsets + num_prefix * torch.arange(num_sequences + 1, device=seq_offsets.device)
+    rows = torch.arange(num_tokens, device=values.device) + num_prefix * (sequence_ids(seq_offsets, num_tokens) + 1)
+    prefix_rows = (new_offsets[:-1, None] + torch.arange(num_prefix, device=values.device)).reshape(-1)
+    out = values.new_empty((num_tokens + num_sequences * num_prefix, *values.shape[1:]))
+    out = out.index_copy(0, rows, values).index_copy(0, prefix_rows, prefix.reshape(-1, *values.shape[1:]))
+    return out, new_offsets, rows

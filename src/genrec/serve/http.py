@@ -73,6 +73,8 @@ class LoadedRun:
         self.config = config_from_dict(json.loads(config_path.read_text()))
         if self.config.train.task != self.task:
             raise ValueError(f"{run_dir}: a {self.config.train.task} run, where a {self.task} run is needed")
+        if self.config.data.user_features is not None:
+            raise ValueError(f"{run_dir}: serving a model with user-context prefix tokens is not supported yet")
         best = run_dir / "best.safetensors"
         self.checkpoint = load_checkpoint(best if best.is_file() else run_dir / "last.safetensors")
         if self.checkpoint.item_vocab is None:

@@ -9,6 +9,7 @@ import torch
 
 from genrec.config import Config
 from genrec.data import ProtocolSplit, SyntheticSpec, build_sequences, leave_one_out, load_events, min_length_for
+from genrec.data.user_features import read_user_features
 from genrec.model import SequentialRetriever
 
 
@@ -19,6 +20,7 @@ class PreparedData:
     has_timestamps: bool
     item_vocab: np.ndarray  # dense id k -> source id item_vocab[k - 1]
     summary: dict[str, int | str]
+    context_cardinalities: tuple[int, ...] = ()  # per user feature (data.user_features); () = none
 
 
 def prepare_data(config: Config) -> PreparedData:
@@ -31,8 +33,14 @@ def prepare_data(config: Config) -> PreparedData:
         "source": data.source, "events": len(events), "skipped_rows": events.skipped_rows,
         "users": data.sequences.num_users, "dropped_users": data.dropped_users, "items": data.num_items,
     }
+    cardinalities: tuple[int, ...] = ()
+    if data_config.user_features is not None:
+        features = read_user_features(data_config.dataset, data_config.user_features, data_config.skip_bad_rows)
+        data.sequences.context, missing = features.align(data.user_vocab)
+        cardinalities = features.cardinalities
+        summary.update({"user_features": ",".join(features.names), "users_without_features": missing})
     return PreparedData(leave_one_out(data, data_config.mode), data.num_items,
-                        events.timestamps is not None, data.item_vocab, summary)
+                        events.timestamps is not None, data.item_vocab, summary, cardinalities)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -55,5 +63,6 @@ def peak_tflops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
-def build_model(config: Config, num_items: int, has_timestamps: bool) -> SequentialRetriever:
-    return SequentialRetriever(config.model, num_items, config.data.max_seq_len, use_time=has_timestamps)
+def build_model(config: Config, data: PreparedData) -> SequentialRetriever:
+    return SequentialRetriever(config.model, data.num_items, config.data.max_seq_len, use_time=data.has_timestamps,
+                               context_cardinalities=data.context_cardinalities)

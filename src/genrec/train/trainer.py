@@ -43,7 +43,7 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         self.peak_tflops = peak_tflops(self.device)
         torch.manual_seed(config.train.seed)
-        self.model = build_model(config, self.data.num_items, self.data.has_timestamps).to(self.device)
+        self.model = build_model(config, self.data).to(self.device)
         # before the optimiser: FSDP2 replaces the parameters with their shards
         self.train_model = data_parallel(self.model, self.ranks, self.device, config.train.data_parallel)
         if self.ranks.enabled:  # same initial weights everywhere, then rank-specific dropout
