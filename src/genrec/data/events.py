@@ -55,6 +55,16 @@ class BadRows:
         self.count += 1
 
 
+def find_data_file(path: Path, names: tuple[str, ...], what: str) -> Path:
+    """`path` itself when it is a file, else the first of `names` inside the directory `path`."""
+    if path.is_file():
+        return path
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    raise ValueError(f"{path}: no {' or '.join(names)} found for {what}")
+
+
 def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
     """Opens a text file, transparently gunzipping `*.gz`; a missing file is a clear error."""
     if not path.is_file():

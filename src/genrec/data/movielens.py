@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec.data.events import BadRows, Events, parse_int, parse_number, split_lines
+from genrec.data.events import BadRows, Events, find_data_file, parse_int, parse_number, split_lines
 
 # file names tried, in order, inside a --data-dir; separator; header line; encoding
 _LAYOUTS = {
@@ -16,23 +16,12 @@ _LAYOUTS = {
 }
 
 
-def find_ratings_file(dataset: str, path: Path) -> Path:
-    """`path` may name the ratings file itself or the directory holding it."""
-    names = _LAYOUTS[dataset][0]
-    if path.is_file():
-        return path
-    for name in names:
-        if (path / name).is_file():
-            return path / name
-    raise ValueError(f"{path}: no {' or '.join(names)} found for dataset {dataset}")
-
-
 def read_movielens(dataset: str, path: Path, skip_bad_rows: bool = False) -> Events:
     """Reads `user item rating timestamp` rows; ratings and timestamps are kept."""
     if dataset not in _LAYOUTS:
         raise ValueError(f"unknown MovieLens dataset {dataset!r}; expected one of {sorted(_LAYOUTS)}")
-    _, separator, header, encoding = _LAYOUTS[dataset]
-    ratings_file = find_ratings_file(dataset, path)
+    names, separator, header, encoding = _LAYOUTS[dataset]
+    ratings_file = find_data_file(path, names, f"dataset {dataset}")
     bad = BadRows(str(ratings_file), skip_bad_rows)
     users, items, ratings, times = [], [], [], []
     for line_number, fields in split_lines(ratings_file, separator, encoding, skip_header=header):

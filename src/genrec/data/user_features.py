@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec.data.events import BadRows, parse_int, split_lines
+from genrec.data.events import BadRows, find_data_file, parse_int, split_lines
 
 # dataset: (file names tried inside a directory, separator, column of each feature)
 _LAYOUTS = {
@@ -45,23 +45,13 @@ class UserFeatures:
         return context, int((~known).sum())
 
 
-def _features_file(dataset: str, path: Path) -> Path:
-    names = _LAYOUTS[dataset][0]
-    if path.is_file():
-        return path
-    for name in names:
-        if (path / name).is_file():
-            return path / name
-    raise ValueError(f"{path}: no {' or '.join(names)} found for the user features of {dataset}")
-
-
 def read_user_features(dataset: str, path: str | Path, skip_bad_rows: bool = False) -> UserFeatures:
     """Reads a MovieLens user file (`path`: the file or its directory); a repeated user id, a row with
     the wrong number of fields or a non-integer id is an error (or skipped and counted)."""
     if dataset not in _LAYOUTS:
         raise ValueError(f"user features are read for {', '.join(_LAYOUTS)}, not {dataset!r}")
-    _, separator, columns = _LAYOUTS[dataset]
-    features_file = _features_file(dataset, Path(path))
+    names, separator, columns = _LAYOUTS[dataset]
+    features_file = find_data_file(Path(path), names, f"the user features of {dataset}")
     bad = BadRows(str(features_file), skip_bad_rows)
     user_ids, values = [], []
     seen: set[int] = set()
