@@ -131,10 +131,10 @@ class Config:
             (self.model.similarity == "dot" or self.train.loss.negatives == "sampled",
              "model.similarity = mol needs train.loss.negatives = sampled (it cannot afford a [P, I, K] tensor)"),
             (self.train.task in ("retrieval", "ranking"), "train.task must be 'retrieval' or 'ranking'"),
-            (self.data.user_features is None or (self.model.architecture == "hstu" and self.train.task == "retrieval"
+            (self.data.user_features is None or (self.model.architecture == "hstu"
                                                  and self.data.dataset in ("ml-1m", "ml-100k")),
-             "data.user_features (user-context prefix tokens) needs model.architecture = hstu, train.task = "
-             "retrieval and data.dataset = ml-1m or ml-100k"),
+             "data.user_features (user-context prefix tokens) needs model.architecture = hstu and "
+             "data.dataset = ml-1m or ml-100k"),
             (self.train.epochs >= 0, "train.epochs must be >= 0"),
             (self.train.batch_size > 0 and self.train.eval_batch_size > 0, "batch sizes must be positive"),
             (self.train.learning_rate > 0, "train.learning_rate must be positive"),

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from genrec.config import preset
@@ -13,19 +14,30 @@ def batch(labels, items=None):
                          timestamps=torch.arange(n) * 1000, labels=labels)
 
 
-def test_prediction_sees_its_item_but_not_its_action():
+@pytest.mark.parametrize("with_context", [False, True], ids=["plain", "user-context"])
+def test_prediction_sees_its_item_but_not_its_action(with_context):
     config = preset("hstu")
     config.model.embedding_dim = config.model.qk_dim = config.model.v_dim = 16
     torch.manual_seed(0)
-    model = GenerativeRanker(config.model, num_items=10, num_tasks=2, max_seq_len=8, use_time=True).eval()
+    model = GenerativeRanker(config.model, num_items=10, num_tasks=2, max_seq_len=8, use_time=True,
+                             context_cardinalities=(3, 4) if with_context else ()).eval()
+
+    def make(labels, items=None, codes=((1, 2),)):
+        made = batch(labels, items)
+        made.context = torch.tensor(codes) if with_context else None
+        return made
+
     labels = torch.randint(0, 2, (5, 2)).float()
-    base = model(batch(labels))
+    base = model(make(labels))
     assert base.shape == (5, 2)
+    if with_context:  # another user's features change every prediction
+        assert not torch.allclose(model(make(labels, codes=((3, 2),))), base)
     flipped = labels.clone()
     flipped[3] = 1 - flipped[3]  # event 3's own action: predictions up to event 3 unchanged
-    changed = model(batch(flipped))
+    changed = model(make(flipped))
     torch.testing.assert_close(changed[:4], base[:4])
     assert not torch.allclose(changed[4], base[4])  # later events do see it
     other_item = torch.arange(1, 6)
     other_item[3] = 9  # event 3's item: its own prediction changes (target-aware)
-    assert not torch.allclose(model(batch(labels, other_item))[3], base[3])
+    assert not torch.allclose(model(make(labels, other_item))[3], base[3])
+

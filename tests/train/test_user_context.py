@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from genrec.train.checkpoint import load_checkpoint
+from genrec.train.ranking import RankingTrainer, evaluate_ranking_run
 from genrec.train.trainer import Trainer, evaluate_checkpoint
 from tests.tiny import tiny_config
 
@@ -53,10 +54,22 @@ def test_serving_refuses_a_model_with_user_context(tmp_path):
         Retriever(tmp_path / "run")
 
 
-def test_user_features_need_hstu_retrieval_and_movielens(tmp_path):
+def test_ranking_reads_user_features_too(tmp_path):
+    write_ml100k(tmp_path)
+    config = context_config(tmp_path)
+    config.train.task = "ranking"
+    summary = RankingTrainer(config, tmp_path / "run", log=lambda _: None).fit()
+    assert all(math.isfinite(value) for value in summary["metrics"].values())
+    again = evaluate_ranking_run(tmp_path / "run", "test")
+    assert again["metrics"] == pytest.approx(summary["metrics"])
+    checkpoint = load_checkpoint(tmp_path / "run/last.safetensors")
+    assert sum(name.startswith("ranker.context.tables.") for name in checkpoint.model) == 4
+
+
+def test_user_features_need_hstu_and_movielens(tmp_path):
     write_ml100k(tmp_path)
     for key, value in (("architecture", "sasrec"), ("dataset", "events")):
         config = context_config(tmp_path)
         setattr(config.model if key == "architecture" else config.data, key, value)
-        with pytest.raises(ValueError, match="needs model.architecture = hstu, train.task = retrieval"):
+        with pytest.raises(ValueError, match="needs model.architecture = hstu and data.dataset = ml-1m or"):
             config.validate()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrec.ops.jagged import positions_in_sequence
+from genrec.ops.jagged import positions_in_sequence, prepend_prefix
 
 
 class InputEmbedding(nn.Module):
@@ -56,12 +56,26 @@ class UserContextEmbedding(nn.Module):
         for table in self.tables:
             nn.init.trunc_normal_(table.weight, std=0.02, a=-0.04, b=0.04)
 
-    @property
-    def num_features(self) -> int:
-        return len(self.tables)
-
-    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+    def forward(self, codes: torch.Tensor | None, num_targets: torch.Tensor | None = None) -> torch.Tensor:
+        """num_targets: the batch's candidates, which cannot follow a prefix yet (M-FALCON does not
+        carry one)."""
+        if codes is None:
+            raise ValueError("this model reads user-context prefix tokens: the batch has no context")
+        if num_targets is not None:
+            raise ValueError("candidates (num_targets) after a user-context prefix are not supported")
         if codes.shape[-1] != len(self.tables):
             raise ValueError(f"context has {codes.shape[-1]} features; this model reads {len(self.tables)}")
         tokens = torch.stack([table(codes[:, f]) for f, table in enumerate(self.tables)], dim=1)
         return self.dropout(tokens * self.scale)
+
+
+def prepend_context(x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
+                    context_tokens: torch.Tensor):
+    """Puts each sequence's F context tokens [B, F, D] in front of its tokens x [T, D]. Returns the
+    encoder's input [T + B * F, D], its seq_offsets and timestamps (the prefix takes the time of the
+    sequence's first token) and rows [T]: where each input token went, to read its output back."""
+    x, offsets, rows = prepend_prefix(x, seq_offsets, context_tokens)
+    if timestamps is not None:
+        first = timestamps[seq_offsets[:-1].clamp(max=max(timestamps.numel() - 1, 0))]
+        timestamps = prepend_prefix(timestamps, seq_offsets, first[:, None].expand(-1, context_tokens.shape[1]))[0]
+    return x, offsets, timestamps, rows

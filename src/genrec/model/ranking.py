@@ -1,6 +1,7 @@
 """Target-aware generative ranking (paper Sec. 2.2): each event becomes two tokens, the item
 Phi_i and then its action a_i, and one causal HSTU pass predicts every a_i from the output at
-Phi_i, which sees everything before it and the item itself but not its own action.
+Phi_i, which sees everything before it and the item itself but not its own action. With user
+context, F prefix tokens lead each sequence (causal, as in genrec.model.retrieval).
 
 Shapes: T events (2T tokens), D model dim, A action signals / tasks.
 """
@@ -12,13 +13,14 @@ from torch import nn
 
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
-from genrec.model.embeddings import InputEmbedding
+from genrec.model.embeddings import InputEmbedding, UserContextEmbedding, prepend_context
 from genrec.model.hstu import HSTUEncoder
 from genrec.ops.jagged import positions_in_sequence
 
 
 class GenerativeRanker(nn.Module):
-    def __init__(self, config: ModelConfig, num_items: int, num_tasks: int, max_seq_len: int, use_time: bool) -> None:
+    def __init__(self, config: ModelConfig, num_items: int, num_tasks: int, max_seq_len: int, use_time: bool,
+                 context_cardinalities: tuple[int, ...] = ()) -> None:
         super().__init__()
         if config.architecture != "hstu":
             raise ValueError("the generative ranker is built on HSTU (model.architecture = 'hstu')")
@@ -26,7 +28,9 @@ class GenerativeRanker(nn.Module):
         self.max_seq_len = max_seq_len  # in events; the encoder sees 2x as many tokens
         self.embedding = InputEmbedding(num_items, config.embedding_dim, 2 * max_seq_len, config.dropout)
         self.action = nn.Linear(num_tasks, config.embedding_dim)  # an action token embeds its signal bits
-        self.encoder = HSTUEncoder(config, 2 * max_seq_len, use_time)
+        self.context = (UserContextEmbedding(context_cardinalities, config.embedding_dim, config.dropout)
+                        if context_cardinalities else None)
+        self.encoder = HSTUEncoder(config, 2 * max_seq_len + len(context_cardinalities), use_time)
         self.heads = nn.Linear(config.embedding_dim, num_tasks)
 
     def _tokens(self, item_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -42,6 +46,9 @@ class GenerativeRanker(nn.Module):
         offsets = batch.seq_offsets * 2
         x = self.embedding.dropout(tokens + self.embedding.position(positions_in_sequence(offsets, tokens.shape[0])))
         stamps = None if batch.timestamps is None else torch.repeat_interleave(batch.timestamps, 2)
+        if self.context is not None:
+            x, offsets, stamps, rows = prepend_context(x, offsets, stamps, self.context(batch.context, num_targets))
+            return self.heads(self.encoder(x, offsets, stamps).index_select(0, rows[0::2]))
         token_targets = None if num_targets is None else 2 * num_targets
         return self.heads(self.encoder(x, offsets, stamps, token_targets)[0::2])
 

@@ -17,11 +17,10 @@ from torch import nn
 
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
-from genrec.model.embeddings import InputEmbedding, UserContextEmbedding
+from genrec.model.embeddings import InputEmbedding, UserContextEmbedding, prepend_context
 from genrec.model.hstu import HSTUEncoder
 from genrec.model.sasrec import SASRecEncoder
 from genrec.model.similarity import build_similarity
-from genrec.ops.jagged import prepend_prefix
 
 
 class SequentialRetriever(nn.Module):
@@ -50,18 +49,9 @@ class SequentialRetriever(nn.Module):
         x = self.embedding(batch.item_ids, batch.seq_offsets, num_targets)
         if self.context is None:
             return F.normalize(self.encoder(x, batch.seq_offsets, batch.timestamps, num_targets), dim=-1)
-        if batch.context is None:
-            raise ValueError("this model reads user-context prefix tokens: the batch has no context")
-        if num_targets is not None:
-            raise ValueError("candidates (num_targets) after a user-context prefix are not supported")
-        x, seq_offsets, rows = prepend_prefix(x, batch.seq_offsets, self.context(batch.context))
-        timestamps = batch.timestamps
-        if timestamps is not None:  # the prefix takes the time of the sequence's first event
-            first = timestamps[batch.seq_offsets[:-1].clamp(max=max(timestamps.numel() - 1, 0))]
-            prefix_times = first[:, None].expand(-1, self.context.num_features)
-            timestamps = prepend_prefix(timestamps, batch.seq_offsets, prefix_times)[0]
-        x = self.encoder(x, seq_offsets, timestamps)
-        return F.normalize(x.index_select(0, rows), dim=-1)
+        x, seq_offsets, timestamps, rows = prepend_context(x, batch.seq_offsets, batch.timestamps,
+                                                           self.context(batch.context, num_targets))
+        return F.normalize(self.encoder(x, seq_offsets, timestamps).index_select(0, rows), dim=-1)
 
     # --- the M-FALCON interface (history tokens, candidate tokens, candidate outputs) -------------
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,

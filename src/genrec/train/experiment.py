@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from genrec.config import Config
-from genrec.data import ProtocolSplit, SyntheticSpec, build_sequences, leave_one_out, load_events, min_length_for
+from genrec.config import Config, DataConfig
+from genrec.data import (ProtocolSplit, SequenceData, SyntheticSpec, build_sequences, leave_one_out, load_events,
+                         min_length_for)
 from genrec.data.user_features import read_user_features
 from genrec.model import SequentialRetriever
 
@@ -33,14 +34,20 @@ def prepare_data(config: Config) -> PreparedData:
         "source": data.source, "events": len(events), "skipped_rows": events.skipped_rows,
         "users": data.sequences.num_users, "dropped_users": data.dropped_users, "items": data.num_items,
     }
-    cardinalities: tuple[int, ...] = ()
-    if data_config.user_features is not None:
-        features = read_user_features(data_config.dataset, data_config.user_features, data_config.skip_bad_rows)
-        data.sequences.context, missing = features.align(data.user_vocab)
-        cardinalities = features.cardinalities
-        summary.update({"user_features": ",".join(features.names), "users_without_features": missing})
+    cardinalities = attach_user_features(data_config, data, summary)
     return PreparedData(leave_one_out(data, data_config.mode), data.num_items,
                         events.timestamps is not None, data.item_vocab, summary, cardinalities)
+
+
+def attach_user_features(data_config: DataConfig, data: SequenceData, summary: dict) -> tuple[int, ...]:
+    """Reads data.user_features (when set) into data.sequences.context and notes it in `summary`;
+    returns each feature's number of values (() without user features)."""
+    if data_config.user_features is None:
+        return ()
+    features = read_user_features(data_config.dataset, data_config.user_features, data_config.skip_bad_rows)
+    data.sequences.context, missing = features.align(data.user_vocab)
+    summary.update({"user_features": ",".join(features.names), "users_without_features": missing})
+    return features.cardinalities
 
 
 def resolve_device(name: str) -> torch.device:

@@ -34,7 +34,7 @@ from genrec.model.din import DIN
 from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
-from genrec.train.experiment import peak_tflops, resolve_device
+from genrec.train.experiment import attach_user_features, peak_tflops, resolve_device
 from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
 from genrec.train.run_state import RandomStreams, resume_run, save_run
 
@@ -69,10 +69,11 @@ class RankingTrainer:
         self.summary = {"source": data.source, "events": len(events), "skipped_rows": events.skipped_rows,
                         "users": data.sequences.num_users, "dropped_users": data.dropped_users,
                         "tasks": self.task_names}
+        cardinalities = attach_user_features(data_config, data, self.summary)
         torch.manual_seed(config.train.seed)
         num_tasks = len(self.task_names)
         self.model = GenerativeRanker(config.model, self.num_items, num_tasks, data_config.max_seq_len,
-                                      events.timestamps is not None).to(self.device)
+                                      events.timestamps is not None, cardinalities).to(self.device)
         self.baseline = DIN(self.num_items, config.model.embedding_dim, num_tasks).to(self.device)
         self.modules = nn.ModuleDict({"ranker": self.model, "din": self.baseline})
         # before the optimiser: FSDP2 replaces the parameters with their shards
