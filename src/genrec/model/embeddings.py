@@ -70,7 +70,8 @@ class UserContextEmbedding(nn.Module):
 
 
 def prepend_context(x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
-                    context_tokens: torch.Tensor):
+                    context_tokens: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Puts each sequence's F context tokens [B, F, D] in front of its tokens x [T, D]. Returns the
     encoder's input [T + B * F, D], its seq_offsets and timestamps (the prefix takes the time of the
     sequence's first token) and rows [T]: where each input token went, to read its output back."""

@@ -2,7 +2,8 @@
 l2-normalised user embedding at every position, to be matched against l2-normalised items.
 
 With user context (HSTU only), each sequence starts with F prefix tokens, one per user feature,
-under the plain causal mask: every event sees them, and they see only each other. (The attention's
+under the plain causal mask: every event sees them, and each sees only itself and the ones before
+it. (The attention's
 `contextual_seq_len` mask would also let them see the whole history, which with a next-item loss at
 every position leaks each target into the positions before it.)
 
