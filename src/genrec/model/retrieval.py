@@ -3,9 +3,8 @@ l2-normalised user embedding at every position, to be matched against l2-normali
 
 With user context (HSTU only), each sequence starts with F prefix tokens, one per user feature,
 under the plain causal mask: every event sees them, and each sees only itself and the ones before
-it. (The attention's
-`contextual_seq_len` mask would also let them see the whole history, which with a next-item loss at
-every position leaks each target into the positions before it.)
+it. (The attention's `contextual_seq_len` mask would also let them see the whole history, which
+with a next-item loss at every position leaks each target into the positions before it.)
 
 Shapes: T tokens, B sequences, F user features, D embedding dim, I items (+1 for padding id 0).
 """
