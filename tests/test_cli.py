@@ -52,6 +52,7 @@ def test_learns_more_than_popularity(tmp_path):
     (["train", "--set", "model.layers=3"], "unknown key 'model.layers'"),
     (["train", "--set", "train.lr_schedule=linear"], "train.lr_schedule must be constant or cosine"),
     (["train", "--set", "model.similarity=mol", "--set", "train.loss.negatives=all"], "needs train.loss.negatives"),
+    (["train", "--user-features", "users.dat"], "needs model.architecture = hstu and data.dataset = ml-1m"),
 ])
 def test_user_errors_are_one_line(args, message):
     run = genrec(*args)

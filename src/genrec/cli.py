@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="retrieval: next-item generation; ranking: multi-task action prediction")
     train.add_argument("--dataset", choices=DATASETS, default=None)
     train.add_argument("--data-dir", default=None, help="directory or file holding the data set")
+    train.add_argument("--user-features", default=None,
+                       help="MovieLens users.dat / u.user (or its directory): user-context prefix tokens")
     train.add_argument("--model", choices=sorted(PRESETS), default="hstu", help="model preset")
     train.add_argument("--config", type=Path, default=None, help="TOML file overriding the preset")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
@@ -59,6 +61,7 @@ def _train_config(args: argparse.Namespace) -> Config:
         apply_overrides(config, parse_assignment(assignment))
     overrides = {
         ("data", "dataset"): args.dataset, ("data", "path"): args.data_dir, ("data", "mode"): args.mode,
+        ("data", "user_features"): args.user_features,
         ("data", "tie_order"): args.tie_order, ("train", "device"): args.device,
         ("train", "epochs"): args.epochs, ("train", "seed"): args.seed,
         ("model", "attention_backend"): args.attention_backend, ("train", "task"): args.task,
