@@ -31,7 +31,6 @@ class UserFeatures:
     codes: np.ndarray  # [N, F] int64 in 1..V_f
     names: tuple[str, ...]  # [F]
     cardinalities: tuple[int, ...]  # [F]: V_f, so a table needs V_f + 1 rows (0 = unknown)
-    source: str
 
     def align(self, user_vocab: np.ndarray) -> tuple[np.ndarray, int]:
         """Codes of the given source user ids, [U, F] (rows of 0 for users the file lacks), and how
@@ -71,11 +70,10 @@ def read_user_features(dataset: str, path: str | Path, skip_bad_rows: bool = Fal
                        for name, i in columns.items()])
     if not user_ids:
         raise ValueError(f"{features_file}: no users")
-    table = np.asarray(values, dtype=object)
     codes, cardinalities = [], []
-    for column in table.T:
-        vocabulary, dense = np.unique(column.astype(str), return_inverse=True)
+    for column in zip(*values):
+        vocabulary, dense = np.unique(np.asarray(column), return_inverse=True)
         codes.append(dense + 1)
         cardinalities.append(len(vocabulary))
     return UserFeatures(np.asarray(user_ids, np.int64), np.stack(codes, axis=1).astype(np.int64),
-                        tuple(columns), tuple(cardinalities), str(features_file))
+                        tuple(columns), tuple(cardinalities))
