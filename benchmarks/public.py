@@ -61,7 +61,7 @@ def build_config(data_root: Path, dataset: str, model: str, mode: str, epochs: i
 
 
 def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, tie_order: str,
-            common: list[str], jobs: int) -> dict:
+            common: list[str], jobs: int, sharing: int) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     torch.set_num_threads(max(1, cores // jobs))  # jobs share the cores this process may use
     config, overrides = build_config(data_root, dataset, model, mode, epochs, tie_order, common)
@@ -72,7 +72,7 @@ def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, t
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     return {"dataset": dataset, "model": model, "mode": mode, "tie_order": tie_order, "epochs": epochs,
             "device": device, "torch": torch.__version__, "overrides": overrides, "concurrent_jobs": jobs,
-            "epochs_run": summary["epoch"], "eval_scores": "fp32",
+            "runs_sharing_gpu": sharing, "epochs_run": summary["epoch"], "eval_scores": "fp32",
             "selected_epoch": summary["best_epoch"], "seconds": round(seconds, 1),
             # median: the first epoch also pays for kernel compilation and autotuning
             "seconds_per_epoch": round(statistics.median(summary["epoch_seconds"] or [0.0]), 3),
@@ -90,6 +90,9 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="common", metavar="KEY=VALUE",
                         help="config assignment applied to every run (e.g. train.patience=10)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once on the one device")
+    parser.add_argument("--runs-sharing-gpu", type=int, default=0,
+                        help="processes training on the device in all, when others share it (e.g. through MPS); "
+                             "recorded with each row, default: this process's runs at once")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/public.json"))
     args = parser.parse_args()
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
@@ -102,7 +105,8 @@ def main() -> None:
     failed = []
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(run_one, args.data_root, dataset, model, mode, args.epochs, args.tie_order,
-                               args.common, min(args.jobs, len(runs))): (dataset, model, mode)
+                               args.common, min(args.jobs, len(runs)),
+                               args.runs_sharing_gpu or min(args.jobs, len(runs))): (dataset, model, mode)
                    for dataset, model, mode in runs}
         for future in concurrent.futures.as_completed(futures):
             try:
@@ -121,9 +125,10 @@ def main() -> None:
 
 
 def _merge(result: dict, row: dict) -> None:
-    """A rerun of the same (dataset, model spec, mode, tie order, epochs) replaces the old row."""
-    fields = ("dataset", "model", "mode", "tie_order", "epochs")
-    result["runs"] = [r for r in result["runs"] if any(r[f] != row[f] for f in fields)] + [row]
+    """A rerun of the same (dataset, model spec, mode, tie order, epochs, overrides) replaces the old row;
+    the overrides count because --set (e.g. train.patience=5) changes the run without changing the spec."""
+    fields = ("dataset", "model", "mode", "tie_order", "epochs", "overrides")
+    result["runs"] = [r for r in result["runs"] if any(r.get(f) != row.get(f) for f in fields)] + [row]
 
 
 def _triton_version() -> str | None:

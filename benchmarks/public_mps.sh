@@ -1,0 +1,36 @@
+#!/bin/bash
+# Trains many public-benchmark runs at once on one GPU: one benchmarks/public.py process per line of
+# RUNS_FILE (its arguments after --data-root), all sharing the GPU through CUDA MPS; after SECONDS the
+# runs still going are stopped, and the finished rows are merged into OUT_JSON (one file, since a
+# remote runner may return only a few).
+#   bash benchmarks/public_mps.sh benchmarks/runs/example.txt "$OUT/public.json" 560
+set -u
+runs_file=$1 out_json=$2 deadline=${3:-560} data_root=${DATA_ROOT:-.data}
+parts=$(mktemp -d)
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+nvidia-cuda-mps-control -d
+mapfile -t runs < <(grep -v '^\s*\(#\|$\)' "$runs_file")
+for i in "${!runs[@]}"; do
+  # shellcheck disable=SC2086  # each line is a list of arguments
+  python3 benchmarks/public.py --data-root "$data_root" --runs-sharing-gpu "${#runs[@]}" \
+    --out "$parts/$i.json" ${runs[$i]} > "$parts/$i.log" 2>&1 &
+done
+for _ in $(seq "$deadline"); do [ -z "$(jobs -r)" ] && break; sleep 1; done
+running=$(jobs -pr); [ -n "$running" ] && echo "stopped at the deadline: $(jobs -r)" && kill $running
+wait
+echo quit | nvidia-cuda-mps-control
+python3 - "$parts" "$out_json" <<'PY'
+import json, sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+import public
+parts, out = Path(sys.argv[1]), Path(sys.argv[2])
+merged = json.loads(out.read_text()) if out.is_file() else {"runs": []}
+for part in sorted(parts.glob("*.json")):
+    part = json.loads(part.read_text())
+    for row in part.pop("runs"):
+        public._merge(merged, row)
+    merged.update(part)
+out.write_text(json.dumps(merged, indent=2))
+PY
+for log in "$parts"/*.log; do tail -n 1 "$log"; done
