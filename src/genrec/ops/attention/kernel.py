@@ -49,6 +49,27 @@ def _sigmoid(x, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _silu_over(s, inv_n, IEEE: tl.constexpr):
+    """SiLU(s) / n. On a GPU with 16-bit inputs s * (c + c * tanh(s / 2)) with c = 1 / 2n: one SFU op and
+    three FMA-pipe ops per score, where the scores' elementwise work competes with the tensor cores."""
+    if IEEE or _INTERPRETED:
+        return s * tl.sigmoid(s) * inv_n
+    half_tanh = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [s * 0.5], dtype=tl.float32,
+                                          is_pure=True, pack=1)
+    c = 0.5 * inv_n
+    return s * (c + c * half_tanh)
+
+
+@triton.jit
+def _silu_grad_over(s, sig, dp, valid, inv_n, MASKED: tl.constexpr):
+    """dp * d SiLU(s) / ds / n with sig = sigmoid(s); zero outside `valid` when MASKED."""
+    ds = dp * sig * (1.0 + s * (1.0 - sig)) * inv_n
+    if MASKED:
+        ds = tl.where(valid, ds, 0.0)
+    return ds
+
+
+@triton.jit
 def _log_over(x, scale, IEEE: tl.constexpr):
     """ln(x) / scale. On a GPU with 16-bit inputs: one lg2.approx (an SFU op, relative error ~2^-22) times
     ln(2) / scale, one division per tile: tl.log lowers to libdevice's logf (some twenty instructions
@@ -64,20 +85,24 @@ def _log_over(x, scale, IEEE: tl.constexpr):
 def _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len, max_attn_len,
           contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
           HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
-          HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr):
+          HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr):
     """Scores alpha*q.k + rab and the validity mask for one [BLOCK_M, BLOCK_N] tile; also returns
-    the position and time bucket indices (for the bias gradient)."""
+    the position and time bucket indices (for the bias gradient). MASKED=False: a tile whose every
+    in-bounds pair is visible (see _key_range), where the mask is the bounds alone."""
     s = _dot(q, tl.trans(k), IEEE) * alpha
     i = offs_m[:, None]
     j = offs_n[None, :]
     query_pos = tl.minimum(i, history_len)
-    past = j < query_pos
-    if HAS_WINDOW:
-        past = past & (query_pos - j <= max_attn_len)
-    valid = (i == j) | past
-    if HAS_CONTEXT:
-        valid = valid | (j < contextual_len) | ((i < contextual_len) & (j < history_len))
-    valid = valid & (i < seq_len) & (j < seq_len)
+    if MASKED:
+        past = j < query_pos
+        if HAS_WINDOW:
+            past = past & (query_pos - j <= max_attn_len)
+        valid = (i == j) | past
+        if HAS_CONTEXT:
+            valid = valid | (j < contextual_len) | ((i < contextual_len) & (j < history_len))
+        valid = valid & (i < seq_len) & (j < seq_len)
+    else:
+        valid = (i < seq_len) & (j < seq_len)
     key_pos = tl.minimum(j, history_len)
     rel = tl.minimum(tl.maximum(key_pos - query_pos + max_seq_len - 1, 0), 2 * max_seq_len - 2)
     bucket = tl.zeros_like(rel)
@@ -124,17 +149,25 @@ def _load_rows(ptr, rows, seq_start, seq_len, stride_t, head_offset, cols, num_c
 @triton.jit
 def _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M: tl.constexpr,
                BLOCK_N: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr):
-    """Key blocks a query block can see: [0, ctx_hi) then [lo, hi), disjoint."""
+    """Key blocks a query block can see: [0, full_hi) with no mask to build, then [0, ctx_hi) and
+    [lo, hi) masked, all disjoint. Without a window, key blocks before the query block and inside the
+    history are visible to each of its queries (candidates see the whole history); its rows past the
+    sequence's end compute values no one stores, and keys past it load as zero rows."""
     hi = tl.minimum(seq_len, m0 + BLOCK_M)
     lo = 0
+    full_hi = 0
     if HAS_WINDOW:
         lo = tl.maximum(tl.minimum(m0, history_len) - max_attn_len, 0) // BLOCK_N * BLOCK_N
+    else:
+        full_hi = tl.minimum(m0, history_len) // BLOCK_N * BLOCK_N
+        lo = full_hi
     ctx_hi = 0
     if HAS_CONTEXT:
         if m0 < contextual_len:
             hi = seq_len
-        ctx_hi = tl.minimum(tl.cdiv(contextual_len, BLOCK_N) * BLOCK_N, lo)
-    return ctx_hi, lo, hi
+        if HAS_WINDOW:  # without one, [0, full_hi) already holds the context keys before lo
+            ctx_hi = tl.minimum(tl.cdiv(contextual_len, BLOCK_N) * BLOCK_N, lo)
+    return full_hi, ctx_hi, lo, hi
 
 
 @triton.jit
@@ -157,15 +190,21 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts,
     offs_dv = tl.arange(0, BLOCK_DV)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M, BLOCK_N,
-                                HAS_WINDOW, HAS_CONTEXT)
+    full_hi, ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M,
+                                         BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
+    if not HAS_WINDOW:
+        for start_n in range(0, full_hi, BLOCK_N):
+            acc = _fwd_step(acc, q, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
+                            stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
+                            pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW,
+                            HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, False)
     num_blocks = ctx_hi // BLOCK_N + tl.cdiv(hi - lo, BLOCK_N)
     for index in range(0, num_blocks):
         start_n = _segment_start(index, ctx_hi, lo, tl.cdiv(hi - lo, BLOCK_N), hi, BLOCK_N)
         acc = _fwd_step(acc, q, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
                         stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
                         pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW,
-                        HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV)
+                        HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, True)
     out_mask = (offs_m < seq_len)[:, None] & (offs_dv < DV)[None, :]
     tl.store(Out + (seq_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_dv[None, :],
              acc.to(Out.dtype.element_ty), mask=out_mask)
@@ -177,14 +216,16 @@ def _fwd_step(acc, q, K, V, start_n, offs_m, seq_start, seq_len, history_len, st
               pos_w, time_w, ts, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
               HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+              BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
     s, valid, _, _ = _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len,
                            max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
-                           HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE)
-    p = tl.where(valid, s * _sigmoid(s, IEEE) * inv_n, 0.0)
+                           HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
+    p = _silu_over(s, inv_n, IEEE)
+    if MASKED:
+        p = tl.where(valid, p, 0.0)
     return acc + _dot(p.to(v.dtype), v, IEEE)
 
 
@@ -225,6 +266,13 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
         if not (HAS_CONTEXT and n0 < contextual_len):
             hi = tl.minimum(seq_len, tl.cdiv(n0 + BLOCK_N + max_attn_len, BLOCK_M) * BLOCK_M)
         cand_lo = tl.maximum(hi, history_len // BLOCK_M * BLOCK_M)
+    # Without a window, query blocks wholly after this key block see all of it (the keys are history):
+    # [full_lo, seq_len) needs no mask; rows past the sequence's end have zero dO, so add nothing.
+    full_lo = seq_len
+    if not HAS_WINDOW:
+        if n0 + BLOCK_N <= history_len:
+            full_lo = tl.cdiv(n0 + BLOCK_N, BLOCK_M) * BLOCK_M
+        hi = tl.minimum(hi, full_lo)
     main_blocks = tl.cdiv(hi - lo, BLOCK_M)
     num_blocks = ctx_hi // BLOCK_M + main_blocks + tl.cdiv(seq_len - cand_lo, BLOCK_M)
     for index in range(0, num_blocks):
@@ -233,7 +281,15 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
                                      history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
                                      max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale,
                                      num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
-                                     BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS)
+                                     BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS, True)
+    if not HAS_WINDOW:
+        for start_m in range(full_lo, seq_len, BLOCK_M):
+            dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_start,
+                                         seq_len, history_len, stride_qt, stride_qh, stride_dot, stride_doh, h,
+                                         alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w,
+                                         ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW,
+                                         HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, BLOCK_REL,
+                                         BLOCK_BUCKETS, False)
     if HAS_TIME:
         offs_bucket = tl.arange(0, BLOCK_BUCKETS)
         tl.atomic_add(DTIME + offs_bucket, dtime, mask=offs_bucket <= num_buckets, sem="relaxed")
@@ -251,18 +307,19 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_star
                  HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
                  HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_REL: tl.constexpr,
-                 BLOCK_BUCKETS: tl.constexpr):
+                 BLOCK_BUCKETS: tl.constexpr, MASKED: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
     s, valid, rel, bucket = _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len,
                                   max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
-                                  HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE)
+                                  HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
     sig = _sigmoid(s, IEEE)
-    p = tl.where(valid, s * sig * inv_n, 0.0)
+    p = s * sig * inv_n
+    if MASKED:
+        p = tl.where(valid, p, 0.0)
     dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
-    dp = _dot(do, tl.trans(v), IEEE)
-    ds = tl.where(valid, dp * sig * (1.0 + s * (1.0 - sig)) * inv_n, 0.0)  # d SiLU(s) / ds
+    ds = _silu_grad_over(s, sig, _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
     dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
     if HAS_POS:
         _add_position_grad(DPOS, ds, rel, valid, start_m, n0, seq_len, history_len, max_seq_len, BLOCK_M,
@@ -347,15 +404,21 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts,
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
-    ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M, BLOCK_N,
-                                HAS_WINDOW, HAS_CONTEXT)
+    full_hi, ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M,
+                                         BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
+    if not HAS_WINDOW:
+        for start_n in range(0, full_hi, BLOCK_N):
+            dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt,
+                             stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len,
+                             contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME,
+                             HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, False)
     num_blocks = ctx_hi // BLOCK_N + tl.cdiv(hi - lo, BLOCK_N)
     for index in range(0, num_blocks):
         start_n = _segment_start(index, ctx_hi, lo, tl.cdiv(hi - lo, BLOCK_N), hi, BLOCK_N)
         dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
                          stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w,
                          time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT,
-                         IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV)
+                         IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, True)
     tl.store(DQ + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_dqk[None, :],
              (dq * alpha).to(DQ.dtype.element_ty), mask=(offs_m < seq_len)[:, None] & (offs_dqk < DQK)[None, :])
 
@@ -365,16 +428,14 @@ def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_le
                 stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w,
                 ts, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr,
                 HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+                BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
     s, valid, _, _ = _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len,
                            max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
-                           HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE)
-    sig = _sigmoid(s, IEEE)
-    dp = _dot(do, tl.trans(v), IEEE)
-    ds = tl.where(valid, dp * sig * (1.0 + s * (1.0 - sig)) * inv_n, 0.0)
+                           HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
+    ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
     return dq + _dot(ds.to(k.dtype), k, IEEE)
 
 
