@@ -3,13 +3,15 @@
 # RUNS_FILE (its arguments after --data-root), all sharing the GPU through CUDA MPS; after SECONDS the
 # runs still going are stopped, and the finished rows are merged into OUT_JSON (one file, since a
 # remote runner may return only a few).
-#   bash benchmarks/public_mps.sh benchmarks/runs/example.txt "$OUT/public.json" 560
+#   bash benchmarks/public_mps.sh benchmarks/public-runs/hstu-xl-seeds.txt "$OUT/public.json" 560
 set -u
+[ -f "$1" ] || { echo "no such runs file: $1" >&2; exit 1; }
 runs_file=$1 out_json=$2 deadline=${3:-560} data_root=${DATA_ROOT:-.data}
 parts=$(mktemp -d)
 export PYTHONPATH=src PYTHONUNBUFFERED=1
-nvidia-cuda-mps-control -d
 mapfile -t runs < <(grep -v '^\s*\(#\|$\)' "$runs_file")
+[ "${#runs[@]}" -gt 0 ] || { echo "no runs in $runs_file" >&2; exit 1; }
+nvidia-cuda-mps-control -d
 for i in "${!runs[@]}"; do
   # shellcheck disable=SC2086  # each line is a list of arguments
   python3 benchmarks/public.py --data-root "$data_root" --runs-sharing-gpu "${#runs[@]}" \
