@@ -62,8 +62,9 @@ def build_config(data_root: Path, dataset: str, model: str, mode: str, epochs: i
 
 def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, tie_order: str,
             common: list[str], jobs: int, sharing: int) -> dict:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    torch.set_num_threads(max(1, cores // jobs))  # jobs share the cores this process may use
+    if "OMP_NUM_THREADS" not in os.environ:  # set by hand when several processes share the machine
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        torch.set_num_threads(max(1, cores // jobs))  # jobs share the cores this process may use
     config, overrides = build_config(data_root, dataset, model, mode, epochs, tie_order, common)
     with tempfile.TemporaryDirectory() as out_dir:
         started = time.perf_counter()
