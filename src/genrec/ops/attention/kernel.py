@@ -8,9 +8,7 @@ kernels run on triton 3.6 and its CPU interpreter. Head dims need not be powers 
 padded to the next power of two and masked.
 
 Shapes: B sequences, T tokens, H heads, Dqk / Dv head dims, N max_seq_len.
-Grid: (B * H, cdiv(N, BLOCK)); the block index is the slow one, so the costliest blocks of every
-sequence start first (causal work grows with the query row, shrinks with the key row) and the cheap
-ones fill the tail. Programs past a sequence's end exit at once (no host sync).
+Grid: (cdiv(N, BLOCK), B * H); programs past a sequence's end exit at once (no host sync).
 """
 
 from __future__ import annotations
@@ -180,9 +178,9 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts,
                 HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
                 HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    b = tl.program_id(0) // H
-    h = tl.program_id(0) % H
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
     m0 = pid_m * BLOCK_M
     if m0 >= seq_len:
@@ -240,9 +238,9 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
                    HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                    BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
-    pid_n = tl.program_id(1)
-    b = tl.program_id(0) // H
-    h = tl.program_id(0) % H
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
     n0 = pid_n * BLOCK_N
     if n0 >= seq_len:
@@ -394,9 +392,9 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts,
                   HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
                   HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
-    b = tl.program_id(0) // H
-    h = tl.program_id(0) % H
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
     m0 = pid_m * BLOCK_M
     if m0 >= seq_len:
@@ -500,7 +498,7 @@ class _Options:
         self.max_seq_len = max_seq_len
 
     def grid(self, block: str):
-        return lambda meta: (self.num_heads_x_seqs, triton.cdiv(self.max_seq_len, meta[block]))
+        return lambda meta: (triton.cdiv(self.max_seq_len, meta[block]), self.num_heads_x_seqs)
 
 
 def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
