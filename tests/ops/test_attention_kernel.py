@@ -96,6 +96,22 @@ def test_kernel_edge_cases():
         torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.skipif(DEVICE == "cpu", reason="65,600 programs take the interpreter too long")
+def test_more_sequence_heads_than_a_grid_axis_limit():
+    """B * H = 65,600 programs, past the 65,535 a second or third grid axis allows."""
+    heads, lengths = 4, [1] * 16_400
+    offsets = offsets_from_lengths(torch.tensor(lengths, device=DEVICE))
+    generator = torch.Generator().manual_seed(3)
+    leaves = [torch.randn(len(lengths), heads, 16, generator=generator).to(DEVICE).requires_grad_()
+              for _ in range(3)]
+    results = []
+    for backend in ("torch", "triton"):
+        out = hstu_attention(*leaves, offsets, max_seq_len=1, alpha=1.0, backend=backend)
+        results.append([out, *torch.autograd.grad(out.sum(), leaves)])
+    for ref, got in zip(*results):
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+
+
 def test_triton_backend_rejects_dense_rab():
     q = torch.randn(2, 1, 16, device=DEVICE)
     offsets = offsets_from_lengths(torch.tensor([2], device=DEVICE))

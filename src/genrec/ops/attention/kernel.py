@@ -8,7 +8,7 @@ kernels run on triton 3.6 and its CPU interpreter. Head dims need not be powers 
 padded to the next power of two and masked.
 
 Shapes: B sequences, T tokens, H heads, Dqk / Dv head dims, N max_seq_len.
-Grid: (cdiv(N, BLOCK), B * H); programs past a sequence's end exit at once (no host sync).
+Grid: (cdiv(N, BLOCK) * B * H,), blocks fastest; programs past a sequence's end exit at once (no host sync).
 """
 
 from __future__ import annotations
@@ -131,6 +131,17 @@ def _segment_start(index, first_end, second_start, second_blocks, third_start, B
 
 
 @triton.jit
+def _block_seq_head(max_seq_len, H: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's (row block, sequence, head). Blocks vary fastest, so the programs of one head
+    run side by side and share its K/V in L2; one grid axis, so B * H is not bounded by the second
+    axis's 65,535 limit."""
+    pid = tl.program_id(0)
+    blocks = tl.cdiv(max_seq_len, BLOCK)
+    seq_head = pid // blocks
+    return pid % blocks, seq_head // H, seq_head % H
+
+
+@triton.jit
 def _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS: tl.constexpr):
     seq_start = tl.load(seq_offsets + b)
     seq_len = (tl.load(seq_offsets + b + 1) - seq_start).to(tl.int32)
@@ -178,9 +189,7 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts,
                 HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
                 HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    pid_m = tl.program_id(0)
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
+    pid_m, b, h = _block_seq_head(max_seq_len, H, BLOCK_M)
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
     m0 = pid_m * BLOCK_M
     if m0 >= seq_len:
@@ -238,9 +247,7 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
                    HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                    BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
-    pid_n = tl.program_id(0)
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
+    pid_n, b, h = _block_seq_head(max_seq_len, H, BLOCK_N)
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
     n0 = pid_n * BLOCK_N
     if n0 >= seq_len:
@@ -392,9 +399,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts,
                   HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
                   HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    pid_m = tl.program_id(0)
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
+    pid_m, b, h = _block_seq_head(max_seq_len, H, BLOCK_M)
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
     m0 = pid_m * BLOCK_M
     if m0 >= seq_len:
@@ -498,7 +503,7 @@ class _Options:
         self.max_seq_len = max_seq_len
 
     def grid(self, block: str):
-        return lambda meta: (triton.cdiv(self.max_seq_len, meta[block]), self.num_heads_x_seqs)
+        return lambda meta: (triton.cdiv(self.max_seq_len, meta[block]) * self.num_heads_x_seqs,)
 
 
 def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
