@@ -8,7 +8,8 @@ kernels run on triton 3.6 and its CPU interpreter. Head dims need not be powers 
 padded to the next power of two and masked.
 
 Shapes: B sequences, T tokens, H heads, Dqk / Dv head dims, N max_seq_len.
-Grid: (cdiv(N, BLOCK) * B * H,), blocks fastest; programs past a sequence's end exit at once (no host sync).
+Grid: (cdiv(N, BLOCK), B * H), in chunks of sequences past 65,535; programs past a sequence's end exit
+at once (no host sync).
 """
 
 from __future__ import annotations
@@ -131,17 +132,6 @@ def _segment_start(index, first_end, second_start, second_blocks, third_start, B
 
 
 @triton.jit
-def _block_seq_head(max_seq_len, H: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's (row block, sequence, head). Blocks vary fastest, so the programs of one head
-    run side by side and share its K/V in L2; one grid axis, so B * H is not bounded by the second
-    axis's 65,535 limit."""
-    pid = tl.program_id(0)
-    blocks = tl.cdiv(max_seq_len, BLOCK)
-    seq_head = pid // blocks
-    return pid % blocks, seq_head // H, seq_head % H
-
-
-@triton.jit
 def _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS: tl.constexpr):
     seq_start = tl.load(seq_offsets + b)
     seq_len = (tl.load(seq_offsets + b + 1) - seq_start).to(tl.int32)
@@ -189,7 +179,9 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts,
                 HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
                 HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    pid_m, b, h = _block_seq_head(max_seq_len, H, BLOCK_M)
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
     m0 = pid_m * BLOCK_M
     if m0 >= seq_len:
@@ -247,7 +239,9 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
                    HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                    BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
-    pid_n, b, h = _block_seq_head(max_seq_len, H, BLOCK_N)
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
     n0 = pid_n * BLOCK_N
     if n0 >= seq_len:
@@ -399,7 +393,9 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts,
                   HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
                   HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    pid_m, b, h = _block_seq_head(max_seq_len, H, BLOCK_M)
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
     m0 = pid_m * BLOCK_M
     if m0 >= seq_len:
@@ -456,6 +452,7 @@ def _configs(shapes: list[tuple[int, int, int, int]], key_blocks: bool = False) 
     return [triton.Config(tiles(m, n), num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
+_MAX_GRID_Y = 65_535  # CUDA's bound on a grid's second axis
 _TUNE_KEY = ["max_seq_len", "H", "DQK", "DV", "HAS_POS", "HAS_TIME"]
 # single-stage small tiles keep head dim 256 within shared memory
 _ROW_BLOCK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4),
@@ -495,15 +492,26 @@ class _Options:
         self.kv_constexprs = {**shared, **_FIXED_KV,
                               "BLOCK_BUCKETS": triton.next_power_of_2(time_weights.numel()) if has_time else 16}
         dummy = seq_offsets
-        self.pointers = (seq_offsets, dummy if num_targets is None else num_targets,
-                         dummy if position_weights is None else position_weights,
-                         dummy if time_weights is None else time_weights,
-                         dummy if not has_time else timestamps)
-        self.num_heads_x_seqs = (seq_offsets.shape[0] - 1) * q.shape[1]
+        self.seq_offsets, self.num_targets = seq_offsets, num_targets
+        self.bias_pointers = (dummy if position_weights is None else position_weights,
+                              dummy if time_weights is None else time_weights,
+                              dummy if not has_time else timestamps)
+        self.num_seqs, self.num_heads = seq_offsets.shape[0] - 1, q.shape[1]
         self.max_seq_len = max_seq_len
 
-    def grid(self, block: str):
-        return lambda meta: (triton.cdiv(self.max_seq_len, meta[block]) * self.num_heads_x_seqs,)
+    def launches(self, block: str):
+        """(grid, pointers) per launch. CUDA bounds the grid's second axis (sequences x heads) at 65,535,
+        so larger batches go in chunks of sequences; sliced offsets keep token indices global. Every chunk
+        has the same autotune key, so only the first can tune (and zero DPOS / DTIME while it does)."""
+        step = _MAX_GRID_Y // self.num_heads
+        for start in range(0, self.num_seqs, step):
+            stop = min(start + step, self.num_seqs)
+            whole = stop - start == self.num_seqs  # the usual case: no views made on the hot path
+            offsets = self.seq_offsets if whole else self.seq_offsets[start:stop + 1]
+            targets = self.num_targets if whole or self.num_targets is None else self.num_targets[start:stop]
+            grid = lambda meta, rows=(stop - start) * self.num_heads: (  # noqa: E731
+                triton.cdiv(self.max_seq_len, meta[block]), rows)
+            yield grid, (offsets, self.seq_offsets if targets is None else targets, *self.bias_pointers)
 
 
 def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
@@ -512,10 +520,9 @@ def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, t
     options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
                        max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale)
     out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
-    if options.num_heads_x_seqs and q.shape[0]:
-        _fwd[options.grid("BLOCK_M")](q, k, v, out, *options.pointers, q.stride(0), q.stride(1), k.stride(0),
-                                      k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-                                      *options.scalars, **options.constexprs)
+    for grid, pointers in options.launches("BLOCK_M") if q.shape[0] else ():
+        _fwd[grid](q, k, v, out, *pointers, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
+                   v.stride(1), out.stride(0), out.stride(1), *options.scalars, **options.constexprs)
     return out
 
 
@@ -530,13 +537,13 @@ def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time
                        device=q.device)
     dtime = torch.zeros(time_weights.shape if options.constexprs["HAS_TIME"] else 0, dtype=torch.float32,
                         device=q.device)
-    if options.num_heads_x_seqs and q.shape[0]:
-        strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-                   grad_out.stride(0), grad_out.stride(1))
-        _bwd_kv[options.grid("BLOCK_N")](q, k, v, grad_out, dk, dv, dpos, dtime, *options.pointers, *strides,
-                                         *options.scalars, **options.kv_constexprs)
-        _bwd_q[options.grid("BLOCK_M")](q, k, v, grad_out, dq, *options.pointers, *strides,
-                                        *options.scalars, **options.constexprs)
-    else:
-        dq.zero_(), dk.zero_(), dv.zero_()
+    if not (options.num_seqs and q.shape[0]):
+        return dq.zero_(), dk.zero_(), dv.zero_(), dpos, dtime
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+               grad_out.stride(0), grad_out.stride(1))
+    for grid, pointers in options.launches("BLOCK_N"):
+        _bwd_kv[grid](q, k, v, grad_out, dk, dv, dpos, dtime, *pointers, *strides, *options.scalars,
+                      **options.kv_constexprs)
+    for grid, pointers in options.launches("BLOCK_M"):
+        _bwd_q[grid](q, k, v, grad_out, dq, *pointers, *strides, *options.scalars, **options.constexprs)
     return dq, dk, dv, dpos, dtime
