@@ -2,11 +2,11 @@
 # Trains many public-benchmark runs at once on one GPU: one benchmarks/public.py process per line of
 # RUNS_FILE (its arguments after --data-root), all sharing the GPU through CUDA MPS; after SECONDS the
 # runs still going are stopped, and the finished rows are merged into OUT_JSON (one file, since a
-# remote runner may return only a few).
-#   bash benchmarks/public_mps.sh benchmarks/public-runs/hstu-xl-seeds.txt "$OUT/public.json" 560
+# remote runner may return only a few). Leave the caller a minute past SECONDS: the merge imports torch.
+#   bash benchmarks/public_mps.sh benchmarks/public-runs/hstu-xl-seeds.txt "$OUT/public.json" 520
 set -u
 [ -f "$1" ] || { echo "no such runs file: $1" >&2; exit 1; }
-runs_file=$1 out_json=$2 deadline=${3:-560} data_root=${DATA_ROOT:-.data}
+runs_file=$1 out_json=$2 deadline=${3:-520} data_root=${DATA_ROOT:-.data}
 parts=$(mktemp -d)
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 mapfile -t runs < <(grep -v '^\s*\(#\|$\)' "$runs_file")
@@ -20,8 +20,8 @@ done
 for _ in $(seq "$deadline"); do [ -z "$(jobs -r)" ] && break; sleep 1; done
 running=$(jobs -pr); [ -n "$running" ] && echo "stopped at the deadline: $(jobs -r)" && kill $running
 wait
-echo quit | nvidia-cuda-mps-control
-python3 - "$parts" "$out_json" <<'PY'
+# rows first: the MPS daemon has been seen to hang on quit, and a caller's time limit must not lose them
+python3 - "$parts" "$out_json" "$runs_file" <<'PY'
 import json, sys
 from pathlib import Path
 sys.path.insert(0, "benchmarks")
@@ -32,7 +32,9 @@ for part in sorted(parts.glob("*.json")):
     part = json.loads(part.read_text())
     for row in part.pop("runs"):
         public._merge(merged, row)
-    merged.update(part)
+    # the rows name their data set, mode and overrides; the file names the runs file
+    merged.update(part, command=f"bash benchmarks/public_mps.sh {sys.argv[3]}: one public.py per line, through MPS")
 out.write_text(json.dumps(merged, indent=2))
 PY
 for log in "$parts"/*.log; do tail -n 1 "$log"; done
+echo quit | timeout 30 nvidia-cuda-mps-control || echo "the MPS daemon did not quit within 30 s"
