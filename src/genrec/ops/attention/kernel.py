@@ -8,8 +8,8 @@ kernels run on triton 3.6 and its CPU interpreter. Head dims need not be powers 
 padded to the next power of two and masked.
 
 Shapes: B sequences, T tokens, H heads, Dqk / Dv head dims, N max_seq_len.
-Grid: (cdiv(N, BLOCK), B * H), in chunks of sequences past 65,535; programs past a sequence's end exit
-at once (no host sync).
+Grid: (cdiv(N, BLOCK), B * H), in chunks of sequences past 65,535; a head's blocks run side by side
+(sharing its K/V in L2), costliest first; programs past a sequence's end exit at once (no host sync).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts,
                 HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
                 HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    pid_m = tl.program_id(0)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # a head's costliest row blocks first
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
@@ -393,7 +393,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts,
                   HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
                   HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    pid_m = tl.program_id(0)
+    pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # a head's costliest row blocks first
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
