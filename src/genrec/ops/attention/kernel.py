@@ -506,9 +506,10 @@ class _Options:
         step = _MAX_GRID_Y // self.num_heads
         for start in range(0, self.num_seqs, step):
             stop = min(start + step, self.num_seqs)
-            whole = stop - start == self.num_seqs  # the usual case: no views made on the hot path
-            offsets = self.seq_offsets if whole else self.seq_offsets[start:stop + 1]
-            targets = self.num_targets if whole or self.num_targets is None else self.num_targets[start:stop]
+            offsets, targets = self.seq_offsets, self.num_targets
+            if stop - start < self.num_seqs:  # only then: no views made on the usual, one-launch path
+                offsets = offsets[start:stop + 1]
+                targets = None if targets is None else targets[start:stop]
             grid = lambda meta, rows=(stop - start) * self.num_heads: (  # noqa: E731
                 triton.cdiv(self.max_seq_len, meta[block]), rows)
             yield grid, (offsets, self.seq_offsets if targets is None else targets, *self.bias_pointers)
