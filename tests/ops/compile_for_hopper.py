@@ -3,8 +3,9 @@ GPU needed; run in a process without TRITON_INTERPRET (the interpreter replaces 
 
     python tests/ops/compile_for_hopper.py [--quick]   # one line per variant: shared memory, SFU ops in the PTX
 
---quick compiles the three kernels twice each (bf16): every option and the bias on at head dim 25 (no
-window-free tiles then), and plain at head dim 128 (whole tiles below the diagonal in their own loop).
+--quick compiles the three kernels three times each (bf16): every option and the bias on at head dim 25 (no
+window-free tiles then), then plain and with the position bias alone at head dim 128 (whole tiles below
+the diagonal in their own loop).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
         elif name in INT64_POINTERS:
             types[name] = "*i64"
         elif name in FP32_POINTERS:
-            types[name] = "*fp32"
+            types[name] = f"*{dtype}" if name == "pos_w" and constexprs["POS_TABLE"] else "*fp32"
         elif name in FLOATS:
             types[name] = "fp32"
         elif name.startswith("stride") or name in ("max_seq_len", "max_attn_len", "contextual_len", "num_buckets"):
@@ -44,9 +45,12 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
     return types
 
 
-def compile_variant(name: str, dtype: str, rab_and_options: bool, head_dim: int) -> dict:
+def compile_variant(name: str, dtype: str, variant: str, head_dim: int) -> dict:
+    """variant: "plain"; "position" (the position bias alone, read from its table); "all" (every option and
+    both biases; with candidates the position bias is gathered)."""
     fn, (block_m, block_n, warps, stages) = KERNELS[name]
-    flags = dict.fromkeys(("HAS_TARGETS", "HAS_POS", "HAS_TIME", "HAS_WINDOW", "HAS_CONTEXT"), rab_and_options)
+    flags = dict.fromkeys(("HAS_TARGETS", "HAS_POS", "HAS_TIME", "HAS_WINDOW", "HAS_CONTEXT"), variant == "all")
+    flags.update(HAS_POS=variant != "plain", POS_TABLE=variant == "position")
     block_dim = max(16, triton.next_power_of_2(head_dim))
     constexprs = dict(H=4, DQK=head_dim, DV=head_dim, IEEE=dtype == "fp32", BLOCK_M=block_m, BLOCK_N=block_n,
                       BLOCK_DQK=block_dim, BLOCK_DV=block_dim, **flags)
@@ -63,17 +67,19 @@ def compile_variant(name: str, dtype: str, rab_and_options: bool, head_dim: int)
     ptx = compiled.asm["ptx"]
     return {"shared_bytes": compiled.metadata.shared, "async_copies": compiled.asm["ttgir"].count("async_copy_global"),
             "sfu_ops": {op: len(re.findall(rf"\b{op}\.approx", ptx)) for op in ("tanh", "ex2", "rcp", "lg2")},
-            "divisions": len(re.findall(r"\bdiv\.\w+\.f32", ptx))}
+            "divisions": len(re.findall(r"\bdiv\.\w+\.f32", ptx)),
+            "4-byte async copies": len(re.findall(r"cp\.async\.\w+\.shared\.global \[[^]]*\], \[[^]]*\], 0x4,", ptx))}
 
 
 def main() -> None:
-    variants = itertools.product(KERNELS, ("bf16", "fp32"), (False, True), (128, 25))
+    variants = itertools.product(KERNELS, ("bf16", "fp32"), ("plain", "position", "all"), (128, 25))
     if "--quick" in sys.argv:
-        variants = [(name, "bf16", options, head_dim) for options, head_dim in ((True, 25), (False, 128))
+        variants = [(name, "bf16", variant, head_dim) for variant, head_dim in (("all", 25), ("plain", 128),
+                                                                                 ("position", 128))
                     for name in KERNELS]
-    for name, dtype, options, head_dim in variants:
-        info = compile_variant(name, dtype, options, head_dim)
-        print(f"{name:<7} {dtype} {'rab+options' if options else 'plain':<12} D={head_dim:<4} {info}", flush=True)
+    for name, dtype, variant, head_dim in variants:
+        info = compile_variant(name, dtype, variant, head_dim)
+        print(f"{name:<7} {dtype} {variant:<9} D={head_dim:<4} {info}", flush=True)
 
 
 if __name__ == "__main__":

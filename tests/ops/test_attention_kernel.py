@@ -55,7 +55,8 @@ OPTIONS = [
     {"window": 5},
     {"context": 3},
     {"rab": True},
-    {"rab": True, "targets": True, "window": 7, "context": 2},
+    {"rab": True, "window": 7, "context": 2},  # no candidates: the position bias comes from its table
+    {"rab": True, "targets": True, "window": 7, "context": 2},  # candidates: it is gathered
     {"rab": True, "wide_times": True},
 ]
 
@@ -180,10 +181,13 @@ def test_kernels_compile_for_hopper():
                          timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()
-    with_rab, plain = lines[:3], lines[3:]
+    with_rab, plain, position = lines[:3], lines[3:6], lines[6:]
     assert len(with_rab) == 3 and all("'tanh': 32" in line for line in with_rab), run.stdout
     assert all("'lg2': 0" not in line for line in with_rab), run.stdout  # the time-bucket log on the SFU
     # the time scale is divided once per program (ln 2 / scale), not once per score (64 in this tile)
-    assert all("'divisions': 1}" in line for line in with_rab), run.stdout
+    assert all("'divisions': 1," in line for line in with_rab), run.stdout
     # without a window each kernel has two loops, unmasked and masked, both on tanh.approx
-    assert len(plain) == 3 and all("'tanh': 64" in line and "'divisions': 0}" in line for line in plain), run.stdout
+    assert len(plain) == 3 and all("'tanh': 64" in line and "'divisions': 0," in line for line in plain), run.stdout
+    # candidates' position bias is gathered (one 4-byte copy per score); without them it is a block of its table
+    assert "'4-byte async copies': 0}" not in with_rab[0], run.stdout
+    assert len(position) == 3 and all("'4-byte async copies': 0}" in line for line in position), run.stdout

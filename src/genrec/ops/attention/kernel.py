@@ -82,14 +82,39 @@ def _log_over(x, scale, IEEE: tl.constexpr):
     return log2 * (0.6931471805599453 / scale)
 
 
+TABLE_ROWS = tl.constexpr(128)  # rows of the position table: the tallest query block
+
+
 @triton.jit
-def _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len, max_attn_len,
+def _table_shape(max_seq_len):
+    """(column shift, row length) of the position table, both multiples of 16; see _position_tile."""
+    shift = tl.cdiv(max_seq_len, 16) * 16
+    return shift, tl.cdiv(shift + max_seq_len + TABLE_ROWS, 16) * 16
+
+
+@triton.jit
+def _position_tile(table, max_seq_len, m0, n0, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The position bias of a tile whose queries are all history, where weight[j - i + N - 1] is constant
+    along diagonals. The table (position_table) holds row r = weight[r + x - TABLE_ROWS - shift + N] at
+    column x, so the tile is one block of it: row TABLE_ROWS - 1 - (i - m0), columns n0 - m0 + shift + (j - n0),
+    contiguous and 16-byte aligned. That is a plain pipelined block load instead of a gather per score
+    (one 4-byte async copy each, plus index arithmetic, which doubled the forward's time)."""
+    tl.static_assert(BLOCK_M <= TABLE_ROWS)
+    shift, row_length = _table_shape(max_seq_len)
+    rows = TABLE_ROWS - 1 - tl.arange(0, BLOCK_M)
+    base = tl.minimum(tl.maximum(n0 - m0 + shift, 0), row_length - BLOCK_N)  # in bounds even past N
+    return tl.load(table + rows[:, None] * row_length + base + tl.arange(0, BLOCK_N)[None, :]).to(tl.float32)
+
+
+@triton.jit
+def _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, alpha, max_seq_len, max_attn_len,
           contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
-          HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
+          HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
           HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr):
-    """Scores alpha*q.k + rab and the validity mask for one [BLOCK_M, BLOCK_N] tile; also returns
-    the position and time bucket indices (for the bias gradient). MASKED=False: a tile whose every
-    in-bounds pair is visible (see _key_range), where the mask is the bounds alone."""
+    """Scores alpha*q.k + rab and the validity mask for the [BLOCK_M, BLOCK_N] tile at rows m0 + offs,
+    keys n0 + offs; also returns the position and time bucket indices (for the bias gradient).
+    MASKED=False: a tile whose every in-bounds pair is visible (see _key_range), where the mask is the
+    bounds alone. POS_TABLE: pos_w is the Toeplitz table of _position_tile (batches without candidates)."""
     s = _dot(q, tl.trans(k), IEEE) * alpha
     i = offs_m[:, None]
     j = offs_n[None, :]
@@ -104,11 +129,15 @@ def _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_
         valid = valid & (i < seq_len) & (j < seq_len)
     else:
         valid = (i < seq_len) & (j < seq_len)
-    key_pos = tl.minimum(j, history_len)
-    rel = tl.minimum(tl.maximum(key_pos - query_pos + max_seq_len - 1, 0), 2 * max_seq_len - 2)
+    # p(i), p(j) clamped per row and per column into [0, N): p(j) - p(i) + N - 1 lies in the weights'
+    # range [0, 2N - 2] with one add per score (lengths past N are out of contract, never out of bounds)
+    row_base = max_seq_len - 1 - tl.minimum(query_pos, max_seq_len - 1)
+    rel = row_base + tl.minimum(tl.minimum(j, history_len), max_seq_len - 1)
     bucket = tl.zeros_like(rel)
-    if HAS_POS:
-        s += tl.load(pos_w + rel).to(tl.float32)  # rel is clamped in range: no mask to evaluate
+    if POS_TABLE:
+        s += _position_tile(pos_w, max_seq_len, m0, n0, offs_m.shape[0], offs_n.shape[0])
+    elif HAS_POS:
+        s += tl.load(pos_w + rel).to(tl.float32)  # rel is in range: no mask to evaluate
     if HAS_TIME:
         next_i = tl.where(offs_m + 1 < history_len, offs_m + 1, offs_m)  # next *history* event
         t_query = tl.load(ts + seq_start + next_i, mask=offs_m < seq_len, other=0)
@@ -176,7 +205,7 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                 alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                 H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
-                HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
+                HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr,
                 HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # a head's costliest row blocks first
@@ -195,16 +224,16 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts,
                                          BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
     if not HAS_WINDOW:
         for start_n in range(0, full_hi, BLOCK_N):
-            acc = _fwd_step(acc, q, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
+            acc = _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, stride_kt, stride_kh,
                             stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
-                            pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW,
-                            HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, False)
+                            pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME,
+                            HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, False)
     num_blocks = ctx_hi // BLOCK_N + tl.cdiv(hi - lo, BLOCK_N)
     for index in range(0, num_blocks):
         start_n = _segment_start(index, ctx_hi, lo, tl.cdiv(hi - lo, BLOCK_N), hi, BLOCK_N)
-        acc = _fwd_step(acc, q, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
+        acc = _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, stride_kt, stride_kh,
                         stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
-                        pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW,
+                        pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
                         HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, True)
     out_mask = (offs_m < seq_len)[:, None] & (offs_dv < DV)[None, :]
     tl.store(Out + (seq_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_dv[None, :],
@@ -212,18 +241,18 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts,
 
 
 @triton.jit
-def _fwd_step(acc, q, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
+def _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, stride_kt, stride_kh,
               stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
               pos_w, time_w, ts, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
-              HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
               BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
-    s, valid, _, _ = _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len,
-                           max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
-                           HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
+    s, valid, _, _ = _tile(q, k, offs_m, offs_n, m0, start_n, seq_start, seq_len, history_len, alpha,
+                           max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
+                           HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
     p = _silu_over(s, inv_n, IEEE)
     if MASKED:
         p = tl.where(valid, p, 0.0)
@@ -235,7 +264,7 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                    alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                    H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
-                   HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
+                   HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr,
                    HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                    BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
@@ -281,14 +310,14 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
         dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_start, seq_len,
                                      history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
                                      max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale,
-                                     num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
+                                     num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
                                      BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS, True)
     if not HAS_WINDOW:
         for start_m in range(full_lo, seq_len, BLOCK_M):
             dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_start,
                                          seq_len, history_len, stride_qt, stride_qh, stride_dot, stride_doh, h,
                                          alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w,
-                                         ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW,
+                                         ts, time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
                                          HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, BLOCK_REL,
                                          BLOCK_BUCKETS, False)
     if HAS_TIME:
@@ -305,16 +334,16 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
 def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_start, seq_len, history_len,
                  stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len,
                  contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
-                 HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                 HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
                  HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_REL: tl.constexpr,
                  BLOCK_BUCKETS: tl.constexpr, MASKED: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
-    s, valid, rel, bucket = _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len,
-                                  max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
-                                  HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
+    s, valid, rel, bucket = _tile(q, k, offs_m, offs_n, start_m, n0, seq_start, seq_len, history_len, alpha,
+                                  max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale,
+                                  num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
     sig = _sigmoid(s, IEEE)
     p = s * sig * inv_n
     if MASKED:
@@ -324,7 +353,7 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_star
     dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
     if HAS_POS:
         _add_position_grad(DPOS, ds, rel, valid, start_m, n0, seq_len, history_len, max_seq_len, BLOCK_M,
-                           BLOCK_N, BLOCK_REL)
+                           BLOCK_N, BLOCK_REL, POS_TABLE)
     if HAS_TIME:
         dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, BLOCK_BUCKETS)
     return dk, dv, dtime
@@ -336,10 +365,14 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_star
 # touches (a tile spans at most BLOCK_M + BLOCK_N - 1 relative positions, and few time buckets).
 @triton.jit
 def _add_position_grad(DPOS, ds, rel, valid, start_m, n0, seq_len, history_len, max_seq_len,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_REL: tl.constexpr):
-    """DPOS[r] += sum of the tile's ds at relative position r: one atomic per distinct r."""
-    no_candidates = (tl.minimum(start_m + BLOCK_M, seq_len) <= history_len) & \
-        (tl.minimum(n0 + BLOCK_N, seq_len) <= history_len)
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_REL: tl.constexpr,
+                       NO_CANDIDATES: tl.constexpr):
+    """DPOS[r] += sum of the tile's ds at relative position r: one atomic per distinct r. NO_CANDIDATES: the
+    batch has none, so the branch is static and the tile loop keeps no inner loop (which stops pipelining)."""
+    no_candidates = True
+    if not NO_CANDIDATES:
+        no_candidates = (tl.minimum(start_m + BLOCK_M, seq_len) <= history_len) & \
+            (tl.minimum(n0 + BLOCK_N, seq_len) <= history_len)
     if no_candidates:
         _add_diagonal_sums(DPOS, ds, n0 - start_m + max_seq_len - BLOCK_M, 2 * max_seq_len - 2, BLOCK_M, BLOCK_N,
                            BLOCK_REL)
@@ -390,7 +423,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts,
                   stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                   alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                   H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
-                  HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, HAS_TIME: tl.constexpr,
+                  HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr,
                   HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # a head's costliest row blocks first
@@ -409,33 +442,34 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts,
                                          BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
     if not HAS_WINDOW:
         for start_n in range(0, full_hi, BLOCK_N):
-            dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt,
+            dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, stride_kt,
                              stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len,
-                             contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME,
-                             HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, False)
+                             contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE,
+                             HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, False)
     num_blocks = ctx_hi // BLOCK_N + tl.cdiv(hi - lo, BLOCK_N)
     for index in range(0, num_blocks):
         start_n = _segment_start(index, ctx_hi, lo, tl.cdiv(hi - lo, BLOCK_N), hi, BLOCK_N)
-        dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
+        dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, stride_kt, stride_kh,
                          stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w,
-                         time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT,
-                         IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, True)
+                         time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
+                         HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, True)
     tl.store(DQ + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_dqk[None, :],
              (dq * alpha).to(DQ.dtype.element_ty), mask=(offs_m < seq_len)[:, None] & (offs_dqk < DQK)[None, :])
 
 
 @triton.jit
-def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, seq_start, seq_len, history_len, stride_kt, stride_kh,
+def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, stride_kt, stride_kh,
                 stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w,
                 ts, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr,
-                HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
+                POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
+                BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
-    s, valid, _, _ = _tile(q, k, offs_m, offs_n, seq_start, seq_len, history_len, alpha, max_seq_len,
-                           max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
-                           HAS_POS, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
+    s, valid, _, _ = _tile(q, k, offs_m, offs_n, m0, start_n, seq_start, seq_len, history_len, alpha,
+                           max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
+                           HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
     ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
     return dq + _dot(ds.to(k.dtype), k, IEEE)
 
@@ -470,6 +504,17 @@ else:
     _FIXED = _FIXED_KV = {}
 
 
+def _position_table(weights: torch.Tensor, max_seq_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """[TABLE_ROWS, row_length] with row r = weights[r + x - TABLE_ROWS - shift + N] at column x (zero past the
+    weights' ends; shift and row_length as _table_shape), in the scores' input dtype: the bias of a
+    candidate-free tile is one aligned block of it (see _position_tile). 4 MB at N = 8192 in bf16."""
+    shift = triton.cdiv(max_seq_len, 16) * 16
+    row_length = triton.cdiv(shift + max_seq_len + TABLE_ROWS, 16) * 16
+    left = TABLE_ROWS + shift - max_seq_len
+    padded = torch.nn.functional.pad(weights.to(dtype), (left, TABLE_ROWS - 1 + row_length - left - weights.numel()))
+    return padded.unfold(0, row_length, 1).contiguous()
+
+
 def _block_dim(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
@@ -480,13 +525,16 @@ class _Options:
     def __init__(self, q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
                  max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale):
         has_time = time_weights is not None and timestamps is not None
+        position_table = position_weights is not None and num_targets is None
+        if position_table:
+            position_weights = _position_table(position_weights, max_seq_len, q.dtype)
         self.scalars = (float(alpha), 1.0 / max_seq_len, int(max_seq_len), int(max_attn_len),
                         int(contextual_seq_len), float(time_bucket_scale),
                         int(time_weights.numel() - 1) if time_weights is not None else 0)
         shared = dict(
             H=q.shape[1], DQK=q.shape[2], DV=v.shape[2], HAS_TARGETS=num_targets is not None,
-            HAS_POS=position_weights is not None, HAS_TIME=has_time, HAS_WINDOW=max_attn_len > 0,
-            HAS_CONTEXT=contextual_seq_len > 0, IEEE=q.dtype == torch.float32,
+            HAS_POS=position_weights is not None, POS_TABLE=position_table, HAS_TIME=has_time,
+            HAS_WINDOW=max_attn_len > 0, HAS_CONTEXT=contextual_seq_len > 0, IEEE=q.dtype == torch.float32,
             BLOCK_DQK=_block_dim(q.shape[2]), BLOCK_DV=_block_dim(v.shape[2]))
         self.constexprs = {**shared, **_FIXED}
         self.kv_constexprs = {**shared, **_FIXED_KV,
