@@ -53,10 +53,12 @@ def fwd_bwd(fn, leaves):
     return run
 
 
-def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), rab_parts=(), baselines=True):
-    """rab_parts: which parts of the relative bias are fused ("position", "time"); none by default."""
+def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), rab_parts=(), candidates=0, baselines=True):
+    """rab_parts: which parts of the relative bias are fused ("position", "time"); none by default.
+    candidates: each sequence ends in this many ranking candidates (num_targets); FLOPs still count causal pairs."""
     lengths, q, k, v, stamps = make_case(n, heads, dim, num_seqs, fill, seed=n + dim)
     offsets = offsets_from_lengths(lengths)
+    num_targets = torch.full_like(lengths, candidates) if candidates else None
     flops_fwd = 2 * 2 * heads * dim * float((lengths.double() ** 2).sum()) / 2
     rab = None
     if rab_parts:
@@ -65,9 +67,9 @@ def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), rab_parts=(), b
         rab = BucketedBias(position, time_weights, stamps if time_weights is not None else None)
     leaves = [t.requires_grad_() for t in (q, k, v)]
     kernel = lambda: hstu_attention(q, k, v, offsets, max_seq_len=n, alpha=1.0 / dim, rab=rab,  # noqa: E731
-                                    backend="triton")
+                                    num_targets=num_targets, backend="triton")
     row = {"case": name, "N": n, "H": heads, "D": dim, "sequences": len(lengths), "tokens": int(lengths.sum()),
-           "rab": "+".join(rab_parts) or None, "fwd_ms": time_ms(kernel)}
+           "rab": "+".join(rab_parts) or None, "candidates": candidates, "fwd_ms": time_ms(kernel)}
     try:
         row["fwd_bwd_ms"] = time_ms(fwd_bwd(kernel, leaves))
     except Exception as error:  # report, keep measuring the other cases
@@ -80,7 +82,7 @@ def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), rab_parts=(), b
             row["sdpa_flash_fwd_ms"] = time_ms(sdpa)
             row["sdpa_flash_fwd_bwd_ms"] = time_ms(fwd_bwd(sdpa, [qp, kp, vp]))
         reference = lambda: hstu_attention(q, k, v, offsets, max_seq_len=n, alpha=1.0 / dim, rab=rab,  # noqa: E731
-                                           backend="torch")
+                                           num_targets=num_targets, backend="torch")
         try:
             row["reference_fwd_ms"] = time_ms(reference)
         except torch.OutOfMemoryError:
@@ -118,6 +120,9 @@ def main() -> None:
     # which part of the bias costs what
     cases += [dict(name=f"D128 N={sizes[-1]} rab {part} only", n=sizes[-1], heads=4, dim=128, rab_parts=(part,),
                    baselines=False) for part in both]
+    # ranking: candidates take the position after the history, so their position bias is gathered per score
+    cases += [dict(name=f"D128 N={sizes[-1]} rab, 64 candidates", n=sizes[-1], heads=4, dim=128, rab_parts=both,
+                   candidates=64, baselines=False)]
     cases += [dict(name="D128 N=8192 SL 50% dense", n=8192, heads=4, dim=128, fill=(0.65, 0.75)),
               dict(name="4x256 B=32 N=4096", n=4096, heads=4, dim=256, num_seqs=32, fill=(1.0, 1.0)),
               dict(name="ML-1M D50 N=200", n=200, heads=1, dim=50, num_seqs=128, fill=(0.1, 1.0)),

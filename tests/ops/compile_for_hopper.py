@@ -28,6 +28,9 @@ KERNELS = {"fwd": (kernel._fwd_kernel, (128, 64, 8, 3)), "bwd_kv": (kernel._bwd_
 
 
 def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
+    """The launch's argument types: the forward gathers bias weights in the inputs' dtype, the backward in fp32
+    (kernel._Options); the position table is in the inputs' dtype in both."""
+    forward = fn is kernel._fwd_kernel
     types = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -35,7 +38,8 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
         elif name in INT64_POINTERS:
             types[name] = "*i64"
         elif name in FP32_POINTERS:
-            types[name] = f"*{dtype}" if name == "pos_w" and constexprs["POS_TABLE"] else "*fp32"
+            in_dtype = name == "time_w" and forward or name == "pos_w" and (forward or constexprs["POS_TABLE"])
+            types[name] = f"*{dtype}" if in_dtype else "*fp32"
         elif name in FLOATS:
             types[name] = "fp32"
         elif name.startswith("stride") or name in ("max_seq_len", "max_attn_len", "contextual_len", "num_buckets"):
