@@ -3,9 +3,9 @@ GPU needed; run in a process without TRITON_INTERPRET (the interpreter replaces 
 
     python tests/ops/compile_for_hopper.py [--quick]   # one line per variant: shared memory, SFU ops in the PTX
 
---quick compiles the three kernels three times each (bf16): every option and the bias on at head dim 25 (no
-window-free tiles then), then plain and with the position bias alone at head dim 128 (whole tiles below
-the diagonal in their own loop).
+--quick compiles each kernel (bf16) with every option and the bias on at head dim 25 (no window-free tiles
+then), then plain (but the bias-gradient kernel) and with the position bias alone at head dim 128 (whole
+tiles below the diagonal in their own loop).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ INT64_POINTERS = {"seq_offsets", "num_targets", "ts"}
 FP32_POINTERS = {"pos_w", "time_w", "DPOS", "DTIME"}
 FLOATS = {"alpha", "inv_n", "time_scale"}
 KERNELS = {"fwd": (kernel._fwd_kernel, (128, 64, 8, 3)), "bwd_kv": (kernel._bwd_kv_kernel, (64, 64, 4, 2)),
-           "bwd_q": (kernel._bwd_q_kernel, (128, 64, 8, 2))}
+           "bwd_q": (kernel._bwd_q_kernel, (128, 64, 8, 2)), "bwd_bias": (kernel._bwd_bias_kernel, (64, 64, 4, 2))}
 
 
 def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
@@ -56,10 +56,12 @@ def compile_variant(name: str, dtype: str, variant: str, head_dim: int) -> dict:
     flags = dict.fromkeys(("HAS_TARGETS", "HAS_POS", "HAS_TIME", "HAS_WINDOW", "HAS_CONTEXT"), variant == "all")
     flags.update(HAS_POS=variant != "plain", POS_TABLE=variant == "position")
     block_dim = max(16, triton.next_power_of_2(head_dim))
-    constexprs = dict(H=4, DQK=head_dim, DV=head_dim, IEEE=dtype == "fp32", BLOCK_M=block_m, BLOCK_N=block_n,
-                      BLOCK_DQK=block_dim, BLOCK_DV=block_dim, **flags)
-    if name == "bwd_kv":
-        constexprs.update(BLOCK_REL=triton.next_power_of_2(block_m + block_n), BLOCK_BUCKETS=256)
+    constexprs = dict(H=4, DQK=head_dim, DV=head_dim, IEEE=dtype == "fp32", BLOCK_DQK=block_dim,
+                      BLOCK_DV=block_dim, **flags)
+    if name == "bwd_bias":  # square tiles along block diagonals
+        constexprs.update(BLOCK=block_m, BLOCK_REL=2 * block_m, BLOCK_BUCKETS=256)
+    else:
+        constexprs.update(BLOCK_M=block_m, BLOCK_N=block_n)
     types = signature(fn, dtype, constexprs)
     # what a launch specialises on: 16-byte aligned pointers, and strides divisible by 16 where they are
     aligned = [name for name, kind in types.items() if kind.startswith("*")
@@ -82,6 +84,8 @@ def main() -> None:
                                                                                  ("position", 128))
                     for name in KERNELS]
     for name, dtype, variant, head_dim in variants:
+        if name == "bwd_bias" and variant == "plain":  # launched only with a bias
+            continue
         info = compile_variant(name, dtype, variant, head_dim)
         print(f"{name:<7} {dtype} {variant:<9} D={head_dim:<4} {info}", flush=True)
 

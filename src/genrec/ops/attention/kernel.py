@@ -1,5 +1,5 @@
-"""Fused jagged HSTU attention in Triton: forward, and a backward split into a dK/dV kernel (which
-also accumulates the relative-bias weight gradients) and a dQ kernel, so no dQ atomics are needed.
+"""Fused jagged HSTU attention in Triton: forward, and a backward split into a dK/dV kernel and a dQ
+kernel, so no dQ atomics are needed, and a kernel for the relative-bias weight gradients.
 This file holds the kernels and their launchers; op.py registers the launchers with PyTorch.
 
 The relative bias rab^{p,t} is computed inside the kernels from positions, timestamps and the
@@ -8,8 +8,9 @@ kernels run on triton 3.6 and its CPU interpreter. Head dims need not be powers 
 padded to the next power of two and masked.
 
 Shapes: B sequences, T tokens, H heads, Dqk / Dv head dims, N max_seq_len.
-Grid: (cdiv(N, BLOCK), B * H), in chunks of sequences past 65,535; a head's blocks run side by side
-(sharing its K/V in L2), costliest first; programs past a sequence's end exit at once (no host sync).
+Grid: (cdiv(N, BLOCK), B * H), the bias kernel's axis 0 over block diagonals; in chunks of sequences past
+65,535. A head's blocks run side by side (sharing its K/V in L2), costliest first; programs past a
+sequence's end exit at once (no host sync).
 """
 
 from __future__ import annotations
@@ -260,14 +261,13 @@ def _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len
 
 
 @triton.jit
-def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, pos_w, time_w, ts,
+def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, seq_offsets, num_targets, pos_w, time_w, ts,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                    alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                    H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
                    HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr,
                    HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
     pid_n = tl.program_id(0)
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
@@ -282,7 +282,6 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
-    dtime = tl.zeros([BLOCK_BUCKETS], dtype=tl.float32)  # this program's time-bucket gradient sums
     # query blocks that can see this key block: [0, ctx_hi), [lo, hi), then candidates [cand_lo, seq_len)
     lo = n0 // BLOCK_M * BLOCK_M
     hi = seq_len
@@ -307,22 +306,17 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
     num_blocks = ctx_hi // BLOCK_M + main_blocks + tl.cdiv(seq_len - cand_lo, BLOCK_M)
     for index in range(0, num_blocks):
         start_m = _segment_start(index, ctx_hi, lo, main_blocks, cand_lo, BLOCK_M)
-        dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_start, seq_len,
-                                     history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
-                                     max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale,
-                                     num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
-                                     BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS, True)
+        dk, dv = _bwd_kv_step(dk, dv, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len, history_len, stride_qt,
+                              stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len,
+                              contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE,
+                              HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV, True)
     if not HAS_WINDOW:
         for start_m in range(full_lo, seq_len, BLOCK_M):
-            dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_start,
-                                         seq_len, history_len, stride_qt, stride_qh, stride_dot, stride_doh, h,
-                                         alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w,
-                                         ts, time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
-                                         HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_N, BLOCK_DQK, BLOCK_DV, BLOCK_REL,
-                                         BLOCK_BUCKETS, False)
-    if HAS_TIME:
-        offs_bucket = tl.arange(0, BLOCK_BUCKETS)
-        tl.atomic_add(DTIME + offs_bucket, dtime, mask=offs_bucket <= num_buckets, sem="relaxed")
+            dk, dv = _bwd_kv_step(dk, dv, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len, history_len,
+                                  stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len,
+                                  max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV,
+                                  HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK,
+                                  BLOCK_DV, False)
     row_mask = (offs_n < seq_len)[:, None]
     tl.store(DK + (seq_start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_dqk[None, :],
              (dk * alpha).to(DK.dtype.element_ty), mask=row_mask & (offs_dqk < DQK)[None, :])
@@ -331,19 +325,18 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DPOS, DTIME, seq_offsets, num_targets, 
 
 
 @triton.jit
-def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_start, seq_len, history_len,
+def _bwd_kv_step(dk, dv, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len, history_len,
                  stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len,
                  contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
                  HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                 HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                 BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, BLOCK_REL: tl.constexpr,
-                 BLOCK_BUCKETS: tl.constexpr, MASKED: tl.constexpr):
+                 HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
-    s, valid, rel, bucket = _tile(q, k, offs_m, offs_n, start_m, n0, seq_start, seq_len, history_len, alpha,
-                                  max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale,
-                                  num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
+    s, valid, _, _ = _tile(q, k, offs_m, offs_n, start_m, n0, seq_start, seq_len, history_len, alpha,
+                           max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
+                           HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
     sig = _sigmoid(s, IEEE)
     p = s * sig * inv_n
     if MASKED:
@@ -351,44 +344,107 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, DPOS, start_m, n0, offs_n, seq_star
     dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
     ds = _silu_grad_over(s, sig, _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
     dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
-    if HAS_POS:
-        _add_position_grad(DPOS, ds, rel, valid, start_m, n0, seq_len, history_len, max_seq_len, BLOCK_M,
-                           BLOCK_N, BLOCK_REL, POS_TABLE)
-    if HAS_TIME:
-        dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, BLOCK_BUCKETS)
-    return dk, dv, dtime
+    return dk, dv
 
 
 # The bias-weight gradients are sums of ds over the (query, key) pairs sharing a weight. One atomic
 # per pair (the first build) funnels B*H*N^2 atomics into ~2N + 130 addresses, which the L2 serialises:
-# that backward ran 30-100x slower than without rab. Here each tile first reduces ds per weight it
-# touches (a tile spans at most BLOCK_M + BLOCK_N - 1 relative positions, and few time buckets).
+# that backward ran 30-100x slower than without rab. A kernel of their own walks each sequence's tiles
+# along block diagonals: the tiles of one diagonal share their relative positions, so their ds add up
+# elementwise and the program sums diagonals once at the end; reducing every tile of the dK/dV loop
+# instead (a shear, a column sum and ~190 atomics per tile) cost more than the dK/dV products.
 @triton.jit
-def _add_position_grad(DPOS, ds, rel, valid, start_m, n0, seq_len, history_len, max_seq_len,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_REL: tl.constexpr,
-                       NO_CANDIDATES: tl.constexpr):
-    """DPOS[r] += sum of the tile's ds at relative position r: one atomic per distinct r. NO_CANDIDATES: the
-    batch has none, so the branch is static and the tile loop keeps no inner loop (which stops pipelining)."""
-    no_candidates = True
-    if not NO_CANDIDATES:
-        no_candidates = (tl.minimum(start_m + BLOCK_M, seq_len) <= history_len) & \
-            (tl.minimum(n0 + BLOCK_N, seq_len) <= history_len)
-    if no_candidates:
-        _add_diagonal_sums(DPOS, ds, n0 - start_m + max_seq_len - BLOCK_M, 2 * max_seq_len - 2, BLOCK_M, BLOCK_N,
-                           BLOCK_REL)
-    else:
-        _add_sums_by_value(DPOS, ds, rel, valid, BLOCK_REL)
+def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, time_w, ts,
+                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
+                     alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
+                     H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+                     HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
+                     HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
+                     BLOCK: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                     BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
+    """Program (d, sequence x head): the tiles with m0 - n0 = lag * BLOCK, lag = d for the first
+    cdiv(N, BLOCK) programs (on and below the diagonal, the longest first), then -1, -2, ... (above it:
+    only contextual queries see keys there)."""
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
+    below = tl.cdiv(max_seq_len, BLOCK)
+    lag = tl.where(tl.program_id(0) < below, tl.program_id(0), below - 1 - tl.program_id(0))
+    first_m = tl.maximum(lag, 0) * BLOCK  # tile t of the diagonal: rows first_m + t * BLOCK
+    context_end = 0
+    if HAS_CONTEXT:
+        context_end = tl.cdiv(contextual_len, BLOCK) * BLOCK
+    end = seq_len - first_m + tl.minimum(lag, 0) * BLOCK  # past the last tile's rows, relative to first_m
+    if end <= 0:
+        return
+    # which tiles of the diagonal hold a visible pair: above it, contextual queries'; beyond the window,
+    # contextual keys' and candidates' (which see the history from its end); else every tile
+    first_end = tl.cdiv(end, BLOCK) * BLOCK
+    second_start = first_end  # no second range unless beyond a window
+    if lag < 0:
+        first_end = tl.minimum(first_end, context_end)
+    if HAS_WINDOW:
+        if lag * BLOCK - (BLOCK - 1) > max_attn_len:
+            first_end = tl.minimum(first_end, context_end)
+            second_start = tl.maximum(first_end, history_len // BLOCK * BLOCK - first_m)
+    first_blocks = first_end // BLOCK
+    second_blocks = tl.maximum(tl.cdiv(end - second_start, BLOCK), 0)
+    acc = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)  # the diagonal's ds, summed over its candidate-free tiles
+    dtime = tl.zeros([BLOCK_BUCKETS], dtype=tl.float32)  # this program's time-bucket gradient sums
+    for index in range(0, first_blocks + second_blocks):
+        m0 = first_m + _segment_start(index, first_end, second_start, second_blocks, end, BLOCK)
+        acc, dtime = _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, m0 - lag * BLOCK, seq_start, seq_len,
+                                    history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                                    stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len,
+                                    contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS,
+                                    POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK, BLOCK_DV,
+                                    BLOCK_REL, BLOCK_BUCKETS)
+    if HAS_POS:
+        _add_diagonal_sums(DPOS, acc, max_seq_len - (lag + 1) * BLOCK, 2 * max_seq_len - 2, BLOCK, BLOCK_REL)
+    if HAS_TIME:
+        offs_bucket = tl.arange(0, BLOCK_BUCKETS)
+        tl.atomic_add(DTIME + offs_bucket, dtime, mask=offs_bucket <= num_buckets, sem="relaxed")
 
 
 @triton.jit
-def _add_diagonal_sums(DPOS, ds, base, last, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                       BLOCK_REL: tl.constexpr):
-    """Tiles without candidates: rel = base + (j - i + BLOCK_M - 1), constant along diagonals. Shearing
-    the tile (row i shifted right by BLOCK_M - 1 - i) turns diagonals into columns, so one gather and
-    one column sum replace a full-tile masked reduction per relative position."""
-    column = tl.arange(0, BLOCK_REL)[None, :] + tl.arange(0, BLOCK_M)[:, None] - (BLOCK_M - 1)
-    inside = (column >= 0) & (column < BLOCK_N)
-    sheared = tl.gather(ds, tl.minimum(tl.maximum(column, 0), BLOCK_N - 1), 1)
+def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, history_len, stride_qt, stride_qh,
+                   stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, h, alpha, inv_n,
+                   max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
+                   DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
+                   HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
+                   BLOCK: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
+    offs_m = m0 + tl.arange(0, BLOCK)
+    offs_n = n0 + tl.arange(0, BLOCK)
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
+    do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, offs_dv, DV)
+    k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, offs_dqk, DQK)
+    v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
+    s, valid, rel, bucket = _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, alpha,
+                                  max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale,
+                                  num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, True)
+    ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, True)
+    if HAS_POS:
+        if POS_TABLE:  # static: no inner loop, which would stop the tile loop's pipelining
+            acc += ds
+        elif (tl.minimum(m0 + BLOCK, seq_len) <= history_len) & (tl.minimum(n0 + BLOCK, seq_len) <= history_len):
+            acc += ds
+        else:  # candidates map many queries or keys to one position
+            _add_sums_by_value(DPOS, ds, rel, valid, BLOCK_REL)
+    if HAS_TIME:
+        dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, BLOCK_BUCKETS)
+    return acc, dtime
+
+
+@triton.jit
+def _add_diagonal_sums(DPOS, ds, base, last, BLOCK: tl.constexpr, BLOCK_REL: tl.constexpr):
+    """DPOS[base + (j - i + BLOCK - 1)] += the sum of ds[i, j] along each diagonal. Shearing the tile (row i
+    shifted right by BLOCK - 1 - i) turns diagonals into columns: one gather and one column sum."""
+    column = tl.arange(0, BLOCK_REL)[None, :] + tl.arange(0, BLOCK)[:, None] - (BLOCK - 1)
+    inside = (column >= 0) & (column < BLOCK)
+    sheared = tl.gather(ds, tl.minimum(tl.maximum(column, 0), BLOCK - 1), 1)
     sums = tl.sum(tl.where(inside, sheared, 0.0), 0)
     offs = tl.arange(0, BLOCK_REL)
     target = base + offs
@@ -474,16 +530,13 @@ def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, histor
     return dq + _dot(ds.to(k.dtype), k, IEEE)
 
 
-def _tiles(block_m: int, block_n: int) -> dict[str, int]:
-    # BLOCK_REL: room for the BLOCK_M + BLOCK_N - 1 relative positions one tile can span
-    return {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_REL": triton.next_power_of_2(block_m + block_n)}
+def _configs(shapes: list[tuple[int, int, int, int]]) -> list[triton.Config]:
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
 
 
-def _configs(shapes: list[tuple[int, int, int, int]], key_blocks: bool = False) -> list[triton.Config]:
-    def tiles(m: int, n: int) -> dict[str, int]:
-        return _tiles(m, n) if key_blocks else {"BLOCK_M": m, "BLOCK_N": n}
-
-    return [triton.Config(tiles(m, n), num_warps=w, num_stages=s) for m, n, w, s in shapes]
+def _diagonal_tiles(block: int) -> dict[str, int]:
+    # BLOCK_REL: room for the 2 * BLOCK - 1 relative positions one square tile spans
+    return {"BLOCK": block, "BLOCK_REL": 2 * block}
 
 
 _MAX_GRID_Y = 65_535  # CUDA's bound on a grid's second axis
@@ -492,16 +545,19 @@ _TUNE_KEY = ["max_seq_len", "H", "DQK", "DV", "HAS_POS", "HAS_TIME"]
 _ROW_BLOCK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4),
                       (128, 128, 8, 2), (128, 128, 8, 3), (64, 32, 4, 1)]
 _KEY_BLOCK_CONFIGS = [(64, 64, 4, 2), (32, 128, 4, 2), (64, 128, 8, 2), (32, 64, 4, 1)]
+_DIAGONAL_CONFIGS = [(64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (32, 4, 2), (32, 4, 1)]
 if INTERPRET or not AUTOTUNE:  # the CPU interpreter is slow: one small tile there
-    _fwd, _bwd_kv, _bwd_q = _fwd_kernel, _bwd_kv_kernel, _bwd_q_kernel
+    _fwd, _bwd_kv, _bwd_q, _bwd_bias = _fwd_kernel, _bwd_kv_kernel, _bwd_q_kernel, _bwd_bias_kernel
     _FIXED = {"BLOCK_M": 16, "BLOCK_N": 16} if INTERPRET else {"BLOCK_M": 64, "BLOCK_N": 64}
-    _FIXED_KV = _tiles(_FIXED["BLOCK_M"], _FIXED["BLOCK_N"])
+    _FIXED_DIAGONAL = _diagonal_tiles(_FIXED["BLOCK_M"])
 else:
     _fwd = triton.autotune(_configs(_ROW_BLOCK_CONFIGS), key=_TUNE_KEY)(_fwd_kernel)
     _bwd_q = triton.autotune(_configs(_ROW_BLOCK_CONFIGS), key=_TUNE_KEY)(_bwd_q_kernel)
-    _bwd_kv = triton.autotune(_configs(_KEY_BLOCK_CONFIGS, key_blocks=True), key=_TUNE_KEY,
-                              reset_to_zero=["DPOS", "DTIME"])(_bwd_kv_kernel)
-    _FIXED = _FIXED_KV = {}
+    _bwd_kv = triton.autotune(_configs(_KEY_BLOCK_CONFIGS), key=_TUNE_KEY)(_bwd_kv_kernel)
+    _bwd_bias = triton.autotune([triton.Config(_diagonal_tiles(b), num_warps=w, num_stages=s)
+                                 for b, w, s in _DIAGONAL_CONFIGS], key=_TUNE_KEY,
+                                reset_to_zero=["DPOS", "DTIME"])(_bwd_bias_kernel)
+    _FIXED = _FIXED_DIAGONAL = {}
 
 
 def _position_table(weights: torch.Tensor, max_seq_len: int, dtype: torch.dtype) -> torch.Tensor:
@@ -520,7 +576,7 @@ def _block_dim(d: int) -> int:
 
 
 class _Options:
-    """The non-tensor arguments shared by the three kernels."""
+    """The non-tensor arguments shared by the kernels."""
 
     def __init__(self, q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
                  max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, backward=False):
@@ -544,8 +600,8 @@ class _Options:
             HAS_WINDOW=max_attn_len > 0, HAS_CONTEXT=contextual_seq_len > 0, IEEE=q.dtype == torch.float32,
             BLOCK_DQK=_block_dim(q.shape[2]), BLOCK_DV=_block_dim(v.shape[2]))
         self.constexprs = {**shared, **_FIXED}
-        self.kv_constexprs = {**shared, **_FIXED_KV,
-                              "BLOCK_BUCKETS": triton.next_power_of_2(time_weights.numel()) if has_time else 16}
+        self.bias_constexprs = {**shared, **_FIXED_DIAGONAL,
+                                "BLOCK_BUCKETS": triton.next_power_of_2(time_weights.numel()) if has_time else 16}
         dummy = seq_offsets
         self.seq_offsets, self.num_targets = seq_offsets, num_targets
         self.bias_pointers = (dummy if position_weights is None else position_weights,
@@ -554,10 +610,13 @@ class _Options:
         self.num_seqs, self.num_heads = seq_offsets.shape[0] - 1, q.shape[1]
         self.max_seq_len = max_seq_len
 
-    def launches(self, block: str):
+    def launches(self, block: str, diagonals: bool = False):
         """(grid, pointers) per launch. CUDA bounds the grid's second axis (sequences x heads) at 65,535,
         so larger batches go in chunks of sequences; sliced offsets keep token indices global. Every chunk
-        has the same autotune key, so only the first can tune (and zero DPOS / DTIME while it does)."""
+        has the same autotune key, so only the first can tune (and zero DPOS / DTIME while it does).
+        diagonals: one program per block diagonal (the bias kernel); those above the main one only hold
+        pairs when contextual queries see every key."""
+        above = diagonals and self.constexprs["HAS_CONTEXT"]
         step = _MAX_GRID_Y // self.num_heads
         for start in range(0, self.num_seqs, step):
             stop = min(start + step, self.num_seqs)
@@ -566,7 +625,7 @@ class _Options:
                 offsets = offsets[start:stop + 1]
                 targets = None if targets is None else targets[start:stop]
             grid = lambda meta, rows=(stop - start) * self.num_heads: (  # noqa: E731
-                triton.cdiv(self.max_seq_len, meta[block]), rows)
+                (1 + above) * triton.cdiv(self.max_seq_len, meta[block]) - above, rows)
             yield grid, (offsets, self.seq_offsets if targets is None else targets, *self.bias_pointers)
 
 
@@ -584,7 +643,7 @@ def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, t
 
 def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
              max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale):
-    """Launches the dK/dV and dQ kernels; grad_out, q, k, v must be contiguous. Returns dq, dk, dv and the
+    """Launches the dK/dV, dQ and bias-gradient kernels; grad_out, q, k, v must be contiguous. Returns dq, dk, dv and the
     fp32 gradients of the position and time weights (shaped like them; [0] where a weight is absent)."""
     options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
                        max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, backward=True)
@@ -598,8 +657,11 @@ def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                grad_out.stride(0), grad_out.stride(1))
     for grid, pointers in options.launches("BLOCK_N"):
-        _bwd_kv[grid](q, k, v, grad_out, dk, dv, dpos, dtime, *pointers, *strides, *options.scalars,
-                      **options.kv_constexprs)
+        _bwd_kv[grid](q, k, v, grad_out, dk, dv, *pointers, *strides, *options.scalars, **options.constexprs)
     for grid, pointers in options.launches("BLOCK_M"):
         _bwd_q[grid](q, k, v, grad_out, dq, *pointers, *strides, *options.scalars, **options.constexprs)
+    if dpos.numel() or dtime.numel():
+        for grid, pointers in options.launches("BLOCK", diagonals=True):
+            _bwd_bias[grid](q, k, v, grad_out, dpos, dtime, *pointers, *strides, *options.scalars,
+                            **options.bias_constexprs)
     return dq, dk, dv, dpos, dtime
