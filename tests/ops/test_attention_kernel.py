@@ -59,6 +59,8 @@ OPTIONS = [
     {"rab": True, "targets": True, "window": 7, "context": 2},  # candidates: it is gathered
     {"rab": True, "targets": True, "window": 5},  # candidates see past the window, from the history's end
     {"rab": True, "wide_times": True},
+    {"rab": True, "time_only": True},  # the dK/dV kernel sums the time buckets; no bias kernel runs
+    {"rab": True, "position_only": True, "targets": True},
 ]
 
 
@@ -77,7 +79,9 @@ def test_kernel_matches_reference(options, dtype):
     stamps = torch.cumsum(steps, 0).to(DEVICE)
     # 20 of 33 are candidates: under a window they still see the history's end from tiles beyond the window
     num_targets = torch.tensor([0, 4, 20, 2], device=DEVICE) if options.get("targets") else None
-    inputs = (q, k, v, rand(2 * max_seq_len - 1), rand(65), stamps, num_targets)
+    position_weights = None if options.get("time_only") else rand(2 * max_seq_len - 1)
+    time_weights = None if options.get("position_only") else rand(65)
+    inputs = (q, k, v, position_weights, time_weights, stamps, num_targets)
     exact_out, exact_grads = run("torch", torch.float64, inputs, lengths, max_seq_len, options)
     ref_out, ref_grads = run("torch", dtype, inputs, lengths, max_seq_len, options)
     out, grads = run("triton", dtype, inputs, lengths, max_seq_len, options)

@@ -261,13 +261,15 @@ def _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len
 
 
 @triton.jit
-def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, seq_offsets, num_targets, pos_w, time_w, ts,
+def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w, time_w, ts,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                    alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                    H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
                    HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr,
                    HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                   TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
+    """TIME_GRAD: also sum the time-bucket gradient (when the bias kernel does not run: no position bias)."""
     pid_n = tl.program_id(0)
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
@@ -282,6 +284,7 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, seq_offsets, num_targets, pos_w, time_w
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
     dk = tl.zeros([BLOCK_N, BLOCK_DQK], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    dtime = tl.zeros([BLOCK_BUCKETS], dtype=tl.float32)
     # query blocks that can see this key block: [0, ctx_hi), [lo, hi), then candidates [cand_lo, seq_len)
     lo = n0 // BLOCK_M * BLOCK_M
     hi = seq_len
@@ -306,17 +309,20 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, seq_offsets, num_targets, pos_w, time_w
     num_blocks = ctx_hi // BLOCK_M + main_blocks + tl.cdiv(seq_len - cand_lo, BLOCK_M)
     for index in range(0, num_blocks):
         start_m = _segment_start(index, ctx_hi, lo, main_blocks, cand_lo, BLOCK_M)
-        dk, dv = _bwd_kv_step(dk, dv, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len, history_len, stride_qt,
-                              stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len,
-                              contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE,
-                              HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV, True)
+        dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len,
+                                     history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
+                                     max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale,
+                                     num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
+                                     BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, True)
     if not HAS_WINDOW:
         for start_m in range(full_lo, seq_len, BLOCK_M):
-            dk, dv = _bwd_kv_step(dk, dv, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len, history_len,
-                                  stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len,
-                                  max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV,
-                                  HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK,
-                                  BLOCK_DV, False)
+            dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len,
+                                         history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
+                                         max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale,
+                                         num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT,
+                                         IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, False)
+    if TIME_GRAD:
+        _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS)
     row_mask = (offs_n < seq_len)[:, None]
     tl.store(DK + (seq_start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_dqk[None, :],
              (dk * alpha).to(DK.dtype.element_ty), mask=row_mask & (offs_dqk < DQK)[None, :])
@@ -325,18 +331,19 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, seq_offsets, num_targets, pos_w, time_w
 
 
 @triton.jit
-def _bwd_kv_step(dk, dv, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len, history_len,
+def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len, history_len,
                  stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len,
                  contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
                  HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
                  HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
+                 BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, TIME_GRAD: tl.constexpr,
+                 BLOCK_BUCKETS: tl.constexpr, MASKED: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
-    s, valid, _, _ = _tile(q, k, offs_m, offs_n, start_m, n0, seq_start, seq_len, history_len, alpha,
-                           max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
-                           HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
+    s, valid, _, bucket = _tile(q, k, offs_m, offs_n, start_m, n0, seq_start, seq_len, history_len, alpha,
+                                max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale, num_buckets,
+                                HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
     sig = _sigmoid(s, IEEE)
     p = s * sig * inv_n
     if MASKED:
@@ -344,15 +351,20 @@ def _bwd_kv_step(dk, dv, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len, h
     dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
     ds = _silu_grad_over(s, sig, _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
     dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
-    return dk, dv
+    if TIME_GRAD:
+        dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, BLOCK_BUCKETS)
+    return dk, dv, dtime
 
 
 # The bias-weight gradients are sums of ds over the (query, key) pairs sharing a weight. One atomic
 # per pair (the first build) funnels B*H*N^2 atomics into ~2N + 130 addresses, which the L2 serialises:
-# that backward ran 30-100x slower than without rab. A kernel of their own walks each sequence's tiles
-# along block diagonals: the tiles of one diagonal share their relative positions, so their ds add up
-# elementwise and the program sums diagonals once at the end; reducing every tile of the dK/dV loop
-# instead (a shear, a column sum and ~190 atomics per tile) cost more than the dK/dV products.
+# that backward ran 30-100x slower than without rab. With a position bias a kernel of their own walks
+# each sequence's tiles along block diagonals: the tiles of one diagonal share their relative positions,
+# so their ds add up elementwise and the program sums diagonals once at the end; reducing every tile of
+# the dK/dV loop instead (a shear, a column sum and ~190 atomics per tile) cost more than the dK/dV
+# products (N = 8192, position bias only: forward + backward 20.2 -> 17.6 ms). The time-bucket sums (a
+# masked reduction per bucket a tile meets) go with them, or without a position bias stay in the dK/dV
+# loop: a kernel recomputing ds for them alone cost more than it saved (time only: 37.8 -> 42.3 ms).
 @triton.jit
 def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, time_w, ts,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
@@ -402,8 +414,7 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
     if HAS_POS:
         _add_diagonal_sums(DPOS, acc, max_seq_len - (lag + 1) * BLOCK, 2 * max_seq_len - 2, BLOCK, BLOCK_REL)
     if HAS_TIME:
-        offs_bucket = tl.arange(0, BLOCK_BUCKETS)
-        tl.atomic_add(DTIME + offs_bucket, dtime, mask=offs_bucket <= num_buckets, sem="relaxed")
+        _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS)
 
 
 @triton.jit
@@ -472,6 +483,12 @@ def _accumulate_bucket_grad(dtime, ds, bucket, valid, BLOCK_BUCKETS: tl.constexp
     for b in range(lo, hi + 1):
         dtime += tl.where(offs == b, tl.sum(tl.where(valid & (bucket == b), ds, 0.0)), 0.0)
     return dtime
+
+
+@triton.jit
+def _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS: tl.constexpr):
+    offs = tl.arange(0, BLOCK_BUCKETS)
+    tl.atomic_add(DTIME + offs, dtime, mask=offs <= num_buckets, sem="relaxed")
 
 
 @triton.jit
@@ -553,7 +570,7 @@ if INTERPRET or not AUTOTUNE:  # the CPU interpreter is slow: one small tile the
 else:
     _fwd = triton.autotune(_configs(_ROW_BLOCK_CONFIGS), key=_TUNE_KEY)(_fwd_kernel)
     _bwd_q = triton.autotune(_configs(_ROW_BLOCK_CONFIGS), key=_TUNE_KEY)(_bwd_q_kernel)
-    _bwd_kv = triton.autotune(_configs(_KEY_BLOCK_CONFIGS), key=_TUNE_KEY)(_bwd_kv_kernel)
+    _bwd_kv = triton.autotune(_configs(_KEY_BLOCK_CONFIGS), key=_TUNE_KEY, reset_to_zero=["DTIME"])(_bwd_kv_kernel)
     _bwd_bias = triton.autotune([triton.Config(_diagonal_tiles(b), num_warps=w, num_stages=s)
                                  for b, w, s in _DIAGONAL_CONFIGS], key=_TUNE_KEY,
                                 reset_to_zero=["DPOS", "DTIME"])(_bwd_bias_kernel)
@@ -600,8 +617,9 @@ class _Options:
             HAS_WINDOW=max_attn_len > 0, HAS_CONTEXT=contextual_seq_len > 0, IEEE=q.dtype == torch.float32,
             BLOCK_DQK=_block_dim(q.shape[2]), BLOCK_DV=_block_dim(v.shape[2]))
         self.constexprs = {**shared, **_FIXED}
-        self.bias_constexprs = {**shared, **_FIXED_DIAGONAL,
-                                "BLOCK_BUCKETS": triton.next_power_of_2(time_weights.numel()) if has_time else 16}
+        buckets = {"BLOCK_BUCKETS": triton.next_power_of_2(time_weights.numel()) if has_time else 16}
+        self.kv_constexprs = {**self.constexprs, **buckets, "TIME_GRAD": has_time and position_weights is None}
+        self.bias_constexprs = {**shared, **_FIXED_DIAGONAL, **buckets}
         dummy = seq_offsets
         self.seq_offsets, self.num_targets = seq_offsets, num_targets
         self.bias_pointers = (dummy if position_weights is None else position_weights,
@@ -657,10 +675,11 @@ def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                grad_out.stride(0), grad_out.stride(1))
     for grid, pointers in options.launches("BLOCK_N"):
-        _bwd_kv[grid](q, k, v, grad_out, dk, dv, *pointers, *strides, *options.scalars, **options.constexprs)
+        _bwd_kv[grid](q, k, v, grad_out, dk, dv, dtime, *pointers, *strides, *options.scalars,
+                      **options.kv_constexprs)
     for grid, pointers in options.launches("BLOCK_M"):
         _bwd_q[grid](q, k, v, grad_out, dq, *pointers, *strides, *options.scalars, **options.constexprs)
-    if dpos.numel() or dtime.numel():
+    if dpos.numel():  # the bias kernel, which also sums the time buckets (see _bwd_bias_kernel)
         for grid, pointers in options.launches("BLOCK", diagonals=True):
             _bwd_bias[grid](q, k, v, grad_out, dpos, dtime, *pointers, *strides, *options.scalars,
                             **options.bias_constexprs)
