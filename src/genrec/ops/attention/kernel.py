@@ -376,7 +376,8 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
                      BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
     """Program (d, sequence x head): the tiles with m0 - n0 = lag * BLOCK, lag = d for the first
     cdiv(N, BLOCK) programs (on and below the diagonal, the longest first), then -1, -2, ... (above it:
-    only contextual queries see keys there)."""
+    only contextual queries see keys there). Launched only with a position bias."""
+    tl.static_assert(HAS_POS)
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
@@ -411,8 +412,7 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
                                     contextual_len, pos_w, time_w, ts, time_scale, num_buckets, DQK, DV, HAS_POS,
                                     POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK, BLOCK_DV,
                                     BLOCK_REL, BLOCK_BUCKETS)
-    if HAS_POS:
-        _add_diagonal_sums(DPOS, acc, max_seq_len - (lag + 1) * BLOCK, 2 * max_seq_len - 2, BLOCK, BLOCK_REL)
+    _add_diagonal_sums(DPOS, acc, max_seq_len - (lag + 1) * BLOCK, 2 * max_seq_len - 2, BLOCK, BLOCK_REL)
     if HAS_TIME:
         _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS)
 
@@ -437,13 +437,12 @@ def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, hi
                                   max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_scale,
                                   num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, True)
     ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, True)
-    if HAS_POS:
-        if POS_TABLE:  # static: no inner loop, which would stop the tile loop's pipelining
-            acc += ds
-        elif (tl.minimum(m0 + BLOCK, seq_len) <= history_len) & (tl.minimum(n0 + BLOCK, seq_len) <= history_len):
-            acc += ds
-        else:  # candidates map many queries or keys to one position
-            _add_sums_by_value(DPOS, ds, rel, valid, BLOCK_REL)
+    if POS_TABLE:  # static: no inner loop, which would stop the tile loop's pipelining
+        acc += ds
+    elif (tl.minimum(m0 + BLOCK, seq_len) <= history_len) & (tl.minimum(n0 + BLOCK, seq_len) <= history_len):
+        acc += ds
+    else:  # candidates map many queries or keys to one position
+        _add_sums_by_value(DPOS, ds, rel, valid, BLOCK_REL)
     if HAS_TIME:
         dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, BLOCK_BUCKETS)
     return acc, dtime
