@@ -38,7 +38,7 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
         elif name in INT64_POINTERS:
             types[name] = "*i64"
         elif name in FP32_POINTERS:
-            in_dtype = name == "time_w" and forward or name == "pos_w" and (forward or constexprs["POS_TABLE"])
+            in_dtype = (name == "time_w" and forward) or (name == "pos_w" and (forward or constexprs["POS_TABLE"]))
             types[name] = f"*{dtype}" if in_dtype else "*fp32"
         elif name in FLOATS:
             types[name] = "fp32"

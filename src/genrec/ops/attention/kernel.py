@@ -627,6 +627,10 @@ class _Options:
         self.num_seqs, self.num_heads = seq_offsets.shape[0] - 1, q.shape[1]
         self.max_seq_len = max_seq_len
 
+    @staticmethod
+    def _programs(blocks: int, above: bool) -> int:
+        return 2 * blocks - 1 if above else blocks  # block diagonals on and below the main one, then above
+
     def launches(self, block: str, diagonals: bool = False):
         """(grid, pointers) per launch. CUDA bounds the grid's second axis (sequences x heads) at 65,535,
         so larger batches go in chunks of sequences; sliced offsets keep token indices global. Every chunk
@@ -642,7 +646,7 @@ class _Options:
                 offsets = offsets[start:stop + 1]
                 targets = None if targets is None else targets[start:stop]
             grid = lambda meta, rows=(stop - start) * self.num_heads: (  # noqa: E731
-                (1 + above) * triton.cdiv(self.max_seq_len, meta[block]) - above, rows)
+                self._programs(triton.cdiv(self.max_seq_len, meta[block]), above), rows)
             yield grid, (offsets, self.seq_offsets if targets is None else targets, *self.bias_pointers)
 
 
@@ -660,8 +664,8 @@ def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, t
 
 def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
              max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale):
-    """Launches the dK/dV, dQ and bias-gradient kernels; grad_out, q, k, v must be contiguous. Returns dq, dk, dv and the
-    fp32 gradients of the position and time weights (shaped like them; [0] where a weight is absent)."""
+    """Launches the dK/dV, dQ and bias-gradient kernels; grad_out, q, k, v must be contiguous. Returns dq, dk,
+    dv and the fp32 gradients of the position and time weights (shaped like them; [0] where a weight is absent)."""
     options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
                        max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, backward=True)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
