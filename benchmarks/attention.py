@@ -127,7 +127,9 @@ def main() -> None:
               dict(name="4x256 B=32 N=4096", n=4096, heads=4, dim=256, num_seqs=32, fill=(1.0, 1.0)),
               dict(name="ML-1M D50 N=200", n=200, heads=1, dim=50, num_seqs=128, fill=(0.1, 1.0)),
               dict(name="ML-1M D50 N=200 rab position", n=200, heads=1, dim=50, num_seqs=128, fill=(0.1, 1.0),
-                   rab_parts=("position",), baselines=False)]
+                   rab_parts=("position",), baselines=False),
+              dict(name="ML-1M D50 N=200 rab", n=200, heads=1, dim=50, num_seqs=128, fill=(0.1, 1.0),
+                   rab_parts=both, baselines=False)]
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
               "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from genrec.ops import hstu_attention
+from genrec.ops.attention import time_buckets
+from genrec.ops.attention.rab import NEVER, time_bucket_thresholds
 from genrec.ops.jagged import offsets_from_lengths
 
 
@@ -104,3 +106,19 @@ def test_bad_arguments_are_value_errors():
         hstu_attention(q, q[:, :, :2], q, offsets, max_seq_len=4, alpha=1.0)
     with pytest.raises(ValueError, match="int64"):
         hstu_attention(q, q, q, offsets.int(), max_seq_len=4, alpha=1.0)
+
+
+@pytest.mark.parametrize("scale, num_buckets", [(0.301, 128), (0.7, 64), (1.0, 3)])
+def test_time_bucket_thresholds_count_the_buckets(scale, num_buckets):
+    """Counting the thresholds at or below |dt| gives time_buckets(dt) for every gap: small ones exhaustively,
+    each threshold and its predecessor, and random large ones (float32 rounds them),
+    below NEVER."""
+    thresholds = time_bucket_thresholds(scale, num_buckets)
+    assert thresholds.shape == (num_buckets + 4,) and thresholds[0] < 0 and (thresholds[-3:] == NEVER).all()
+    inner = thresholds[1:num_buckets + 1]
+    assert (inner[1:] >= inner[:-1]).all()
+    large = torch.randint(0, NEVER, (50_000,), generator=torch.Generator().manual_seed(0))
+    gaps = torch.cat([torch.arange(-3000, 100_000), inner, inner - 1, large, -large])
+    gaps = gaps[gaps.abs() < NEVER]  # the contract's range (NEVER marks buckets out of it)
+    counted = (gaps.abs().unsqueeze(1) >= inner).sum(1)
+    torch.testing.assert_close(counted, time_buckets(gaps, scale, num_buckets), rtol=0, atol=0)
