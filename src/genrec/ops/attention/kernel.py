@@ -114,13 +114,13 @@ def _position_tile(table, max_seq_len, m0, n0, BLOCK_M: tl.constexpr, BLOCK_N: t
 def _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, t_query, query_min, query_max, alpha,
           max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets,
           HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
-          HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr, TWO_BUCKETS: tl.constexpr):
+          HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr):
     """Scores alpha*q.k + rab and the validity mask for the [BLOCK_M, BLOCK_N] tile at rows m0 + offs,
     keys n0 + offs; also returns the position and time bucket indices (for the bias gradient). t_query,
     query_min, query_max: the rows' times and their range (_query_times).
     MASKED=False: a tile whose every in-bounds pair is visible (see _key_range), where the mask is the
     bounds alone. POS_TABLE: pos_w is the Toeplitz table of _position_tile (batches without candidates)."""
-    if HAS_TIME and TWO_BUCKETS:  # its loads' latency overlaps the product
+    if HAS_TIME:  # its loads' latency overlaps the product
         t_key, key_min, two_buckets, far_gap, near_w, far_w, near = _time_setup(
             query_min, query_max, offs_n, seq_start, seq_len, time_w, ts, time_g, time_scale, num_buckets, IEEE)
     s = _dot(q, tl.trans(k), IEEE) * alpha
@@ -147,12 +147,8 @@ def _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, t_query
     elif HAS_POS:
         s += tl.load(pos_w + rel).to(tl.float32)  # rel is in range: no mask to evaluate
     if HAS_TIME:
-        if TWO_BUCKETS:
-            time_bias, bucket = _time_bias(t_query, t_key, key_min, two_buckets, far_gap, near_w, far_w, near,
-                                           time_w, time_scale, num_buckets, IEEE)
-        else:
-            time_bias, bucket = _pair_time_bias(t_query, _key_times(ts, seq_start, offs_n, seq_len), time_w,
-                                                time_scale, num_buckets, IEEE)
+        time_bias, bucket = _time_bias(t_query, t_key, key_min, two_buckets, far_gap, near_w, far_w, near, time_w,
+                                       time_scale, num_buckets, IEEE)
         s += time_bias
     return s, valid, rel, bucket
 
@@ -178,22 +174,6 @@ def _query_times(ts, seq_start, offs_m, seq_len, history_len, HAS_TIME: tl.const
 
 
 @triton.jit
-def _key_times(ts, seq_start, offs_n, seq_len):
-    return tl.load(ts + seq_start + tl.minimum(offs_n, seq_len - 1))  # past the end: the last key's
-
-
-@triton.jit
-def _two_bucket_distance(BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """How far (in positions) a key block starts before a query block for the kernels to try the two-bucket time
-    bias there: closer tiles hold gaps whose ratio passes e^0.6 (two buckets of the default scale) when events
-    are evenly spaced, so they take the per-pair bias without paying for _time_setup. Half that under the
-    interpreter, whose short test sequences then still hold tiles of both kinds."""
-    if _INTERPRETED:
-        return BLOCK_M + BLOCK_N
-    return 2 * (BLOCK_M + BLOCK_N)
-
-
-@triton.jit
 def _time_setup(query_min, query_max, offs_n, seq_start, seq_len, time_w, ts, time_g, time_scale, num_buckets,
                 IEEE: tl.constexpr):
     """Per tile, for _time_bias: the key times, whether the tile's gaps fall in two buckets (near and near + 1),
@@ -203,7 +183,7 @@ def _time_setup(query_min, query_max, offs_n, seq_start, seq_len, time_w, ts, ti
     tile each thread loads and reduces the key times and gathers 8 scalars, work the per-pair comparison
     does not amortise over a thread's 32 scores (the fast path forced on every tile: forward 6.0 ms, no rab
     2.2, 64 x 64 tiles)."""
-    t_key = _key_times(ts, seq_start, offs_n, seq_len)
+    t_key = tl.load(ts + seq_start + tl.minimum(offs_n, seq_len - 1))
     key_min = tl.min(t_key, 0)
     key_max = tl.max(t_key, 0)
     nearest = query_min - key_max  # the tile's smallest gap, when >= 0
@@ -241,14 +221,9 @@ def _time_bias(t_query, t_key, key_min, two_buckets, far_gap, near_w, far_w, nea
         bias = tl.where(crossed, far_w, near_w)
         bucket = near + crossed.to(tl.int32)
     else:
-        bias, bucket = _pair_time_bias(t_query, t_key, time_w, time_scale, num_buckets, IEEE)
+        bucket = _log_bucket(t_query[:, None] - t_key[None, :], time_scale, num_buckets, IEEE)
+        bias = tl.load(time_w + bucket).to(tl.float32)  # so is bucket
     return bias, bucket
-
-
-@triton.jit
-def _pair_time_bias(t_query, t_key, time_w, time_scale, num_buckets, IEEE: tl.constexpr):
-    bucket = _log_bucket(t_query[:, None] - t_key[None, :], time_scale, num_buckets, IEEE)
-    return tl.load(time_w + bucket).to(tl.float32), bucket  # bucket is in range: no mask
 
 
 @triton.jit
@@ -325,30 +300,19 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts, time_
     full_hi, ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M,
                                          BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
     if not HAS_WINDOW:
-        far_hi = 0  # key blocks [0, far_hi) try the two-bucket time bias
-        if HAS_TIME:
-            far_hi = tl.minimum(tl.maximum(m0 - _two_bucket_distance(BLOCK_M, BLOCK_N), 0) // BLOCK_N * BLOCK_N,
-                                full_hi)
-            for start_n in range(0, far_hi, BLOCK_N):
-                acc = _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min,
-                                query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
-                                max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK,
-                                DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK,
-                                BLOCK_DV, False, True)
-        for start_n in range(far_hi, full_hi, BLOCK_N):
+        for start_n in range(0, full_hi, BLOCK_N):
             acc = _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min,
                             query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
                             max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
                             HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
-                            False, False)
+                            False)
     num_blocks = ctx_hi // BLOCK_N + tl.cdiv(hi - lo, BLOCK_N)
     for index in range(0, num_blocks):
         start_n = _segment_start(index, ctx_hi, lo, tl.cdiv(hi - lo, BLOCK_N), hi, BLOCK_N)
         acc = _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min,
                         query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
                         max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
-                        HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, True,
-                        False)
+                        HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, True)
     out_mask = (offs_m < seq_len)[:, None] & (offs_dv < DV)[None, :]
     tl.store(Out + (seq_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_dv[None, :],
              acc.to(Out.dtype.element_ty), mask=out_mask)
@@ -360,15 +324,13 @@ def _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len
               pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
               HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
-              BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
-        TWO_BUCKETS: tl.constexpr):
+              BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
     s, valid, _, _ = _tile(q, k, offs_m, offs_n, m0, start_n, seq_start, seq_len, history_len, t_query, query_min,
                            query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
-                           time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED,
-                           TWO_BUCKETS)
+                           time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
     p = _silu_over(s, inv_n, IEEE)
     if MASKED:
         p = tl.where(valid, p, 0.0)
@@ -428,27 +390,15 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w,
                                      history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
                                      max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale,
                                      num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
-                                     BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, True, False)
+                                     BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, True)
     if not HAS_WINDOW:
-        far_lo = seq_len  # query blocks [far_lo, seq_len) try the two-bucket time bias
-        if HAS_TIME:
-            far_lo = tl.minimum(tl.maximum(tl.cdiv(n0 + _two_bucket_distance(BLOCK_M, BLOCK_N), BLOCK_M) * BLOCK_M,
-                                           full_lo), seq_len)
-        for start_m in range(full_lo, far_lo, BLOCK_M):
+        for start_m in range(full_lo, seq_len, BLOCK_M):
             dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len,
                                          history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
                                          max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
                                          time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
                                          HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS,
-                                         False, False)
-        if HAS_TIME:
-            for start_m in range(far_lo, seq_len, BLOCK_M):
-                dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len,
-                                             history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
-                                             max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
-                                             time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
-                                             HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS,
-                                             False, True)
+                                         False)
     if TIME_GRAD:
         _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS)
     row_mask = (offs_n < seq_len)[:, None]
@@ -464,8 +414,7 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
                  time_g, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr,
                  POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr,
                  IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                 TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, MASKED: tl.constexpr,
-        TWO_BUCKETS: tl.constexpr):
+                 TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, MASKED: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
@@ -473,7 +422,7 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
     s, valid, _, bucket = _tile(q, k, offs_m, offs_n, start_m, n0, seq_start, seq_len, history_len, t_query, query_min,
                                 query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
                                 time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
-                                MASKED, TWO_BUCKETS)
+                                MASKED)
     sig = _sigmoid(s, IEEE)
     p = s * sig * inv_n
     if MASKED:
@@ -567,7 +516,7 @@ def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, hi
     s, valid, rel, bucket = _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, t_query, query_min,
                                   query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts,
                                   time_g, time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
-                                  HAS_CONTEXT, IEEE, True, True)
+                                  HAS_CONTEXT, IEEE, True)
     ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, True)
     if POS_TABLE:  # static: no inner loop, which would stop the tile loop's pipelining
         acc += ds
@@ -646,22 +595,12 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, 
     full_hi, ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M,
                                          BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
     if not HAS_WINDOW:
-        far_hi = 0  # key blocks [0, far_hi) try the two-bucket time bias
-        if HAS_TIME:
-            far_hi = tl.minimum(tl.maximum(m0 - _two_bucket_distance(BLOCK_M, BLOCK_N), 0) // BLOCK_N * BLOCK_N,
-                                full_hi)
-            for start_n in range(0, far_hi, BLOCK_N):
-                dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query,
-                                 query_min, query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n,
-                                 max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale,
-                                 num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
-                                 BLOCK_N, BLOCK_DQK, BLOCK_DV, False, True)
-        for start_n in range(far_hi, full_hi, BLOCK_N):
+        for start_n in range(0, full_hi, BLOCK_N):
             dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min,
                              query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
                              max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
                              HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
-                             False, False)
+                             False)
     num_blocks = ctx_hi // BLOCK_N + tl.cdiv(hi - lo, BLOCK_N)
     for index in range(0, num_blocks):
         start_n = _segment_start(index, ctx_hi, lo, tl.cdiv(hi - lo, BLOCK_N), hi, BLOCK_N)
@@ -669,7 +608,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, 
                          query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
                          max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
                          HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
-                         True, False)
+                         True)
     tl.store(DQ + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_dqk[None, :],
              (dq * alpha).to(DQ.dtype.element_ty), mask=(offs_m < seq_len)[:, None] & (offs_dqk < DQK)[None, :])
 
@@ -680,15 +619,13 @@ def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, histor
                 pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
                 HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
                 HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
-                BLOCK_DV: tl.constexpr, MASKED: tl.constexpr,
-        TWO_BUCKETS: tl.constexpr):
+                BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
     s, valid, _, _ = _tile(q, k, offs_m, offs_n, m0, start_n, seq_start, seq_len, history_len, t_query, query_min,
                            query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
-                           time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED,
-                           TWO_BUCKETS)
+                           time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
     ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
     return dq + _dot(ds.to(k.dtype), k, IEEE)
 
