@@ -142,6 +142,8 @@ def _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, t_query
     row_base = max_seq_len - 1 - tl.minimum(query_pos, max_seq_len - 1)
     rel = row_base + tl.minimum(tl.minimum(j, history_len), max_seq_len - 1)
     bucket = tl.zeros_like(rel)
+    bucket_lo = 0
+    bucket_hi = -1
     if POS_TABLE:
         s += _position_tile(pos_w, max_seq_len, m0, n0, offs_m.shape[0], offs_n.shape[0])
     elif HAS_POS:
@@ -150,7 +152,13 @@ def _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, t_query
         time_bias, bucket = _time_bias(t_query, t_key, key_min, two_buckets, far_gap, near_w, far_w, near, time_w,
                                        time_scale, num_buckets, IEEE)
         s += time_bias
-    return s, valid, rel, bucket
+        # the range of the tile's buckets, for the gradient's sums: known in a two-bucket tile
+        if two_buckets:
+            bucket_lo, bucket_hi = near, near + 1
+        else:
+            bucket_lo = tl.min(tl.where(valid, bucket, 1 << 30))
+            bucket_hi = tl.max(tl.where(valid, bucket, -1))
+    return s, valid, rel, bucket, bucket_lo, bucket_hi
 
 
 @triton.jit
@@ -328,7 +336,7 @@ def _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
-    s, valid, _, _ = _tile(q, k, offs_m, offs_n, m0, start_n, seq_start, seq_len, history_len, t_query, query_min,
+    s, valid, _, _, _, _ = _tile(q, k, offs_m, offs_n, m0, start_n, seq_start, seq_len, history_len, t_query, query_min,
                            query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
                            time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
     p = _silu_over(s, inv_n, IEEE)
@@ -419,10 +427,11 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
     t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, HAS_TIME)
-    s, valid, _, bucket = _tile(q, k, offs_m, offs_n, start_m, n0, seq_start, seq_len, history_len, t_query, query_min,
-                                query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
-                                time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
-                                MASKED)
+    s, valid, _, bucket, bucket_lo, bucket_hi = _tile(q, k, offs_m, offs_n, start_m, n0, seq_start, seq_len,
+                                                      history_len, t_query, query_min, query_max, alpha, max_seq_len,
+                                                      max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
+                                                      time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
+                                                      HAS_CONTEXT, IEEE, MASKED)
     sig = _sigmoid(s, IEEE)
     p = s * sig * inv_n
     if MASKED:
@@ -431,7 +440,7 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
     ds = _silu_grad_over(s, sig, _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
     dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
     if TIME_GRAD:
-        dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, BLOCK_BUCKETS)
+        dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, bucket_lo, bucket_hi, BLOCK_BUCKETS)
     return dk, dv, dtime
 
 
@@ -513,10 +522,11 @@ def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, hi
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, offs_dqk, DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
     t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, HAS_TIME)
-    s, valid, rel, bucket = _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, t_query, query_min,
-                                  query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts,
-                                  time_g, time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
-                                  HAS_CONTEXT, IEEE, True)
+    s, valid, rel, bucket, bucket_lo, bucket_hi = _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len,
+                                                        t_query, query_min, query_max, alpha, max_seq_len, max_attn_len,
+                                                        contextual_len, pos_w, time_w, ts, time_g, time_scale,
+                                                        num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
+                                                        HAS_CONTEXT, IEEE, True)
     ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, True)
     if POS_TABLE:  # static: no inner loop, which would stop the tile loop's pipelining
         acc += ds
@@ -525,7 +535,7 @@ def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, hi
     else:  # candidates map many queries or keys to one position
         _add_sums_by_value(DPOS, ds, rel, valid, BLOCK_REL)
     if HAS_TIME:
-        dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, BLOCK_BUCKETS)
+        dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, bucket_lo, bucket_hi, BLOCK_BUCKETS)
     return acc, dtime
 
 
@@ -555,10 +565,8 @@ def _add_sums_by_value(DPOS, ds, rel, valid, BLOCK_REL: tl.constexpr):
 
 
 @triton.jit
-def _accumulate_bucket_grad(dtime, ds, bucket, valid, BLOCK_BUCKETS: tl.constexpr):
-    """dtime[b] += sum of the tile's ds in time bucket b (flushed once per program)."""
-    lo = tl.min(tl.where(valid, bucket, BLOCK_BUCKETS))
-    hi = tl.max(tl.where(valid, bucket, -1))
+def _accumulate_bucket_grad(dtime, ds, bucket, valid, lo, hi, BLOCK_BUCKETS: tl.constexpr):
+    """dtime[b] += sum of the tile's ds in time bucket b, for its buckets lo..hi (flushed once per program)."""
     offs = tl.arange(0, BLOCK_BUCKETS)
     for b in range(lo, hi + 1):
         dtime += tl.where(offs == b, tl.sum(tl.where(valid & (bucket == b), ds, 0.0)), 0.0)
@@ -623,7 +631,7 @@ def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, histor
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
-    s, valid, _, _ = _tile(q, k, offs_m, offs_n, m0, start_n, seq_start, seq_len, history_len, t_query, query_min,
+    s, valid, _, _, _, _ = _tile(q, k, offs_m, offs_n, m0, start_n, seq_start, seq_len, history_len, t_query, query_min,
                            query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
                            time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
     ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
