@@ -337,8 +337,9 @@ def _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
     s, valid, _, _, _, _ = _tile(q, k, offs_m, offs_n, m0, start_n, seq_start, seq_len, history_len, t_query, query_min,
-                           query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
-                           time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
+                                 query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
+                                 time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
+                                 MASKED)
     p = _silu_over(s, inv_n, IEEE)
     if MASKED:
         p = tl.where(valid, p, 0.0)
@@ -632,8 +633,9 @@ def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, histor
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
     s, valid, _, _, _, _ = _tile(q, k, offs_m, offs_n, m0, start_n, seq_start, seq_len, history_len, t_query, query_min,
-                           query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
-                           time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
+                                 query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
+                                 time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
+                                 MASKED)
     ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
     return dq + _dot(ds.to(k.dtype), k, IEEE)
 
