@@ -111,8 +111,7 @@ def test_bad_arguments_are_value_errors():
 @pytest.mark.parametrize("scale, num_buckets", [(0.301, 128), (0.7, 64), (1.0, 3)])
 def test_time_bucket_thresholds_count_the_buckets(scale, num_buckets):
     """Counting the thresholds at or below |dt| gives time_buckets(dt) for every gap: small ones exhaustively,
-    each threshold and its predecessor, and random large ones (float32 rounds them),
-    below NEVER."""
+    each threshold and its predecessor, and random large ones below NEVER (float32 rounds them)."""
     thresholds = time_bucket_thresholds(scale, num_buckets)
     assert thresholds.shape == (num_buckets + 4,) and thresholds[0] < 0 and (thresholds[-3:] == NEVER).all()
     inner = thresholds[1:num_buckets + 1]

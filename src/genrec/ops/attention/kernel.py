@@ -683,6 +683,7 @@ def _position_table(weights: torch.Tensor, max_seq_len: int, dtype: torch.dtype)
 
 @functools.lru_cache(maxsize=None)
 def _thresholds(scale: float, num_buckets: int, device: torch.device) -> torch.Tensor:
+    """rab.time_bucket_thresholds on the device, built once per setting (the kernels only read it)."""
     return time_bucket_thresholds(scale, num_buckets).to(device)
 
 
@@ -706,9 +707,9 @@ class _Options:
                                 else position_weights.to(gathered_dtype))
         if has_time:
             time_weights = time_weights.to(gathered_dtype)
+        num_buckets = int(time_weights.numel() - 1) if time_weights is not None else 0
         self.scalars = (float(alpha), 1.0 / max_seq_len, int(max_seq_len), int(max_attn_len),
-                        int(contextual_seq_len), float(time_bucket_scale),
-                        int(time_weights.numel() - 1) if time_weights is not None else 0)
+                        int(contextual_seq_len), float(time_bucket_scale), num_buckets)
         shared = dict(
             H=q.shape[1], DQK=q.shape[2], DV=v.shape[2], HAS_TARGETS=num_targets is not None,
             HAS_POS=position_weights is not None, POS_TABLE=position_table, HAS_TIME=has_time,
@@ -723,7 +724,7 @@ class _Options:
         self.bias_pointers = (dummy if position_weights is None else position_weights,
                               dummy if time_weights is None else time_weights,
                               dummy if not has_time else timestamps,
-                              _thresholds(float(time_bucket_scale), self.scalars[-1], q.device) if has_time else dummy)
+                              _thresholds(float(time_bucket_scale), num_buckets, q.device) if has_time else dummy)
         self.num_seqs, self.num_heads = seq_offsets.shape[0] - 1, q.shape[1]
         self.max_seq_len = max_seq_len
 

@@ -12,7 +12,6 @@ Shapes: B sequences, T tokens, N max_seq_len, n longest length in the batch.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -47,13 +46,12 @@ def time_buckets(delta: torch.Tensor, scale: float, num_buckets: int) -> torch.T
 NEVER = 1 << 62  # a gap no timestamps within +-2^61 of each other reach
 
 
-@functools.lru_cache(maxsize=None)
 def time_bucket_thresholds(scale: float, num_buckets: int) -> torch.Tensor:
     """int64 [num_buckets + 4]: entry b (1 <= b <= num_buckets) is the smallest gap whose time_buckets is
     >= b, so time_buckets(dt) = #{b >= 1: |dt| >= entry b} exactly; entry 0 is below every gap, entries past
     num_buckets (and those of buckets no gap under NEVER reaches) are NEVER. With them a fused kernel tests
     a pair against a bucket boundary with one comparison instead of a logarithm (see kernel._time_bias).
-    Found by bisection on time_buckets itself, which is monotone in the gap. Cached: do not modify."""
+    Found by bisection on time_buckets itself, which is monotone in the gap."""
     target = torch.arange(1, num_buckets + 1)
     lo, hi = torch.ones(num_buckets, dtype=torch.int64), torch.full((num_buckets,), NEVER)
     while bool((lo < hi).any()):
