@@ -38,6 +38,13 @@ def test_validation_and_files(tmp_path):
     config.model.dropout = 1.5
     with pytest.raises(ValueError, match="dropout"):
         config.validate()
+    config = Config()
+    config.train.ema_decay = 1.0
+    with pytest.raises(ValueError, match="ema_decay must be in"):
+        config.validate()
+    config.train.ema_decay, config.train.task = 0.99, "ranking"
+    with pytest.raises(ValueError, match="retrieval trainer only"):
+        config.validate()
     bad = tmp_path / "bad.toml"
     bad.write_text("[model\n")
     with pytest.raises(ValueError, match="not valid TOML"):

@@ -94,6 +94,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | cosine (decays to 0 at the last epoch)
     warmup_epochs: int = 0  # linear warm-up from 0 over this many epochs, then the schedule
     stochastic_length_alpha: float = 0.0  # subsample long histories (paper Sec. 3.3); 0 = off, (0, 2]
+    ema_decay: float = 0.0  # evaluate and serve a moving average of the weights, updated every step; 0 = off
     eval_batch_size: int = 512
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -138,6 +139,9 @@ class Config:
             (self.train.epochs >= 0, "train.epochs must be >= 0"),
             (self.train.batch_size > 0 and self.train.eval_batch_size > 0, "batch sizes must be positive"),
             (self.train.learning_rate > 0, "train.learning_rate must be positive"),
+            (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
+            (self.train.ema_decay == 0 or self.train.task == "retrieval",
+             "train.ema_decay (a moving average of the weights) is kept by the retrieval trainer only"),
             (self.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
             (self.train.data_parallel in ("ddp", "fsdp"), "train.data_parallel must be ddp or fsdp"),
             (self.train.eval_every > 0, "train.eval_every must be positive"),

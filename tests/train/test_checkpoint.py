@@ -16,11 +16,12 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]  # no temp files left behind
 
 
-@pytest.mark.parametrize("stochastic_length_alpha", [0.0, 1.2], ids=["full-length", "stochastic-length"])
-def test_resume_is_exact(tmp_path, deterministic, stochastic_length_alpha):
+@pytest.mark.parametrize("stochastic_length_alpha, ema_decay", [(0.0, 0.0), (1.2, 0.0), (0.0, 0.9)],
+                         ids=["full-length", "stochastic-length", "weight-average"])
+def test_resume_is_exact(tmp_path, deterministic, stochastic_length_alpha, ema_decay):
     def config(epochs):
         config = tiny_config(epochs=epochs)
-        config.train.stochastic_length_alpha = stochastic_length_alpha
+        config.train.stochastic_length_alpha, config.train.ema_decay = stochastic_length_alpha, ema_decay
         return config
 
     straight = Trainer(config(3), tmp_path / "a", progress=False, log=lambda _: None).fit()
@@ -32,6 +33,9 @@ def test_resume_is_exact(tmp_path, deterministic, stochastic_length_alpha):
     assert a.state["epoch"] == b.state["epoch"] == 3
     for name, tensor in a.model.items():
         assert torch.equal(tensor, b.model[name]), name
+    assert (a.averaged is not None) == (b.averaged is not None) == (ema_decay > 0)
+    for name, tensor in (a.averaged or {}).items():
+        assert torch.equal(tensor, b.averaged[name]), name
     assert straight["metrics"] == resumed["metrics"]
     assert straight["best_epoch"] == resumed["best_epoch"]
 

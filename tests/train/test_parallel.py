@@ -69,21 +69,25 @@ def test_ranks_hold_the_same_weights_after_training(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["retrieval", "ranking"])
-def test_sharded_training_matches_replicas_and_resumes_exactly(tmp_path, task):
+@pytest.mark.parametrize("task, options", [("retrieval", ("--set", "train.ema_decay=0.9")), ("ranking", ())],
+                         ids=["retrieval-weight-average", "ranking"])
+def test_sharded_training_matches_replicas_and_resumes_exactly(tmp_path, task, options):
     """FSDP2 shards every parameter (the item table by rows) and the optimiser state; its checkpoints
-    hold whole tensors, so they equal DDP's (two ranks average gradients exactly alike) and resume."""
-    fsdp = ("--set", "train.data_parallel=fsdp", "--task", task)
-    runs = [torchrun(tmp_path / "fsdp", "--epochs", "2", *fsdp),
-            torchrun(tmp_path / "ddp", "--epochs", "2", "--task", task),
-            torchrun(tmp_path / "resumed", "--epochs", "1", *fsdp),
-            torchrun(tmp_path / "resumed", "--epochs", "2", "--resume", "--set", "train.data_parallel=fsdp")]
+    hold whole tensors, so they equal DDP's (two ranks average gradients exactly alike) and resume.
+    The retrieval runs keep a weight average, sharded like the weights."""
+    fsdp = ("--set", "train.data_parallel=fsdp", *options)
+    runs = [torchrun(tmp_path / "fsdp", "--epochs", "2", "--task", task, *fsdp),
+            torchrun(tmp_path / "ddp", "--epochs", "2", "--task", task, *options),
+            torchrun(tmp_path / "resumed", "--epochs", "1", "--task", task, *fsdp),
+            torchrun(tmp_path / "resumed", "--epochs", "2", "--resume", *fsdp)]
     for run in runs:
         assert run.returncode == 0, run.stderr[-3000:]
     sharded, replicated, resumed = (load_checkpoint(tmp_path / name / "last.safetensors")
                                     for name in ("fsdp", "ddp", "resumed"))
-    for name, tensor in sharded.model.items():
-        assert tensor.shape == replicated.model[name].shape, name  # whole tensors, not shards
-        torch.testing.assert_close(tensor, replicated.model[name], rtol=0, atol=1e-6)
-        assert torch.equal(tensor, resumed.model[name]), name
+    assert (sharded.averaged is not None) == (replicated.averaged is not None) == bool(options)
+    for weights in ("model", "averaged"):
+        for name, tensor in (getattr(sharded, weights) or {}).items():
+            assert tensor.shape == getattr(replicated, weights)[name].shape, name  # whole tensors, not shards
+            torch.testing.assert_close(tensor, getattr(replicated, weights)[name], rtol=0, atol=1e-6)
+            assert torch.equal(tensor, getattr(resumed, weights)[name]), name
     assert sharded.optimizer["state"].keys() == replicated.optimizer["state"].keys()

@@ -110,7 +110,7 @@ class Retriever(LoadedRun):
         super().__init__(run_dir, device)
         self.model = SequentialRetriever(self.config.model, len(self.source_ids), self.config.data.max_seq_len,
                                          use_time=self.uses_time)
-        self.model.load_state_dict(self.checkpoint.model)
+        self.model.load_state_dict(self.checkpoint.inference_weights())
         self.model.to(device).eval()
 
     @torch.no_grad()

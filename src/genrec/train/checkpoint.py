@@ -1,8 +1,9 @@
 """Checkpoints: one safetensors file holding model, optimiser and RNG state, written atomically
 (temp file + fsync + os.replace), so a crash never leaves a half-written checkpoint behind.
 
-Keys: `model.<name>`, `optim.<param index>.<state name>`, `rng.<name>`, `vocab.items` (source id of
-dense item id k at index k - 1, so serving maps ids without the data set); metadata (JSON strings):
+Keys: `model.<name>` (the training weights), `ema.<name>` (their moving average, when the run keeps
+one), `optim.<param index>.<state name>`, `rng.<name>`, `vocab.items` (source id of dense item id k at
+index k - 1, so serving maps ids without the data set); metadata (JSON strings):
 `config`, `trainer_state`, `param_groups`.
 """
 
@@ -37,6 +38,12 @@ class Checkpoint:
     config: dict[str, Any]
     state: dict[str, Any]
     item_vocab: torch.Tensor | None = None
+    averaged: dict[str, torch.Tensor] | None = None
+
+    def inference_weights(self) -> dict[str, torch.Tensor]:
+        """What evaluation and serving load: the averaged parameters (and the buffers) where the run
+        kept an average, else the training weights."""
+        return {**self.model, **(self.averaged or {})}
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -55,10 +62,12 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], optim_state: dict[str, Any] | None,
                     rng: dict[str, torch.Tensor], config: dict[str, Any], state: dict[str, Any],
-                    item_vocab: torch.Tensor | None = None) -> None:
-    """weights: a module's state dict; optim_state: an optimiser's (both with whole tensors)."""
+                    item_vocab: torch.Tensor | None = None, averaged: dict[str, torch.Tensor] | None = None) -> None:
+    """weights: a module's state dict; optim_state: an optimiser's; averaged: the moving average of
+    some of the weights (all with whole tensors)."""
     _require_safetensors()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
+    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in (averaged or {}).items()})
     if item_vocab is not None:
         tensors["vocab.items"] = item_vocab.cpu().contiguous()
     metadata = {"config": json.dumps(config), "trainer_state": json.dumps(state)}
@@ -96,6 +105,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         config=json.loads(metadata["config"]),
         state=json.loads(metadata["trainer_state"]),
         item_vocab=tensors.get("vocab.items"),
+        averaged={k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")} or None,
     )
 
 

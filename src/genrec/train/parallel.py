@@ -85,7 +85,7 @@ def full_tensors(state: dict) -> dict:
 def load_weights(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Loads full tensors into `module`, sharding each like the parameter it replaces."""
     current = module.state_dict()
-    module.load_state_dict({name: _like(value, current[name]) if name in current else value
+    module.load_state_dict({name: load_like(value, current[name]) if name in current else value
                             for name, value in state.items()})
 
 
@@ -93,11 +93,12 @@ def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """Loads a full optimiser state, sharding each per-parameter tensor like its parameter."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     optimizer.load_state_dict({**state, "state": {
-        index: {name: _like(value, params[index]) if value.shape == params[index].shape else value
+        index: {name: load_like(value, params[index]) if value.shape == params[index].shape else value
                 for name, value in per_param.items()} for index, per_param in state["state"].items()}})
 
 
-def _like(full: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+def load_like(full: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`full` placed like `reference`: sharded the same way when it is a DTensor."""
     if not isinstance(reference, DTensor):
         return full
     return distribute_tensor(full.to(reference.device), reference.device_mesh, reference.placements)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from genrec.train.averaging import WeightAverage
 from genrec.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from genrec.train.parallel import (Distributed, barrier, full_tensors, gather_rng, load_optimizer, load_weights,
                                    own_rng)
@@ -35,21 +36,28 @@ class RandomStreams:
 
 def save_run(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, streams: RandomStreams,
              device: torch.device, ranks: Distributed, config: dict[str, Any], state: dict[str, Any],
-             item_vocab: torch.Tensor | None) -> None:
+             item_vocab: torch.Tensor | None, average: WeightAverage | None = None) -> None:
     """Collective under torchrun: every rank hands in its random streams (and, under FSDP, its shards),
     rank 0 writes."""
     rng = gather_rng(rng_state(streams.named(), device), ranks)
     weights, optimizer_state = full_tensors(module.state_dict()), full_tensors(optimizer.state_dict())
+    averaged = full_tensors(average.state_dict()) if average is not None else None
     if ranks.is_main:
-        save_checkpoint(path, weights, optimizer_state, rng, config, state, item_vocab)
+        save_checkpoint(path, weights, optimizer_state, rng, config, state, item_vocab, averaged)
     barrier(ranks)
 
 
 def resume_run(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, streams: RandomStreams,
-               device: torch.device, ranks: Distributed) -> dict[str, Any]:
-    """Restores weights, optimiser and this rank's random streams; returns the trainer state."""
+               device: torch.device, ranks: Distributed, average: WeightAverage | None = None) -> dict[str, Any]:
+    """Restores weights, their average, optimiser and this rank's random streams; returns the trainer
+    state."""
     checkpoint = load_checkpoint(path)
+    if (average is None) != (checkpoint.averaged is None):
+        raise ValueError(f"{path}: the run {'kept' if checkpoint.averaged else 'did not keep'} a weight average "
+                         "(train.ema_decay) and the resumed config does not match")
     load_weights(module, checkpoint.model)
+    if average is not None:
+        average.load_state_dict(checkpoint.averaged)
     load_optimizer(optimizer, checkpoint.optimizer)
     restore_rng(own_rng(checkpoint.rng, ranks), streams.named(), device)
     return checkpoint.state

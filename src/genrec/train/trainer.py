@@ -7,6 +7,7 @@ validation NDCG@10 improves (best.safetensors); --resume continues bit-exactly f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -21,6 +22,7 @@ from genrec.data.stochastic_length import stochastic_length
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
 from genrec.ops.jagged import lengths_from_offsets, positions_with_successor
+from genrec.train.averaging import WeightAverage
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
 from genrec.train.experiment import build_model, peak_tflops, prepare_data, resolve_device
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
@@ -46,6 +48,7 @@ class Trainer:
         self.model = build_model(config, self.data).to(self.device)
         # before the optimiser: FSDP2 replaces the parameters with their shards
         self.train_model = data_parallel(self.model, self.ranks, self.device, config.train.data_parallel)
+        self.average = WeightAverage(self.model, config.train.ema_decay) if config.train.ema_decay > 0 else None
         if self.ranks.enabled:  # same initial weights everywhere, then rank-specific dropout
             torch.manual_seed(config.train.seed + self.ranks.rank)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.learning_rate,
@@ -102,6 +105,8 @@ class Trainer:
             loss.backward()
             self._set_learning_rate()
             self.optimizer.step()
+            if self.average is not None:
+                self.average.update()
             self.state["step"] += 1
             total_loss += loss.detach() * num_positions
             total_positions += num_positions
@@ -133,9 +138,11 @@ class Trainer:
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self, split: EvalSplit) -> dict[str, float]:
+        """Scores the weight average where the run keeps one, else the training weights."""
         self.model.eval()
-        ranks = rank_split(model_scorer(self.model, self.autocast_dtype), split, self.config.data.max_seq_len,
-                           self.config.train.eval_batch_size, self.device, self.config.eval.exclude_history)
+        with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
+            ranks = rank_split(model_scorer(self.model, self.autocast_dtype), split, self.config.data.max_seq_len,
+                               self.config.train.eval_batch_size, self.device, self.config.eval.exclude_history)
         return summarize(ranks, self.config.eval.ks)
 
     def popularity_baseline(self, split: EvalSplit) -> dict[str, float]:
@@ -147,11 +154,20 @@ class Trainer:
     # ---- checkpoints -----------------------------------------------------------------------
     def save(self, name: str) -> None:
         save_run(self.out_dir / name, self.model, self.optimizer, self.streams, self.device, self.ranks,
-                 config_to_dict(self.config), self.state, torch.from_numpy(self.data.item_vocab))
+                 config_to_dict(self.config), self.state, torch.from_numpy(self.data.item_vocab), self.average)
+
+    def load(self, path: Path) -> None:
+        """The weights (and their average) of a checkpoint of this run, for evaluation."""
+        checkpoint = load_checkpoint(path)
+        load_weights(self.model, checkpoint.model)
+        if self.average is not None:
+            if checkpoint.averaged is None:
+                raise ValueError(f"{path}: holds no weight average, but the run's config sets train.ema_decay")
+            self.average.load_state_dict(checkpoint.averaged)
 
     def resume(self) -> None:
         self.state = resume_run(self.out_dir / "last.safetensors", self.model, self.optimizer, self.streams,
-                                self.device, self.ranks)
+                                self.device, self.ranks, self.average)
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 
     # ---- the run ---------------------------------------------------------------------------
@@ -192,7 +208,7 @@ class Trainer:
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(postfix)
         if split.valid is not None and self.state["best_epoch"] is not None:
-            load_weights(self.model, load_checkpoint(self.out_dir / "best.safetensors").model)
+            self.load(self.out_dir / "best.safetensors")
             self.log(f"selected epoch {self.state['best_epoch']} on validation {SELECTION_METRIC}")
         metrics = self.evaluate(split.test)
         summary = {"split": "test", "metrics": metrics, "popularity": self.popularity_baseline(split.test),
@@ -236,7 +252,7 @@ def evaluate_checkpoint(run_dir: Path, split_name: str, log: Callable[[str], Non
     trainer = Trainer(config, run_dir, log=log, progress=False)
     best = run_dir / "best.safetensors"
     checkpoint = best if best.is_file() else run_dir / "last.safetensors"
-    trainer.model.load_state_dict(load_checkpoint(checkpoint).model)
+    trainer.load(checkpoint)
     split = trainer.data.split.test if split_name == "test" else trainer.data.split.valid
     if split is None:
         raise ValueError(f"{run_dir}: mode 'paper' has no validation split; use --split test")
