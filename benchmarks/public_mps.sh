@@ -2,7 +2,8 @@
 # Trains many public-benchmark runs at once on one GPU: one benchmarks/public.py process per line of
 # RUNS_FILE (its arguments after --data-root), all sharing the GPU through CUDA MPS; after SECONDS the
 # runs still going are stopped, and the finished rows are merged into OUT_JSON (one file, since a
-# remote runner may return only a few). Leave the caller a minute past SECONDS: the merge imports torch.
+# remote runner may return only a few files); the runs' logs go beside it, into one public-runs.log.
+# Leave the caller a minute past SECONDS: the merge imports torch.
 #   bash benchmarks/public_mps.sh benchmarks/public-runs/hstu-xl-seeds.txt "$OUT/public.json" 520
 set -u
 [ -f "$1" ] || { echo "no such runs file: $1" >&2; exit 1; }
@@ -11,6 +12,8 @@ parts=$(mktemp -d)
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 mapfile -t runs < <(grep -v '^\s*\(#\|$\)' "$runs_file")
 [ "${#runs[@]}" -gt 0 ] || { echo "no runs in $runs_file" >&2; exit 1; }
+# the processes share the CPU cores: 12 runs of 16 threads each on 16 cores ran ~5x slower per epoch
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / ${#runs[@]} > 0 ? $(nproc) / ${#runs[@]} : 1 ))}
 nvidia-cuda-mps-control -d
 for i in "${!runs[@]}"; do
   # shellcheck disable=SC2086  # each line is a list of arguments
@@ -36,5 +39,7 @@ for part in sorted(parts.glob("*.json")):
     merged.update(part, command=f"bash benchmarks/public_mps.sh {sys.argv[3]}: one public.py per line, through MPS")
 out.write_text(json.dumps(merged, indent=2))
 PY
+for log in "$parts"/*.log; do echo "== run $(basename "$log" .log)"; cat "$log"; done \
+  > "$(dirname "$out_json")/public-runs.log"
 for log in "$parts"/*.log; do tail -n 1 "$log"; done
 echo quit | timeout 30 nvidia-cuda-mps-control || echo "the MPS daemon did not quit within 30 s"

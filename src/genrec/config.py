@@ -177,11 +177,13 @@ def _preset_sasrec(config: Config) -> None:
 
 
 def _preset_hstu_xl(config: Config) -> None:
-    """HSTU-large with twice the history and 16x the sampled negatives: the two changes that gave the
-    most on ML-1M (benchmarks/results/public.json; the README says what each change gave)."""
+    """HSTU-large with twice the history, 16x the sampled negatives and a moving average of the weights
+    (half-life ~69 steps) scored in place of the last step's: the three changes that gave the most on
+    ML-1M (benchmarks/results/public.json; the README says what each change gave)."""
     _preset_hstu_large(config)
     config.data.max_seq_len = 400
     config.train.loss.num_negatives = 2048
+    config.train.ema_decay = 0.99
 
 
 PRESETS = {"hstu": lambda config: None, "hstu-large": _preset_hstu_large, "hstu-xl": _preset_hstu_xl,
