@@ -53,9 +53,11 @@ def fwd_bwd(fn, leaves):
     return run
 
 
-def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), rab_parts=(), candidates=0, baselines=True):
+def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), rab_parts=(), candidates=0, baselines=True,
+            sorted_times=True):
     """rab_parts: which parts of the relative bias are fused ("position", "time"); none by default.
-    candidates: each sequence ends in this many ranking candidates (num_targets); FLOPs still count causal pairs."""
+    candidates: each sequence ends in this many ranking candidates (num_targets); FLOPs still count causal pairs.
+    sorted_times: the bias is told that the (time-ordered) timestamps are sorted, as genrec's batches tell it."""
     lengths, q, k, v, stamps = make_case(n, heads, dim, num_seqs, fill, seed=n + dim)
     offsets = offsets_from_lengths(lengths)
     num_targets = torch.full_like(lengths, candidates) if candidates else None
@@ -64,7 +66,8 @@ def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), rab_parts=(), c
     if rab_parts:
         position = torch.randn(2 * n - 1, device="cuda") * 0.02 if "position" in rab_parts else None
         time_weights = torch.randn(129, device="cuda") * 0.02 if "time" in rab_parts else None
-        rab = BucketedBias(position, time_weights, stamps if time_weights is not None else None)
+        rab = BucketedBias(position, time_weights, stamps if time_weights is not None else None,
+                           sorted_timestamps=sorted_times)
     leaves = [t.requires_grad_() for t in (q, k, v)]
     kernel = lambda: hstu_attention(q, k, v, offsets, max_seq_len=n, alpha=1.0 / dim, rab=rab,  # noqa: E731
                                     num_targets=num_targets, backend="triton")
@@ -120,6 +123,9 @@ def main() -> None:
     # which part of the bias costs what
     cases += [dict(name=f"D128 N={sizes[-1]} rab {part} only", n=sizes[-1], heads=4, dim=128, rab_parts=(part,),
                    baselines=False) for part in both]
+    # timestamps not known to be sorted: each key tile's time range is reduced
+    cases += [dict(name=f"D128 N={sizes[-1]} rab, order unknown", n=sizes[-1], heads=4, dim=128, rab_parts=both,
+                   sorted_times=False, baselines=False)]
     # ranking: candidates take the position after the history, so their position bias is gathered per score
     cases += [dict(name=f"D128 N={sizes[-1]} rab, 64 candidates", n=sizes[-1], heads=4, dim=128, rab_parts=both,
                    candidates=64, baselines=False)]

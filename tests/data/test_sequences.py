@@ -61,3 +61,22 @@ def test_make_batch_truncates_to_most_recent():
     assert batch.item_ids.tolist() == [6, 7, 3, 4, 5]
     assert batch.seq_offsets.tolist() == [0, 2, 5]
     assert batch.timestamps.tolist() == [5, 6, 2, 3, 4]
+    assert batch.timestamps_sorted  # the drop from 6 to 2 is between sequences
+
+
+def test_batch_knows_whether_each_sequence_is_in_time_order():
+    import torch
+
+    from genrec.data import SequenceBatch
+
+    def batch(stamps, lengths):
+        offsets = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int64)
+        return SequenceBatch(torch.ones(int(offsets[-1]), dtype=torch.int64), offsets, max_seq_len=8,
+                             timestamps=torch.tensor(stamps, dtype=torch.int64))
+
+    assert batch([1, 1, 3, 0, 2], [3, 0, 2]).timestamps_sorted  # ties and an empty sequence
+    assert not batch([1, 3, 2, 0, 2], [3, 0, 2]).timestamps_sorted
+    assert not batch([5, 6, 2, 3, 1], [2, 3]).timestamps_sorted  # the last pair of the last sequence
+    assert batch([7], [0, 1, 0]).timestamps_sorted
+    with pytest.raises(ValueError, match="timestamps must be"):
+        batch([1, 2], [3])

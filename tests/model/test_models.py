@@ -96,3 +96,25 @@ def test_user_context_prefix_is_read_without_leaking_the_future():
         MFalcon(model)
     with pytest.raises(ValueError, match="need the HSTU encoder"):
         SequentialRetriever(preset("sasrec").model, 30, 12, use_time=False, context_cardinalities=(2,))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["time-ordered", "out-of-order"])
+def test_attention_learns_whether_the_batch_is_in_time_order(monkeypatch, reverse):
+    """The batch's host-side order check reaches every layer's bias (the kernel's fast key-range path)."""
+    import genrec.model.hstu as hstu
+
+    seen = []
+
+    def spy(*args, rab=None, **kwargs):
+        seen.append(rab.sorted_timestamps)
+        return real(*args, rab=rab, **kwargs)
+
+    real = hstu.hstu_attention
+    monkeypatch.setattr(hstu, "hstu_attention", spy)
+    config = preset("hstu")
+    model = SequentialRetriever(config.model, num_items=30, max_seq_len=12, use_time=True)
+    batch = make_batch([5, 1, 7])
+    if reverse:
+        batch = SequenceBatch(batch.item_ids, batch.seq_offsets, batch.max_seq_len, batch.timestamps.flip(0))
+    model(batch)
+    assert seen == [not reverse] * config.model.num_layers

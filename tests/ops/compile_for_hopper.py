@@ -53,8 +53,9 @@ def compile_variant(name: str, dtype: str, variant: str, head_dim: int) -> dict:
     """variant: "plain"; "position" (the position bias alone, read from its table); "all" (every option and
     both biases; with candidates the position bias is gathered)."""
     fn, (block_m, block_n, warps, stages) = KERNELS[name]
-    flags = dict.fromkeys(("HAS_TARGETS", "HAS_POS", "HAS_TIME", "HAS_WINDOW", "HAS_CONTEXT"), variant == "all")
-    flags.update(HAS_POS=variant != "plain", POS_TABLE=variant == "position")
+    flags = dict.fromkeys(("HAS_TARGETS", "HAS_POS", "TIME_BIAS", "HAS_WINDOW", "HAS_CONTEXT"), variant == "all")
+    # with timestamps sorted within each sequence, as genrec's batches have them
+    flags.update(HAS_POS=variant != "plain", POS_TABLE=variant == "position", TIME_BIAS=2 * (variant == "all"))
     block_dim = max(16, triton.next_power_of_2(head_dim))
     constexprs = dict(H=4, DQK=head_dim, DV=head_dim, IEEE=dtype == "fp32", BLOCK_DQK=block_dim,
                       BLOCK_DV=block_dim, **flags)
@@ -63,7 +64,7 @@ def compile_variant(name: str, dtype: str, variant: str, head_dim: int) -> dict:
     else:
         constexprs.update(BLOCK_M=block_m, BLOCK_N=block_n)
     if name == "bwd_kv":  # which sums the time buckets only without a position bias
-        constexprs.update(TIME_GRAD=flags["HAS_TIME"] and not flags["HAS_POS"], BLOCK_BUCKETS=256)
+        constexprs.update(TIME_GRAD=flags["TIME_BIAS"] and not flags["HAS_POS"], BLOCK_BUCKETS=256)
     types = signature(fn, dtype, constexprs)
     # what a launch specialises on: 16-byte aligned pointers, and strides divisible by 16 where they are
     aligned = [name for name, kind in types.items() if kind.startswith("*")

@@ -29,7 +29,8 @@ def run(backend, dtype, inputs, lengths, max_seq_len, options):
     weights = [None if w is None else w.detach().to(dtype).requires_grad_() for w in (pos_w, time_w)]
     rab = None
     if options.get("rab"):
-        rab = BucketedBias(weights[0], weights[1], stamps, time_bucket_scale=0.7)
+        rab = BucketedBias(weights[0], weights[1], stamps, time_bucket_scale=0.7,
+                           sorted_timestamps=not options.get("unsorted_times"))
     out = hstu_attention(*leaves, offsets_from_lengths(torch.tensor(lengths, device=DEVICE)),
                          max_seq_len=max_seq_len, alpha=0.5, num_targets=num_targets, rab=rab,
                          max_attn_len=options.get("window", 0), contextual_seq_len=options.get("context", 0),
@@ -59,6 +60,7 @@ OPTIONS = [
     {"rab": True, "targets": True, "window": 7, "context": 2},  # candidates: it is gathered
     {"rab": True, "targets": True, "window": 5},  # candidates see past the window, from the history's end
     {"rab": True, "wide_times": True},
+    {"rab": True, "unsorted_times": True},  # key tiles' time ranges reduced, not read off their ends
     {"rab": True, "time_only": True},  # the dK/dV kernel sums the time buckets; no bias kernel runs
     {"rab": True, "position_only": True, "targets": True},
 ]
@@ -78,7 +80,10 @@ def test_kernel_matches_reference(options, dtype):
     # int32 within a tile (whose key times the kernel compares in int32 when they fit)
     if options.get("wide_times"):
         steps = torch.where(torch.rand(total, generator=generator) < 0.1, steps * 2_500_000, steps)
-    stamps = torch.cumsum(steps, 0).to(DEVICE)
+    stamps = torch.cumsum(steps, 0)
+    if options.get("unsorted_times"):  # every sequence's times in random order: gaps of both signs
+        stamps = stamps[torch.randperm(total, generator=generator)]
+    stamps = stamps.to(DEVICE)
     # 20 of 33 are candidates: under a window they still see the history's end from tiles beyond the window
     num_targets = torch.tensor([0, 4, 20, 2], device=DEVICE) if options.get("targets") else None
     position_weights = None if options.get("time_only") else rand(2 * max_seq_len - 1)
@@ -139,7 +144,7 @@ def test_triton_backend_rejects_dense_rab():
         hstu_attention(q, q, q, offsets, max_seq_len=2, alpha=1.0, rab=torch.zeros(1, 1, 2, 2), backend="triton")
 
 
-def _op_inputs(with_time: bool):
+def _op_inputs(with_time: bool, sorted_timestamps: bool = False):
     generator = torch.Generator().manual_seed(5)
     lengths, max_seq_len = [3, 1, 6], 8
     rand = lambda *shape: torch.randn(*shape, generator=generator).to(DEVICE).requires_grad_()  # noqa: E731
@@ -147,7 +152,7 @@ def _op_inputs(with_time: bool):
     offsets = offsets_from_lengths(torch.tensor(lengths, device=DEVICE))
     time_weights = rand(9) if with_time else None
     return (rand(10, 2, 16), rand(10, 2, 16), rand(10, 2, 8), offsets, None, rand(2 * max_seq_len - 1),
-            time_weights, stamps if with_time else None, max_seq_len, 0.25, 0, 0, 0.7)
+            time_weights, stamps if with_time else None, max_seq_len, 0.25, 0, 0, 0.7, sorted_timestamps)
 
 
 @pytest.mark.parametrize("with_time", [False, True], ids=["position-bias", "position-and-time-bias"])

@@ -6,7 +6,7 @@ Shapes: B sequences, T tokens in the batch.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ class SequenceBatch:
     """item_ids int64 [T] (dense, >= 1); seq_offsets int64 [B+1]; timestamps int64 [T] or None;
     ratings float32 [T] or None; labels float32 [T, A] (action signals) or None; context int64 [B, F]
     (per-user feature codes, the user-context prefix) or None; max_seq_len: the bound every sequence
-    respects (the prefix not counted)."""
+    respects (the prefix not counted). timestamps_sorted (derived): every sequence's timestamps never
+    decrease, which lets the fused attention kernel read a key tile's time range off its ends."""
 
     item_ids: torch.Tensor
     seq_offsets: torch.Tensor
@@ -28,6 +29,7 @@ class SequenceBatch:
     ratings: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     context: torch.Tensor | None = None
+    timestamps_sorted: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         if self.seq_offsets.dtype != torch.int64 or self.seq_offsets.dim() != 1:
@@ -38,6 +40,13 @@ class SequenceBatch:
             raise ValueError(f"a sequence is longer than max_seq_len={self.max_seq_len}")
         if self.context is not None and (self.context.dim() != 2 or self.context.shape[0] != self.num_sequences):
             raise ValueError(f"context must be [B, F] with B = {self.num_sequences}, got {list(self.context.shape)}")
+        if self.timestamps is not None and self.timestamps.shape != self.item_ids.shape:
+            raise ValueError(f"timestamps must be [T] like item_ids, got {list(self.timestamps.shape)}")
+        if self.timestamps is not None:  # checked here, on the host: on a GPU the answer would cost a sync
+            starts = self.seq_offsets[1:-1]
+            steps = torch.diff(self.timestamps)
+            steps[starts[(starts > 0) & (starts < self.timestamps.numel())] - 1] = 0  # across sequences: free
+            self.timestamps_sorted = bool((steps >= 0).all())
 
     @property
     def num_sequences(self) -> int:

@@ -47,15 +47,17 @@ class HSTULayer(nn.Module):
         return x + self.output(self.dropout(u * F.layer_norm(attended, attended.shape[-1:])))
 
     def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
-                num_targets: torch.Tensor | None = None,
-                cache: HistoryCache | None = None) -> torch.Tensor:
-        """x [T, D] -> [T, D]. With `cache` (one user's history), appends this layer's keys/values."""
+                num_targets: torch.Tensor | None = None, cache: HistoryCache | None = None,
+                sorted_timestamps: bool = False) -> torch.Tensor:
+        """x [T, D] -> [T, D]. With `cache` (one user's history), appends this layer's keys/values.
+        sorted_timestamps: they never decrease within a sequence (SequenceBatch.timestamps_sorted)."""
         u, v, q, k = self._project(x)
         if cache is not None:
             cache.keys.append(k)
             cache.values.append(v)
         attended = hstu_attention(q, k, v, seq_offsets, max_seq_len=self.max_seq_len, alpha=1.0,
-                                  num_targets=num_targets, rab=self.rab(timestamps), backend=self.backend)
+                                  num_targets=num_targets, rab=self.rab(timestamps, sorted_timestamps),
+                                  backend=self.backend)
         return self._finish(x, u, attended)
 
     def forward_candidates(self, x: torch.Tensor, timestamps: torch.Tensor | None, cache: HistoryCache,
@@ -74,9 +76,10 @@ class HSTUEncoder(nn.Module):
         self.layers = nn.ModuleList(HSTULayer(config, max_seq_len, use_time) for _ in range(config.num_layers))
 
     def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
-                num_targets: torch.Tensor | None = None, cache: HistoryCache | None = None) -> torch.Tensor:
+                num_targets: torch.Tensor | None = None, cache: HistoryCache | None = None,
+                sorted_timestamps: bool = False) -> torch.Tensor:
         for layer in self.layers:
-            x = layer(x, seq_offsets, timestamps, num_targets, cache)
+            x = layer(x, seq_offsets, timestamps, num_targets, cache, sorted_timestamps)
         return x
 
     def forward_flops(self, lengths: torch.Tensor) -> float:

@@ -48,9 +48,11 @@ class GenerativeRanker(nn.Module):
         stamps = None if batch.timestamps is None else torch.repeat_interleave(batch.timestamps, 2)
         if self.context is not None:
             x, offsets, stamps, rows = prepend_context(x, offsets, stamps, self.context(batch.context, num_targets))
-            return self.heads(self.encoder(x, offsets, stamps).index_select(0, rows[0::2]))
+            encoded = self.encoder(x, offsets, stamps, sorted_timestamps=batch.timestamps_sorted)
+            return self.heads(encoded.index_select(0, rows[0::2]))
         token_targets = None if num_targets is None else 2 * num_targets
-        return self.heads(self.encoder(x, offsets, stamps, token_targets)[0::2])
+        return self.heads(self.encoder(x, offsets, stamps, token_targets,
+                                       sorted_timestamps=batch.timestamps_sorted)[0::2])
 
     # --- the M-FALCON interface: candidates are item tokens after the whole interleaved history ---
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,

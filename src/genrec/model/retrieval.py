@@ -48,10 +48,13 @@ class SequentialRetriever(nn.Module):
         num_targets[b] tokens of each sequence are candidates (see genrec.ops.hstu_attention)."""
         x = self.embedding(batch.item_ids, batch.seq_offsets, num_targets)
         if self.context is None:
-            return F.normalize(self.encoder(x, batch.seq_offsets, batch.timestamps, num_targets), dim=-1)
+            return F.normalize(self.encoder(x, batch.seq_offsets, batch.timestamps, num_targets,
+                                            sorted_timestamps=batch.timestamps_sorted), dim=-1)
         x, seq_offsets, timestamps, rows = prepend_context(x, batch.seq_offsets, batch.timestamps,
                                                            self.context(batch.context, num_targets))
-        return F.normalize(self.encoder(x, seq_offsets, timestamps).index_select(0, rows), dim=-1)
+        # the prefix tokens take the first event's time: the order holds
+        encoded = self.encoder(x, seq_offsets, timestamps, sorted_timestamps=batch.timestamps_sorted)
+        return F.normalize(encoded.index_select(0, rows), dim=-1)
 
     # --- the M-FALCON interface (history tokens, candidate tokens, candidate outputs) -------------
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,

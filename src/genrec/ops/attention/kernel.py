@@ -28,6 +28,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # GENREC_AUTOTUNE=0 launches one fixed tile instead of autotuning (quick GPU test runs).
 AUTOTUNE = os.environ.get("GENREC_AUTOTUNE", "1") != "0"
 _INTERPRETED = tl.constexpr(INTERPRET)
+# The kernels' TIME_BIAS: 0 = none, 1 = a time bias, SORTED_TIMES = one over timestamps that never decrease
+# within a sequence (the caller's promise: BucketedBias.sorted_timestamps), read off a key tile's ends
+SORTED_TIMES = tl.constexpr(2)
 
 
 @triton.jit
@@ -113,16 +116,17 @@ def _position_tile(table, max_seq_len, m0, n0, BLOCK_M: tl.constexpr, BLOCK_N: t
 @triton.jit
 def _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, t_query, query_min, query_max, alpha,
           max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets,
-          HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
+          HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr,
           HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr):
     """Scores alpha*q.k + rab and the validity mask for the [BLOCK_M, BLOCK_N] tile at rows m0 + offs,
     keys n0 + offs; also returns the position and time bucket indices (for the bias gradient). t_query,
     query_min, query_max: the rows' times and their range (_query_times).
     MASKED=False: a tile whose every in-bounds pair is visible (see _key_range), where the mask is the
     bounds alone. POS_TABLE: pos_w is the Toeplitz table of _position_tile (batches without candidates)."""
-    if HAS_TIME:  # its loads' latency overlaps the product
+    if TIME_BIAS:  # its loads' latency overlaps the product
         t_key, key_min, two_buckets, far_gap, near_w, far_w, near = _time_setup(
-            query_min, query_max, offs_n, seq_start, seq_len, time_w, ts, time_g, time_scale, num_buckets, IEEE)
+            query_min, query_max, offs_n, n0, seq_start, seq_len, time_w, ts, time_g, time_scale, num_buckets,
+            TIME_BIAS == SORTED_TIMES, IEEE)
     s = _dot(q, tl.trans(k), IEEE) * alpha
     i = offs_m[:, None]
     j = offs_n[None, :]
@@ -148,7 +152,7 @@ def _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, t_query
         s += _position_tile(pos_w, max_seq_len, m0, n0, offs_m.shape[0], offs_n.shape[0])
     elif HAS_POS:
         s += tl.load(pos_w + rel).to(tl.float32)  # rel is in range: no mask to evaluate
-    if HAS_TIME:
+    if TIME_BIAS:
         time_bias, bucket = _time_bias(t_query, t_key, key_min, two_buckets, far_gap, near_w, far_w, near, time_w,
                                        time_scale, num_buckets, IEEE)
         s += time_bias
@@ -170,20 +174,20 @@ def _log_bucket(gap, time_scale, num_buckets, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _query_times(ts, seq_start, offs_m, seq_len, history_len, HAS_TIME: tl.constexpr):
+def _query_times(ts, seq_start, offs_m, seq_len, history_len, TIME_BIAS: tl.constexpr):
     """Each query row's time t' (its next *history* event's; rows past the sequence's end repeat its last
     row's) and their range, for _time_bias; the range costs a reduction across warps, so kernels whose rows
     stay fixed take it once."""
     t_query = offs_m.to(tl.int64)  # unused without a time bias (and then compiled away)
-    if HAS_TIME:
+    if TIME_BIAS:
         next_i = tl.where(offs_m + 1 < history_len, offs_m + 1, offs_m)
         t_query = tl.load(ts + seq_start + tl.minimum(next_i, seq_len - 1))
     return t_query, tl.min(t_query, 0), tl.max(t_query, 0)
 
 
 @triton.jit
-def _time_setup(query_min, query_max, offs_n, seq_start, seq_len, time_w, ts, time_g, time_scale, num_buckets,
-                IEEE: tl.constexpr):
+def _time_setup(query_min, query_max, offs_n, n0, seq_start, seq_len, time_w, ts, time_g, time_scale, num_buckets,
+                SORTED: tl.constexpr, IEEE: tl.constexpr):
     """Per tile, for _time_bias: the key times, whether the tile's gaps fall in two buckets (near and near + 1),
     and if so the smallest gap of bucket near + 1 and both buckets' weights. Keys past the sequence's end
     repeat its last timestamp. Called before the tile's product, and its loads wait on one estimate of near,
@@ -192,8 +196,12 @@ def _time_setup(query_min, query_max, offs_n, seq_start, seq_len, time_w, ts, ti
     does not amortise over a thread's 32 scores (the fast path forced on every tile: forward 6.0 ms, no rab
     2.2, 64 x 64 tiles)."""
     t_key = tl.load(ts + seq_start + tl.minimum(offs_n, seq_len - 1))
-    key_min = tl.min(t_key, 0)
-    key_max = tl.max(t_key, 0)
+    if SORTED:  # the range is the tile's ends: two scalar loads instead of two reductions across warps
+        key_min = tl.load(ts + seq_start + tl.minimum(n0, seq_len - 1))
+        key_max = tl.load(ts + seq_start + tl.minimum(n0 + offs_n.shape[0] - 1, seq_len - 1))
+    else:
+        key_min = tl.min(t_key, 0)
+        key_max = tl.max(t_key, 0)
     nearest = query_min - key_max  # the tile's smallest gap, when >= 0
     guess = _log_bucket(nearest, time_scale, num_buckets, IEEE)  # near, or one off on a GPU
     g0, g1 = tl.load(time_g + guess), tl.load(time_g + guess + 1)
@@ -289,7 +297,7 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts, time_
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                 alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                 H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
-                HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr,
+                HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr,
                 HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # a head's costliest row blocks first
@@ -303,7 +311,7 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts, time_
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
-    t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, HAS_TIME)
+    t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, TIME_BIAS)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     full_hi, ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M,
                                          BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
@@ -312,7 +320,7 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts, time_
             acc = _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min,
                             query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
                             max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
-                            HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
+                            HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
                             False)
     num_blocks = ctx_hi // BLOCK_N + tl.cdiv(hi - lo, BLOCK_N)
     for index in range(0, num_blocks):
@@ -320,7 +328,8 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts, time_
         acc = _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min,
                         query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
                         max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
-                        HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV, True)
+                        HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
+                        True)
     out_mask = (offs_m < seq_len)[:, None] & (offs_dv < DV)[None, :]
     tl.store(Out + (seq_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_dv[None, :],
              acc.to(Out.dtype.element_ty), mask=out_mask)
@@ -330,7 +339,7 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts, time_
 def _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min, query_max,
               stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
               pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
-              HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
+              HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr,
               HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
               BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -338,7 +347,7 @@ def _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
     s, valid, _, _, _, _ = _tile(q, k, offs_m, offs_n, m0, start_n, seq_start, seq_len, history_len, t_query, query_min,
                                  query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
-                                 time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
+                                 time_scale, num_buckets, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE,
                                  MASKED)
     p = _silu_over(s, inv_n, IEEE)
     if MASKED:
@@ -351,7 +360,7 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                    alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                    H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
-                   HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr,
+                   HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr,
                    HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                    TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
@@ -398,14 +407,14 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w,
         dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len,
                                      history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
                                      max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale,
-                                     num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
+                                     num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE,
                                      BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, True)
     if not HAS_WINDOW:
         for start_m in range(full_lo, seq_len, BLOCK_M):
             dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len,
                                          history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
                                          max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
-                                         time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
+                                         time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW,
                                          HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS,
                                          False)
     if TIME_GRAD:
@@ -421,18 +430,18 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w,
 def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len, history_len, stride_qt, stride_qh,
                  stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts,
                  time_g, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr,
-                 POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr,
+                 POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr,
                  IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                  TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, MASKED: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
-    t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, HAS_TIME)
+    t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, TIME_BIAS)
     s, valid, _, bucket, bucket_lo, bucket_hi = _tile(q, k, offs_m, offs_n, start_m, n0, seq_start, seq_len,
                                                       history_len, t_query, query_min, query_max, alpha, max_seq_len,
                                                       max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
-                                                      time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
-                                                      HAS_CONTEXT, IEEE, MASKED)
+                                                      time_scale, num_buckets, HAS_POS, POS_TABLE, TIME_BIAS,
+                                                      HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
     sig = _sigmoid(s, IEEE)
     p = s * sig * inv_n
     if MASKED:
@@ -460,7 +469,7 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
                      alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                      H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
                      HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
-                     HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
+                     TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                      BLOCK: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                      BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
     """Program (d, sequence x head): the tiles with m0 - n0 = lag * BLOCK, lag = d for the first
@@ -499,10 +508,10 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
                                     history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                                     stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
                                     pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE,
-                                    HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK, BLOCK_DV, BLOCK_REL,
+                                    TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK, BLOCK_DV, BLOCK_REL,
                                     BLOCK_BUCKETS)
     _add_diagonal_sums(DPOS, acc, max_seq_len - (lag + 1) * BLOCK, 2 * max_seq_len - 2, BLOCK, BLOCK_REL)
-    if HAS_TIME:
+    if TIME_BIAS:
         _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS)
 
 
@@ -511,7 +520,7 @@ def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, hi
                    stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, h, alpha, inv_n,
                    max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets,
                    DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
-                   HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
+                   TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                    BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
     offs_m = m0 + tl.arange(0, BLOCK)
@@ -522,11 +531,11 @@ def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, hi
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, offs_dv, DV)
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, offs_dqk, DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
-    t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, HAS_TIME)
+    t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, TIME_BIAS)
     s, valid, rel, bucket, bucket_lo, bucket_hi = _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len,
                                                         t_query, query_min, query_max, alpha, max_seq_len, max_attn_len,
                                                         contextual_len, pos_w, time_w, ts, time_g, time_scale,
-                                                        num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW,
+                                                        num_buckets, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW,
                                                         HAS_CONTEXT, IEEE, True)
     ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, True)
     if POS_TABLE:  # static: no inner loop, which would stop the tile loop's pipelining
@@ -535,7 +544,7 @@ def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, hi
         acc += ds
     else:  # candidates map many queries or keys to one position
         _add_sums_by_value(DPOS, ds, rel, valid, BLOCK_REL)
-    if HAS_TIME:
+    if TIME_BIAS:
         dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, bucket_lo, bucket_hi, BLOCK_BUCKETS)
     return acc, dtime
 
@@ -585,7 +594,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, 
                   stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                   alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                   H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
-                  HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr,
+                  HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr,
                   HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # a head's costliest row blocks first
@@ -600,7 +609,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, 
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
-    t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, HAS_TIME)
+    t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, TIME_BIAS)
     full_hi, ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M,
                                          BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
     if not HAS_WINDOW:
@@ -608,7 +617,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, 
             dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min,
                              query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
                              max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
-                             HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
+                             HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
                              False)
     num_blocks = ctx_hi // BLOCK_N + tl.cdiv(hi - lo, BLOCK_N)
     for index in range(0, num_blocks):
@@ -616,7 +625,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, 
         dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min,
                          query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
                          max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
-                         HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
+                         HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
                          True)
     tl.store(DQ + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_dqk[None, :],
              (dq * alpha).to(DQ.dtype.element_ty), mask=(offs_m < seq_len)[:, None] & (offs_dqk < DQK)[None, :])
@@ -626,7 +635,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, 
 def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min, query_max,
                 stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
                 pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
-                HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, HAS_TIME: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr,
                 HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
                 BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -634,7 +643,7 @@ def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, histor
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
     s, valid, _, _, _, _ = _tile(q, k, offs_m, offs_n, m0, start_n, seq_start, seq_len, history_len, t_query, query_min,
                                  query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
-                                 time_scale, num_buckets, HAS_POS, POS_TABLE, HAS_TIME, HAS_WINDOW, HAS_CONTEXT, IEEE,
+                                 time_scale, num_buckets, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE,
                                  MASKED)
     ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
     return dq + _dot(ds.to(k.dtype), k, IEEE)
@@ -650,7 +659,7 @@ def _diagonal_tiles(block: int) -> dict[str, int]:
 
 
 _MAX_GRID_Y = 65_535  # CUDA's bound on a grid's second axis
-_TUNE_KEY = ["max_seq_len", "H", "DQK", "DV", "HAS_POS", "HAS_TIME"]
+_TUNE_KEY = ["max_seq_len", "H", "DQK", "DV", "HAS_POS", "TIME_BIAS"]
 # single-stage small tiles keep head dim 256 within shared memory
 _ROW_BLOCK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4),
                       (128, 128, 8, 2), (128, 128, 8, 3), (64, 32, 4, 1)]
@@ -695,7 +704,8 @@ class _Options:
     """The non-tensor arguments shared by the kernels."""
 
     def __init__(self, q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
-                 max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, backward=False):
+                 max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps,
+                 backward=False):
         has_time = time_weights is not None and timestamps is not None
         position_table = position_weights is not None and num_targets is None
         # Gathered bias weights: in the forward, in the scores' input dtype (the reference rounds rab so too),
@@ -712,7 +722,8 @@ class _Options:
                         int(contextual_seq_len), float(time_bucket_scale), num_buckets)
         shared = dict(
             H=q.shape[1], DQK=q.shape[2], DV=v.shape[2], HAS_TARGETS=num_targets is not None,
-            HAS_POS=position_weights is not None, POS_TABLE=position_table, HAS_TIME=has_time,
+            HAS_POS=position_weights is not None, POS_TABLE=position_table,
+            TIME_BIAS=(SORTED_TIMES.value if sorted_timestamps else 1) if has_time else 0,
             HAS_WINDOW=max_attn_len > 0, HAS_CONTEXT=contextual_seq_len > 0, IEEE=q.dtype == torch.float32,
             BLOCK_DQK=_block_dim(q.shape[2]), BLOCK_DV=_block_dim(v.shape[2]))
         self.constexprs = {**shared, **_FIXED}
@@ -752,10 +763,10 @@ class _Options:
 
 
 def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
-            max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale) -> torch.Tensor:
+            max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps) -> torch.Tensor:
     """Launches the forward kernel; q, k, v must be contiguous. Returns out [T, H, Dv]."""
     options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
-                       max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale)
+                       max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps)
     out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
     for grid, pointers in options.launches("BLOCK_M") if q.shape[0] else ():
         _fwd[grid](q, k, v, out, *pointers, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
@@ -764,15 +775,16 @@ def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, t
 
 
 def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
-             max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale):
+             max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps):
     """Launches the dK/dV, dQ and bias-gradient kernels; grad_out, q, k, v must be contiguous. Returns dq, dk,
     dv and the fp32 gradients of the position and time weights (shaped like them; [0] where a weight is absent)."""
     options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
-                       max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, backward=True)
+                       max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps,
+                       backward=True)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dpos = torch.zeros(position_weights.shape if position_weights is not None else 0, dtype=torch.float32,
                        device=q.device)
-    dtime = torch.zeros(time_weights.shape if options.constexprs["HAS_TIME"] else 0, dtype=torch.float32,
+    dtime = torch.zeros(time_weights.shape if options.constexprs["TIME_BIAS"] else 0, dtype=torch.float32,
                         device=q.device)
     if not (options.num_seqs and q.shape[0]):
         return dq.zero_(), dk.zero_(), dv.zero_(), dpos, dtime

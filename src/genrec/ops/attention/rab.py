@@ -25,6 +25,10 @@ class BucketedBias:
     time_weights: torch.Tensor | None  # [num_time_buckets + 1]
     timestamps: torch.Tensor | None  # [T] int64; time part is skipped when None
     time_bucket_scale: float = 0.301
+    # True promises timestamps that never decrease within a sequence (genrec's batches check it on the host):
+    # the fused kernel then reads a key tile's time range off its ends instead of reducing it. A broken
+    # promise gives wrong time biases; the reference ignores it.
+    sorted_timestamps: bool = False
 
     @property
     def num_time_buckets(self) -> int:
