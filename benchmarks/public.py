@@ -64,7 +64,8 @@ def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, t
             common: list[str], jobs: int, sharing: int) -> dict:
     if "OMP_NUM_THREADS" not in os.environ:  # set by hand when several processes share the machine
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // jobs))  # jobs share the cores this process may use
+        # every run on the machine shares its cores: this process's jobs, or all the runs sharing the GPU
+        torch.set_num_threads(max(1, cores // max(jobs, sharing)))
     config, overrides = build_config(data_root, dataset, model, mode, epochs, tie_order, common)
     with tempfile.TemporaryDirectory() as out_dir:
         started = time.perf_counter()
