@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from genrec.train.averaging import WeightAverage
-from genrec.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from genrec.train.checkpoint import Checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from genrec.train.parallel import (Distributed, barrier, full_tensors, gather_rng, load_optimizer, load_weights,
                                    own_rng)
 
@@ -51,13 +51,20 @@ def resume_run(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, 
                device: torch.device, ranks: Distributed, average: WeightAverage | None = None) -> dict[str, Any]:
     """Restores weights, their average, optimiser and this rank's random streams; returns the trainer
     state."""
-    checkpoint = load_checkpoint(path)
-    if (average is None) != (checkpoint.averaged is None):
-        raise ValueError(f"{path}: the run {'kept' if checkpoint.averaged else 'did not keep'} a weight average "
-                         "(train.ema_decay) and the resumed config does not match")
-    load_weights(module, checkpoint.model)
-    if average is not None:
-        average.load_state_dict(checkpoint.averaged)
+    checkpoint = load_run_weights(path, module, average)
     load_optimizer(optimizer, checkpoint.optimizer)
     restore_rng(own_rng(checkpoint.rng, ranks), streams.named(), device)
     return checkpoint.state
+
+
+def load_run_weights(path: Path, module: nn.Module, average: WeightAverage | None = None) -> Checkpoint:
+    """Loads a checkpoint's weights into `module` and its weight average into `average`, which must be
+    kept by both or by neither; returns the checkpoint."""
+    checkpoint = load_checkpoint(path)
+    if (average is None) != (checkpoint.averaged is None):
+        raise ValueError(f"{path}: the run {'kept' if checkpoint.averaged else 'did not keep'} a weight average "
+                         "(train.ema_decay) and this config does not match")
+    load_weights(module, checkpoint.model)
+    if average is not None:
+        average.load_state_dict(checkpoint.averaged)
+    return checkpoint

@@ -23,11 +23,11 @@ from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
 from genrec.ops.jagged import lengths_from_offsets, positions_with_successor
 from genrec.train.averaging import WeightAverage
-from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
+from genrec.train.checkpoint import atomic_write_bytes
 from genrec.train.experiment import build_model, peak_tflops, prepare_data, resolve_device
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
-from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
-from genrec.train.run_state import RandomStreams, resume_run, save_run
+from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
+from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, save_run
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -158,12 +158,7 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         """The weights (and their average) of a checkpoint of this run, for evaluation."""
-        checkpoint = load_checkpoint(path)
-        load_weights(self.model, checkpoint.model)
-        if self.average is not None:
-            if checkpoint.averaged is None:
-                raise ValueError(f"{path}: holds no weight average, but the run's config sets train.ema_decay")
-            self.average.load_state_dict(checkpoint.averaged)
+        load_run_weights(path, self.model, self.average)
 
     def resume(self) -> None:
         self.state = resume_run(self.out_dir / "last.safetensors", self.model, self.optimizer, self.streams,
