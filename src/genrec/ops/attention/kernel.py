@@ -124,9 +124,9 @@ def _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, t_query
     MASKED=False: a tile whose every in-bounds pair is visible (see _key_range), where the mask is the
     bounds alone. POS_TABLE: pos_w is the Toeplitz table of _position_tile (batches without candidates)."""
     if TIME_BIAS:  # its loads' latency overlaps the product
-        t_key, key_min, two_buckets, far_gap, near_w, far_w, near = _time_setup(
+        t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near = _time_setup(
             query_min, query_max, offs_n, n0, seq_start, seq_len, time_w, ts, time_g, time_scale, num_buckets,
-            TIME_BIAS == SORTED_TIMES, IEEE)
+            TIME_BIAS == SORTED_TIMES, MASKED, IEEE)
     s = _dot(q, tl.trans(k), IEEE) * alpha
     i = offs_m[:, None]
     j = offs_n[None, :]
@@ -153,8 +153,8 @@ def _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, t_query
     elif HAS_POS:
         s += tl.load(pos_w + rel).to(tl.float32)  # rel is in range: no mask to evaluate
     if TIME_BIAS:
-        time_bias, bucket = _time_bias(t_query, t_key, key_min, two_buckets, far_gap, near_w, far_w, near, time_w,
-                                       time_scale, num_buckets, IEEE)
+        time_bias, bucket = _time_bias(t_query, t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near,
+                                       time_w, time_scale, num_buckets, TIME_BIAS == SORTED_TIMES, IEEE)
         s += time_bias
         # the range of the tile's buckets, for the gradient's sums: known in a two-bucket tile
         if two_buckets:
@@ -187,43 +187,42 @@ def _query_times(ts, seq_start, offs_m, seq_len, history_len, TIME_BIAS: tl.cons
 
 @triton.jit
 def _time_setup(query_min, query_max, offs_n, n0, seq_start, seq_len, time_w, ts, time_g, time_scale, num_buckets,
-                SORTED: tl.constexpr, IEEE: tl.constexpr):
-    """Per tile, for _time_bias: the key times, whether the tile's gaps fall in two buckets (near and near + 1),
-    and if so the smallest gap of bucket near + 1 and both buckets' weights. Keys past the sequence's end
-    repeat its last timestamp. Called before the tile's product, and its loads wait on one estimate of near,
-    not on each other (both biases, N = 8192: forward 5.72 -> 5.32 ms). It is the fast path's main cost: per
-    tile each thread loads and reduces the key times and gathers 8 scalars, work the per-pair comparison
-    does not amortise over a thread's 32 scores (the fast path forced on every tile: forward 6.0 ms, no rab
-    2.2, 64 x 64 tiles)."""
-    t_key = tl.load(ts + seq_start + tl.minimum(offs_n, seq_len - 1))
+                SORTED: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
+    """Per tile, for _time_bias: the key times (pointers to them when SORTED), whether the tile's gaps fall in two
+    buckets (near and near + 1), and if so its key times relative to key_min in int32, the smallest gap of bucket
+    near + 1 and both buckets' weights. Keys past the sequence's end repeat its last timestamp. Called before the
+    tile's product, so that its loads' latency overlaps it. Per-tile work is what the per-pair comparison does
+    not amortise over a thread's 32 scores: in the sm_90 compile each instruction counts (loading the key times
+    in the product's layout, inside the two-bucket branch, instead of through the pipeliner's replicated async
+    copies, and 5 scalar loads instead of 8: forward with both biases at N = 8192 4.69 -> 3.68 ms)."""
     if SORTED:  # the range is the tile's ends: two scalar loads instead of two reductions across warps
         key_min = tl.load(ts + seq_start + tl.minimum(n0, seq_len - 1))
         key_max = tl.load(ts + seq_start + tl.minimum(n0 + offs_n.shape[0] - 1, seq_len - 1))
+        # pointers, loaded below or by _time_bias's per-pair path, each in its own layout; a whole tile's keys
+        # lie inside the sequence, where unclamped (contiguous) addresses save ~50 instructions per thread
+        t_key = ts + seq_start + (tl.minimum(offs_n, seq_len - 1) if MASKED else offs_n)
     else:
+        t_key = tl.load(ts + seq_start + tl.minimum(offs_n, seq_len - 1))
         key_min = tl.min(t_key, 0)
         key_max = tl.max(t_key, 0)
     nearest = query_min - key_max  # the tile's smallest gap, when >= 0
-    guess = _log_bucket(nearest, time_scale, num_buckets, IEEE)  # near, or one off on a GPU
-    g0, g1 = tl.load(time_g + guess), tl.load(time_g + guess + 1)
-    g2, g3 = tl.load(time_g + guess + 2), tl.load(time_g + guess + 3)
-    w_below = tl.load(time_w + tl.maximum(guess - 1, 0)).to(tl.float32)
-    w0 = tl.load(time_w + guess).to(tl.float32)
-    w1 = tl.load(time_w + tl.minimum(guess + 1, num_buckets)).to(tl.float32)
-    w2 = tl.load(time_w + tl.minimum(guess + 2, num_buckets)).to(tl.float32)  # never crossed past the last
-    up = nearest >= g1
-    down = nearest < g0
-    far_gap = tl.where(up, g2, tl.where(down, g0, g1))
-    beyond = tl.where(up, g3, tl.where(down, g1, g2))  # the smallest gap past bucket near + 1
-    near_w = tl.where(up, w1, tl.where(down, w_below, w0))
-    far_w = tl.where(up, w2, tl.where(down, w0, w1))
-    # int32 key times relative to key_min must fit too
-    two_buckets = (nearest >= 0) & (query_max - key_min < beyond) & (key_max - key_min < 2147483647)
-    return t_key, key_min, two_buckets, far_gap, near_w, far_w, guess + up.to(tl.int32) - down.to(tl.int32)
+    near = _log_bucket(nearest, time_scale, num_buckets, IEEE)  # on a GPU possibly one off near a threshold
+    near_gap, far_gap, beyond = tl.load(time_g + near), tl.load(time_g + near + 1), tl.load(time_g + near + 2)
+    near_w = tl.load(time_w + near).to(tl.float32)
+    far_w = tl.load(time_w + tl.minimum(near + 1, num_buckets)).to(tl.float32)  # never crossed past the last
+    # every gap in [near_gap, beyond): buckets near and near + 1 (an estimate one too high sends the tile to the
+    # per-pair path, one too low leaves all its pairs crossed); int32 key times relative to key_min must fit
+    two_buckets = ((nearest >= 0) & (nearest >= near_gap) & (query_max - key_min < beyond)
+                   & (key_max - key_min < 2147483647))
+    key = tl.zeros(offs_n.shape, tl.int32)
+    if two_buckets:
+        key = ((tl.load(t_key) if SORTED else t_key) - key_min).to(tl.int32)
+    return t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near
 
 
 @triton.jit
-def _time_bias(t_query, t_key, key_min, two_buckets, far_gap, near_w, far_w, near, time_w, time_scale,
-               num_buckets, IEEE: tl.constexpr):
+def _time_bias(t_query, t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near, time_w, time_scale,
+               num_buckets, SORTED: tl.constexpr, IEEE: tl.constexpr):
     """The time bias of a tile and its buckets. Per pair, a bucket is an int64 subtraction and conversion, a
     logarithm, a float-to-int conversion and a gather: ~32 instructions, which made the forward 3x slower
     than without rab. But where every key of the tile is at or before every query's time t' and the
@@ -231,13 +230,13 @@ def _time_bias(t_query, t_key, key_min, two_buckets, far_gap, near_w, far_w, nea
     _time_setup), a pair's bucket is one int32 comparison with its row's boundary time t' - far_gap, and
     its bias one of two values (far_gap: from the exact thresholds of rab.time_bucket_thresholds)."""
     if two_buckets:
-        key = (t_key - key_min).to(tl.int32)
         row_boundary = tl.minimum(tl.maximum(t_query - far_gap - key_min, -1), 2147483647).to(tl.int32)
         crossed = key[None, :] <= row_boundary[:, None]
         bias = tl.where(crossed, far_w, near_w)
         bucket = near + crossed.to(tl.int32)
     else:
-        bucket = _log_bucket(t_query[:, None] - t_key[None, :], time_scale, num_buckets, IEEE)
+        key_times = tl.load(t_key) if SORTED else t_key
+        bucket = _log_bucket(t_query[:, None] - key_times[None, :], time_scale, num_buckets, IEEE)
         bias = tl.load(time_w + bucket).to(tl.float32)  # so is bucket
     return bias, bucket
 
