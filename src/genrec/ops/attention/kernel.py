@@ -214,9 +214,9 @@ def _time_setup(query_min, query_max, offs_n, n0, seq_start, seq_len, time_w, ts
     # per-pair path, one too low leaves all its pairs crossed); int32 key times relative to key_min must fit
     two_buckets = ((nearest >= 0) & (nearest >= near_gap) & (query_max - key_min < beyond)
                    & (key_max - key_min < 2147483647))
-    key = tl.zeros(offs_n.shape, tl.int32)
-    if two_buckets:
-        key = ((tl.load(t_key) if SORTED else t_key) - key_min).to(tl.int32)
+    # loaded whether or not the tile takes two buckets, so that triton's pipeliner prefetches it (forward,
+    # time bias only, N = 8192: 3.34 -> 3.11 ms; 2048: 1.39 -> 1.21)
+    key = ((tl.load(t_key) if SORTED else t_key) - key_min).to(tl.int32)
     return t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near
 
 
