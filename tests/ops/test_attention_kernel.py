@@ -29,7 +29,7 @@ def run(backend, dtype, inputs, lengths, max_seq_len, options):
     weights = [None if w is None else w.detach().to(dtype).requires_grad_() for w in (pos_w, time_w)]
     rab = None
     if options.get("rab"):
-        rab = BucketedBias(weights[0], weights[1], stamps, time_bucket_scale=0.7,
+        rab = BucketedBias(weights[0], weights[1], stamps, time_bucket_scale=0.3 if options.get("long") else 0.7,
                            sorted_timestamps=not options.get("unsorted_times"))
     out = hstu_attention(*leaves, offsets_from_lengths(torch.tensor(lengths, device=DEVICE)),
                          max_seq_len=max_seq_len, alpha=0.5, num_targets=num_targets, rab=rab,
@@ -62,6 +62,9 @@ OPTIONS = [
     {"rab": True, "wide_times": True},
     {"rab": True, "unsorted_times": True},  # key tiles' time ranges reduced, not read off their ends
     {"rab": True, "time_only": True},  # the dK/dV kernel sums the time buckets; no bias kernel runs
+    # many tiles per sequence and fine buckets with some long gaps: tiles whose gaps just fit two buckets, and
+    # tiles whose last rows or keys cross into a third, are both common
+    {"rab": True, "long": True},
     {"rab": True, "position_only": True, "targets": True},
 ]
 
@@ -70,14 +73,16 @@ OPTIONS = [
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_kernel_matches_reference(options, dtype):
     generator = torch.Generator().manual_seed(len(options) * 10 + (dtype == torch.bfloat16))
-    lengths = [1] + [n * LENGTH_SCALE for n in (19, 33, 6)]
-    heads, dqk, dv, max_seq_len = 2, 25, 20, 40 * LENGTH_SCALE
+    lengths = [1] + [n * LENGTH_SCALE for n in ((150, 70, 6) if options.get("long") else (19, 33, 6))]
+    heads, dqk, dv, max_seq_len = 2, 25, 20, (160 if options.get("long") else 40) * LENGTH_SCALE
     total = sum(lengths)
     rand = lambda *shape: torch.randn(*shape, generator=generator).to(DEVICE)  # noqa: E731
     q, k, v = rand(total, heads, dqk), rand(total, heads, dqk), rand(total, heads, dv)
     steps = torch.randint(0, 4000, (total,), generator=generator)
     # wide_times: some gaps of ~1e10, past float32's exact integers (rounded as the reference does) and past
     # int32 within a tile (whose key times the kernel compares in int32 when they fit)
+    if options.get("long"):
+        steps = torch.where(torch.rand(total, generator=generator) < 0.05, steps * 30, steps)
     if options.get("wide_times"):
         steps = torch.where(torch.rand(total, generator=generator) < 0.1, steps * 2_500_000, steps)
     stamps = torch.cumsum(steps, 0)

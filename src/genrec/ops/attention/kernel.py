@@ -174,15 +174,26 @@ def _log_bucket(gap, time_scale, num_buckets, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _query_times(ts, seq_start, offs_m, seq_len, history_len, TIME_BIAS: tl.constexpr):
-    """Each query row's time t' (its next *history* event's; rows past the sequence's end repeat its last
-    row's) and their range, for _time_bias; the range costs a reduction across warps, so kernels whose rows
-    stay fixed take it once."""
+def _query_time(ts, seq_start, i, seq_len, history_len):
+    """t' of rows i: their next *history* event's time (rows past the sequence's end repeat its last row's)."""
+    next_i = tl.where(i + 1 < history_len, i + 1, i)
+    return tl.load(ts + seq_start + tl.minimum(next_i, seq_len - 1))
+
+
+@triton.jit
+def _query_times(ts, seq_start, m0, offs_m, seq_len, history_len, TIME_BIAS: tl.constexpr):
+    """Each query row's time t' and their range, for _time_bias. Over sorted timestamps t' never decreases
+    either, so the range is the first and last rows' (two scalar loads); otherwise it costs a reduction across
+    warps, per tile in the kernels whose rows change from tile to tile."""
     t_query = offs_m.to(tl.int64)  # unused without a time bias (and then compiled away)
     if TIME_BIAS:
-        next_i = tl.where(offs_m + 1 < history_len, offs_m + 1, offs_m)
-        t_query = tl.load(ts + seq_start + tl.minimum(next_i, seq_len - 1))
-    return t_query, tl.min(t_query, 0), tl.max(t_query, 0)
+        t_query = _query_time(ts, seq_start, offs_m, seq_len, history_len)
+    if TIME_BIAS == SORTED_TIMES:
+        query_min = _query_time(ts, seq_start, m0, seq_len, history_len)
+        query_max = _query_time(ts, seq_start, m0 + offs_m.shape[0] - 1, seq_len, history_len)
+    else:
+        query_min, query_max = tl.min(t_query, 0), tl.max(t_query, 0)
+    return t_query, query_min, query_max
 
 
 @triton.jit
@@ -310,7 +321,7 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts, time_
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
-    t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, TIME_BIAS)
+    t_query, query_min, query_max = _query_times(ts, seq_start, m0, offs_m, seq_len, history_len, TIME_BIAS)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     full_hi, ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M,
                                          BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
@@ -435,7 +446,7 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
-    t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, TIME_BIAS)
+    t_query, query_min, query_max = _query_times(ts, seq_start, start_m, offs_m, seq_len, history_len, TIME_BIAS)
     s, valid, _, bucket, bucket_lo, bucket_hi = _tile(q, k, offs_m, offs_n, start_m, n0, seq_start, seq_len,
                                                       history_len, t_query, query_min, query_max, alpha, max_seq_len,
                                                       max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
@@ -530,7 +541,7 @@ def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, hi
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, offs_dv, DV)
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, offs_dqk, DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
-    t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, TIME_BIAS)
+    t_query, query_min, query_max = _query_times(ts, seq_start, m0, offs_m, seq_len, history_len, TIME_BIAS)
     s, valid, rel, bucket, bucket_lo, bucket_hi = _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len,
                                                         t_query, query_min, query_max, alpha, max_seq_len, max_attn_len,
                                                         contextual_len, pos_w, time_w, ts, time_g, time_scale,
@@ -575,10 +586,16 @@ def _add_sums_by_value(DPOS, ds, rel, valid, BLOCK_REL: tl.constexpr):
 
 @triton.jit
 def _accumulate_bucket_grad(dtime, ds, bucket, valid, lo, hi, BLOCK_BUCKETS: tl.constexpr):
-    """dtime[b] += sum of the tile's ds in time bucket b, for its buckets lo..hi (flushed once per program)."""
+    """dtime[b] += sum of the tile's ds in time bucket b, for its buckets lo..hi (flushed once per program).
+    Tiles of one or two buckets (every two-bucket tile) take two sums and no loop."""
     offs = tl.arange(0, BLOCK_BUCKETS)
-    for b in range(lo, hi + 1):
-        dtime += tl.where(offs == b, tl.sum(tl.where(valid & (bucket == b), ds, 0.0)), 0.0)
+    if hi <= lo + 1:
+        upper = tl.sum(tl.where(valid & (bucket > lo), ds, 0.0))
+        total = tl.sum(tl.where(valid, ds, 0.0))
+        dtime += tl.where(offs == lo, total - upper, 0.0) + tl.where(offs == lo + 1, upper, 0.0)
+    else:
+        for b in range(lo, hi + 1):
+            dtime += tl.where(offs == b, tl.sum(tl.where(valid & (bucket == b), ds, 0.0)), 0.0)
     return dtime
 
 
@@ -608,7 +625,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, 
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
-    t_query, query_min, query_max = _query_times(ts, seq_start, offs_m, seq_len, history_len, TIME_BIAS)
+    t_query, query_min, query_max = _query_times(ts, seq_start, m0, offs_m, seq_len, history_len, TIME_BIAS)
     full_hi, ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M,
                                          BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
     if not HAS_WINDOW:
