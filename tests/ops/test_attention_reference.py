@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from genrec.ops import hstu_attention
 from genrec.ops.attention import time_buckets
-from genrec.ops.attention.rab import NEVER, time_bucket_thresholds
+from genrec.ops.attention.rab import NEVER, time_buckets_by_formula, time_bucket_thresholds
 from genrec.ops.jagged import offsets_from_lengths
 
 
@@ -110,8 +110,9 @@ def test_bad_arguments_are_value_errors():
 
 @pytest.mark.parametrize("scale, num_buckets", [(0.301, 128), (0.7, 64), (1.0, 3)])
 def test_time_bucket_thresholds_count_the_buckets(scale, num_buckets):
-    """Counting the thresholds at or below |dt| gives time_buckets(dt) for every gap: small ones exhaustively,
-    each threshold and its predecessor, and random large ones below NEVER (float32 rounds them)."""
+    """Counting the thresholds at or below |dt| gives the formula's bucket (float32 on the CPU) for every gap: small
+    ones exhaustively, each threshold and its predecessor, and random large ones below NEVER (float32 rounds
+    them); time_buckets, which counts them on any device, agrees."""
     thresholds = time_bucket_thresholds(scale, num_buckets)
     assert thresholds.shape == (num_buckets + 4,) and thresholds[0] < 0 and (thresholds[-3:] == NEVER).all()
     inner = thresholds[1:num_buckets + 1]
@@ -120,4 +121,5 @@ def test_time_bucket_thresholds_count_the_buckets(scale, num_buckets):
     gaps = torch.cat([torch.arange(-3000, 100_000), inner, inner - 1, large, -large])
     gaps = gaps[gaps.abs() < NEVER]  # the contract's range (NEVER marks buckets out of it)
     counted = (gaps.abs().unsqueeze(1) >= inner).sum(1)
-    torch.testing.assert_close(counted, time_buckets(gaps, scale, num_buckets), rtol=0, atol=0)
+    torch.testing.assert_close(counted, time_buckets_by_formula(gaps, scale, num_buckets), rtol=0, atol=0)
+    torch.testing.assert_close(time_buckets(gaps, scale, num_buckets), counted, rtol=0, atol=0)

@@ -15,14 +15,13 @@ sequence's end exit at once (no host sync).
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
 
-from genrec.ops.attention.rab import time_bucket_thresholds
+from genrec.ops.attention.rab import thresholds_on
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # GENREC_AUTOTUNE=0 launches one fixed tile instead of autotuning (quick GPU test runs).
@@ -154,7 +153,7 @@ def _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, t_query
         s += tl.load(pos_w + rel).to(tl.float32)  # rel is in range: no mask to evaluate
     if TIME_BIAS:
         time_bias, bucket = _time_bias(t_query, t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near,
-                                       time_w, time_scale, num_buckets, TIME_BIAS == SORTED_TIMES, IEEE)
+                                       time_w, time_g, time_scale, num_buckets, TIME_BIAS == SORTED_TIMES, IEEE)
         s += time_bias
         # the range of the tile's buckets, for the gradient's sums: known in a two-bucket tile
         if two_buckets:
@@ -232,7 +231,7 @@ def _time_setup(query_min, query_max, offs_n, n0, seq_start, seq_len, time_w, ts
 
 
 @triton.jit
-def _time_bias(t_query, t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near, time_w, time_scale,
+def _time_bias(t_query, t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near, time_w, time_g, time_scale,
                num_buckets, SORTED: tl.constexpr, IEEE: tl.constexpr):
     """The time bias of a tile and its buckets. Per pair, a bucket is an int64 subtraction and conversion, a
     logarithm, a float-to-int conversion and a gather: ~32 instructions, which made the forward 3x slower
@@ -247,7 +246,12 @@ def _time_bias(t_query, t_key, key, key_min, two_buckets, far_gap, near_w, far_w
         bucket = near + crossed.to(tl.int32)
     else:
         key_times = tl.load(t_key) if SORTED else t_key
-        bucket = _log_bucket(t_query[:, None] - key_times[None, :], time_scale, num_buckets, IEEE)
+        gap = t_query[:, None] - key_times[None, :]
+        bucket = _log_bucket(gap, time_scale, num_buckets, IEEE)
+        if IEEE or _INTERPRETED:  # exact: the thresholds settle the logarithm's last-bit differences (see rab)
+            gap = tl.abs(gap)
+            bucket += (gap >= tl.load(time_g + bucket + 1)).to(tl.int32)
+            bucket -= (gap < tl.load(time_g + bucket)).to(tl.int32)
         bias = tl.load(time_w + bucket).to(tl.float32)  # so is bucket
     return bias, bucket
 
@@ -706,12 +710,6 @@ def _position_table(weights: torch.Tensor, max_seq_len: int, dtype: torch.dtype)
     return padded.unfold(0, row_length, 1).contiguous()
 
 
-@functools.lru_cache(maxsize=None)
-def _thresholds(scale: float, num_buckets: int, device: torch.device) -> torch.Tensor:
-    """rab.time_bucket_thresholds on the device, built once per setting (the kernels only read it)."""
-    return time_bucket_thresholds(scale, num_buckets).to(device)
-
-
 def _block_dim(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
 
@@ -751,7 +749,7 @@ class _Options:
         self.bias_pointers = (dummy if position_weights is None else position_weights,
                               dummy if time_weights is None else time_weights,
                               dummy if not has_time else timestamps,
-                              _thresholds(float(time_bucket_scale), num_buckets, q.device) if has_time else dummy)
+                              thresholds_on(float(time_bucket_scale), num_buckets, q.device) if has_time else dummy)
         self.num_seqs, self.num_heads = seq_offsets.shape[0] - 1, q.shape[1]
         self.max_seq_len = max_seq_len
 

@@ -12,6 +12,7 @@ Shapes: B sequences, T tokens, N max_seq_len, n longest length in the batch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -39,11 +40,10 @@ class BucketedBias:
         return self.time_weights is not None and self.timestamps is not None
 
 
-def time_buckets(delta: torch.Tensor, scale: float, num_buckets: int) -> torch.Tensor:
-    """floor(ln(max(|dt|, 1)) / scale), clamped to [0, num_buckets]. |dt| and the clamps are taken in
-    float32 (the same result: rounding is symmetric and the bounds are integers), where CPU kernels
-    vectorise and int64 ones do not."""
-    log_gap = torch.log(delta.to(torch.float32).abs().clamp(min=1))
+def time_buckets_by_formula(delta: torch.Tensor, scale: float, num_buckets: int) -> torch.Tensor:
+    """The formula, floor(ln(max(|dt|, 1)) / scale) clamped to [0, num_buckets], in float32 on the CPU. |dt| and the
+    clamps are taken in float32 (the same result: rounding is symmetric and the bounds are integers)."""
+    log_gap = torch.log(delta.cpu().to(torch.float32).abs().clamp(min=1))
     return (log_gap / scale).clamp(0, num_buckets).floor().to(torch.int64)
 
 
@@ -51,18 +51,32 @@ NEVER = 1 << 62  # a gap no timestamps within +-2^61 of each other reach
 
 
 def time_bucket_thresholds(scale: float, num_buckets: int) -> torch.Tensor:
-    """int64 [num_buckets + 4]: entry b (1 <= b <= num_buckets) is the smallest gap whose time_buckets is
-    >= b, so time_buckets(dt) = #{b >= 1: |dt| >= entry b} exactly; entry 0 is below every gap, entries past
-    num_buckets (and those of buckets no gap under NEVER reaches) are NEVER. With them a fused kernel tests
-    a pair against a bucket boundary with one comparison instead of a logarithm (see kernel._time_bias).
-    Found by bisection on time_buckets itself, which is monotone in the gap."""
+    """int64 [num_buckets + 4]: entry b (1 <= b <= num_buckets) is the smallest gap whose bucket is >= b, so
+    time_buckets(dt) = #{b >= 1: |dt| >= entry b}; entry 0 is below every gap, entries past num_buckets (and
+    those of buckets no gap under NEVER reaches) are NEVER. With them a fused kernel tests a pair against a
+    bucket boundary with one comparison instead of a logarithm (see kernel._time_bias). Found by bisection on
+    the formula, which is monotone in the gap."""
     target = torch.arange(1, num_buckets + 1)
     lo, hi = torch.ones(num_buckets, dtype=torch.int64), torch.full((num_buckets,), NEVER)
     while bool((lo < hi).any()):
         mid = (lo + hi) // 2
-        reached = time_buckets(mid, scale, num_buckets) >= target
+        reached = time_buckets_by_formula(mid, scale, num_buckets) >= target
         lo, hi = torch.where(reached, lo, mid + 1), torch.where(reached, mid, hi)
     return torch.cat([torch.tensor([-NEVER]), lo, torch.tensor([NEVER] * 3)])
+
+
+@functools.lru_cache(maxsize=None)
+def thresholds_on(scale: float, num_buckets: int, device: torch.device) -> torch.Tensor:
+    """time_bucket_thresholds on a device, built once per setting (read only)."""
+    return time_bucket_thresholds(scale, num_buckets).to(device)
+
+
+def time_buckets(delta: torch.Tensor, scale: float, num_buckets: int) -> torch.Tensor:
+    """The time bucket of int64 gaps: the formula as float32 computes it on a CPU, by counting the thresholds at
+    or below |dt|, so that it is the same on every device (CUDA's logf and the CPU's differ in the last bit at
+    some gaps, e.g. 3,269,017 at scale 0.3, where the bucket flips)."""
+    inner = thresholds_on(float(scale), num_buckets, delta.device)[1:num_buckets + 1]
+    return torch.searchsorted(inner, delta.abs(), right=True)
 
 
 def _lookup(weights: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
