@@ -41,9 +41,10 @@ class BucketedBias:
 
 
 def time_buckets_by_formula(delta: torch.Tensor, scale: float, num_buckets: int) -> torch.Tensor:
-    """The formula, floor(ln(max(|dt|, 1)) / scale) clamped to [0, num_buckets], in float32 on the CPU. |dt| and the
-    clamps are taken in float32 (the same result: rounding is symmetric and the bounds are integers)."""
-    log_gap = torch.log(delta.cpu().to(torch.float32).abs().clamp(min=1))
+    """The formula, floor(ln(max(|dt|, 1)) / scale) clamped to [0, num_buckets], in float32; as the CPU computes it,
+    the definition (see time_buckets). |dt| and the clamps are taken in float32 (the same result: rounding is
+    symmetric and the bounds are integers)."""
+    log_gap = torch.log(delta.to(torch.float32).abs().clamp(min=1))
     return (log_gap / scale).clamp(0, num_buckets).floor().to(torch.int64)
 
 
