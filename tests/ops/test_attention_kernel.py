@@ -104,6 +104,14 @@ def test_kernel_matches_reference(options, dtype):
         assert_within_rule(got, ref, exact, 3, dtype, name)
 
 
+@pytest.mark.parametrize("options", [OPTIONS[6], OPTIONS[10]], ids=["rab-targets-window-context", "time_only"])
+def test_split_key_blocks_match_reference(monkeypatch, options):
+    """dK and dV summed by programs of their own (the dK/dV kernel's SPLIT, autotuned on a GPU and taken from
+    head dim 256 without autotuning); the time-bucket sums go with dK."""
+    monkeypatch.setattr(kernel, "_split_key_blocks", lambda dqk, dv: True)
+    test_kernel_matches_reference(options, torch.float32)
+
+
 def test_kernel_edge_cases():
     """An empty batch, an empty sequence inside a batch, and every sequence of length 1."""
     q = torch.randn(3, 1, 16, device=DEVICE)

@@ -377,15 +377,45 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w,
                    HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr,
                    HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
-    """TIME_GRAD: also sum the time-bucket gradient (when the bias kernel does not run: no position bias)."""
-    pid_n = tl.program_id(0)
+                   TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, SPLIT: tl.constexpr):
+    """TIME_GRAD: also sum the time-bucket gradient (when the bias kernel does not run: no position bias).
+    SPLIT: two programs per key block, one summing dV and one dK (and the time buckets), each holding one
+    [BLOCK_N, D] fp32 accumulator. At head dim 256 the two accumulators of one program spill whatever the tile,
+    and recomputing q k^T once more (five products per tile between the two programs, not four) costs less."""
+    pid_n = tl.program_id(0) // 2 if SPLIT else tl.program_id(0)
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
     n0 = pid_n * BLOCK_N
     if n0 >= seq_len:
         return
+    dv_only = False  # and the other program of a split pair: dK only
+    if SPLIT:
+        dv_only = tl.program_id(0) % 2 == 0
+    if dv_only:
+        _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_len, h, stride_qt, stride_qh,
+                      stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, alpha, inv_n, max_seq_len,
+                      max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
+                      HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_N, BLOCK_DQK,
+                      BLOCK_DV, False, BLOCK_BUCKETS, False, True)
+    else:
+        _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_len, h, stride_qt, stride_qh,
+                      stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, alpha, inv_n, max_seq_len,
+                      max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
+                      HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_N, BLOCK_DQK,
+                      BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, True, not SPLIT)
+
+
+@triton.jit
+def _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_len, h, stride_qt, stride_qh,
+                  stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, alpha, inv_n, max_seq_len,
+                  max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets,
+                  DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
+                  TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, WITH_DK: tl.constexpr,
+                  WITH_DV: tl.constexpr):
+    """One key block's dK (and time-bucket sums), dV, or both, over the query blocks that see it."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -422,7 +452,7 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w,
                                      history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
                                      max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale,
                                      num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE,
-                                     BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, True)
+                                     BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, WITH_DK, WITH_DV, True)
     if not HAS_WINDOW:
         for start_m in range(full_lo, seq_len, BLOCK_M):
             dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len,
@@ -430,14 +460,16 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w,
                                          max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
                                          time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW,
                                          HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS,
-                                         False)
+                                         WITH_DK, WITH_DV, False)
     if TIME_GRAD:
         _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS)
     row_mask = (offs_n < seq_len)[:, None]
-    tl.store(DK + (seq_start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_dqk[None, :],
-             (dk * alpha).to(DK.dtype.element_ty), mask=row_mask & (offs_dqk < DQK)[None, :])
-    tl.store(DV_ + (seq_start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
-             dv.to(DV_.dtype.element_ty), mask=row_mask & (offs_dv < DV)[None, :])
+    if WITH_DK:
+        tl.store(DK + (seq_start + offs_n)[:, None] * stride_kt + h * stride_kh + offs_dqk[None, :],
+                 (dk * alpha).to(DK.dtype.element_ty), mask=row_mask & (offs_dqk < DQK)[None, :])
+    if WITH_DV:
+        tl.store(DV_ + (seq_start + offs_n)[:, None] * stride_vt + h * stride_vh + offs_dv[None, :],
+                 dv.to(DV_.dtype.element_ty), mask=row_mask & (offs_dv < DV)[None, :])
 
 
 @triton.jit
@@ -446,7 +478,8 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
                  time_g, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr,
                  POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr,
                  IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                 TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, MASKED: tl.constexpr):
+                 TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, WITH_DK: tl.constexpr, WITH_DV: tl.constexpr,
+                 MASKED: tl.constexpr):
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
@@ -457,14 +490,16 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
                                                       time_scale, num_buckets, HAS_POS, POS_TABLE, TIME_BIAS,
                                                       HAS_WINDOW, HAS_CONTEXT, IEEE, MASKED)
     sig = _sigmoid(s, IEEE)
-    p = s * sig * inv_n
-    if MASKED:
-        p = tl.where(valid, p, 0.0)
-    dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
-    ds = _silu_grad_over(s, sig, _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
-    dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
-    if TIME_GRAD:
-        dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, bucket_lo, bucket_hi, BLOCK_BUCKETS)
+    if WITH_DV:
+        p = s * sig * inv_n
+        if MASKED:
+            p = tl.where(valid, p, 0.0)
+        dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
+    if WITH_DK:
+        ds = _silu_grad_over(s, sig, _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
+        dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
+        if TIME_GRAD:
+            dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, bucket_lo, bucket_hi, BLOCK_BUCKETS)
     return dk, dv, dtime
 
 
@@ -669,8 +704,9 @@ def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, histor
     return dq + _dot(ds.to(k.dtype), k, IEEE)
 
 
-def _configs(shapes: list[tuple[int, int, int, int]]) -> list[triton.Config]:
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+def _configs(shapes: list[tuple[int, int, int, int]], **constants) -> list[triton.Config]:
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, **constants}, num_warps=w, num_stages=s)
+            for m, n, w, s in shapes]
 
 
 def _diagonal_tiles(block: int) -> dict[str, int]:
@@ -684,6 +720,7 @@ _TUNE_KEY = ["max_seq_len", "H", "DQK", "DV", "HAS_POS", "TIME_BIAS"]
 _ROW_BLOCK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4),
                       (128, 128, 8, 2), (128, 128, 8, 3), (64, 32, 4, 1)]
 _KEY_BLOCK_CONFIGS = [(64, 64, 4, 2), (32, 128, 4, 2), (64, 128, 8, 2), (32, 64, 4, 1)]
+_SPLIT_KEY_BLOCK_CONFIGS = [(64, 64, 4, 2)]  # dK and dV in programs of their own (SPLIT)
 _DIAGONAL_CONFIGS = [(64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (32, 4, 2), (32, 4, 1)]
 if INTERPRET or not AUTOTUNE:  # the CPU interpreter is slow: one small tile there
     _fwd, _bwd_kv, _bwd_q, _bwd_bias = _fwd_kernel, _bwd_kv_kernel, _bwd_q_kernel, _bwd_bias_kernel
@@ -692,7 +729,9 @@ if INTERPRET or not AUTOTUNE:  # the CPU interpreter is slow: one small tile the
 else:
     _fwd = triton.autotune(_configs(_ROW_BLOCK_CONFIGS), key=_TUNE_KEY)(_fwd_kernel)
     _bwd_q = triton.autotune(_configs(_ROW_BLOCK_CONFIGS), key=_TUNE_KEY)(_bwd_q_kernel)
-    _bwd_kv = triton.autotune(_configs(_KEY_BLOCK_CONFIGS), key=_TUNE_KEY, reset_to_zero=["DTIME"])(_bwd_kv_kernel)
+    _bwd_kv = triton.autotune(_configs(_KEY_BLOCK_CONFIGS, SPLIT=False)
+                              + _configs(_SPLIT_KEY_BLOCK_CONFIGS, SPLIT=True),
+                              key=_TUNE_KEY, reset_to_zero=["DTIME"])(_bwd_kv_kernel)
     _bwd_bias = triton.autotune([triton.Config(_diagonal_tiles(b), num_warps=w, num_stages=s)
                                  for b, w, s in _DIAGONAL_CONFIGS], key=_TUNE_KEY,
                                 reset_to_zero=["DPOS", "DTIME"])(_bwd_bias_kernel)
@@ -712,6 +751,12 @@ def _position_table(weights: torch.Tensor, max_seq_len: int, dtype: torch.dtype)
 
 def _block_dim(d: int) -> int:
     return max(16, triton.next_power_of_2(d))
+
+
+def _split_key_blocks(dqk: int, dv: int) -> bool:
+    """The dK/dV kernel's SPLIT without autotuning: from head dim 256 on, where one program's two
+    accumulators spill."""
+    return _block_dim(dqk) + _block_dim(dv) > 256
 
 
 class _Options:
@@ -743,6 +788,8 @@ class _Options:
         self.constexprs = {**shared, **_FIXED}
         buckets = {"BLOCK_BUCKETS": triton.next_power_of_2(time_weights.numel()) if has_time else 16}
         self.kv_constexprs = {**self.constexprs, **buckets, "TIME_GRAD": has_time and position_weights is None}
+        if _FIXED:  # else the autotuner picks SPLIT with the tile
+            self.kv_constexprs["SPLIT"] = _split_key_blocks(q.shape[2], v.shape[2])
         self.bias_constexprs = {**shared, **_FIXED_DIAGONAL, **buckets}
         dummy = seq_offsets
         self.seq_offsets, self.num_targets = seq_offsets, num_targets
@@ -772,7 +819,8 @@ class _Options:
                 offsets = offsets[start:stop + 1]
                 targets = None if targets is None else targets[start:stop]
             grid = lambda meta, rows=(stop - start) * self.num_heads: (  # noqa: E731
-                self._programs(triton.cdiv(self.max_seq_len, meta[block]), above), rows)
+                self._programs(triton.cdiv(self.max_seq_len, meta[block]) * (2 if meta.get("SPLIT") else 1), above),
+                rows)
             yield grid, (offsets, self.seq_offsets if targets is None else targets, *self.bias_pointers)
 
 
