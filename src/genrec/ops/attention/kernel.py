@@ -751,7 +751,7 @@ _TUNE_KEY = ["max_seq_len", "H", "DQK", "DV", "HAS_POS", "TIME_BIAS"]
 _ROW_BLOCK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4),
                       (128, 128, 8, 2), (128, 128, 8, 3), (64, 32, 4, 1)]
 _KEY_BLOCK_CONFIGS = [(64, 64, 4, 2), (32, 128, 4, 2), (64, 128, 8, 2), (32, 64, 4, 1)]
-_SPLIT_KEY_BLOCK_CONFIGS = [(64, 64, 4, 2)]  # dK and dV in programs of their own (SPLIT)
+_SPLIT_KEY_BLOCK_CONFIGS = [(32, 128, 8, 2), (64, 64, 4, 2)]  # dK and dV in programs of their own (SPLIT)
 _DIAGONAL_CONFIGS = [(64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (32, 4, 2), (32, 4, 1)]
 if INTERPRET or not AUTOTUNE:  # the CPU interpreter is slow: one small tile there
     _fwd, _bwd_kv, _bwd_q, _bwd_bias = _fwd_kernel, _bwd_kv_kernel, _bwd_q_kernel, _bwd_bias_kernel
