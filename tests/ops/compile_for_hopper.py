@@ -63,8 +63,9 @@ def compile_variant(name: str, dtype: str, variant: str, head_dim: int) -> dict:
         constexprs.update(BLOCK=block_m, BLOCK_REL=2 * block_m, BLOCK_BUCKETS=256)
     else:
         constexprs.update(BLOCK_M=block_m, BLOCK_N=block_n)
-    if name == "bwd_kv":  # which sums the time buckets only without a position bias
-        constexprs.update(TIME_GRAD=flags["TIME_BIAS"] and not flags["HAS_POS"], BLOCK_BUCKETS=256, SPLIT=False)
+    if name == "bwd_kv":  # which sums the time buckets only without a position bias; "position" as split programs
+        constexprs.update(TIME_GRAD=flags["TIME_BIAS"] and not flags["HAS_POS"], BLOCK_BUCKETS=256,
+                          SPLIT=variant == "position")
     types = signature(fn, dtype, constexprs)
     # what a launch specialises on: 16-byte aligned pointers, and strides divisible by 16 where they are
     aligned = [name for name, kind in types.items() if kind.startswith("*")

@@ -225,4 +225,7 @@ def test_kernels_compile_for_hopper():
     # without candidates the position bias is a block of its table, never gathered, and its gradient
     # (summed along block diagonals) keeps the bias kernel's tile loop pipelined
     assert len(position) == 4 and all("'4-byte async copies': 0}" in line for line in position), run.stdout
+    assert "'async_copies': 0," not in lines["bwd_kv", "position"], run.stdout
     assert "'async_copies': 0," not in lines["bwd_bias", "position"], run.stdout
+    # compiled as split programs there: the dK-only and the dV-only program, each with its two loops
+    assert "'tanh': 128" in lines["bwd_kv", "position"], run.stdout
