@@ -1,5 +1,6 @@
-"""Fused jagged HSTU attention in Triton: forward, and a backward split into a dK/dV kernel and a dQ
-kernel, so no dQ atomics are needed, and a kernel for the relative-bias weight gradients.
+"""Fused jagged HSTU attention in Triton: forward, and a backward split into a dK/dV kernel (on transposed
+tiles, keys by queries) and a dQ kernel, so no dQ atomics are needed, and a kernel for the relative-bias
+weight gradients.
 This file holds the kernels and their launchers; op.py registers the launchers with PyTorch.
 
 The relative bias rab^{p,t} is computed inside the kernels from positions, timestamps and the
@@ -409,7 +410,7 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w,
     """TIME_GRAD: also sum the time-bucket gradient (when the bias kernel does not run: no position bias).
     SPLIT: two programs per key block, one summing dV and one dK (and the time buckets), each holding one
     [BLOCK_N, D] fp32 accumulator. At head dim 256 the two accumulators of one program spill whatever the tile,
-    and recomputing q k^T once more (five products per tile between the two programs, not four) costs less."""
+    and computing the scores twice (five products per tile between the two programs, not four) costs less."""
     pid_n = tl.program_id(0) // 2 if SPLIT else tl.program_id(0)
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
