@@ -751,8 +751,8 @@ _TUNE_KEY = ["max_seq_len", "H", "DQK", "DV", "HAS_POS", "TIME_BIAS"]
 # single-stage tiles keep head dim 256 within shared memory: 128 x 64 on 8 warps is the dQ kernel's pick there
 # (its q and dO rows take 128 KB; 4 x 256: 4.51 -> 3.75 ms against 64 x 32 on 4 warps)
 _ROW_BLOCK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4),
-                      (128, 128, 8, 2), (128, 128, 8, 3), (64, 32, 4, 1), (128, 64, 8, 1)]
-_KEY_BLOCK_CONFIGS = [(64, 64, 4, 2), (32, 128, 4, 2), (64, 128, 8, 2), (32, 64, 4, 1)]
+                      (128, 128, 8, 2), (128, 128, 8, 3), (64, 32, 4, 1), (128, 64, 8, 1), (64, 64, 4, 2)]
+_KEY_BLOCK_CONFIGS = [(64, 64, 4, 2), (32, 128, 4, 2), (64, 128, 8, 2), (32, 64, 4, 1), (64, 128, 8, 3)]
 _SPLIT_KEY_BLOCK_CONFIGS = [(32, 128, 8, 2), (64, 64, 4, 2)]  # dK and dV in programs of their own (SPLIT)
 _DIAGONAL_CONFIGS = [(64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (32, 4, 2), (32, 4, 1)]
 if INTERPRET or not AUTOTUNE:  # the CPU interpreter is slow: one small tile there
