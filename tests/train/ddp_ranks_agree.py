@@ -20,4 +20,6 @@ dist.all_gather(checksums, torch.stack([after.double().sum(), after.double().squ
 if dist.get_rank() == 0:
     agree = all(torch.equal(c, checksums[0]) for c in checksums)
     print(f"ranks={dist.get_world_size()} agree={agree} moved={not torch.equal(before, after)}")
+# both ranks done with gloo before either tears it down (one CI run saw rank 1 abort in teardown)
+dist.barrier()
 dist.destroy_process_group()
