@@ -30,9 +30,12 @@ def test_train_then_eval(tmp_path):
     assert (tmp_path / "best.safetensors").is_file() and (tmp_path / "config.json").is_file()
     again = genrec("eval", "--checkpoint", str(tmp_path), "--split", "test", "--out", str(tmp_path / "e"))
     assert again.returncode == 0, again.stderr
-    assert json.loads((tmp_path / "e/metrics.json").read_text()) == metrics  # same model, same numbers
-    valid = genrec("eval", "--checkpoint", str(tmp_path), "--split", "valid", "--out", str(tmp_path / "v"))
-    assert valid.returncode == 0 and set(json.loads((tmp_path / "v/metrics.json").read_text())) == KEYS
+    evaluated = json.loads((tmp_path / "e/metrics-test.json").read_text())
+    assert evaluated["metrics"] == metrics and evaluated["split"] == "test"  # same model, same numbers
+    valid = genrec("eval", "--checkpoint", str(tmp_path), "--split", "valid")
+    assert valid.returncode == 0, valid.stderr
+    assert json.loads((tmp_path / "metrics-valid.json").read_text())["split"] == "valid"
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics  # the run's test result untouched
 
 
 @pytest.mark.slow
@@ -89,4 +92,4 @@ def test_ranking_end_to_end_on_a_multi_signal_log(tmp_path):
     assert set(summary["din"]) == set(metrics) and "din" in run.stdout
     again = genrec("eval", "--checkpoint", str(tmp_path / "r"), "--out", str(tmp_path / "e"))
     assert again.returncode == 0, again.stderr
-    assert json.loads((tmp_path / "e/metrics.json").read_text()) == metrics  # same weights, same numbers
+    assert json.loads((tmp_path / "e/metrics-test.json").read_text())["metrics"] == metrics  # same weights

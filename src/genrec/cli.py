@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a trained run")
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="run directory of genrec train")
     evaluate.add_argument("--split", choices=("valid", "test"), default="test")
-    evaluate.add_argument("--out", type=Path, default=None, help="where metrics.json goes (default: --checkpoint)")
+    evaluate.add_argument("--out", type=Path, default=None,
+                          help="where metrics-<split>.json goes (default: --checkpoint)")
     serve = commands.add_parser("serve", help="serve a trained run over HTTP (needs genrec[serve])")
     serve.add_argument("--checkpoint", type=Path, required=True, help="run directory of genrec train")
     serve.add_argument("--ranker", type=Path, default=None, help="run directory of genrec train --task ranking")
@@ -136,9 +137,13 @@ def _run_eval(args: argparse.Namespace) -> None:
         from genrec.train.trainer import evaluate_checkpoint
         result = evaluate_checkpoint(args.checkpoint, args.split)
         _print_table(f"{args.split} metrics", {"model": result["metrics"], "popularity": result["popularity"]})
-    out = args.out or args.checkpoint
-    atomic_write_bytes(out / "metrics.json", json.dumps(result["metrics"], indent=2).encode())
-    print(f"\nwrote {out / 'metrics.json'}")
+    # named by split, never metrics.json: that file is the training run's own test result
+    path = (args.out or args.checkpoint) / f"metrics-{args.split}.json"
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ValueError(f"{path.parent}: --out must be a directory, and this is a file")
+    atomic_write_bytes(path, json.dumps({"split": args.split, "checkpoint": result["checkpoint"],
+                                         "metrics": result["metrics"]}, indent=2).encode())
+    print(f"\nwrote {path}")
 
 
 def _run_serve(args: argparse.Namespace) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "Config":
+        for name, value in _floats(self):
+            if not math.isfinite(value):
+                raise ValueError(f"bad config: {name} = {value} is not a finite number")
         checks = [
             (self.data.mode in ("paper", "validated"), "data.mode must be 'paper' or 'validated'"),
             (self.data.tie_order in ("stable", "paper"), "data.tie_order must be 'stable' or 'paper'"),
@@ -139,6 +143,10 @@ class Config:
             (self.train.epochs >= 0, "train.epochs must be >= 0"),
             (self.train.batch_size > 0 and self.train.eval_batch_size > 0, "batch sizes must be positive"),
             (self.train.learning_rate > 0, "train.learning_rate must be positive"),
+            (all(0.0 <= beta < 1.0 for beta in self.train.betas), "train.betas must be in [0, 1)"),
+            (self.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (self.data.synthetic_users > 0 and self.data.synthetic_items > 0,
+             "data.synthetic_users and synthetic_items must be positive"),
             (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
             (self.train.ema_decay == 0 or self.train.task == "retrieval",
              "train.ema_decay (a moving average of the weights) is kept by the retrieval trainer only"),
@@ -164,6 +172,20 @@ class Config:
         if self.model.architecture == "sasrec" and self.model.embedding_dim % self.model.num_heads:
             raise ValueError("bad config: sasrec needs embedding_dim divisible by num_heads")
         return self
+
+
+def _floats(node: Any, where: str = "") -> list[tuple[str, float]]:
+    """Every float field of a config (tuple entries included), by dotted name."""
+    found = []
+    for item in dataclasses.fields(node):
+        value, name = getattr(node, item.name), f"{where}{item.name}"
+        if dataclasses.is_dataclass(value):
+            found += _floats(value, f"{name}.")
+        elif isinstance(value, float):
+            found.append((name, value))
+        elif isinstance(value, tuple):
+            found += [(f"{name}[{i}]", v) for i, v in enumerate(value) if isinstance(v, float)]
+    return found
 
 
 def _preset_hstu_large(config: Config) -> None:
@@ -212,7 +234,7 @@ def apply_overrides(target: Any, overrides: dict[str, Any], where: str = "") -> 
             apply_overrides(current, value, f"{name}.")
             continue
         if isinstance(current, tuple):
-            value = tuple(value) if isinstance(value, list) else value
+            value = _tuple_like(current, value, name)
         expected = type(current) if current is not None else (str, type(None))
         if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -220,6 +242,20 @@ def apply_overrides(target: Any, overrides: dict[str, Any], where: str = "") -> 
             raise ValueError(f"bad config: {name} = {value!r} has the wrong type "
                              f"(expected {type(current).__name__})")
         setattr(target, key, value)
+
+
+def _tuple_like(current: tuple, value: Any, name: str) -> tuple:
+    """A TOML array as a tuple of the default's element type; pairs (betas) keep their length."""
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"bad config: {name} = {value!r} must be an array like {list(current)}")
+    kind = type(current[0])
+    if kind is float:
+        value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+    if any(not isinstance(v, kind) or isinstance(v, bool) for v in value):
+        raise ValueError(f"bad config: {name} = {value!r} must hold {kind.__name__} values")
+    if len(current) == 2 and len(value) != 2:
+        raise ValueError(f"bad config: {name} = {value!r} must hold exactly 2 values")
+    return tuple(value)
 
 
 def parse_assignment(text: str) -> dict[str, Any]:
@@ -238,11 +274,15 @@ def parse_assignment(text: str) -> dict[str, Any]:
 
 
 def load_config_file(path: Path, base: Config) -> Config:
+    if path.is_dir():
+        raise ValueError(f"{path}: --config must be a TOML file, and this is a directory")
     try:
         with open(path, "rb") as handle:
             overrides = tomllib.load(handle)
     except FileNotFoundError as error:
         raise ValueError(f"{path}: no such config file") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot read the config file ({error})") from error
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"{path}: not valid TOML: {error}") from error
     apply_overrides(base, overrides)

@@ -1,8 +1,13 @@
+import numpy as np
+import pytest
 import torch
 
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
-from genrec.eval.protocol import model_scorer, target_ranks
+from genrec.data.sequences import JaggedEvents
+from genrec.data.splits import EvalSplit
+from genrec.eval.metrics import summarize
+from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split, target_ranks
 from genrec.model.retrieval import SequentialRetriever
 from genrec.ops.jagged import offsets_from_lengths
 
@@ -15,6 +20,57 @@ def test_ranks_exclude_padding_and_history():
     assert target_ranks(scores, target, batch, exclude_history=True).tolist() == [1]
     assert target_ranks(scores, target, batch, exclude_history=False).tolist() == [3]
     assert target_ranks(scores, torch.tensor([5]), batch, exclude_history=True).tolist() == [3]
+    # a target that repeats a history item is excluded with it: it ranks last among the 3 eligible items
+    assert target_ranks(scores, torch.tensor([2]), batch, exclude_history=True).tolist() == [4]
+
+
+def test_ties_rank_the_target_below_the_items_it_ties_with():
+    batch = SequenceBatch(torch.tensor([1]), offsets_from_lengths(torch.tensor([1])), max_seq_len=2)
+    #                       pad  1    2    3    4    5
+    scores = torch.tensor([[0.0, 9.0, 2.0, 2.0, 2.0, 1.0]])
+    assert target_ranks(scores, torch.tensor([3]), batch, exclude_history=True).tolist() == [3]
+    assert target_ranks(scores, torch.tensor([5]), batch, exclude_history=True).tolist() == [4]
+
+
+def _split(num_users: int = 20, num_items: int = 30) -> EvalSplit:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 6, num_users)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return EvalSplit(JaggedEvents(rng.integers(1, num_items + 1, offsets[-1]), offsets),
+                     rng.integers(1, num_items + 1, num_users))
+
+
+def test_a_constant_model_ranks_every_target_last():
+    split, num_items = _split(), 30
+    constant = lambda batch: torch.zeros(batch.num_sequences, num_items + 1)  # noqa: E731
+    ranks = rank_split(constant, split, max_seq_len=8, batch_size=7, device=torch.device("cpu"))
+    metrics = summarize(ranks, ks=(10,))
+    assert metrics["hr@10"] == 0.0 and metrics["ndcg@10"] == 0.0
+    # last among the items outside the history, or past all of them when the target repeats a history item
+    for user, rank in enumerate(ranks.tolist()):
+        history = set(split.histories.item_ids[split.histories.offsets[user]:split.histories.offsets[user + 1]])
+        repeat = int(split.target_items[user]) in history
+        assert rank == num_items - len(history) + repeat
+
+
+def test_popularity_ties_do_not_flatter_the_baseline():
+    """Every item seen once: the popularity scorer is a constant model and must not score a hit."""
+    split, num_items = _split(), 30
+    scorer = popularity_scorer(np.arange(1, num_items + 1), num_items, torch.device("cpu"))
+    ranks = rank_split(scorer, split, max_seq_len=8, batch_size=64, device=torch.device("cpu"))
+    assert summarize(ranks, ks=(10,))["hr@10"] == 0.0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_scores_are_refused(bad):
+    split, num_items = _split(), 30
+
+    def broken(batch):
+        scores = torch.randn(batch.num_sequences, num_items + 1)
+        scores[0, 7] = bad
+        return scores
+    with pytest.raises(ValueError, match="non-finite scores"):
+        rank_split(broken, split, max_seq_len=8, batch_size=64, device=torch.device("cpu"))
 
 
 def test_model_scores_stay_fp32_under_autocast():

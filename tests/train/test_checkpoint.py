@@ -100,3 +100,18 @@ def test_epoch_reports_throughput(tmp_path):
     stats = Trainer(tiny_config(mode="paper", epochs=1), tmp_path, progress=False, log=lambda _: None).train_epoch()
     assert stats["tokens_per_s"] > 0 and stats["tflops"] > 0
     assert "mfu" not in stats  # no peak is known for a CPU
+
+
+def test_a_full_disk_is_one_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    target = tmp_path / "last.safetensors"
+    atomic_write_bytes(target, b"good")
+
+    def no_space(_):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(ValueError, match="No space left on device"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]

@@ -20,14 +20,28 @@ Scorer = Callable[[SequenceBatch], torch.Tensor]  # batch -> [B, I + 1] scores
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, batch: SequenceBatch,
                  exclude_history: bool) -> torch.Tensor:
-    """1-based rank of each target among all real items: 1 + #items scored strictly higher."""
-    scores = scores.float().clone()
-    scores[:, 0] = float("-inf")
+    """1-based rank of each target among the eligible items (real ids; not in the history when
+    `exclude_history`): 1 + #other eligible items scored at least as high. Ties rank pessimistically, so
+    a score can only earn credit by beating the items it is compared with: a constant model ranks every
+    target last, and the popularity baseline's equal counts do not flatter it. A target that is itself
+    excluded (a repeat of a history item) ranks last. Non-finite scores are an error: NaN compares false
+    with everything, which would rank the target first."""
+    scores = scores.float()
+    eligible = torch.ones_like(scores, dtype=torch.bool)
+    eligible[:, 0] = False
     if exclude_history:
         history = jagged_to_padded(batch.item_ids, batch.seq_offsets, batch.max_seq_len)
-        scores.scatter_(1, history, float("-inf"))  # padding slots hit column 0, already -inf
-    target_scores = scores.gather(1, targets.view(-1, 1))
-    return (scores > target_scores).sum(dim=1) + 1
+        eligible.scatter_(1, history, False)  # padding slots hit column 0, already out
+    bad = ~torch.isfinite(scores[:, 1:]).all(dim=1)
+    if bool(bad.any()):
+        raise ValueError(f"non-finite scores for {int(bad.sum())} of {bad.numel()} users (the model's weights or "
+                         f"inputs hold NaN or inf); refusing to rank them")
+    rows = torch.arange(scores.shape[0], device=scores.device)
+    target_eligible = eligible[rows, targets]
+    eligible[rows, targets] = False  # the target is not compared with itself
+    target_scores = scores[rows, targets].view(-1, 1)
+    at_least = ((scores >= target_scores) & eligible).sum(dim=1)
+    return torch.where(target_eligible, at_least + 1, eligible.sum(dim=1) + 1)
 
 
 @torch.no_grad()
@@ -46,8 +60,8 @@ def rank_split(scorer: Scorer, split: EvalSplit, max_seq_len: int, batch_size: i
 
 def model_scorer(model: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> Scorer:
     """Scores = similarity(user embedding after the last history token, every item embedding). The
-    encoder may run under autocast; the scores never do: rounded to bf16, near scores would tie, and a
-    tie ranks the target above the items it ties with (+2.4% HR@10 on ml-1m-sas in a CPU check)."""
+    encoder may run under autocast; the scores never do: rounded to bf16, near scores would tie, and ties rank
+    the target below the items it ties with (see target_ranks)."""
     def score(batch: SequenceBatch) -> torch.Tensor:
         with torch.autocast(batch.item_ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             users = model(batch)[last_positions(batch.seq_offsets)]

@@ -4,11 +4,13 @@
 Keys: `model.<name>` (the training weights), `ema.<name>` (their moving average, when the run keeps
 one), `optim.<param index>.<state name>`, `rng.<name>`, `vocab.items` (source id of dense item id k at
 index k - 1, so serving maps ids without the data set); metadata (JSON strings):
-`config`, `trainer_state`, `param_groups`.
+`config`, `trainer_state`, `param_groups`, and `sha256` over every tensor and the other metadata, checked on
+load so that a flipped bit is an error rather than a silently different model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -46,18 +48,37 @@ class Checkpoint:
         return {**self.model, **(self.averaged or {})}
 
 
+TEMPORARY_PREFIX = ".genrec-tmp."
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    """Writes a temporary file beside `path`, then renames it over `path`: readers see the old file or the
+    new one, never a part. A full disk (or any OS error) leaves `path` as it was and is a ValueError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=f"{TEMPORARY_PREFIX}{path.name}.", dir=path.parent)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot write ({error.strerror or error})") from error
     try:
         with os.fdopen(handle, "wb") as tmp:
             tmp.write(payload)
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_name, path)
+    except OSError as error:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise ValueError(f"{path}: cannot write ({error.strerror or error}); the previous file is intact") from error
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(directory: Path) -> int:
+    """Deletes the temporary files a killed run left in `directory` (atomic_write_bytes's); returns how many."""
+    stale = list(directory.glob(f"{TEMPORARY_PREFIX}*")) if directory.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], optim_state: dict[str, Any] | None,
@@ -78,18 +99,42 @@ def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], optim_state: d
                 tensors[f"optim.{index}.{name}"] = tensor.detach().cpu().contiguous()
         metadata["param_groups"] = json.dumps(optim_state["param_groups"])
     tensors.update({f"rng.{k}": v.cpu().contiguous() for k, v in rng.items()})
+    metadata["sha256"] = _digest(tensors, metadata)
     atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(metadata):
+        if key != "sha256":
+            digest.update(f"{key}={metadata[key]}".encode())
+    for key in sorted(tensors):
+        digest.update(f"{key}:{tensors[key].dtype}:{list(tensors[key].shape)}".encode())
+        digest.update(tensors[key].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
     _require_safetensors()
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint")
-    tensors = load_file(str(path))
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for every kind of damage
+        raise ValueError(f"{path}: damaged checkpoint (not a readable safetensors file: {error})") from error
     if "config" not in metadata or "trainer_state" not in metadata:
         raise ValueError(f"{path}: not a genrec checkpoint (metadata lacks config/trainer_state)")
+    if "sha256" in metadata and metadata["sha256"] != _digest(tensors, metadata):
+        raise ValueError(f"{path}: damaged checkpoint (checksum mismatch: its bytes changed after it was written)")
+    try:
+        return _unpack(tensors, metadata)
+    except (ValueError, KeyError) as error:
+        raise ValueError(f"{path}: damaged checkpoint ({error})") from error
+
+
+def _unpack(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Checkpoint:
     optimizer = None
     if "param_groups" in metadata:
         state: dict[int, dict[str, torch.Tensor]] = {}

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrec.config import Config, config_from_dict, config_to_dict, config_to_json
+from genrec.config import Config, config_from_dict, config_to_dict
 from genrec.data import build_sequences, load_events, make_batch, min_length_for
 from genrec.data.actions import action_labels
 from genrec.data.batch import SequenceBatch
@@ -34,9 +34,10 @@ from genrec.model.din import DIN
 from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
+from genrec.train.divergence import DivergenceGuard, failure_recorded
 from genrec.train.experiment import attach_user_features, peak_tflops, resolve_device
 from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
-from genrec.train.run_state import RandomStreams, resume_run, save_run
+from genrec.train.run_state import RandomStreams, resume_run, save_run, start_run_directory
 
 
 def _din_inputs(batch: SequenceBatch, targets: torch.Tensor):
@@ -86,6 +87,7 @@ class RankingTrainer:
         if self.ranks.enabled:
             torch.manual_seed(config.train.seed + self.ranks.rank)
         self.state = {"epoch": 0, "tasks": self.task_names, "epochs": [], "best_metric": None, "best_epoch": None}
+        self.guard = DivergenceGuard(self.device)
 
     def _batch(self, sequences: JaggedEvents, users: np.ndarray, drop_last: int) -> SequenceBatch:
         return make_batch(sequences, users, self.config.data.max_seq_len, drop_last).to(self.device)
@@ -122,6 +124,7 @@ class RankingTrainer:
             self.optimizer.step()
             loss_sums += torch.stack([loss.detach(), baseline_loss.detach()])
             steps += 1
+            self.guard.observe(loss + baseline_loss, steps)
         model_loss, baseline_loss = (loss_sums / max(1, steps)).tolist()
         seconds = time.perf_counter() - started
         stats = {"loss": float(model_loss), "baseline_loss": float(baseline_loss), "seconds": seconds,
@@ -145,6 +148,9 @@ class RankingTrainer:
             baseline_logits.append(self.baseline(*_din_inputs(batch, last_position)).cpu())
             labels.append(batch.labels[last].cpu())
         labels = torch.cat(labels)
+        for name, logits in (("ranker", model_logits), ("din", baseline_logits)):
+            if not all(bool(torch.isfinite(part).all()) for part in logits):
+                raise ValueError(f"{self.out_dir}: non-finite {name} scores; refusing to evaluate them")
         result = {}
         for name, logits in (("model", torch.cat(model_logits)), ("din", torch.cat(baseline_logits))):
             result[name] = {}
@@ -164,15 +170,20 @@ class RankingTrainer:
 
     def fit(self, resume: bool = False) -> dict:
         main = self.ranks.is_main  # under torchrun only rank 0 writes files
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         if main:
-            atomic_write_bytes(self.out_dir / "config.json", config_to_json(self.config).encode())
+            start_run_directory(self.out_dir, self.config)
         if resume:
             self.resume()
+        with failure_recorded(self.out_dir, lambda: self.state["epoch"], main):
+            return self._fit()
+
+    def _fit(self) -> dict:
+        main = self.ranks.is_main
         self.log(f"data: {json.dumps(self.summary)}; device {self.device}")
         started = time.perf_counter()
         for epoch in range(self.state["epoch"], self.config.train.epochs):
             stats = self.train_epoch()
+            self.guard.check(self.modules)  # before anything is scored or saved
             self.state["epoch"] = epoch + 1
             if self.held_out == 2:
                 stats["valid"] = self.evaluate(drop_last=1)["model"]
@@ -207,8 +218,9 @@ def evaluate_ranking_run(run_dir: Path, split_name: str, log: Callable[[str], No
     config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
     trainer = RankingTrainer(config, run_dir, log=log)
     best = run_dir / "best.safetensors"
-    trainer.modules.load_state_dict(load_checkpoint(best if best.is_file() else run_dir / "last.safetensors").model)
+    checkpoint = best if best.is_file() else run_dir / "last.safetensors"
+    trainer.modules.load_state_dict(load_checkpoint(checkpoint).model)
     if split_name == "valid" and trainer.held_out == 1:
         raise ValueError(f"{run_dir}: mode 'paper' has no validation split; use --split test")
     result = trainer.evaluate(drop_last=0 if split_name == "test" else 1)
-    return {"split": split_name, "metrics": result["model"], "din": result["din"]}
+    return {"split": split_name, "checkpoint": checkpoint.name, "metrics": result["model"], "din": result["din"]}

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from genrec.train.averaging import WeightAverage
-from genrec.train.checkpoint import Checkpoint, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from genrec.config import Config, config_to_json
+from genrec.train.checkpoint import (Checkpoint, atomic_write_bytes, load_checkpoint, remove_stale_temporaries,
+                                    restore_rng, rng_state, save_checkpoint)
 from genrec.train.parallel import (Distributed, barrier, full_tensors, gather_rng, load_optimizer, load_weights,
                                    own_rng)
 
@@ -68,3 +70,14 @@ def load_run_weights(path: Path, module: nn.Module, average: WeightAverage | Non
     if average is not None:
         average.load_state_dict(checkpoint.averaged)
     return checkpoint
+
+
+def start_run_directory(out_dir: Path, config: Config) -> None:
+    """Creates the run directory (an --out that is a file is an error), drops what a killed run left
+    (temporary files, an old failure.json) and writes config.json."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: --out must be a directory, and this is a file")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
+    (out_dir / "failure.json").unlink(missing_ok=True)
+    atomic_write_bytes(out_dir / "config.json", config_to_json(config).encode())

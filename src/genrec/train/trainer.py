@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from genrec.config import Config, config_from_dict, config_to_dict, config_to_json
+from genrec.config import Config, config_from_dict, config_to_dict
 from genrec.data import EvalSplit, make_batch
 from genrec.data.stochastic_length import stochastic_length
 from genrec.eval.metrics import summarize
@@ -24,10 +24,11 @@ from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
 from genrec.ops.jagged import lengths_from_offsets, positions_with_successor
 from genrec.train.averaging import WeightAverage
 from genrec.train.checkpoint import atomic_write_bytes
+from genrec.train.divergence import DivergenceGuard, failure_recorded
 from genrec.train.experiment import build_model, peak_tflops, prepare_data, resolve_device
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
-from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, save_run
+from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, save_run, start_run_directory
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -58,6 +59,7 @@ class Trainer:
         self.state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "valid": [],
                       "epoch_seconds": []}
         self.writer = None
+        self.guard = DivergenceGuard(self.device)
 
     def _tensorboard(self):
         try:
@@ -108,6 +110,7 @@ class Trainer:
             if self.average is not None:
                 self.average.update()
             self.state["step"] += 1
+            self.guard.observe(loss, self.state["step"])
             total_loss += loss.detach() * num_positions
             total_positions += num_positions
             total_tokens += int(lengths.sum())
@@ -141,8 +144,12 @@ class Trainer:
         """Scores the weight average where the run keeps one, else the training weights."""
         self.model.eval()
         with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
-            ranks = rank_split(model_scorer(self.model, self.autocast_dtype), split, self.config.data.max_seq_len,
-                               self.config.train.eval_batch_size, self.device, self.config.eval.exclude_history)
+            try:
+                ranks = rank_split(model_scorer(self.model, self.autocast_dtype), split,
+                                   self.config.data.max_seq_len, self.config.train.eval_batch_size, self.device,
+                                   self.config.eval.exclude_history)
+            except ValueError as error:
+                raise ValueError(f"{self.out_dir}: {error}") from error
         return summarize(ranks, self.config.eval.ks)
 
     def popularity_baseline(self, split: EvalSplit) -> dict[str, float]:
@@ -168,12 +175,16 @@ class Trainer:
     # ---- the run ---------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, float]:
         main = self.ranks.is_main  # under torchrun only rank 0 writes files
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         if main:
-            atomic_write_bytes(self.out_dir / "config.json", config_to_json(self.config).encode())
+            start_run_directory(self.out_dir, self.config)
         self.writer = self._tensorboard() if main else None
         if resume:
             self.resume()
+        with failure_recorded(self.out_dir, lambda: self.state["epoch"], main):
+            return self._fit()
+
+    def _fit(self) -> dict[str, float]:
+        main = self.ranks.is_main
         split, epochs = self.data.split, self.config.train.epochs
         self.log(f"data: {json.dumps(self.data.summary)}; mode {split.mode}; device {self.device}")
         started = time.perf_counter()
@@ -184,6 +195,7 @@ class Trainer:
                          f"{self.state['best_epoch']}")
                 break
             stats = self.train_epoch()
+            self.guard.check(self.model)  # before anything is scored or saved
             self.state["epoch"] = epoch + 1
             self.state["epoch_seconds"].append(round(stats["seconds"], 3))
             self._scalars("train", stats, epoch + 1)
@@ -252,4 +264,5 @@ def evaluate_checkpoint(run_dir: Path, split_name: str, log: Callable[[str], Non
     if split is None:
         raise ValueError(f"{run_dir}: mode 'paper' has no validation split; use --split test")
     log(f"evaluating {checkpoint} on {split_name}")
-    return {"split": split_name, "metrics": trainer.evaluate(split), "popularity": trainer.popularity_baseline(split)}
+    return {"split": split_name, "checkpoint": checkpoint.name, "metrics": trainer.evaluate(split),
+            "popularity": trainer.popularity_baseline(split)}
