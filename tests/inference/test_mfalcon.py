@@ -30,16 +30,18 @@ def inputs(num_history=9, num_candidates=7, seed=1):
 
 @pytest.mark.parametrize("use_time", [True, False])
 @pytest.mark.parametrize("micro_batch", [1, 3, 7, 100])
-def test_cached_equals_uncached_and_one_by_one(use_time, micro_batch):
+@pytest.mark.parametrize("query_time", [None, 123_456_789], ids=["own-time", "query-time"])
+def test_cached_equals_uncached_and_one_by_one(use_time, micro_batch, query_time):
     model = make_model(use_time)
     history, stamps, candidates, candidate_stamps = inputs()
     if not use_time:
         stamps = candidate_stamps = None
     scorer = MFalcon(model, micro_batch_size=micro_batch)
-    cached = scorer.encode_candidates(history, stamps, candidates, candidate_stamps)
-    uncached = scorer.encode_candidates_uncached(history, stamps, candidates, candidate_stamps)
+    cached = scorer.encode_candidates(history, stamps, candidates, candidate_stamps, query_time=query_time)
+    uncached = scorer.encode_candidates_uncached(history, stamps, candidates, candidate_stamps,
+                                                 query_time=query_time)
     alone = MFalcon(model, micro_batch_size=1).encode_candidates_uncached(history, stamps, candidates,
-                                                                          candidate_stamps)
+                                                                          candidate_stamps, query_time=query_time)
     torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(uncached, alone, atol=1e-5, rtol=1e-5)
 
@@ -76,6 +78,19 @@ def test_lru_cache_reuse_invalidation_and_eviction():
     assert list(scorer._caches) == ["c", "d"]
 
 
+def test_the_query_time_shapes_the_scores_and_keys_the_cache():
+    model = make_model()
+    history, stamps, candidates, candidate_stamps = inputs()
+    scorer = MFalcon(model)
+    soon = scorer.encode_candidates(history, stamps, candidates, candidate_stamps, user="a",
+                                    query_time=int(stamps[-1]) + 10)
+    later = scorer.encode_candidates(history, stamps, candidates, candidate_stamps, user="a",
+                                     query_time=int(stamps[-1]) + 10_000_000)
+    assert not torch.allclose(soon, later)  # a stale cache would have returned the first scores
+    torch.testing.assert_close(later, scorer.encode_candidates(history, stamps, candidates, candidate_stamps,
+                                                               query_time=int(stamps[-1]) + 10_000_000))
+
+
 def test_bad_requests():
     scorer = MFalcon(make_model())
     history, stamps, candidates, candidate_stamps = inputs()
@@ -88,24 +103,44 @@ def test_bad_requests():
                                  candidate_stamps)
 
 
-def test_ranker_candidates_cached_equal_full_pass():
-    """For the ranker, a candidate scored through the cache equals appending it as the next event."""
-    from genrec.data.batch import SequenceBatch
+def _ranker(backend: str):
     from genrec.model.ranking import GenerativeRanker
-    from genrec.ops.jagged import offsets_from_lengths
 
     config = preset("hstu")
     config.model.embedding_dim, config.model.qk_dim, config.model.v_dim = 16, 8, 8
+    config.model.attention_backend = backend
     torch.manual_seed(0)
-    ranker = GenerativeRanker(config.model, NUM_ITEMS, num_tasks=2, max_seq_len=MAX_LEN, use_time=True).eval()
+    return GenerativeRanker(config.model, NUM_ITEMS, num_tasks=2, max_seq_len=MAX_LEN, use_time=True).eval()
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("query_time", [None, 987_654_321], ids=["own-time", "query-time"])
+def test_ranker_candidates_cached_equal_full_passes(backend, query_time):
+    """For the ranker, a candidate scored through the cache equals appending it as the next event, alone or
+    with four other candidates in the same pass (one candidate-position rule on every path)."""
+    from genrec.data.batch import SequenceBatch
+    from genrec.ops.jagged import offsets_from_lengths
+
+    if backend == "triton":
+        pytest.importorskip("triton")
+    ranker = _ranker(backend)
     history, stamps, candidates, candidate_stamps = inputs(num_history=6, num_candidates=5)
-    labels = torch.randint(0, 2, (6, 2)).float()
+    labels = torch.randint(0, 2, (6, 2), generator=torch.Generator().manual_seed(2)).float()
     scores = MFalcon(ranker, micro_batch_size=2).encode_candidates(history, stamps, candidates, candidate_stamps,
-                                                                    history_labels=labels)
+                                                                    history_labels=labels, query_time=query_time)
     assert scores.shape == (5, 2) and ((scores > 0) & (scores < 1)).all()
+    query_times = None if query_time is None else torch.tensor([query_time])
     for c in range(5):  # the full pass: the candidate appended as a target event (its action unseen)
         batch = SequenceBatch(torch.cat([history, candidates[c:c + 1]]), offsets_from_lengths(torch.tensor([7])),
                               MAX_LEN, torch.cat([stamps, candidate_stamps[c:c + 1]]),
-                              labels=torch.cat([labels, torch.zeros(1, 2)]))
+                              labels=torch.cat([labels, torch.zeros(1, 2)]), query_times=query_times)
         full = ranker(batch, num_targets=torch.tensor([1]))[-1]
         torch.testing.assert_close(torch.sigmoid(full), scores[c], atol=1e-5, rtol=1e-5)
+    together = SequenceBatch(torch.cat([history, candidates]), offsets_from_lengths(torch.tensor([11])), MAX_LEN,
+                             torch.cat([stamps, candidate_stamps]), labels=torch.cat([labels, torch.zeros(5, 2)]),
+                             query_times=query_times)
+    torch.testing.assert_close(torch.sigmoid(ranker(together, num_targets=torch.tensor([5]))[6:]), scores,
+                               atol=1e-5, rtol=1e-5)
+    uncached = MFalcon(ranker, micro_batch_size=3).encode_candidates_uncached(
+        history, stamps, candidates, candidate_stamps, history_labels=labels, query_time=query_time)
+    torch.testing.assert_close(uncached, scores, atol=1e-5, rtol=1e-5)

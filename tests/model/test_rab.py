@@ -57,3 +57,38 @@ def test_candidates_share_the_history_end_position_and_own_time():
             bucket = min(32, int(math.log(max(abs(int(query_time) - int(stamps[j])), 1)) / 0.3))
             expected = rab.position_weights[p_j - p_i + 7] + rab.time_weights[bucket]
             torch.testing.assert_close(dense[0, 0, i, j], expected)
+
+
+def test_query_timestamps_ask_about_the_event_each_row_predicts():
+    from genrec.ops.attention.rab import query_timestamps
+
+    stamps = torch.tensor([10, 20, 30, 40, 50, 60, 70])
+    offsets = offsets_from_lengths(torch.tensor([3, 4]))
+    # inside the history t_{i+1}; the last history row its own time, or the query time when one is given
+    assert query_timestamps(stamps, offsets).tolist() == [20, 30, 30, 50, 60, 70, 70]
+    assert query_timestamps(stamps, offsets, query_times=torch.tensor([35, 99])).tolist() == [20, 30, 35, 50, 60,
+                                                                                               70, 99]
+    # the second sequence's last two tokens are candidates: their own times; its history ends at 50
+    targets = torch.tensor([0, 2])
+    assert query_timestamps(stamps, offsets, targets, torch.tensor([35, 55])).tolist() == [20, 30, 35, 50, 55,
+                                                                                           60, 70]
+
+
+def test_the_query_time_changes_only_the_last_history_row():
+    from genrec.ops import hstu_attention
+    from genrec.ops.attention import BucketedBias
+    from genrec.ops.attention.rab import query_timestamps
+
+    torch.manual_seed(0)
+    stamps = torch.tensor([0, 100, 5000, 90000])
+    offsets = offsets_from_lengths(torch.tensor([4]))
+    q, k, v = torch.randn(4, 1, 8), torch.randn(4, 1, 8), torch.randn(4, 1, 8)
+    time_weights = torch.randn(65)
+
+    def attend(query_times):
+        queries = query_timestamps(stamps, offsets, query_times=query_times)
+        bias = BucketedBias(None, time_weights, stamps, 0.3, query_timestamps=queries)
+        return hstu_attention(q, k, v, offsets, max_seq_len=4, alpha=1.0, rab=bias, backend="torch")
+    own, later = attend(None), attend(torch.tensor([10_000_000]))
+    torch.testing.assert_close(own[:3], later[:3])
+    assert not torch.allclose(own[3], later[3])

@@ -20,7 +20,7 @@ from triton.compiler import ASTSource
 
 from genrec.ops.attention import kernel
 
-INT64_POINTERS = {"seq_offsets", "num_targets", "ts", "time_g"}
+INT64_POINTERS = {"seq_offsets", "num_targets", "ts", "qts", "time_g"}
 FP32_POINTERS = {"pos_w", "time_w", "DPOS", "DTIME"}
 FLOATS = {"alpha", "inv_n", "time_scale"}
 KERNELS = {"fwd": (kernel._fwd_kernel, (128, 64, 8, 3)), "bwd_kv": (kernel._bwd_kv_kernel, (64, 64, 4, 2)),

@@ -15,6 +15,7 @@ pytest.importorskip("triton")
 
 from genrec.ops import hstu_attention  # noqa: E402
 from genrec.ops.attention import BucketedBias, kernel  # noqa: E402
+from genrec.ops.attention.rab import query_timestamps  # noqa: E402
 from genrec.ops.jagged import offsets_from_lengths  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -28,10 +29,18 @@ def run(backend, dtype, inputs, lengths, max_seq_len, options):
     leaves = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
     weights = [None if w is None else w.detach().to(dtype).requires_grad_() for w in (pos_w, time_w)]
     rab = None
+    offsets = offsets_from_lengths(torch.tensor(lengths, device=DEVICE))
     if options.get("rab"):
+        queries = None
+        if options.get("query_times"):  # each history's last row asks about an event 0..9999 s after it
+            history_end = offsets[1:] - (0 if num_targets is None else num_targets)
+            gaps = torch.randint(0, 10_000, (len(lengths),), generator=torch.Generator().manual_seed(3)).to(DEVICE)
+            queries = query_timestamps(stamps, offsets, num_targets, stamps[history_end - 1] + gaps)
+        # with candidates, a query time after the history's end breaks the order the sorted path reads
+        sorted_times = not (options.get("unsorted_times") or (options.get("query_times") and num_targets is not None))
         rab = BucketedBias(weights[0], weights[1], stamps, time_bucket_scale=0.3 if options.get("long") else 0.7,
-                           sorted_timestamps=not options.get("unsorted_times"))
-    out = hstu_attention(*leaves, offsets_from_lengths(torch.tensor(lengths, device=DEVICE)),
+                           sorted_timestamps=sorted_times, query_timestamps=queries)
+    out = hstu_attention(*leaves, offsets,
                          max_seq_len=max_seq_len, alpha=0.5, num_targets=num_targets, rab=rab,
                          max_attn_len=options.get("window", 0), contextual_seq_len=options.get("context", 0),
                          backend=backend)
@@ -66,6 +75,8 @@ OPTIONS = [
     # tiles whose last rows or keys cross into a third, are both common
     {"rab": True, "long": True},
     {"rab": True, "position_only": True, "targets": True},
+    {"rab": True, "query_times": True},  # the last history row queries at a time of its own (evaluation, serving)
+    {"rab": True, "query_times": True, "targets": True, "long": True},
 ]
 
 
@@ -166,7 +177,8 @@ def _op_inputs(with_time: bool, sorted_timestamps: bool = False):
     offsets = offsets_from_lengths(torch.tensor(lengths, device=DEVICE))
     time_weights = rand(9) if with_time else None
     return (rand(10, 2, 16), rand(10, 2, 16), rand(10, 2, 8), offsets, None, rand(2 * max_seq_len - 1),
-            time_weights, stamps if with_time else None, max_seq_len, 0.25, 0, 0, 0.7, sorted_timestamps)
+            time_weights, stamps if with_time else None, stamps.roll(-1) if with_time else None, max_seq_len, 0.25, 0,
+            0, 0.7, sorted_timestamps)
 
 
 @pytest.mark.parametrize("with_time", [False, True], ids=["position-bias", "position-and-time-bias"])

@@ -18,9 +18,12 @@ from genrec.data.sequences import JaggedEvents
 class SequenceBatch:
     """item_ids int64 [T] (dense, >= 1); seq_offsets int64 [B+1]; timestamps int64 [T] or None;
     ratings float32 [T] or None; labels float32 [T, A] (action signals) or None; context int64 [B, F]
-    (per-user feature codes, the user-context prefix) or None; max_seq_len: the bound every sequence
-    respects (the prefix not counted). timestamps_sorted (derived): every sequence's timestamps never
-    decrease, which lets the fused attention kernel read a key tile's time range off its ends."""
+    (per-user feature codes, the user-context prefix) or None; query_times int64 [B] or None: the time of
+    the event each sequence's last position predicts (evaluation: the held-out target's; serving: the
+    request's), the query time of the time bias there (training asks position i about event i + 1's time);
+    max_seq_len: the bound every sequence respects (the prefix not counted). timestamps_sorted (derived):
+    every sequence's timestamps, then its query time, never decrease, which lets the fused attention
+    kernel read a tile's time range off its ends."""
 
     item_ids: torch.Tensor
     seq_offsets: torch.Tensor
@@ -29,6 +32,7 @@ class SequenceBatch:
     ratings: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     context: torch.Tensor | None = None
+    query_times: torch.Tensor | None = None
     timestamps_sorted: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
@@ -42,11 +46,19 @@ class SequenceBatch:
             raise ValueError(f"context must be [B, F] with B = {self.num_sequences}, got {list(self.context.shape)}")
         if self.timestamps is not None and self.timestamps.shape != self.item_ids.shape:
             raise ValueError(f"timestamps must be [T] like item_ids, got {list(self.timestamps.shape)}")
+        if self.query_times is not None and (self.timestamps is None
+                                             or self.query_times.shape != (self.num_sequences,)):
+            raise ValueError(f"query_times must be [B] with B = {self.num_sequences}, beside timestamps")
         if self.timestamps is not None:  # checked here, on the host: on a GPU the answer would cost a sync
             starts = self.seq_offsets[1:-1]
             steps = torch.diff(self.timestamps)
             steps[starts[(starts > 0) & (starts < self.timestamps.numel())] - 1] = 0  # across sequences: free
             self.timestamps_sorted = bool((steps >= 0).all())
+            if self.query_times is not None and self.num_sequences:
+                ends = self.seq_offsets[1:]
+                nonempty = ends > self.seq_offsets[:-1]
+                after = self.query_times[nonempty] >= self.timestamps[ends[nonempty] - 1]
+                self.timestamps_sorted = self.timestamps_sorted and bool(after.all())
 
     @property
     def num_sequences(self) -> int:
@@ -67,8 +79,9 @@ class SequenceBatch:
 
 
 def make_batch(sequences: JaggedEvents, users: np.ndarray, max_seq_len: int,
-               drop_last: int = 0) -> SequenceBatch:
-    """The chosen users' most recent `max_seq_len` events (after dropping the last `drop_last`)."""
+               drop_last: int = 0, query_times: np.ndarray | None = None) -> SequenceBatch:
+    """The chosen users' most recent `max_seq_len` events (after dropping the last `drop_last`); query_times
+    [len(users)]: see SequenceBatch (kept only where the events have timestamps)."""
     window = sequences.window(np.asarray(users, np.int64), max_seq_len, drop_last)
     as_tensor = (lambda a, dtype: None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(dtype))
     return SequenceBatch(
@@ -79,4 +92,5 @@ def make_batch(sequences: JaggedEvents, users: np.ndarray, max_seq_len: int,
         ratings=as_tensor(window.ratings, torch.float32),
         labels=as_tensor(window.labels, torch.float32),
         context=as_tensor(window.context, torch.int64),
+        query_times=None if window.timestamps is None else as_tensor(query_times, torch.int64),
     )

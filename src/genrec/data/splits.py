@@ -18,10 +18,12 @@ MODES = ("paper", "validated")
 
 @dataclass
 class EvalSplit:
-    """Per user: the history the model reads and the held-out next item."""
+    """Per user: the history the model reads and the held-out next item (and its time: the query time of
+    the model's last history position, as training asks position i about event i + 1's time)."""
 
     histories: JaggedEvents
     target_items: np.ndarray  # [U]
+    target_timestamps: np.ndarray | None = None  # [U], where the events have timestamps
 
 
 @dataclass
@@ -41,7 +43,8 @@ def min_length_for(mode: str) -> int:
 
 def _held_out(sequences: JaggedEvents, n_from_end: int) -> EvalSplit:
     index = sequences.nth_from_end(n_from_end)
-    return EvalSplit(sequences.drop_last(n_from_end), sequences.item_ids[index])
+    times = None if sequences.timestamps is None else sequences.timestamps[index]
+    return EvalSplit(sequences.drop_last(n_from_end), sequences.item_ids[index], times)
 
 
 def leave_one_out(data: SequenceData, mode: str) -> ProtocolSplit:

@@ -47,12 +47,14 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, batch: SequenceBat
 @torch.no_grad()
 def rank_split(scorer: Scorer, split: EvalSplit, max_seq_len: int, batch_size: int,
                device: torch.device, exclude_history: bool = True) -> torch.Tensor:
-    """Ranks [U] of every user's held-out item."""
+    """Ranks [U] of every user's held-out item; the model's last history position asks about the target's
+    time (the held-out event's timestamp), as in training."""
     ranks = []
     num_users = split.histories.num_users
     for start in range(0, num_users, batch_size):
         users = np.arange(start, min(start + batch_size, num_users))
-        batch = make_batch(split.histories, users, max_seq_len).to(device)
+        query_times = None if split.target_timestamps is None else split.target_timestamps[users]
+        batch = make_batch(split.histories, users, max_seq_len, query_times=query_times).to(device)
         targets = torch.from_numpy(split.target_items[users]).to(device)
         ranks.append(target_ranks(scorer(batch), targets, batch, exclude_history).cpu())
     return torch.cat(ranks)

@@ -3,7 +3,9 @@
 Candidates are appended after the history with num_targets = m, so each attends to the whole
 history and to itself, never to another candidate; they run in micro-batches of b_m. The history's
 per-layer keys/values are computed once (prefill) and cached per user in a bounded LRU, so each
-micro-batch computes only the candidate rows. Returns the encoder's candidate representations
+micro-batch computes only the candidate rows. The history's last token asks about the query time
+(the request's: when the candidates are shown), as training asks each position about the next
+event's time; each candidate carries its own time (by default the query time). Returns the encoder's candidate representations
 through the model's own output (l2-normalised embeddings for the retriever, per-task
 probabilities for the ranker). A model serves M-FALCON by providing `history_tokens`,
 `candidate_tokens`, `candidate_outputs`, an HSTU `encoder` and `max_seq_len`.
@@ -13,6 +15,7 @@ Shapes: L history events, C candidates, D model dim.
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Hashable
 
@@ -38,6 +41,7 @@ class MFalcon:
         self.micro_batch_size = micro_batch_size
         self.cache_capacity = cache_capacity
         self._caches: OrderedDict[Hashable, HistoryCache] = OrderedDict()
+        self._lock = threading.Lock()  # the LRU is shared by a server's request threads
 
     def _check(self, history_ids: torch.Tensor, candidate_ids: torch.Tensor) -> None:
         if history_ids.numel() == 0:
@@ -50,38 +54,49 @@ class MFalcon:
 
     @torch.no_grad()
     def prefill(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
-                history_labels: torch.Tensor | None = None) -> HistoryCache:
-        """Runs the history once and keeps every layer's keys/values."""
+                history_labels: torch.Tensor | None = None, query_time: int | None = None) -> HistoryCache:
+        """Runs the history once and keeps every layer's keys/values; query_time: see the module docstring
+        (None: the last history event's own time)."""
         x, token_stamps = self.model.history_tokens(history_ids, history_timestamps, history_labels)
-        cache = HistoryCache(history_ids, history_timestamps, history_labels, token_stamps)
+        cache = HistoryCache(history_ids, history_timestamps, history_labels, token_stamps, query_time)
         offsets = offsets_from_lengths(torch.tensor([x.shape[0]], device=x.device))
-        self.model.encoder(x, offsets, token_stamps, cache=cache)
+        query_times = None
+        if token_stamps is not None and query_time is not None:
+            query_times = torch.tensor([query_time], dtype=torch.int64, device=x.device)
+        self.model.encoder(x, offsets, token_stamps, cache=cache, query_times=query_times)
         return cache
 
     def cached_history(self, user: Hashable, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
-                       history_labels: torch.Tensor | None = None) -> HistoryCache:
-        """The user's cache, rebuilt when the history changed; least recently used ones are evicted."""
-        cache = self._caches.get(user)
-        if cache is None or not cache.matches(history_ids, history_timestamps, history_labels):
-            cache = self.prefill(history_ids, history_timestamps, history_labels)
-        self._caches[user] = cache
-        self._caches.move_to_end(user)
-        while len(self._caches) > self.cache_capacity:
-            self._caches.popitem(last=False)
+                       history_labels: torch.Tensor | None = None, query_time: int | None = None) -> HistoryCache:
+        """The user's cache, rebuilt when the history (or the query time) changed; least recently used ones are
+        evicted. Safe to call from several threads."""
+        with self._lock:
+            cache = self._caches.get(user)
+        if cache is None or not cache.matches(history_ids, history_timestamps, history_labels, query_time):
+            cache = self.prefill(history_ids, history_timestamps, history_labels, query_time)
+        with self._lock:
+            self._caches[user] = cache
+            self._caches.move_to_end(user)
+            while len(self._caches) > self.cache_capacity:
+                self._caches.popitem(last=False)
         return cache
 
     def invalidate(self, user: Hashable) -> None:
         """Drops a user's cache (call when new events arrive)."""
-        self._caches.pop(user, None)
+        with self._lock:
+            self._caches.pop(user, None)
 
     @torch.no_grad()
     def encode_candidates(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
                           candidate_ids: torch.Tensor, candidate_timestamps: torch.Tensor | None = None,
-                          user: Hashable | None = None, history_labels: torch.Tensor | None = None) -> torch.Tensor:
+                          user: Hashable | None = None, history_labels: torch.Tensor | None = None,
+                          query_time: int | None = None) -> torch.Tensor:
         """Candidate outputs via the cached history (cached across calls when `user` is given)."""
         self._check(history_ids, candidate_ids)
-        cache = (self.cached_history(user, history_ids, history_timestamps, history_labels) if user is not None
-                 else self.prefill(history_ids, history_timestamps, history_labels))
+        candidate_timestamps = self._candidate_times(history_timestamps, candidate_ids, candidate_timestamps,
+                                                     query_time)
+        cache = (self.cached_history(user, history_ids, history_timestamps, history_labels, query_time)
+                 if user is not None else self.prefill(history_ids, history_timestamps, history_labels, query_time))
         position = cache.keys[0].shape[0]  # history tokens
         outputs = []
         for start in range(0, candidate_ids.numel(), self.micro_batch_size):
@@ -91,21 +106,39 @@ class MFalcon:
             outputs.append(self.model.candidate_outputs(hidden))
         return torch.cat(outputs)
 
+    @staticmethod
+    def _candidate_times(history_timestamps: torch.Tensor | None, candidate_ids: torch.Tensor,
+                         candidate_timestamps: torch.Tensor | None, query_time: int | None) -> torch.Tensor | None:
+        """Each candidate's time: as given, else the query time, else the last history event's."""
+        if history_timestamps is None or candidate_timestamps is not None:
+            return candidate_timestamps
+        now = query_time if query_time is not None else int(history_timestamps[-1])
+        return torch.full_like(candidate_ids, now)
+
     @torch.no_grad()
     def encode_candidates_uncached(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
-                                   candidate_ids: torch.Tensor,
-                                   candidate_timestamps: torch.Tensor | None = None) -> torch.Tensor:
+                                   candidate_ids: torch.Tensor, candidate_timestamps: torch.Tensor | None = None,
+                                   history_labels: torch.Tensor | None = None,
+                                   query_time: int | None = None) -> torch.Tensor:
         """The same through full passes over [history; micro-batch] with num_targets (no cache)."""
         self._check(history_ids, candidate_ids)
+        candidate_timestamps = self._candidate_times(history_timestamps, candidate_ids, candidate_timestamps,
+                                                     query_time)
         outputs = []
         for start in range(0, candidate_ids.numel(), self.micro_batch_size):
             ids = candidate_ids[start:start + self.micro_batch_size]
             tokens = torch.cat([history_ids, ids])
-            stamps = None
+            stamps = query_times = labels = None
             if history_timestamps is not None:
                 stamps = torch.cat([history_timestamps, candidate_timestamps[start:start + self.micro_batch_size]])
+                if query_time is not None:
+                    query_times = torch.tensor([query_time], device=tokens.device)
+            if history_labels is not None:  # the candidates' own actions are never seen (target-aware)
+                labels = torch.cat([history_labels, history_labels.new_zeros(ids.numel(), history_labels.shape[1])])
             offsets = offsets_from_lengths(torch.tensor([tokens.numel()], device=tokens.device))
-            batch = SequenceBatch(tokens, offsets, max_seq_len=history_ids.numel() + ids.numel(), timestamps=stamps)
+            batch = SequenceBatch(tokens, offsets, max_seq_len=history_ids.numel() + ids.numel(), timestamps=stamps,
+                                  labels=labels, query_times=query_times)
             num_targets = torch.tensor([ids.numel()], device=tokens.device)
-            outputs.append(self.model(batch, num_targets)[history_ids.numel():])
+            out = self.model(batch, num_targets)[history_ids.numel():]
+            outputs.append(torch.sigmoid(out) if isinstance(self.model, GenerativeRanker) else out)  # logits
         return torch.cat(outputs)

@@ -28,15 +28,21 @@ class InputEmbedding(nn.Module):
 
     def forward(self, item_ids: torch.Tensor, seq_offsets: torch.Tensor,
                 num_targets: torch.Tensor | None = None) -> torch.Tensor:
-        """item_ids [T], seq_offsets [B+1] -> [T, D]; the last num_targets[b] tokens of sequence b are
-        candidates and all take the position right after the history."""
-        positions = positions_in_sequence(seq_offsets, item_ids.shape[0])
+        """item_ids [T], seq_offsets [B+1] -> [T, D] (see token_positions)."""
+        positions = self.token_positions(seq_offsets, item_ids.shape[0], num_targets)
+        return self.dropout(self.item(item_ids) * self.scale + self.position(positions))
+
+    def token_positions(self, seq_offsets: torch.Tensor, num_tokens: int,
+                        num_targets: torch.Tensor | None = None) -> torch.Tensor:
+        """[T] each token's position: its index in the sequence, but the last num_targets[b] tokens of
+        sequence b are candidates and all take the position right after the history, as M-FALCON's cached
+        path places them, so that a candidate's score never depends on where it sits among the others."""
+        positions = positions_in_sequence(seq_offsets, num_tokens)
         if num_targets is not None:
             lengths = seq_offsets[1:] - seq_offsets[:-1]
-            history_len = torch.repeat_interleave(lengths - num_targets, lengths, output_size=item_ids.shape[0])
+            history_len = torch.repeat_interleave(lengths - num_targets, lengths, output_size=num_tokens)
             positions = torch.minimum(positions, history_len)
-        positions = positions.clamp(max=self.position.num_embeddings - 1)
-        return self.dropout(self.item(item_ids) * self.scale + self.position(positions))
+        return positions.clamp(max=self.position.num_embeddings - 1)
 
     def normalized_items(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         """l2-normalised item embeddings ([num_items + 1, D] for the whole table)."""

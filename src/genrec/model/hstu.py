@@ -16,6 +16,7 @@ from genrec.model.kv_cache import HistoryCache
 from genrec.model.rab import RelativeBias
 from genrec.ops import hstu_attention
 from genrec.ops.attention import attention_flops, candidate_attention_reference
+from genrec.ops.attention.rab import query_timestamps
 
 
 class HSTULayer(nn.Module):
@@ -48,15 +49,17 @@ class HSTULayer(nn.Module):
 
     def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
                 num_targets: torch.Tensor | None = None, cache: HistoryCache | None = None,
-                sorted_timestamps: bool = False) -> torch.Tensor:
+                sorted_timestamps: bool = False, query_timestamps: torch.Tensor | None = None) -> torch.Tensor:
         """x [T, D] -> [T, D]. With `cache` (one user's history), appends this layer's keys/values.
-        sorted_timestamps: they never decrease within a sequence (SequenceBatch.timestamps_sorted)."""
+        query_timestamps [T]: each row's query time t' (see genrec.ops.attention.rab); sorted_timestamps: the
+        timestamps and the query times never decrease within a sequence."""
         u, v, q, k = self._project(x)
         if cache is not None:
             cache.keys.append(k)
             cache.values.append(v)
         attended = hstu_attention(q, k, v, seq_offsets, max_seq_len=self.max_seq_len, alpha=1.0,
-                                  num_targets=num_targets, rab=self.rab(timestamps, sorted_timestamps),
+                                  num_targets=num_targets,
+                                  rab=self.rab(timestamps, sorted_timestamps, query_timestamps),
                                   backend=self.backend)
         return self._finish(x, u, attended)
 
@@ -77,9 +80,17 @@ class HSTUEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
                 num_targets: torch.Tensor | None = None, cache: HistoryCache | None = None,
-                sorted_timestamps: bool = False) -> torch.Tensor:
+                sorted_timestamps: bool = False, query_times: torch.Tensor | None = None) -> torch.Tensor:
+        """query_times [B]: the time of the event each sequence's last history token predicts (the held-out
+        target's in evaluation, the request's in serving); None: its own time. sorted_timestamps: the batch's
+        timestamps, then each query time, never decrease (SequenceBatch.timestamps_sorted)."""
+        queries = None
+        if timestamps is not None:  # t' of every token, once for all layers
+            queries = query_timestamps(timestamps, seq_offsets, num_targets, query_times)
+            # candidates follow the query time with their own times, in no promised order
+            sorted_timestamps = sorted_timestamps and (query_times is None or num_targets is None)
         for layer in self.layers:
-            x = layer(x, seq_offsets, timestamps, num_targets, cache, sorted_timestamps)
+            x = layer(x, seq_offsets, timestamps, num_targets, cache, sorted_timestamps, queries)
         return x
 
     def forward_flops(self, lengths: torch.Tensor) -> float:

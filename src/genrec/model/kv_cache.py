@@ -17,6 +17,7 @@ class HistoryCache:
     timestamps: torch.Tensor | None  # [L] event times, as requested
     labels: torch.Tensor | None = None  # [L, A] action signals (ranker)
     token_timestamps: torch.Tensor | None = None  # per history token (the ranker has two per event)
+    query_time: int | None = None  # what the last history token asked about (see genrec.inference.mfalcon)
     keys: list[torch.Tensor] = field(default_factory=list)  # per layer [L, H, Dqk]
     values: list[torch.Tensor] = field(default_factory=list)  # per layer [L, H, Dv]
 
@@ -24,9 +25,12 @@ class HistoryCache:
     def history_len(self) -> int:
         return self.item_ids.shape[0]
 
-    def matches(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None, labels: torch.Tensor | None) -> bool:
-        """True when this cache was built from exactly this history."""
-        return _same(self.item_ids, item_ids) and _same(self.timestamps, timestamps) and _same(self.labels, labels)
+    def matches(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None, labels: torch.Tensor | None,
+                query_time: int | None = None) -> bool:
+        """True when this cache was built from exactly this history and query time (which shapes the keys and
+        values of the layers after the first, where the model uses time)."""
+        return (_same(self.item_ids, item_ids) and _same(self.timestamps, timestamps) and _same(self.labels, labels)
+                and (self.timestamps is None or self.query_time == query_time))
 
 
 def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:

@@ -15,7 +15,6 @@ from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
 from genrec.model.embeddings import InputEmbedding, UserContextEmbedding, prepend_context
 from genrec.model.hstu import HSTUEncoder
-from genrec.ops.jagged import positions_in_sequence
 
 
 class GenerativeRanker(nn.Module):
@@ -44,15 +43,17 @@ class GenerativeRanker(nn.Module):
             raise ValueError("ranking batches need per-event action labels")
         tokens = self._tokens(batch.item_ids, batch.labels)
         offsets = batch.seq_offsets * 2
-        x = self.embedding.dropout(tokens + self.embedding.position(positions_in_sequence(offsets, tokens.shape[0])))
+        token_targets = None if num_targets is None else 2 * num_targets
+        positions = self.embedding.token_positions(offsets, tokens.shape[0], token_targets)
+        x = self.embedding.dropout(tokens + self.embedding.position(positions))
         stamps = None if batch.timestamps is None else torch.repeat_interleave(batch.timestamps, 2)
         if self.context is not None:
             x, offsets, stamps, rows = prepend_context(x, offsets, stamps, self.context(batch.context, num_targets))
-            encoded = self.encoder(x, offsets, stamps, sorted_timestamps=batch.timestamps_sorted)
+            encoded = self.encoder(x, offsets, stamps, sorted_timestamps=batch.timestamps_sorted,
+                                   query_times=batch.query_times)
             return self.heads(encoded.index_select(0, rows[0::2]))
-        token_targets = None if num_targets is None else 2 * num_targets
-        return self.heads(self.encoder(x, offsets, stamps, token_targets,
-                                       sorted_timestamps=batch.timestamps_sorted)[0::2])
+        return self.heads(self.encoder(x, offsets, stamps, token_targets, sorted_timestamps=batch.timestamps_sorted,
+                                       query_times=batch.query_times)[0::2])
 
     # --- the M-FALCON interface: candidates are item tokens after the whole interleaved history ---
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,

@@ -49,11 +49,13 @@ class SequentialRetriever(nn.Module):
         x = self.embedding(batch.item_ids, batch.seq_offsets, num_targets)
         if self.context is None:
             return F.normalize(self.encoder(x, batch.seq_offsets, batch.timestamps, num_targets,
-                                            sorted_timestamps=batch.timestamps_sorted), dim=-1)
+                                            sorted_timestamps=batch.timestamps_sorted, query_times=batch.query_times),
+                               dim=-1)
         x, seq_offsets, timestamps, rows = prepend_context(x, batch.seq_offsets, batch.timestamps,
                                                            self.context(batch.context, num_targets))
         # the prefix tokens take the first event's time: the order holds
-        encoded = self.encoder(x, seq_offsets, timestamps, sorted_timestamps=batch.timestamps_sorted)
+        encoded = self.encoder(x, seq_offsets, timestamps, sorted_timestamps=batch.timestamps_sorted,
+                               query_times=batch.query_times)
         return F.normalize(encoded.index_select(0, rows), dim=-1)
 
     # --- the M-FALCON interface (history tokens, candidate tokens, candidate outputs) -------------

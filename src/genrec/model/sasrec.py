@@ -55,8 +55,9 @@ class SASRecEncoder(nn.Module):
         self.final_norm = nn.LayerNorm(dim, eps=1e-8)
 
     def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
-                num_targets: torch.Tensor | None = None, sorted_timestamps: bool = False) -> torch.Tensor:
-        """x [T, D] -> [T, D]; timestamps (and their order) are unused (SASRec has no time signal)."""
+                num_targets: torch.Tensor | None = None, sorted_timestamps: bool = False,
+                query_times: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, D] -> [T, D]; timestamps, their order and query times are unused (SASRec has no time signal)."""
         if num_targets is not None:
             raise ValueError("SASRec does not support candidate (num_targets) scoring")
         lengths = lengths_from_offsets(seq_offsets)

@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from genrec.ops.attention.rab import query_timestamps as default_query_timestamps
 from genrec.ops.attention.rab import thresholds_on
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -202,23 +203,23 @@ def _log_bucket(gap, time_scale, num_buckets, IEEE: tl.constexpr):
 
 
 @triton.jit
-def _query_time(ts, seq_start, i, seq_len, history_len):
-    """t' of rows i: their next *history* event's time (rows past the sequence's end repeat its last row's)."""
-    next_i = tl.where(i + 1 < history_len, i + 1, i)
-    return tl.load(ts + seq_start + tl.minimum(next_i, seq_len - 1))
+def _query_time(qts, seq_start, i, seq_len):
+    """t' of rows i (see rab.query_timestamps); rows past the sequence's end repeat its last row's."""
+    return tl.load(qts + seq_start + tl.minimum(i, seq_len - 1))
 
 
 @triton.jit
-def _query_times(ts, seq_start, m0, offs_m, seq_len, history_len, TIME_BIAS: tl.constexpr):
-    """Each query row's time t' and their range, for _time_bias. Over sorted timestamps t' never decreases
-    either, so the range is the first and last rows' (two scalar loads); otherwise it costs a reduction across
-    warps, per tile in the kernels whose rows change from tile to tile."""
+def _query_times(qts, seq_start, m0, offs_m, seq_len, TIME_BIAS: tl.constexpr):
+    """Each query row's time t' and their range, for _time_bias. Over sorted times t' never decreases either
+    (the caller's promise covers the query times too), so the range is the first and last rows' (two scalar
+    loads); otherwise it costs a reduction across warps, per tile in the kernels whose rows change from tile
+    to tile."""
     t_query = offs_m.to(tl.int64)  # unused without a time bias (and then compiled away)
     if TIME_BIAS:
-        t_query = _query_time(ts, seq_start, offs_m, seq_len, history_len)
+        t_query = _query_time(qts, seq_start, offs_m, seq_len)
     if TIME_BIAS == SORTED_TIMES:
-        query_min = _query_time(ts, seq_start, m0, seq_len, history_len)
-        query_max = _query_time(ts, seq_start, m0 + offs_m.shape[0] - 1, seq_len, history_len)
+        query_min = _query_time(qts, seq_start, m0, seq_len)
+        query_max = _query_time(qts, seq_start, m0 + offs_m.shape[0] - 1, seq_len)
     else:
         query_min, query_max = tl.min(t_query, 0), tl.max(t_query, 0)
     return t_query, query_min, query_max
@@ -336,7 +337,7 @@ def _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M: 
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts, time_g,
+def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts, qts, time_g,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                 alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                 H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
@@ -354,7 +355,7 @@ def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts, time_
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
-    t_query, query_min, query_max = _query_times(ts, seq_start, m0, offs_m, seq_len, history_len, TIME_BIAS)
+    t_query, query_min, query_max = _query_times(qts, seq_start, m0, offs_m, seq_len, TIME_BIAS)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     full_hi, ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M,
                                          BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
@@ -399,7 +400,7 @@ def _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len
 
 
 @triton.jit
-def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w, time_w, ts, time_g,
+def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w, time_w, ts, qts, time_g,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                    alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                    H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
@@ -424,13 +425,13 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w,
     if dv_only:
         _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_len, h, stride_qt, stride_qh,
                       stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, alpha, inv_n, max_seq_len,
-                      max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
+                      max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale, num_buckets, DQK, DV,
                       HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_N, BLOCK_DQK,
                       BLOCK_DV, False, BLOCK_BUCKETS, False, True)
     else:
         _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_len, h, stride_qt, stride_qh,
                       stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, alpha, inv_n, max_seq_len,
-                      max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
+                      max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale, num_buckets, DQK, DV,
                       HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_N, BLOCK_DQK,
                       BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, True, not SPLIT)
 
@@ -438,7 +439,7 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w,
 @triton.jit
 def _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_len, h, stride_qt, stride_qh,
                   stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, alpha, inv_n, max_seq_len,
-                  max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets,
+                  max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale, num_buckets,
                   DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
                   TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -479,14 +480,15 @@ def _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_l
         start_m = _segment_start(index, ctx_hi, lo, main_blocks, cand_lo, BLOCK_M)
         dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len,
                                      history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
-                                     max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale,
-                                     num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE,
-                                     BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, WITH_DK, WITH_DV, True)
+                                     max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g,
+                                     time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW,
+                                     HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, WITH_DK,
+                                     WITH_DV, True)
     if not HAS_WINDOW:
         for start_m in range(full_lo, seq_len, BLOCK_M):
             dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len,
                                          history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
-                                         max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
+                                         max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g,
                                          time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW,
                                          HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS,
                                          WITH_DK, WITH_DV, False)
@@ -504,7 +506,7 @@ def _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_l
 @triton.jit
 def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len, history_len, stride_qt, stride_qh,
                  stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts,
-                 time_g, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr,
+                 qts, time_g, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr,
                  POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr,
                  IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                  TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, WITH_DK: tl.constexpr, WITH_DV: tl.constexpr,
@@ -515,7 +517,7 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
-    t_query, query_min, query_max = _query_times(ts, seq_start, start_m, offs_m, seq_len, history_len, TIME_BIAS)
+    t_query, query_min, query_max = _query_times(qts, seq_start, start_m, offs_m, seq_len, TIME_BIAS)
     s, valid, _, bucket, bucket_lo, bucket_hi = _tile(q, k, offs_m, offs_n, start_m, n0, seq_start, seq_len,
                                                       history_len, t_query, query_min, query_max, alpha, max_seq_len,
                                                       max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
@@ -545,7 +547,7 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
 # masked reduction per bucket a tile meets) go with them, or without a position bias stay in the dK/dV
 # loop: a kernel recomputing ds for them alone cost more than it saved (time only: 37.8 -> 42.3 ms).
 @triton.jit
-def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, time_w, ts, time_g,
+def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, time_w, ts, qts, time_g,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                      alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                      H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
@@ -588,9 +590,9 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
         acc, dtime = _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, m0 - lag * BLOCK, seq_start, seq_len,
                                     history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                                     stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
-                                    pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE,
-                                    TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK, BLOCK_DV, BLOCK_REL,
-                                    BLOCK_BUCKETS)
+                                    pos_w, time_w, ts, qts, time_g, time_scale, num_buckets, DQK, DV, HAS_POS,
+                                    POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK, BLOCK_DV,
+                                    BLOCK_REL, BLOCK_BUCKETS)
     _add_diagonal_sums(DPOS, acc, max_seq_len - (lag + 1) * BLOCK, 2 * max_seq_len - 2, BLOCK, BLOCK_REL)
     if TIME_BIAS:
         _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS)
@@ -599,7 +601,7 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
 @triton.jit
 def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, history_len, stride_qt, stride_qh,
                    stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, h, alpha, inv_n,
-                   max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets,
+                   max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale, num_buckets,
                    DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
                    TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -612,7 +614,7 @@ def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, hi
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, offs_dv, DV)
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, offs_dqk, DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
-    t_query, query_min, query_max = _query_times(ts, seq_start, m0, offs_m, seq_len, history_len, TIME_BIAS)
+    t_query, query_min, query_max = _query_times(qts, seq_start, m0, offs_m, seq_len, TIME_BIAS)
     s, valid, rel, bucket, bucket_lo, bucket_hi = _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len,
                                                         t_query, query_min, query_max, alpha, max_seq_len, max_attn_len,
                                                         contextual_len, pos_w, time_w, ts, time_g, time_scale,
@@ -677,7 +679,7 @@ def _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS: tl.constexpr):
 
 
 @triton.jit
-def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, time_g,
+def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, qts, time_g,
                   stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
                   alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
                   H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
@@ -696,7 +698,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, 
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
-    t_query, query_min, query_max = _query_times(ts, seq_start, m0, offs_m, seq_len, history_len, TIME_BIAS)
+    t_query, query_min, query_max = _query_times(qts, seq_start, m0, offs_m, seq_len, TIME_BIAS)
     full_hi, ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M,
                                          BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
     if not HAS_WINDOW:
@@ -796,10 +798,12 @@ def _split_key_blocks(dqk: int, dv: int) -> bool:
 class _Options:
     """The non-tensor arguments shared by the kernels."""
 
-    def __init__(self, q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+    def __init__(self, q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, query_timestamps,
                  max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps,
                  backward=False):
         has_time = time_weights is not None and timestamps is not None
+        if has_time and query_timestamps is None:
+            query_timestamps = default_query_timestamps(timestamps, seq_offsets, num_targets)
         position_table = position_weights is not None and num_targets is None
         # Gathered bias weights: in the forward, in the scores' input dtype (the reference rounds rab so too),
         # where a 2-byte gather stays a plain load and triton's pipeliner turns a 4-byte one into an async
@@ -833,6 +837,7 @@ class _Options:
         self.bias_pointers = (dummy if position_weights is None else position_weights,
                               dummy if time_weights is None else time_weights,
                               dummy if not has_time else timestamps,
+                              dummy if not has_time else query_timestamps,
                               thresholds_on(float(time_bucket_scale), num_buckets, q.device) if has_time else dummy)
         self.transposed_bias_pointers = self.bias_pointers
         if reversed_table is not None:
@@ -865,10 +870,10 @@ class _Options:
             yield grid, (offsets, self.seq_offsets if targets is None else targets, *bias_pointers)
 
 
-def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, query_timestamps,
             max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps) -> torch.Tensor:
     """Launches the forward kernel; q, k, v must be contiguous. Returns out [T, H, Dv]."""
-    options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+    options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, query_timestamps,
                        max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps)
     out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
     for grid, pointers in options.launches("BLOCK_M") if q.shape[0] else ():
@@ -878,10 +883,11 @@ def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, t
 
 
 def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
-             max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps):
+             query_timestamps, max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale,
+             sorted_timestamps):
     """Launches the dK/dV, dQ and bias-gradient kernels; grad_out, q, k, v must be contiguous. Returns dq, dk,
     dv and the fp32 gradients of the position and time weights (shaped like them; [0] where a weight is absent)."""
-    options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+    options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, query_timestamps,
                        max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps,
                        backward=True)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

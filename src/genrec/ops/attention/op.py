@@ -17,17 +17,18 @@ from genrec.ops.attention import kernel
 @torch.library.custom_op("genrec::hstu_attention_fwd", mutates_args=())
 def hstu_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets: torch.Tensor,
                        num_targets: torch.Tensor | None, position_weights: torch.Tensor | None,
-                       time_weights: torch.Tensor | None, timestamps: torch.Tensor | None, max_seq_len: int,
-                       alpha: float, max_attn_len: int, contextual_seq_len: int,
-                       time_bucket_scale: float, sorted_timestamps: bool) -> torch.Tensor:
+                       time_weights: torch.Tensor | None, timestamps: torch.Tensor | None,
+                       query_timestamps: torch.Tensor | None, max_seq_len: int, alpha: float, max_attn_len: int,
+                       contextual_seq_len: int, time_bucket_scale: float, sorted_timestamps: bool) -> torch.Tensor:
     """out [T, H, Dv]; q, k [T, H, Dqk], v [T, H, Dv] contiguous (see genrec.ops.hstu_attention)."""
     return kernel.forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
-                          max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps)
+                          query_timestamps, max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale,
+                          sorted_timestamps)
 
 
 @hstu_attention_fwd.register_fake
-def _(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, max_seq_len, alpha,
-      max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps):
+def _(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, query_timestamps, max_seq_len,
+      alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps):
     return q.new_empty(q.shape[0], q.shape[1], v.shape[2])
 
 
@@ -35,19 +36,19 @@ def _(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timesta
 def hstu_attention_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        seq_offsets: torch.Tensor, num_targets: torch.Tensor | None,
                        position_weights: torch.Tensor | None, time_weights: torch.Tensor | None,
-                       timestamps: torch.Tensor | None, max_seq_len: int, alpha: float, max_attn_len: int,
-                       contextual_seq_len: int, time_bucket_scale: float,
+                       timestamps: torch.Tensor | None, query_timestamps: torch.Tensor | None, max_seq_len: int,
+                       alpha: float, max_attn_len: int, contextual_seq_len: int, time_bucket_scale: float,
                        sorted_timestamps: bool) -> list[torch.Tensor]:
     """[dq, dk, dv, d position_weights, d time_weights]; the weight gradients are fp32 and empty ([0])
     where that part of the bias is off."""
     return list(kernel.backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time_weights,
-                                timestamps, max_seq_len, alpha, max_attn_len, contextual_seq_len,
+                                timestamps, query_timestamps, max_seq_len, alpha, max_attn_len, contextual_seq_len,
                                 time_bucket_scale, sorted_timestamps))
 
 
 @hstu_attention_bwd.register_fake
-def _(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, max_seq_len,
-      alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps):
+def _(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, query_timestamps,
+      max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps):
     uses_time = time_weights is not None and timestamps is not None
     return [torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
             q.new_empty(position_weights.shape if position_weights is not None else 0, dtype=torch.float32),
@@ -55,19 +56,20 @@ def _(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time_weight
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, *scalars = inputs
-    ctx.save_for_backward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps)
+    q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, query_timestamps, *scalars = inputs
+    ctx.save_for_backward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
+                          query_timestamps)
     ctx.scalars = scalars
 
 
 def _gradients(ctx, grad_out, backward):
     """The inputs' gradients from `backward` (the custom op, or the bare launcher in eager mode)."""
-    q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps = ctx.saved_tensors
+    q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, query_timestamps = ctx.saved_tensors
     dq, dk, dv, dpos, dtime = backward(grad_out.contiguous(), q, k, v, seq_offsets, num_targets, position_weights,
-                                       time_weights, timestamps, *ctx.scalars)
+                                       time_weights, timestamps, query_timestamps, *ctx.scalars)
     grad_pos = None if position_weights is None else dpos.to(position_weights.dtype)
     grad_time = None if time_weights is None or timestamps is None else dtime.to(time_weights.dtype)
-    return dq, dk, dv, None, None, grad_pos, grad_time, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, grad_pos, grad_time, None, None, None, None, None, None, None, None
 
 
 hstu_attention_fwd.register_autograd(lambda ctx, grad_out: _gradients(ctx, grad_out, hstu_attention_bwd),
@@ -92,13 +94,15 @@ class _EagerAttention(torch.autograd.Function):
 def hstu_attention_triton(q, k, v, seq_offsets, *, max_seq_len, alpha, num_targets=None, rab=None,
                           max_attn_len=0, contextual_seq_len=0):
     """Fused twin of `hstu_attention_reference`; `rab` is a BucketedBias (computed in-kernel) or None."""
-    position_weights = time_weights = timestamps = None
+    position_weights = time_weights = timestamps = query_timestamps = None
     scale, sorted_timestamps = 0.301, False
     if rab is not None:
         position_weights, time_weights, timestamps = rab.position_weights, rab.time_weights, rab.timestamps
         scale, sorted_timestamps = rab.time_bucket_scale, rab.sorted_timestamps
+        if rab.uses_time:
+            query_timestamps = rab.query_times_for(seq_offsets, num_targets)
     attention = hstu_attention_fwd if torch.compiler.is_compiling() else _EagerAttention.apply
     # contiguous inputs: the gradients then share their strides
     return attention(q.contiguous(), k.contiguous(), v.contiguous(), seq_offsets, num_targets, position_weights,
-                     time_weights, timestamps, int(max_seq_len), float(alpha), int(max_attn_len),
+                     time_weights, timestamps, query_timestamps, int(max_seq_len), float(alpha), int(max_attn_len),
                      int(contextual_seq_len), float(scale), bool(sorted_timestamps))

@@ -4,9 +4,12 @@ compute the bias tile by tile instead of reading a dense [B, N, N] tensor.
 bias(i, j) = position_weights[p(j) - p(i) + N - 1] + time_weights[bucket(t'_i - t_j)], with
 bucket(dt) = floor(ln(max(|dt|, 1)) / time_bucket_scale) clamped to [0, num_time_buckets],
 p(x) = min(x, Lh) (candidates share the position right after the history of length Lh) and
-t'_i the query's next *history* event time t_{i+1}; the last history token and candidates use
-their own time. So history rows never depend on the candidates, and a candidate's bias does not
-depend on where it sits among the others (what M-FALCON's exactness rests on).
+t'_i the query time of token i (query_timestamps): the time of the event it predicts, i.e. the
+next history event's t_{i+1}; for the last history token the sequence's query time (the held-out
+target's time in evaluation, the request's in serving; its own time when none is given), and
+candidates their own time. So training (where row i predicts event i + 1), evaluation and serving
+ask each row the same question; history rows never depend on the candidates, and a candidate's
+bias does not depend on where it sits among the others (what M-FALCON's exactness rests on).
 Shapes: B sequences, T tokens, N max_seq_len, n longest length in the batch.
 """
 
@@ -28,8 +31,9 @@ class BucketedBias:
     time_bucket_scale: float = 0.301
     # True promises timestamps that never decrease within a sequence (genrec's batches check it on the host):
     # the fused kernel then reads a key tile's time range off its ends instead of reducing it. A broken
-    # promise gives wrong time biases; the reference ignores it.
+    # promise gives wrong time biases; the reference ignores it. It covers the query timestamps too.
     sorted_timestamps: bool = False
+    query_timestamps: torch.Tensor | None = None  # [T] int64 t' per token; None: query_timestamps() without query times
 
     @property
     def num_time_buckets(self) -> int:
@@ -38,6 +42,29 @@ class BucketedBias:
     @property
     def uses_time(self) -> bool:
         return self.time_weights is not None and self.timestamps is not None
+
+    def query_times_for(self, seq_offsets: torch.Tensor, num_targets: torch.Tensor | None) -> torch.Tensor:
+        """[T] t' of every token (the given query_timestamps, else their default)."""
+        if self.query_timestamps is not None:
+            return self.query_timestamps
+        return query_timestamps(self.timestamps, seq_offsets, num_targets)
+
+
+def query_timestamps(timestamps: torch.Tensor, seq_offsets: torch.Tensor, num_targets: torch.Tensor | None = None,
+                     query_times: torch.Tensor | None = None) -> torch.Tensor:
+    """t' [T] of every token: t_{i+1} inside the history; for the last history token query_times[b] [B] (the
+    time of the event it predicts) or, when None, its own time; candidates their own time. No host sync."""
+    num_tokens = timestamps.shape[0]
+    device = timestamps.device
+    lengths = seq_offsets[1:] - seq_offsets[:-1]
+    sequence = torch.repeat_interleave(torch.arange(lengths.shape[0], device=device), lengths, output_size=num_tokens)
+    history_end = seq_offsets[1:] if num_targets is None else seq_offsets[1:] - num_targets
+    end = history_end[sequence]
+    index = torch.arange(num_tokens, device=device)
+    query = timestamps.gather(0, torch.where(index + 1 < end, index + 1, index))
+    if query_times is not None:
+        query = torch.where(index == end - 1, query_times.to(timestamps.dtype)[sequence], query)
+    return query
 
 
 def time_buckets_by_formula(delta: torch.Tensor, scale: float, num_buckets: int) -> torch.Tensor:
@@ -104,8 +131,7 @@ def dense_bias(bias: BucketedBias, seq_offsets: torch.Tensor, n: int, max_seq_le
         dense = _lookup(bias.position_weights, relative)
     if bias.uses_time:
         key_times = jagged_to_padded(bias.timestamps, seq_offsets, n)
-        next_index = torch.where(index + 1 < history_len, index + 1, index).clamp(max=n - 1)
-        query_times = key_times.gather(1, next_index)
+        query_times = jagged_to_padded(bias.query_times_for(seq_offsets, num_targets), seq_offsets, n)
         buckets = time_buckets(query_times.unsqueeze(2) - key_times.unsqueeze(1), bias.time_bucket_scale,
                                bias.num_time_buckets)
         time_part = _lookup(bias.time_weights, buckets)
