@@ -24,6 +24,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from genrec.ops import BucketedBias, hstu_attention  # noqa: E402
+from genrec.ops.attention.rab import query_timestamps  # noqa: E402
 from genrec.ops.jagged import jagged_to_padded, offsets_from_lengths  # noqa: E402
 
 TOKENS = 124_000
@@ -66,8 +67,10 @@ def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), rab_parts=(), c
     if rab_parts:
         position = torch.randn(2 * n - 1, device="cuda") * 0.02 if "position" in rab_parts else None
         time_weights = torch.randn(129, device="cuda") * 0.02 if "time" in rab_parts else None
+        # the query times are computed once per batch, as the encoder does for all its layers
+        queries = query_timestamps(stamps, offsets, num_targets) if time_weights is not None else None
         rab = BucketedBias(position, time_weights, stamps if time_weights is not None else None,
-                           sorted_timestamps=sorted_times)
+                           sorted_timestamps=sorted_times, query_timestamps=queries)
     leaves = [t.requires_grad_() for t in (q, k, v)]
     kernel = lambda: hstu_attention(q, k, v, offsets, max_seq_len=n, alpha=1.0 / dim, rab=rab,  # noqa: E731
                                     num_targets=num_targets, backend="triton")

@@ -75,6 +75,9 @@ def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, t
     return {"dataset": dataset, "model": model, "mode": mode, "tie_order": tie_order, "epochs": epochs,
             "device": device, "torch": torch.__version__, "overrides": overrides, "concurrent_jobs": jobs,
             "runs_sharing_gpu": sharing, "epochs_run": summary["epoch"], "eval_scores": "fp32",
+            # rows without these two fields were evaluated before issue 21: ties ranked the target first and the
+            # last history position asked about its own time instead of the held-out event's
+            "ties": "pessimistic", "query_time": "target",
             "selected_epoch": summary["best_epoch"], "seconds": round(seconds, 1),
             # median: the first epoch also pays for kernel compilation and autotuning
             "seconds_per_epoch": round(statistics.median(summary["epoch_seconds"] or [0.0]), 3),
@@ -127,9 +130,10 @@ def main() -> None:
 
 
 def _merge(result: dict, row: dict) -> None:
-    """A rerun of the same (dataset, model spec, mode, tie order, epochs, overrides) replaces the old row;
-    the overrides count because --set (e.g. train.patience=5) changes the run without changing the spec."""
-    fields = ("dataset", "model", "mode", "tie_order", "epochs", "overrides")
+    """A rerun of the same (dataset, model spec, mode, tie order, epochs, overrides, evaluation rules) replaces
+    the old row; the overrides count because --set (e.g. train.patience=5) changes the run without changing the
+    spec, and rows of the old evaluation rules stay beside the new ones."""
+    fields = ("dataset", "model", "mode", "tie_order", "epochs", "overrides", "ties", "query_time")
     result["runs"] = [r for r in result["runs"] if any(r.get(f) != row.get(f) for f in fields)] + [row]
 
 
