@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from genrec.config import PRESETS, Config, apply_overrides, load_config_file, parse_assignment, preset
+from genrec.config import (PRESETS, Config, apply_overrides, load_config_file, load_run_config, parse_assignment,
+                           preset)
 from genrec.data import DATASETS
 
 # The embedded default is a minutes-long CPU demo on synthetic data, not the paper's 101 epochs.
@@ -48,9 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--ranker", type=Path, default=None, help="run directory of genrec train --task ranking")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     serve.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
     serve.add_argument("--max-candidates", type=int, default=4096, help="most candidates one /v1/rank may send")
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (larger: 413)")
     return parser
 
 
@@ -92,11 +94,9 @@ def _run_train(args: argparse.Namespace) -> None:
     from genrec.train.trainer import Trainer
 
     if args.resume:
-        from genrec.config import config_from_dict
-        saved = args.out / "config.json"
-        if not saved.is_file():
+        if not (args.out / "config.json").is_file():
             raise ValueError(f"{args.out}: nothing to resume (no config.json)")
-        config = config_from_dict(json.loads(saved.read_text()))
+        config = load_run_config(args.out)
         if args.epochs is not None:
             config.train.epochs = args.epochs
     else:
@@ -126,10 +126,7 @@ def _run_train(args: argparse.Namespace) -> None:
 def _run_eval(args: argparse.Namespace) -> None:
     from genrec.train.checkpoint import atomic_write_bytes
 
-    config_path = args.checkpoint / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"{args.checkpoint}: no config.json (not a genrec run directory)")
-    if json.loads(config_path.read_text()).get("train", {}).get("task") == "ranking":
+    if load_run_config(args.checkpoint).train.task == "ranking":
         from genrec.train.ranking import evaluate_ranking_run
         result = evaluate_ranking_run(args.checkpoint, args.split)
         _print_table(f"{args.split} metrics (ranking)", {"hstu": result["metrics"], "din": result["din"]})
@@ -153,7 +150,13 @@ def _run_serve(args: argparse.Namespace) -> None:
         from genrec.serve.http import Limits, create_app
     except ImportError as error:
         raise ValueError(f"genrec serve needs FastAPI and uvicorn: pip install 'genrec[serve]' ({error})") from error
-    limits = Limits(max_k=args.max_k, max_candidates=args.max_candidates)
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    if min(args.max_k, args.max_candidates, args.max_body_bytes) < 1:
+        raise ValueError("--max-k, --max-candidates and --max-body-bytes must be positive")
+    from genrec.train.experiment import resolve_device
+    resolve_device(args.device)
+    limits = Limits(max_k=args.max_k, max_candidates=args.max_candidates, max_body_bytes=args.max_body_bytes)
     uvicorn.run(create_app(args.checkpoint, args.device, limits, args.ranker), host=args.host, port=args.port)
 
 

@@ -299,5 +299,22 @@ def config_from_dict(values: dict[str, Any]) -> Config:
     return config.validate()
 
 
+def load_run_config(run_dir: Path) -> Config:
+    """The config.json of a run directory; a missing, unreadable or damaged one is an error naming the file."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{run_dir}: no config.json (not a genrec run directory)")
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: damaged run config ({error})") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: damaged run config (not a JSON object)")
+    try:
+        return config_from_dict(values)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
 def config_to_json(config: Config) -> str:
     return json.dumps(config_to_dict(config), indent=2, sort_keys=True)

@@ -79,7 +79,7 @@ def test_missing_and_empty_inputs(tmp_path):
 def test_sequence_file_errors(tmp_path):
     with pytest.raises(ValueError, match="s.txt:2: expected 2 fields"):
         load_events("sasrec", write(tmp_path / "s.txt", "1 2\n1 2 3\n"))
-    with pytest.raises(ValueError, match="3r.txt:1: user and item ids must be integers"):
+    with pytest.raises(ValueError, match="3r.txt:1: item id .x. is not an integer"):
         load_events("s3rec", write(tmp_path / "3r.txt", "1 2 x\n"))
     assert load_events("s3rec", write(tmp_path / "ok.txt", "1 5 6 7\n2 8 9\n")).item_ids.tolist() == [5, 6, 7, 8, 9]
 

@@ -120,6 +120,71 @@ def test_malformed_json_is_4xx(client):
     assert 400 <= response.status_code < 500
 
 
+@pytest.mark.parametrize("path, body, field", [
+    ("/v1/retrieve", b'{"history": [5, 17], "timestamps": [NaN, 2], "k": 5}', "timestamps.0"),
+    ("/v1/retrieve", b'{"history": [5, 17], "timestamps": [Infinity, 2], "k": 5}', "timestamps.0"),
+    ("/v1/retrieve", b'{"history": [5, 17], "timestamps": [1e400, 2], "k": 5}', "timestamps.0"),
+    ("/v1/retrieve", b'{"history": [5, 17], "timestamps": [1, 2], "k": -Infinity}', "k"),
+    ("/v1/retrieve", b'{"history": [5, 9223372036854775808], "timestamps": [1, 2]}', "history.1"),
+    ("/v1/retrieve", b'{"history": [5, 17], "timestamps": [1, 2], "query_time": 99999999999999999999}', "query_time"),
+    ("/v1/retrieve", b'{"history": [5, 17], "timestamps": [1, 2], "k": 18446744073709551616}', "k"),
+    ("/v1/rank", json.dumps(rank_request(candidates=[3, 2 ** 63])).encode(), "candidates.1"),
+    ("/v1/rank", json.dumps(rank_request(actions=[[1, 0], [0, 2], [1, 1]])).encode(), "actions.1.1"),
+    ("/v1/rank", json.dumps(rank_request(actions=[[1, 0], [0, -1], [1, 1]])).encode(), "actions.1.1"),
+    ("/v1/rank", b'{"history": [5], "actions": [[NaN, 0]], "timestamps": [1], "candidates": [3]}', "actions.0.0"),
+])
+def test_non_finite_and_out_of_range_numbers_are_422_naming_the_field(client, path, body, field):
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422 and field in response.json()["detail"], response.text
+    assert client.post("/v1/retrieve", json=history()).status_code == 200  # still serving
+
+
+def test_a_body_over_the_limit_is_413_and_the_server_keeps_serving(run_dir):
+    client = TestClient(create_app(run_dir, limits=Limits(max_body_bytes=2000)))
+    big = {**history(), "history": [5] * 1000, "timestamps": list(range(1000))}
+    assert client.post("/v1/retrieve", json=big).status_code == 413
+    chunked = client.post("/v1/retrieve", content=iter([json.dumps(big).encode()[:1500]] * 2),
+                          headers={"content-type": "application/json"})  # no content-length: counted as it comes
+    assert chunked.status_code == 413
+    assert client.post("/v1/retrieve", json=history()).status_code == 200
+
+
+def test_the_query_time_defaults_to_now_and_may_not_precede_the_history(client):
+    now = client.post("/v1/retrieve", json=history()).json()
+    explicit = client.post("/v1/retrieve", json={**history(), "query_time": 3000}).json()
+    later = client.post("/v1/retrieve", json={**history(), "query_time": 3000 + 10 ** 8}).json()
+    assert explicit["scores"] != later["scores"]  # the model uses the gap to the request
+    assert now["items"] and explicit["items"]
+    early = client.post("/v1/retrieve", json={**history(), "query_time": 2999})
+    assert early.status_code == 422 and "before the last history event" in early.json()["detail"]
+    ranked = client.post("/v1/rank", json=rank_request(query_time=2999))
+    assert ranked.status_code == 422
+
+
+def test_rank_reuses_a_users_cached_history(client, ranker_dir):
+    first = client.post("/v1/rank", json=rank_request(user_id="u1", query_time=5000)).json()
+    again = client.post("/v1/rank", json=rank_request(user_id="u1", query_time=5000, candidates=[9])).json()
+    assert again["scores"][0] == pytest.approx(first["scores"][1], abs=1e-6)
+    moved = client.post("/v1/rank", json=rank_request(user_id="u1", query_time=5000 + 10 ** 8)).json()
+    assert moved["scores"] != first["scores"]  # a new query time rebuilds the cache
+
+
+def test_non_finite_weights_are_refused_at_start(run_dir, tmp_path):
+    import shutil
+
+    from genrec.train.checkpoint import load_checkpoint, save_checkpoint
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    checkpoint = load_checkpoint(broken / "last.safetensors")
+    weights = {**checkpoint.model, "embedding.item.weight": checkpoint.model["embedding.item.weight"].clone()}
+    weights["embedding.item.weight"][4, 0] = float("nan")
+    save_checkpoint(broken / "last.safetensors", weights, None, checkpoint.rng, checkpoint.config, checkpoint.state,
+                    checkpoint.item_vocab)
+    (broken / "best.safetensors").unlink(missing_ok=True)
+    with pytest.raises(ValueError, match="non-finite weights"):
+        create_app(broken)
+
+
 def test_real_server_over_loopback(run_dir):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec.data.events import BadRows, Events, open_text, parse_int, parse_number
+from genrec.data.events import INT64_MAX, BadRows, Events, numbered_lines, parse_all, parse_int, parse_number
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 
@@ -25,52 +25,67 @@ def _check_header(path: Path, columns: list[str]) -> list[str]:
 
 def _read_csv(path: Path, skip_bad_rows: bool) -> Events:
     bad = BadRows(str(path), skip_bad_rows)
-    with open_text(path) as handle:
-        reader = csv.reader(handle)
-        header = [c.strip() for c in next(reader, [])]
-        extra = _check_header(path, header)
-        index = {c: i for i, c in enumerate(header)}
-        ints = {c: [] for c in REQUIRED_COLUMNS}
-        floats = {c: [] for c in extra}
-        for row in reader:
-            line_number = reader.line_num
-            if not row:
-                continue
-            if len(row) != len(header):
-                bad.report(line_number, f"expected {len(header)} fields, got {len(row)}")
-                continue
-            parsed_ints = [parse_int(row[index[c]].strip(), c, line_number, bad) for c in REQUIRED_COLUMNS]
-            if any(v is None for v in parsed_ints):
-                continue
-            parsed_floats = [parse_number(row[index[c]].strip(), c, line_number, bad) for c in extra]
-            if any(v is None for v in parsed_floats):
-                continue
-            for c, value in zip(REQUIRED_COLUMNS, parsed_ints):
-                ints[c].append(value)
-            for c, value in zip(extra, parsed_floats):
-                floats[c].append(value)
+    reader = csv.reader(line for _, line in numbered_lines(path))
+    header = [c.strip() for c in next(reader, [])]
+    extra = _check_header(path, header)
+    index = {c: i for i, c in enumerate(header)}
+    ints = {c: [] for c in REQUIRED_COLUMNS}
+    floats = {c: [] for c in extra}
+    for row in reader:
+        line_number = reader.line_num
+        if not row:
+            continue
+        if len(row) != len(header):
+            bad.report(line_number, f"expected {len(header)} fields, got {len(row)}")
+            continue
+        parsed_ints = parse_all([(row[index[c]].strip(), c) for c in REQUIRED_COLUMNS], parse_int, line_number, bad)
+        parsed_floats = (None if parsed_ints is None else
+                         parse_all([(row[index[c]].strip(), c) for c in extra], parse_number, line_number, bad))
+        if parsed_floats is None:
+            continue
+        for c, value in zip(REQUIRED_COLUMNS, parsed_ints):
+            ints[c].append(value)
+        for c, value in zip(extra, parsed_floats):
+            floats[c].append(value)
     columns = {c: np.asarray(v, np.int64) for c, v in ints.items()}
     columns.update({c: np.asarray(v, np.float32) for c, v in floats.items()})
     return _events(path, columns, bad.count)
 
 
 def _read_parquet(path: Path) -> Events:
+    """Ids and timestamps must be integer columns (a float column would be truncated, NaN would become an
+    arbitrary id) within int64; the other columns numeric and finite. Parquet has no per-row recovery, so
+    --skip-bad-rows does not apply: a bad column is an error."""
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as error:
         raise ValueError(f"{path}: reading Parquet needs pyarrow (pip install 'genrec[data]')") from error
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise ValueError(f"{path}: not a readable Parquet file ({error})") from error
     extra = _check_header(path, table.column_names)
     columns = {}
     for name in (*REQUIRED_COLUMNS, *extra):
         column = table.column(name)
         if column.null_count:
             raise ValueError(f"{path}: column {name} has {column.null_count} null value(s)")
-        dtype = np.int64 if name in REQUIRED_COLUMNS else np.float32
-        try:
-            columns[name] = column.to_numpy().astype(dtype)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"{path}: column {name} is not numeric ({column.type})") from error
+        kind = column.type
+        if name in REQUIRED_COLUMNS:
+            if not pa.types.is_integer(kind):
+                raise ValueError(f"{path}: column {name} must hold integers, not {kind}")
+            values = column.to_numpy()
+            if pa.types.is_uint64(kind) and values.size and int(values.max()) > INT64_MAX:
+                raise ValueError(f"{path}: column {name} holds values outside the 64-bit integer range")
+            columns[name] = values.astype(np.int64)
+        else:
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+                raise ValueError(f"{path}: column {name} must be numeric, not {kind}")
+            values = column.to_numpy().astype(np.float64)
+            if not np.isfinite(values).all():
+                raise ValueError(f"{path}: column {name} holds NaN or infinite values")
+            columns[name] = values.astype(np.float32)
     return _events(path, columns, 0)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -65,33 +66,69 @@ def find_data_file(path: Path, names: tuple[str, ...], what: str) -> Path:
     raise ValueError(f"{path}: no {' or '.join(names)} found for {what}")
 
 
-def open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
-    """Opens a text file, transparently gunzipping `*.gz`; a missing file is a clear error."""
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def open_binary(path: Path) -> io.BufferedIOBase:
+    """Opens a file for reading bytes, transparently gunzipping `*.gz`; a missing file is a clear error."""
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding=encoding, newline="")
-    return open(path, encoding=encoding, newline="")
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def numbered_lines(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """Yields (1-based line number, line) with a leading UTF-8 byte-order mark dropped. Lines are decoded one
+    by one, so undecodable text is an error naming its line; so is a damaged gzip stream."""
+    line_number = 0
+    try:
+        with open_binary(path) as handle:
+            for line_number, raw in enumerate(handle, start=1):
+                if line_number == 1 and raw.startswith(UTF8_BOM):
+                    raw = raw[len(UTF8_BOM):]
+                try:
+                    yield line_number, raw.decode(encoding)
+                except UnicodeDecodeError as error:
+                    raise ValueError(f"{path}:{line_number}: not valid {encoding} text ({error.reason} at byte "
+                                     f"{error.start})") from error
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise ValueError(f"{path}:{line_number + 1}: damaged gzip file ({error or 'truncated'})") from error
 
 
 def split_lines(path: Path, separator: str | None, encoding: str = "utf-8",
                 skip_header: bool = False) -> Iterator[tuple[int, list[str]]]:
     """Yields (1-based line number, fields) for every non-blank line."""
-    with open_text(path, encoding) as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if skip_header and line_number == 1:
-                continue
-            line = line.strip()
-            if line:
-                yield line_number, line.split(separator)
+    for line_number, line in numbered_lines(path, encoding):
+        if skip_header and line_number == 1:
+            continue
+        line = line.strip()
+        if line:
+            yield line_number, line.split(separator)
 
 
 def parse_int(text: str, what: str, line_number: int, bad: BadRows) -> int | None:
+    """An int64 value; anything else (not an integer, or outside int64) is a bad row."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         bad.report(line_number, f"{what} {text!r} is not an integer")
         return None
+    if not INT64_MIN <= value <= INT64_MAX:
+        bad.report(line_number, f"{what} {text} is outside the 64-bit integer range")
+        return None
+    return value
+
+
+def parse_all(texts: list[tuple[str, str]], parse, line_number: int, bad: BadRows) -> list | None:
+    """Each (text, what) through `parse` (parse_int or parse_number); None, reported once, at the first bad one."""
+    values = []
+    for text, what in texts:
+        value = parse(text, what, line_number, bad)
+        if value is None:
+            return None
+        values.append(value)
+    return values
 
 
 def parse_number(text: str, what: str, line_number: int, bad: BadRows) -> float | None:
@@ -99,7 +136,7 @@ def parse_number(text: str, what: str, line_number: int, bad: BadRows) -> float 
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not np.isfinite(value):
-        bad.report(line_number, f"{what} {text!r} is not a finite number")
+    if not np.isfinite(value) or abs(value) > FLOAT32_MAX:  # kept as float32
+        bad.report(line_number, f"{what} {text!r} is not a finite number within float32's range")
         return None
     return value

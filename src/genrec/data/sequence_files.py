@@ -35,10 +35,13 @@ def read_s3rec(path: Path, skip_bad_rows: bool = False) -> Events:
         if len(fields) < 2:
             bad.report(line_number, "expected 'user item [item ...]', got fewer than 2 fields")
             continue
-        try:
-            values = [int(f) for f in fields]
-        except ValueError:
-            bad.report(line_number, "user and item ids must be integers")
+        values = []
+        for position, text in enumerate(fields):
+            value = parse_int(text, "user id" if position == 0 else "item id", line_number, bad)
+            if value is None:  # one bad field makes one bad row
+                break
+            values.append(value)
+        if len(values) < len(fields):
             continue
         users.extend([values[0]] * (len(values) - 1))
         items.extend(values[1:])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -51,11 +53,20 @@ def attach_user_features(data_config: DataConfig, data: SequenceData, summary: d
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto, cpu, cuda or cuda:N, checked against what this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {name!r} (expected auto, cpu, cuda or cuda:N)") from error
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {name!r} (expected auto, cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} was asked for, but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (training runs under bf16 autocast on
@@ -70,6 +81,40 @@ def peak_tflops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
-def build_model(config: Config, data: PreparedData) -> SequentialRetriever:
-    return SequentialRetriever(config.model, data.num_items, config.data.max_seq_len, use_time=data.has_timestamps,
-                               context_cardinalities=data.context_cardinalities)
+def build_model(config: Config, data: PreparedData, device: torch.device) -> SequentialRetriever:
+    return build_checked(lambda: SequentialRetriever(config.model, data.num_items, config.data.max_seq_len,
+                                                     use_time=data.has_timestamps,
+                                                     context_cardinalities=data.context_cardinalities),
+                         config, device, int(data.split.train.offsets[-1]))
+
+
+# fp32 weights, their gradients and AdamW's two moments
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def build_checked(factory: Callable[[], torch.nn.Module], config: Config, device: torch.device,
+                  num_events: int) -> torch.nn.Module:
+    """factory() on `device`, after checking on the meta device (no memory) that training it fits: a config
+    with absurd sizes is an error before anything is allocated, not an out-of-memory crash (or a swap storm).
+    A lower bound: the parameters' training state and each layer's saved activations of one full batch (of at
+    most `num_events`, the training events)."""
+    with torch.device("meta"):
+        num_parameters = sum(p.numel() for p in factory().parameters())
+    model = config.model
+    per_token = 3 * model.embedding_dim + 2 * model.num_heads * (model.qk_dim + model.v_dim)  # fp32, per layer
+    batch_tokens = min(config.train.batch_size * config.data.max_seq_len, num_events)
+    activations = 4 * batch_tokens * model.num_layers * per_token
+    needed, available = num_parameters * TRAINING_BYTES_PER_PARAMETER + activations, memory_of(device)
+    if needed > available:
+        raise ValueError(f"bad config: training this model ({num_parameters:,} parameters, batches of up to "
+                         f"{batch_tokens:,} tokens) needs at least "
+                         f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB of {device}; lower "
+                         "model.embedding_dim, num_layers, qk_dim / v_dim, data.max_seq_len or train.batch_size")
+    return factory().to(device)
+
+
+def memory_of(device: torch.device) -> int:
+    """Bytes of memory on `device` (the GPU's, or the host's physical memory)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrec.config import Config, config_from_dict, config_to_dict
+from genrec.config import Config, config_to_dict, load_run_config
 from genrec.data import build_sequences, load_events, make_batch, min_length_for
 from genrec.data.actions import action_labels
 from genrec.data.batch import SequenceBatch
@@ -35,7 +35,7 @@ from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
 from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
 from genrec.train.divergence import DivergenceGuard, failure_recorded
-from genrec.train.experiment import attach_user_features, peak_tflops, resolve_device
+from genrec.train.experiment import attach_user_features, build_checked, peak_tflops, resolve_device
 from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
 from genrec.train.run_state import RandomStreams, resume_run, save_run, start_run_directory
 
@@ -73,8 +73,10 @@ class RankingTrainer:
         cardinalities = attach_user_features(data_config, data, self.summary)
         torch.manual_seed(config.train.seed)
         num_tasks = len(self.task_names)
-        self.model = GenerativeRanker(config.model, self.num_items, num_tasks, data_config.max_seq_len,
-                                      events.timestamps is not None, cardinalities).to(self.device)
+        self.model = build_checked(lambda: GenerativeRanker(config.model, self.num_items, num_tasks,
+                                                            data_config.max_seq_len, events.timestamps is not None,
+                                                            cardinalities), config, self.device,
+                                   2 * len(events))
         self.baseline = DIN(self.num_items, config.model.embedding_dim, num_tasks).to(self.device)
         self.modules = nn.ModuleDict({"ranker": self.model, "din": self.baseline})
         # before the optimiser: FSDP2 replaces the parameters with their shards
@@ -215,8 +217,7 @@ def ranker_weights(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def evaluate_ranking_run(run_dir: Path, split_name: str, log: Callable[[str], None] = print) -> dict:
     """Re-evaluates a finished ranking run (ranker and DIN; the selected epoch in validated mode)."""
-    config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
-    trainer = RankingTrainer(config, run_dir, log=log)
+    trainer = RankingTrainer(load_run_config(run_dir), run_dir, log=log)
     best = run_dir / "best.safetensors"
     checkpoint = best if best.is_file() else run_dir / "last.safetensors"
     trainer.modules.load_state_dict(load_checkpoint(checkpoint).model)

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from genrec.config import Config, config_from_dict, config_to_dict
+from genrec.config import Config, config_to_dict, load_run_config
 from genrec.data import EvalSplit, make_batch
 from genrec.data.stochastic_length import stochastic_length
 from genrec.eval.metrics import summarize
@@ -46,7 +46,7 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         self.peak_tflops = peak_tflops(self.device)
         torch.manual_seed(config.train.seed)
-        self.model = build_model(config, self.data).to(self.device)
+        self.model = build_model(config, self.data, self.device)
         # before the optimiser: FSDP2 replaces the parameters with their shards
         self.train_model = data_parallel(self.model, self.ranks, self.device, config.train.data_parallel)
         self.average = WeightAverage(self.model, config.train.ema_decay) if config.train.ema_decay > 0 else None
@@ -252,11 +252,7 @@ def _progress(iterable, enabled: bool, description: str):
 
 def evaluate_checkpoint(run_dir: Path, split_name: str, log: Callable[[str], None] = print) -> dict:
     """Re-evaluates a finished run (best checkpoint in validated mode, else last) on valid or test."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"{run_dir}: no config.json (not a genrec run directory)")
-    config = config_from_dict(json.loads(config_path.read_text()))
-    trainer = Trainer(config, run_dir, log=log, progress=False)
+    trainer = Trainer(load_run_config(run_dir), run_dir, log=log, progress=False)
     best = run_dir / "best.safetensors"
     checkpoint = best if best.is_file() else run_dir / "last.safetensors"
     trainer.load(checkpoint)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import torch
 
@@ -38,6 +39,9 @@ def _pick_backend(backend: str, q: torch.Tensor, rab) -> str:
             raise ValueError("backend='triton' needs triton (pip install triton)")
         if isinstance(rab, torch.Tensor):
             raise ValueError("backend='triton' computes rab in-kernel: pass a BucketedBias, not a dense tensor")
+        if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("attention backend 'triton' runs on a CUDA GPU, and these tensors are on the CPU: "
+                             "use --attention-backend torch or auto there (or TRITON_INTERPRET=1, which is slow)")
     return backend
 
 
