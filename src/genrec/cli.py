@@ -124,7 +124,7 @@ def _run_train(args: argparse.Namespace) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> None:
-    from genrec.train.checkpoint import atomic_write_bytes
+    from genrec.checkpoint import atomic_write_bytes
 
     if load_run_config(args.checkpoint).train.task == "ranking":
         from genrec.train.ranking import evaluate_ranking_run
@@ -154,7 +154,7 @@ def _run_serve(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
     if min(args.max_k, args.max_candidates, args.max_body_bytes) < 1:
         raise ValueError("--max-k, --max-candidates and --max-body-bytes must be positive")
-    from genrec.train.experiment import resolve_device
+    from genrec.devices import resolve_device
     resolve_device(args.device)
     limits = Limits(max_k=args.max_k, max_candidates=args.max_candidates, max_body_bytes=args.max_body_bytes)
     uvicorn.run(create_app(args.checkpoint, args.device, limits, args.ranker), host=args.host, port=args.port)

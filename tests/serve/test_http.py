@@ -172,7 +172,7 @@ def test_rank_reuses_a_users_cached_history(client, ranker_dir):
 def test_non_finite_weights_are_refused_at_start(run_dir, tmp_path):
     import shutil
 
-    from genrec.train.checkpoint import load_checkpoint, save_checkpoint
+    from genrec.checkpoint import load_checkpoint, save_checkpoint
     broken = tmp_path / "broken"
     shutil.copytree(run_dir, broken)
     checkpoint = load_checkpoint(broken / "last.safetensors")

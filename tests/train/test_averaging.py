@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from genrec.train.averaging import WeightAverage
-from genrec.train.checkpoint import load_checkpoint
+from genrec.checkpoint import load_checkpoint
 from genrec.train.trainer import Trainer
 from tests.tiny import tiny_config
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
+from genrec.checkpoint import atomic_write_bytes, load_checkpoint
 from genrec.train.trainer import Trainer
 from tests.tiny import tiny_config
 

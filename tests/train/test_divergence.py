@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from genrec.train.checkpoint import load_checkpoint, save_checkpoint
+from genrec.checkpoint import load_checkpoint, save_checkpoint
 from genrec.train.trainer import Trainer, evaluate_checkpoint
 from tests.tiny import TINY, tiny_config
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.train.checkpoint import load_checkpoint
+from genrec.checkpoint import load_checkpoint
 from genrec.train.parallel import Distributed, num_batches, own_rng, rank_slice
 
 TINY = Path(__file__).resolve().parents[1] / "tiny.toml"

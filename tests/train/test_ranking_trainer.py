@@ -1,7 +1,8 @@
 import torch
 
-from genrec.train.checkpoint import load_checkpoint
-from genrec.train.ranking import RankingTrainer, evaluate_ranking_run, ranker_weights
+from genrec.checkpoint import load_checkpoint
+from genrec.checkpoint import ranker_weights
+from genrec.train.ranking import RankingTrainer, evaluate_ranking_run
 from tests.tiny import tiny_config
 
 

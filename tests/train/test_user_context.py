@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from genrec.train.checkpoint import load_checkpoint
+from genrec.checkpoint import load_checkpoint
 from genrec.train.ranking import RankingTrainer, evaluate_ranking_run
 from genrec.train.trainer import Trainer, evaluate_checkpoint
 from tests.tiny import tiny_config
@@ -45,13 +45,12 @@ def test_training_reads_user_features_and_evaluation_reloads_them(tmp_path):
 
 
 def test_serving_refuses_a_model_with_user_context(tmp_path):
-    pytest.importorskip("fastapi")
-    from genrec.serve.http import Retriever
+    from genrec.inference.engine import RetrievalRun
 
     write_ml100k(tmp_path)
     Trainer(context_config(tmp_path, epochs=1), tmp_path / "run", progress=False, log=lambda _: None).fit()
     with pytest.raises(ValueError, match="user-context prefix tokens is not supported yet"):
-        Retriever(tmp_path / "run")
+        RetrievalRun(tmp_path / "run")
 
 
 def test_ranking_reads_user_features_too(tmp_path):

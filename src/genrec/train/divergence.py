@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from genrec.train.checkpoint import atomic_write_bytes
+from genrec.checkpoint import atomic_write_bytes
 
 
 class TrainingDiverged(ValueError):

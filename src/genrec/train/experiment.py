@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,6 +12,7 @@ from genrec.config import Config, DataConfig
 from genrec.data import (ProtocolSplit, SequenceData, SyntheticSpec, build_sequences, leave_one_out, load_events,
                          min_length_for)
 from genrec.data.user_features import read_user_features
+from genrec.devices import memory_of
 from genrec.model import SequentialRetriever
 
 
@@ -50,23 +50,6 @@ def attach_user_features(data_config: DataConfig, data: SequenceData, summary: d
     data.sequences.context, missing = features.align(data.user_vocab)
     summary.update({"user_features": ",".join(features.names), "users_without_features": missing})
     return features.cardinalities
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto, cpu, cuda or cuda:N, checked against what this machine has."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {name!r} (expected auto, cpu, cuda or cuda:N)") from error
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {name!r} (expected auto, cpu, cuda or cuda:N)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} was asked for, but no CUDA device is available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (training runs under bf16 autocast on
@@ -111,10 +94,3 @@ def build_checked(factory: Callable[[], torch.nn.Module], config: Config, device
                          f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB of {device}; lower "
                          "model.embedding_dim, num_layers, qk_dim / v_dim, data.max_seq_len or train.batch_size")
     return factory().to(device)
-
-
-def memory_of(device: torch.device) -> int:
-    """Bytes of memory on `device` (the GPU's, or the host's physical memory)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

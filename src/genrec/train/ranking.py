@@ -33,9 +33,10 @@ from genrec.eval.metrics import auc, normalized_entropy
 from genrec.model.din import DIN
 from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
-from genrec.train.checkpoint import atomic_write_bytes, load_checkpoint
+from genrec.checkpoint import atomic_write_bytes, load_checkpoint
 from genrec.train.divergence import DivergenceGuard, failure_recorded
-from genrec.train.experiment import attach_user_features, build_checked, peak_tflops, resolve_device
+from genrec.devices import resolve_device
+from genrec.train.experiment import attach_user_features, build_checked, peak_tflops
 from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
 from genrec.train.run_state import RandomStreams, resume_run, save_run, start_run_directory
 
@@ -208,11 +209,6 @@ class RankingTrainer:
             atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(test["model"], indent=2).encode())
             atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
         return summary
-
-
-def ranker_weights(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The ranker's own weights out of a ranking checkpoint (which holds the DIN baseline beside it)."""
-    return {k.removeprefix("ranker."): v for k, v in model_state.items() if k.startswith("ranker.")}
 
 
 def evaluate_ranking_run(run_dir: Path, split_name: str, log: Callable[[str], None] = print) -> dict:

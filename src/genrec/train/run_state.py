@@ -12,7 +12,7 @@ from torch import nn
 
 from genrec.train.averaging import WeightAverage
 from genrec.config import Config, config_to_json
-from genrec.train.checkpoint import (Checkpoint, atomic_write_bytes, load_checkpoint, remove_stale_temporaries,
+from genrec.checkpoint import (Checkpoint, atomic_write_bytes, load_checkpoint, remove_stale_temporaries,
                                     restore_rng, rng_state, save_checkpoint)
 from genrec.train.parallel import (Distributed, barrier, full_tensors, gather_rng, load_optimizer, load_weights,
                                    own_rng)

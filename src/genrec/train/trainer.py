@@ -23,9 +23,10 @@ from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
 from genrec.ops.jagged import lengths_from_offsets, positions_with_successor
 from genrec.train.averaging import WeightAverage
-from genrec.train.checkpoint import atomic_write_bytes
+from genrec.checkpoint import atomic_write_bytes
 from genrec.train.divergence import DivergenceGuard, failure_recorded
-from genrec.train.experiment import build_model, peak_tflops, prepare_data, resolve_device
+from genrec.devices import resolve_device
+from genrec.train.experiment import build_model, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, save_run, start_run_directory

@@ -168,3 +168,8 @@ def restore_rng(rng: dict[str, torch.Tensor], generators: dict[str, torch.Genera
         generator.set_state(rng[name])
     if "cuda" in rng and device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+def ranker_weights(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ranker's own weights out of a ranking checkpoint (which holds the DIN baseline beside it)."""
+    return {k.removeprefix("ranker."): v for k, v in model_state.items() if k.startswith("ranker.")}

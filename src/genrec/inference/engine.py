@@ -1,0 +1,204 @@
+"""A trained run, loaded for inference: `genrec.load(run_dir)` returns one of these. They speak source ids
+(the data set's own), hold the prepared item table and, for ranking, M-FALCON's per-user cache, and raise
+ValueError for bad requests; the HTTP service (genrec.serve) is a thin JSON layer over them.
+
+Time: `query_time` is the time the model is asked about (training asks each position about the next
+event's time): the request's, by default now. Shapes: B users, K results, D dims, C candidates, A tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genrec.checkpoint import load_checkpoint, ranker_weights
+from genrec.config import load_run_config
+from genrec.data.batch import SequenceBatch
+from genrec.devices import resolve_device
+from genrec.inference.mfalcon import MFalcon
+from genrec.inference.retrieval import top_k_exact
+from genrec.model import SequentialRetriever
+from genrec.model.ranking import GenerativeRanker
+from genrec.ops.jagged import offsets_from_lengths
+
+
+class NonFiniteOutput(RuntimeError):
+    """The model's output is not finite: a defect of the run, not of the request."""
+
+
+class LoadedRun:
+    """Config, weights (checked finite) and the source <-> dense item id maps of a run directory."""
+
+    task = "retrieval"
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
+        run_dir = Path(run_dir)
+        self.config = load_run_config(run_dir)
+        if self.config.train.task != self.task:
+            raise ValueError(f"{run_dir}: a {self.config.train.task} run, where a {self.task} run is needed")
+        if self.config.data.user_features is not None:
+            raise ValueError(f"{run_dir}: serving a model with user-context prefix tokens is not supported yet")
+        best = run_dir / "best.safetensors"
+        self.checkpoint = load_checkpoint(best if best.is_file() else run_dir / "last.safetensors")
+        self.name = str(run_dir)
+        broken = [k for k, v in self.checkpoint.inference_weights().items()
+                  if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:
+            raise ValueError(f"{run_dir}: non-finite weights ({', '.join(broken[:3])}); refusing to serve them")
+        if self.checkpoint.item_vocab is None:
+            raise ValueError(f"{run_dir}: checkpoint has no item vocabulary (retrain with this genrec)")
+        self.source_ids = self.checkpoint.item_vocab.to(torch.int64)  # dense id k -> source_ids[k - 1]
+        self.dense_of = {int(source): dense + 1 for dense, source in enumerate(self.source_ids.tolist())}
+        self.uses_time = any(k.endswith("time_weights") for k in self.checkpoint.model)
+        self.device = resolve_device(device)
+        self.max_history = self.config.data.max_seq_len - (1 if self.task == "ranking" else 0)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.source_ids)
+
+    def dense_ids(self, ids: Sequence[int], what: str) -> torch.Tensor:
+        unknown = [item for item in ids if item not in self.dense_of]
+        if unknown:
+            raise ValueError(f"unknown {what} item id(s): {list(unknown)[:10]}")
+        return torch.tensor([self.dense_of[item] for item in ids], dtype=torch.int64, device=self.device)
+
+    def history(self, history: Sequence[int], timestamps: Sequence[int] | None,
+                what: str = "history") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Validated dense ids and timestamps (None when the model has no time bias) of one history."""
+        if len(history) == 0:
+            raise ValueError(f"{what} is empty: at least one item is needed")
+        if len(history) > self.max_history:
+            raise ValueError(f"{what} has {len(history)} items; at most {self.max_history} are accepted")
+        if timestamps is not None and len(timestamps) != len(history):
+            raise ValueError(f"{what}: timestamps must have one entry per history item")
+        if self.uses_time and timestamps is None:
+            raise ValueError(f"{what}: this model uses time: send timestamps with the history")
+        stamps = torch.tensor(list(timestamps), dtype=torch.int64, device=self.device) if self.uses_time else None
+        return self.dense_ids(history, what), stamps
+
+    def query_time(self, requested: int | None, timestamps: Sequence[int] | None) -> int | None:
+        """The request's time (now by default), which may not precede its history; None without a time bias."""
+        if not self.uses_time:
+            return None
+        now = int(time.time()) if requested is None else int(requested)
+        if timestamps is not None and len(timestamps) and now < timestamps[-1]:
+            raise ValueError(f"query_time {now} is before the last history event ({timestamps[-1]})")
+        return now
+
+    def finite(self, values: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(values).all()):
+            raise NonFiniteOutput(f"{self.name}: the model produced non-finite scores; refusing to serve them")
+        return values
+
+
+class RetrievalRun(LoadedRun):
+    """A retrieval run: user embeddings, item embeddings and top-K recommendations."""
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
+        super().__init__(run_dir, device)
+        self.model = SequentialRetriever(self.config.model, self.num_items, self.config.data.max_seq_len,
+                                         use_time=self.uses_time)
+        self.model.load_state_dict(self.checkpoint.inference_weights())
+        self.model.to(self.device).eval()
+        with torch.no_grad():
+            self._items = self.model.item_embeddings()  # prepared once, not per request
+
+    def _batch(self, histories: Sequence[Sequence[int]], timestamps: Sequence[Sequence[int]] | None,
+               query_times: Sequence[int | None] | None) -> SequenceBatch:
+        if len(histories) == 0:
+            raise ValueError("no histories given")
+        if timestamps is not None and len(timestamps) != len(histories):
+            raise ValueError(f"timestamps: {len(timestamps)} lists for {len(histories)} histories")
+        if query_times is not None and len(query_times) != len(histories):
+            raise ValueError(f"query_times: {len(query_times)} values for {len(histories)} histories")
+        ids, stamps, queries = [], [], []
+        for index, history in enumerate(histories):
+            times = None if timestamps is None else timestamps[index]
+            dense, stamp = self.history(history, times, what=f"history {index}" if len(histories) > 1 else "history")
+            ids.append(dense)
+            stamps.append(stamp)
+            queries.append(self.query_time(None if query_times is None else query_times[index], times))
+        lengths = torch.tensor([len(h) for h in ids], device=self.device)
+        return SequenceBatch(torch.cat(ids), offsets_from_lengths(lengths), self.config.data.max_seq_len,
+                             timestamps=torch.cat(stamps) if self.uses_time else None,
+                             query_times=torch.tensor(queries, device=self.device) if self.uses_time else None)
+
+    @torch.no_grad()
+    def embed_users(self, histories: Sequence[Sequence[int]], timestamps: Sequence[Sequence[int]] | None = None,
+                    query_times: Sequence[int | None] | None = None) -> torch.Tensor:
+        """[B, D] l2-normalised user embeddings after each history (source ids, oldest first)."""
+        batch = self._batch(histories, timestamps, query_times)
+        return self.finite(self.model(batch)[batch.seq_offsets[1:] - 1])
+
+    @torch.no_grad()
+    def item_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source ids [I], l2-normalised embeddings [I, D]) of every item, in the same order."""
+        return self.source_ids.clone(), self._items[1:].clone()
+
+    @torch.no_grad()
+    def recommend(self, histories: Sequence[Sequence[int]], k: int = 10,
+                  timestamps: Sequence[Sequence[int]] | None = None, exclude_seen: bool = True,
+                  query_times: Sequence[int | None] | None = None) -> tuple[list[list[int]], list[list[float]]]:
+        """Top-k source item ids and their scores per history, best first (exact search over the catalogue;
+        with exclude_seen, never an item of the history, so fewer than k when the rest runs out)."""
+        if not 1 <= k <= self.num_items:
+            raise ValueError(f"k must be in [1, {self.num_items}], got {k}")
+        users = self.embed_users(histories, timestamps, query_times)
+        exclude = offsets = None
+        if exclude_seen:
+            exclude = torch.cat([self.dense_ids(h, "history") for h in histories])
+            offsets = offsets_from_lengths(torch.tensor([len(h) for h in histories], device=self.device))
+        scores, dense = top_k_exact(users, self._items, k, exclude, offsets, similarity=self.model.similarity.all)
+        ids, values = [], []
+        for row_scores, row_ids in zip(scores.cpu(), dense.cpu()):
+            keep = row_scores > float("-inf")  # slots excluded out when k passes the unseen items
+            ids.append(self.source_ids[row_ids[keep] - 1].tolist())
+            values.append(row_scores[keep].tolist())
+        return ids, values
+
+
+class RankingRun(LoadedRun):
+    """A ranking run: per-task probabilities of candidates after a history of (item, actions) events,
+    scored by M-FALCON (cached per user when `user` is given)."""
+
+    task = "ranking"
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu", cache_capacity: int = 1024) -> None:
+        super().__init__(run_dir, device)
+        self.tasks = list(self.checkpoint.state["tasks"])
+        model = GenerativeRanker(self.config.model, self.num_items, len(self.tasks), self.config.data.max_seq_len,
+                                 use_time=self.uses_time)
+        model.load_state_dict(ranker_weights(self.checkpoint.model))
+        self.scorer = MFalcon(model.to(self.device).eval(), cache_capacity=cache_capacity)
+
+    def rank(self, history: Sequence[int], actions: Sequence[Sequence[int]], candidates: Sequence[int],
+             timestamps: Sequence[int] | None = None, query_time: int | None = None,
+             user: Hashable | None = None, max_candidates: int | None = None) -> np.ndarray:
+        """[C, A] probabilities, one per candidate and task (self.tasks); actions: per history item, one 0/1
+        per task."""
+        ids, stamps = self.history(history, timestamps)
+        if len(candidates) == 0:
+            raise ValueError("no candidates to rank")
+        if max_candidates is not None and len(candidates) > max_candidates:
+            raise ValueError(f"{len(candidates)} candidates; at most {max_candidates} per request")
+        if len(actions) != len(history) or any(len(a) != len(self.tasks) for a in actions):
+            raise ValueError(f"actions must hold, per history item, {len(self.tasks)} values "
+                             f"(tasks: {', '.join(self.tasks)})")
+        if any(value not in (0, 1) for row in actions for value in row):
+            raise ValueError("actions must be 0 or 1")
+        labels = torch.tensor([list(a) for a in actions], dtype=torch.float32, device=self.device)
+        scores = self.scorer.encode_candidates(ids, stamps, self.dense_ids(candidates, "candidate"), user=user,
+                                               history_labels=labels,
+                                               query_time=self.query_time(query_time, timestamps))
+        return self.finite(scores.float()).cpu().numpy()
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> RetrievalRun | RankingRun:
+    """The run in `run_dir` (a `genrec train` output directory), ready for inference."""
+    task = load_run_config(Path(run_dir)).train.task
+    return (RankingRun if task == "ranking" else RetrievalRun)(run_dir, device)
