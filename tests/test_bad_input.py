@@ -195,3 +195,49 @@ def test_damaged_checkpoint_names_the_file(finished_run, tmp_path, capsys, damag
     path.write_bytes(bytes(data))
     for command in (["eval", "--checkpoint", run], ["train", "--resume", "--out", run]):
         assert_one_line(*genrec(capsys, *command), str(path), "damaged checkpoint")
+
+
+def test_an_existing_run_is_never_overwritten_by_accident(finished_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    metrics = (run / "metrics.json").read_text()
+    assert_one_line(*genrec(capsys, "train", "--config", TINY, "--out", run, "--epochs", "1", "--no-progress"),
+                    str(run), "already holds a run")
+    assert (run / "metrics.json").read_text() == metrics
+    (run / "notes.txt").write_text("mine")
+    code, err = genrec(capsys, "train", "--config", TINY, "--out", run, "--epochs", "1", "--no-progress",
+                       "--overwrite", "--seed", "7")
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["train"]["seed"] == 7
+    assert (run / "notes.txt").read_text() == "mine"  # only the run's own files are replaced
+
+
+def test_resume_refuses_contradicting_options_listing_them(finished_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    assert_one_line(*genrec(capsys, "train", "--resume", "--out", run, "--model", "hstu-large",
+                            "--set", "train.learning_rate=0.01"),
+                    "model.num_layers is 2 in the run, 8 given", "train.learning_rate is 0.001 in the run, 0.01 given")
+    assert_one_line(*genrec(capsys, "train", "--resume", "--out", tmp_path / "nothing"), "no config.json")
+    assert_one_line(*genrec(capsys, "train", "--resume"), "--resume needs --out")
+    code, err = genrec(capsys, "train", "--resume", "--out", run, "--epochs", "2", "--no-progress",
+                       "--model", "hstu", "--config", TINY)  # agreeing options are fine
+    assert code == 0, err
+    assert json.loads((run / "summary.json").read_text())["epoch"] == 2
+
+
+def test_the_default_out_is_a_new_directory_per_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = genrec(capsys, "train", "--config", TINY, "--epochs", "1", "--no-progress")
+    assert code == 0, err
+    (created,) = (tmp_path / "runs").iterdir()
+    assert created.name.startswith("synthetic-hstu-") and (created / "metrics.json").is_file()
+
+
+def test_a_file_that_is_not_s3rec_is_rejected(tmp_path, capsys, shared_data):
+    """MovieLens' u.data (user, item, rating, time per line) read as S3-Rec would be users of three items."""
+    data = shared_data / "ml-100k" / "u.data"
+    assert_one_line(*genrec(capsys, "train", "--dataset", "s3rec", "--data-dir", data, "--out", tmp_path / "run"),
+                    f"{data}:", "one line per user")

@@ -20,16 +20,18 @@ class TrainedRun:
         return load(self.directory, device)
 
 
-def train(config: Config, out_dir: str | Path, resume: bool = False, progress: bool = False) -> TrainedRun:
-    """Trains `config` into `out_dir` (retrieval or ranking, by config.train.task) and evaluates on test."""
+def train(config: Config, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
+          progress: bool = False) -> TrainedRun:
+    """Trains `config` into `out_dir` (retrieval or ranking, by config.train.task) and evaluates on test; an
+    `out_dir` that holds a run is refused unless `resume` (continue it) or `overwrite` (replace it)."""
     out_dir = Path(out_dir)
     if config.train.task == "ranking":
         from genrec.train.ranking import RankingTrainer
-        summary = RankingTrainer(config, out_dir, log=lambda _: None).fit(resume=resume)
+        summary = RankingTrainer(config, out_dir, log=lambda _: None).fit(resume=resume, overwrite=overwrite)
     else:
         from genrec.train.trainer import Trainer
         summary = Trainer(config, out_dir, log=print if progress else (lambda _: None), progress=progress).fit(
-            resume=resume)
+            resume=resume, overwrite=overwrite)
     return TrainedRun(out_dir, summary["metrics"], summary)
 
 

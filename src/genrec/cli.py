@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
+import time
 from pathlib import Path
 
-from genrec.config import (PRESETS, Config, apply_overrides, load_config_file, load_run_config, parse_assignment,
-                           preset)
+from genrec.config import (PRESETS, Config, apply_overrides, config_to_dict, load_config_file, load_run_config,
+                           parse_assignment, preset)
 from genrec.data import DATASETS
 
 # The embedded default is a minutes-long CPU demo on synthetic data, not the paper's 101 epochs.
@@ -25,11 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", default=None, help="directory or file holding the data set")
     train.add_argument("--user-features", default=None,
                        help="MovieLens users.dat / u.user (or its directory): user-context prefix tokens")
-    train.add_argument("--model", choices=sorted(PRESETS), default="hstu", help="model preset")
+    train.add_argument("--model", choices=sorted(PRESETS), default=None, help="model preset (default: hstu)")
     train.add_argument("--config", type=Path, default=None, help="TOML file overriding the preset")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
                        help="override one config field, e.g. --set train.loss.num_negatives=512 (repeatable)")
-    train.add_argument("--out", type=Path, default=Path("runs/default"))
+    train.add_argument("--out", type=Path, default=None,
+                       help="run directory (default: runs/<dataset>-<model>-<date>-<time>)")
+    train.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     train.add_argument("--epochs", type=int, default=None)
     train.add_argument("--mode", choices=("paper", "validated"), default=None)
@@ -56,8 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train_config(args: argparse.Namespace) -> Config:
-    config = preset(args.model)
+def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
+    """--config, then --set, then the option flags, applied onto `config`."""
     if args.config is not None:
         config = load_config_file(args.config, config)
     for assignment in args.assignments:
@@ -74,11 +78,45 @@ def _train_config(args: argparse.Namespace) -> Config:
             setattr(getattr(config, section), key, value)
     if args.skip_bad_rows:
         config.data.skip_bad_rows = True
+    return config
+
+
+def _train_config(args: argparse.Namespace) -> Config:
+    config = _apply_flags(preset(args.model or "hstu"), args)
     explicit_epochs = args.epochs is not None or args.config is not None or any(
         a.strip().startswith("train.epochs") for a in args.assignments)
     if config.data.dataset == "synthetic" and not explicit_epochs:
         config.train.epochs = SYNTHETIC_DEFAULT_EPOCHS
     return config.validate()
+
+
+def _resume_config(args: argparse.Namespace) -> Config:
+    """The stored config of the run in --out, with a new --epochs; any other flag that contradicts the stored
+    config is an error listing every difference (a resumed run must continue the same experiment)."""
+    stored = load_run_config(args.out)
+    requested = copy.deepcopy(stored)
+    if args.model is not None:  # the fields the preset sets, as it sets them
+        for key, value in _flat(preset(args.model)).items():
+            if value != _flat(Config())[key]:
+                apply_overrides(requested, parse_assignment(f"{key}={json.dumps(value)}"))
+    requested = _apply_flags(requested, args)
+    before, after = _flat(stored), _flat(requested)
+    conflicts = [f"{key} is {before[key]!r} in the run, {after[key]!r} given" for key in before
+                 if before[key] != after[key] and key != "train.epochs"]
+    if conflicts:
+        raise ValueError(f"{args.out}: --resume continues the stored run, and these options contradict it: "
+                         + "; ".join(conflicts))
+    return requested.validate()
+
+
+def _flat(config: Config) -> dict:
+    """'section.key' (nested with dots) -> value, for every field."""
+    def walk(values: dict, prefix: str) -> dict:
+        flat = {}
+        for key, value in values.items():
+            flat.update(walk(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return flat
+    return walk(config_to_dict(config), "")
 
 
 def _print_table(title: str, columns: dict[str, dict[str, float]]) -> None:
@@ -93,18 +131,20 @@ def _run_train(args: argparse.Namespace) -> None:
     from genrec.train.parallel import shutdown
     from genrec.train.trainer import Trainer
 
-    if args.resume:
-        if not (args.out / "config.json").is_file():
-            raise ValueError(f"{args.out}: nothing to resume (no config.json)")
-        config = load_run_config(args.out)
-        if args.epochs is not None:
-            config.train.epochs = args.epochs
-    else:
-        config = _train_config(args)
+    from genrec.train.run_state import check_run_directory
+
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out: the run directory to continue")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --out and --overwrite replaces it: choose one")
+    config = _resume_config(args) if args.resume else _train_config(args)
+    if args.out is None:
+        args.out = Path("runs") / f"{config.data.dataset}-{args.model or 'hstu'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_run_directory(args.out, args.resume, args.overwrite)  # before the data are read
     if config.train.task == "ranking":
         from genrec.train.ranking import RankingTrainer
         trainer = RankingTrainer(config, args.out)
-        summary = trainer.fit(resume=args.resume)
+        summary = trainer.fit(resume=args.resume, overwrite=args.overwrite)
         shutdown(trainer.ranks)
         if not trainer.ranks.is_main:
             return
@@ -113,7 +153,7 @@ def _run_train(args: argparse.Namespace) -> None:
         print(f"\nwrote {args.out / 'metrics.json'}")
         return
     trainer = Trainer(config, args.out, progress=not args.no_progress)
-    summary = trainer.fit(resume=args.resume)
+    summary = trainer.fit(resume=args.resume, overwrite=args.overwrite)
     shutdown(trainer.ranks)
     if not trainer.ranks.is_main:
         return

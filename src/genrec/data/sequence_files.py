@@ -29,8 +29,11 @@ def read_sasrec(path: Path, skip_bad_rows: bool = False) -> Events:
 
 
 def read_s3rec(path: Path, skip_bad_rows: bool = False) -> Events:
+    """One line per user, listing all of that user's items: a user on a second line means the file is not
+    S3-Rec's (MovieLens' u.data, say, would read as users with three items each) and is an error."""
     bad = BadRows(str(path), skip_bad_rows)
     users, items = [], []
+    first_line: dict[int, int] = {}
     for line_number, fields in split_lines(path, None):
         if len(fields) < 2:
             bad.report(line_number, "expected 'user item [item ...]', got fewer than 2 fields")
@@ -43,6 +46,11 @@ def read_s3rec(path: Path, skip_bad_rows: bool = False) -> Events:
             values.append(value)
         if len(values) < len(fields):
             continue
+        if values[0] in first_line:
+            bad.report(line_number, f"user {values[0]} was listed on line {first_line[values[0]]} already: an S3-Rec "
+                                    "file has one line per user (is this another format?)")
+            continue
+        first_line[values[0]] = line_number
         users.extend([values[0]] * (len(values) - 1))
         items.extend(values[1:])
     return Events(np.asarray(users, np.int64), np.asarray(items, np.int64), source=str(path),

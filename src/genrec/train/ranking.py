@@ -171,10 +171,10 @@ class RankingTrainer:
                                 self.device, self.ranks)
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 
-    def fit(self, resume: bool = False) -> dict:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict:
         main = self.ranks.is_main  # under torchrun only rank 0 writes files
         if main:
-            start_run_directory(self.out_dir, self.config)
+            start_run_directory(self.out_dir, self.config, resume, overwrite)
         if resume:
             self.resume()
         with failure_recorded(self.out_dir, lambda: self.state["epoch"], main):

@@ -72,12 +72,33 @@ def load_run_weights(path: Path, module: nn.Module, average: WeightAverage | Non
     return checkpoint
 
 
-def start_run_directory(out_dir: Path, config: Config) -> None:
-    """Creates the run directory (an --out that is a file is an error), drops what a killed run left
-    (temporary files, an old failure.json) and writes config.json."""
+RUN_FILES = ("config.json", "last.safetensors", "best.safetensors", "metrics.json", "summary.json", "failure.json",
+             "curves.png")
+
+
+def check_run_directory(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """An --out that holds a run (config.json) is refused unless the run is resumed or overwritten, so that a
+    finished run's results are never lost to a second command; a file is no run directory."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir}: --out must be a directory, and this is a file")
+    holds_run = (out_dir / "config.json").is_file()
+    if resume and not holds_run:
+        raise ValueError(f"{out_dir}: nothing to resume (no config.json)")
+    if holds_run and not (resume or overwrite):
+        raise ValueError(f"{out_dir}: already holds a run; --resume continues it, --overwrite replaces it, or "
+                         "choose another --out")
+
+
+def start_run_directory(out_dir: Path, config: Config, resume: bool = False, overwrite: bool = False) -> None:
+    """Creates the run directory, drops what a killed run left (temporary files, an old failure.json) and, when
+    overwriting, the old run's files (others stay), then writes config.json."""
+    check_run_directory(out_dir, resume, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out_dir)
     (out_dir / "failure.json").unlink(missing_ok=True)
+    if overwrite and not resume:
+        for name in RUN_FILES:
+            (out_dir / name).unlink(missing_ok=True)
+        for stale in [*out_dir.glob("metrics-*.json"), *(out_dir / "tensorboard").glob("events.*")]:
+            stale.unlink()
     atomic_write_bytes(out_dir / "config.json", config_to_json(config).encode())

@@ -174,10 +174,10 @@ class Trainer:
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 
     # ---- the run ---------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict[str, float]:
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
         main = self.ranks.is_main  # under torchrun only rank 0 writes files
         if main:
-            start_run_directory(self.out_dir, self.config)
+            start_run_directory(self.out_dir, self.config, resume, overwrite)
         self.writer = self._tensorboard() if main else None
         if resume:
             self.resume()
