@@ -143,8 +143,8 @@ def _run_train(args: argparse.Namespace) -> None:
     check_run_directory(args.out, args.resume, args.overwrite)  # before the data are read
     if config.train.task == "ranking":
         from genrec.train.ranking import RankingTrainer
-        trainer = RankingTrainer(config, args.out)
-        summary = trainer.fit(resume=args.resume, overwrite=args.overwrite)
+        trainer = RankingTrainer(config, args.out, progress=not args.no_progress)
+        summary = _fit(trainer, args)
         shutdown(trainer.ranks)
         if not trainer.ranks.is_main:
             return
@@ -153,7 +153,7 @@ def _run_train(args: argparse.Namespace) -> None:
         print(f"\nwrote {args.out / 'metrics.json'}")
         return
     trainer = Trainer(config, args.out, progress=not args.no_progress)
-    summary = trainer.fit(resume=args.resume, overwrite=args.overwrite)
+    summary = _fit(trainer, args)
     shutdown(trainer.ranks)
     if not trainer.ranks.is_main:
         return
@@ -161,6 +161,20 @@ def _run_train(args: argparse.Namespace) -> None:
                  f"{summary['epoch']} epochs, {summary['train_seconds']:.0f} s)",
                  {"model": summary["metrics"], "popularity": summary["popularity"]})
     print(f"\nwrote {args.out / 'metrics.json'}")
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training, with where it stopped."""
+
+
+def _fit(trainer, args: argparse.Namespace) -> dict:
+    try:
+        return trainer.fit(resume=args.resume, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        done = trainer.state["epoch"]
+        raise Interrupted(f"interrupted in epoch {done + 1} at step {trainer.state.get('step', 0)}; the last "
+                          f"checkpoint holds epoch {done}: continue with genrec train --resume --out {args.out}"
+                          ) from None
 
 
 def _run_eval(args: argparse.Namespace) -> None:
@@ -207,4 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"genrec: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as interrupted:
+        print(f"genrec: {interrupted}", file=sys.stderr)
+        return 130  # the shell's code for Ctrl-C
+    except KeyboardInterrupt:  # before training started (reading data) or while evaluating or serving
+        print("genrec: interrupted", file=sys.stderr)
+        return 130
     return 0

@@ -1,7 +1,6 @@
 import torch
 
-from genrec.checkpoint import load_checkpoint
-from genrec.checkpoint import ranker_weights
+from genrec.checkpoint import load_checkpoint, ranker_weights
 from genrec.train.ranking import RankingTrainer, evaluate_ranking_run
 from tests.tiny import tiny_config
 
@@ -42,6 +41,7 @@ def test_validated_mode_tests_the_selected_epoch(tmp_path):
     assert best.state["epoch"] == summary["best_epoch"]
     assert evaluate_ranking_run(tmp_path, "test", log=lambda _: None)["metrics"] == summary["metrics"]
     assert set(ranker_weights(best.model)) and not any(k.startswith("din.") for k in ranker_weights(best.model))
+    assert list((tmp_path / "tensorboard").glob("events.*"))  # ranking runs log scalars as retrieval runs do
 
 
 def test_epoch_reports_throughput(tmp_path):

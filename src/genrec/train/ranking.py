@@ -38,6 +38,7 @@ from genrec.train.divergence import DivergenceGuard, failure_recorded
 from genrec.devices import resolve_device
 from genrec.train.experiment import attach_user_features, build_checked, peak_tflops
 from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
+from genrec.train.run_log import RunLog, epoch_line
 from genrec.train.run_state import RandomStreams, resume_run, save_run, start_run_directory
 
 
@@ -51,7 +52,8 @@ def _din_inputs(batch: SequenceBatch, targets: torch.Tensor):
 
 
 class RankingTrainer:
-    def __init__(self, config: Config, out_dir: Path, log: Callable[[str], None] = print) -> None:
+    def __init__(self, config: Config, out_dir: Path, log: Callable[[str], None] = print,
+                 progress: bool = True) -> None:
         self.config = config.validate()
         self.out_dir = out_dir
         self.ranks, device = init_distributed(config.train.device)
@@ -89,8 +91,11 @@ class RankingTrainer:
                                      config.train.stochastic_length_alpha > 0)
         if self.ranks.enabled:
             torch.manual_seed(config.train.seed + self.ranks.rank)
-        self.state = {"epoch": 0, "tasks": self.task_names, "epochs": [], "best_metric": None, "best_epoch": None}
+        self.state = {"epoch": 0, "step": 0, "tasks": self.task_names, "epochs": [], "best_metric": None,
+                      "best_epoch": None}
         self.guard = DivergenceGuard(self.device)
+        self.progress = progress and self.ranks.is_main
+        self.run_log: RunLog | None = None  # opened by fit
 
     def _batch(self, sequences: JaggedEvents, users: np.ndarray, drop_last: int) -> SequenceBatch:
         return make_batch(sequences, users, self.config.data.max_seq_len, drop_last).to(self.device)
@@ -127,7 +132,10 @@ class RankingTrainer:
             self.optimizer.step()
             loss_sums += torch.stack([loss.detach(), baseline_loss.detach()])
             steps += 1
-            self.guard.observe(loss + baseline_loss, steps)
+            self.state["step"] = self.state.get("step", 0) + 1  # runs saved before steps were counted lack it
+            self.guard.observe(loss + baseline_loss, self.state["step"])
+            if self.run_log is not None:
+                self.run_log.step(index + 1, self.state["step"], loss, int(token_lengths.sum()))
         model_loss, baseline_loss = (loss_sums / max(1, steps)).tolist()
         seconds = time.perf_counter() - started
         stats = {"loss": float(model_loss), "baseline_loss": float(baseline_loss), "seconds": seconds,
@@ -175,30 +183,39 @@ class RankingTrainer:
         main = self.ranks.is_main  # under torchrun only rank 0 writes files
         if main:
             start_run_directory(self.out_dir, self.config, resume, overwrite)
-        if resume:
-            self.resume()
-        with failure_recorded(self.out_dir, lambda: self.state["epoch"], main):
-            return self._fit()
+        self.run_log = RunLog(self.out_dir if main else None, self.log, self.progress)
+        try:
+            if resume:
+                self.resume()
+            with failure_recorded(self.out_dir, lambda: self.state["epoch"], main):
+                return self._fit()
+        finally:
+            self.run_log.close()
 
     def _fit(self) -> dict:
         main = self.ranks.is_main
         self.log(f"data: {json.dumps(self.summary)}; device {self.device}")
         started = time.perf_counter()
-        for epoch in range(self.state["epoch"], self.config.train.epochs):
+        epochs = self.config.train.epochs
+        for epoch in range(self.state["epoch"], epochs):
+            self.run_log.start_epoch(epoch + 1, epochs, num_batches(self.sequences.num_users,
+                                                                    self.config.train.batch_size, self.ranks))
             stats = self.train_epoch()
             self.guard.check(self.modules)  # before anything is scored or saved
             self.state["epoch"] = epoch + 1
+            self.run_log.scalars("train", stats, epoch + 1)
+            extra = f"din loss {stats['baseline_loss']:.4f}"
             if self.held_out == 2:
                 stats["valid"] = self.evaluate(drop_last=1)["model"]
+                self.run_log.scalars("valid", stats["valid"], epoch + 1)
                 metric = float(np.mean([v for k, v in stats["valid"].items() if k.endswith("/auc")]))
+                extra += f"; valid mean AUC {metric:.4f}"
                 if self.state["best_metric"] is None or metric > self.state["best_metric"]:
                     self.state["best_metric"], self.state["best_epoch"] = metric, epoch + 1
                     self.save("best.safetensors")
             self.state["epochs"].append({"epoch": epoch + 1, **stats})
-            self.log(f"epoch {epoch + 1}: loss {stats['loss']:.4f} (din {stats['baseline_loss']:.4f}), "
-                     f"{stats['tokens_per_s']:.0f} tokens/s, {stats['tflops']:.3f} TFLOP/s"
-                     + (f", MFU {stats['mfu']:.1%}" if "mfu" in stats else ""))
             self.save("last.safetensors")
+            self.run_log.end_epoch(epoch_line(epoch + 1, epochs, stats, extra))
         if self.state["best_epoch"] is not None:
             load_weights(self.modules, load_checkpoint(self.out_dir / "best.safetensors").model)
             self.log(f"selected epoch {self.state['best_epoch']} on mean validation AUC")
@@ -208,6 +225,7 @@ class RankingTrainer:
         if main:
             atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(test["model"], indent=2).encode())
             atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+        self.run_log.scalars("test", test["model"], self.state["epoch"])
         return summary
 
 

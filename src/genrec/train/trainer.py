@@ -29,6 +29,7 @@ from genrec.devices import resolve_device
 from genrec.train.experiment import build_model, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
+from genrec.train.run_log import RunLog, epoch_line
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, save_run, start_run_directory
 
 SELECTION_METRIC = "ndcg@10"
@@ -59,16 +60,8 @@ class Trainer:
                                      config.train.stochastic_length_alpha > 0)
         self.state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "valid": [],
                       "epoch_seconds": []}
-        self.writer = None
+        self.run_log: RunLog | None = None  # opened by fit
         self.guard = DivergenceGuard(self.device)
-
-    def _tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            self.log("TensorBoard logging off (pip install 'genrec[train]' for tensorboard)")
-            return None
-        return SummaryWriter(str(self.out_dir / "tensorboard"))
 
     # ---- one epoch -------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
@@ -80,7 +73,8 @@ class Trainer:
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         total_positions, total_tokens, total_flops = 0, 0, 0.0
         started = time.perf_counter()
-        for index in range(num_batches(len(order), batch_size, self.ranks)):
+        steps = num_batches(len(order), batch_size, self.ranks)
+        for index in range(steps):
             users = rank_slice(order[index * batch_size:(index + 1) * batch_size], self.ranks)
             batch = make_batch(train, users, self.config.data.max_seq_len)
             if self.config.train.stochastic_length_alpha > 0:
@@ -112,6 +106,8 @@ class Trainer:
                 self.average.update()
             self.state["step"] += 1
             self.guard.observe(loss, self.state["step"])
+            if self.run_log is not None:
+                self.run_log.step(index + 1, self.state["step"], loss, int(lengths.sum()))
             total_loss += loss.detach() * num_positions
             total_positions += num_positions
             total_tokens += int(lengths.sum())
@@ -178,43 +174,43 @@ class Trainer:
         main = self.ranks.is_main  # under torchrun only rank 0 writes files
         if main:
             start_run_directory(self.out_dir, self.config, resume, overwrite)
-        self.writer = self._tensorboard() if main else None
-        if resume:
-            self.resume()
-        with failure_recorded(self.out_dir, lambda: self.state["epoch"], main):
-            return self._fit()
+        self.run_log = RunLog(self.out_dir if main else None, self.log, self.progress)
+        try:
+            if resume:
+                self.resume()
+            with failure_recorded(self.out_dir, lambda: self.state["epoch"], main):
+                return self._fit()
+        finally:
+            self.run_log.close()
 
     def _fit(self) -> dict[str, float]:
         main = self.ranks.is_main
         split, epochs = self.data.split, self.config.train.epochs
         self.log(f"data: {json.dumps(self.data.summary)}; mode {split.mode}; device {self.device}")
         started = time.perf_counter()
-        bar = _progress(range(self.state["epoch"], epochs), self.progress, "train")
-        for epoch in bar:
+        for epoch in range(self.state["epoch"], epochs):
             if self._out_of_patience():  # checked first so a resumed run stops too
                 self.log(f"early stop after epoch {epoch}: no validation gain since epoch "
                          f"{self.state['best_epoch']}")
                 break
+            self.run_log.start_epoch(epoch + 1, epochs, num_batches(self.data.split.train.num_users,
+                                                                    self.config.train.batch_size, self.ranks))
             stats = self.train_epoch()
             self.guard.check(self.model)  # before anything is scored or saved
             self.state["epoch"] = epoch + 1
             self.state["epoch_seconds"].append(round(stats["seconds"], 3))
-            self._scalars("train", stats, epoch + 1)
-            postfix = {"loss": f"{stats['loss']:.3f}", "tok/s": f"{stats['tokens_per_s']:.0f}",
-                       "TFLOP/s": f"{stats['tflops']:.2f}"}
-            if "mfu" in stats:
-                postfix["MFU"] = f"{stats['mfu']:.1%}"
+            self.run_log.scalars("train", stats, epoch + 1)
+            extra = ""
             if split.valid is not None and ((epoch + 1) % self.config.train.eval_every == 0 or epoch + 1 == epochs):
                 valid = self.evaluate(split.valid)
-                self._scalars("valid", valid, epoch + 1)
+                self.run_log.scalars("valid", valid, epoch + 1)
                 self.state["valid"].append({"epoch": epoch + 1, **valid})
-                postfix[f"valid {SELECTION_METRIC}"] = f"{valid[SELECTION_METRIC]:.4f}"
+                extra = f"valid {SELECTION_METRIC} {valid[SELECTION_METRIC]:.4f}"
                 if self.state["best_metric"] is None or valid[SELECTION_METRIC] > self.state["best_metric"]:
                     self.state["best_metric"], self.state["best_epoch"] = valid[SELECTION_METRIC], epoch + 1
                     self.save("best.safetensors")
             self.save("last.safetensors")
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(postfix)
+            self.run_log.end_epoch(epoch_line(epoch + 1, epochs, stats, extra))
         if split.valid is not None and self.state["best_epoch"] is not None:
             self.load(self.out_dir / "best.safetensors")
             self.log(f"selected epoch {self.state['best_epoch']} on validation {SELECTION_METRIC}")
@@ -224,9 +220,7 @@ class Trainer:
         if main:
             atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
             atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
-        if self.writer is not None:
-            self._scalars("test", metrics, self.state["epoch"])
-            self.writer.close()
+        self.run_log.scalars("test", metrics, self.state["epoch"])
         return summary
 
     def _out_of_patience(self) -> bool:
@@ -235,20 +229,6 @@ class Trainer:
             return False
         return sum(1 for valid in self.state["valid"] if valid["epoch"] > best) >= patience
 
-    def _scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(f"{prefix}/{key}", value, step)
-
-
-def _progress(iterable, enabled: bool, description: str):
-    if not enabled:
-        return iterable
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, desc=description, unit="epoch", dynamic_ncols=True)
 
 
 def evaluate_checkpoint(run_dir: Path, split_name: str, log: Callable[[str], None] = print) -> dict:
