@@ -241,3 +241,36 @@ def test_a_file_that_is_not_s3rec_is_rejected(tmp_path, capsys, shared_data):
     data = shared_data / "ml-100k" / "u.data"
     assert_one_line(*genrec(capsys, "train", "--dataset", "s3rec", "--data-dir", data, "--out", tmp_path / "run"),
                     f"{data}:", "one line per user")
+
+
+def test_eval_takes_a_checkpoint_file_and_a_moved_data_set(tmp_path, capsys):
+    import shutil
+    rows = "".join(f"{u} {i}\n" for u in range(1, 40) for i in range(1, 9))
+    data = tmp_path / "seq.txt"
+    data.write_text(rows)
+    run = tmp_path / "run"
+    code, err = genrec(capsys, "train", "--dataset", "sasrec", "--data-dir", data, "--config", TINY, "--out", run,
+                       "--epochs", "1", "--no-progress")
+    assert code == 0, err
+    assert json.loads((run / "config.json").read_text())["data"]["path"] == str(data.resolve())  # absolute
+    moved = tmp_path / "elsewhere.txt"
+    shutil.move(data, moved)
+    assert_one_line(*genrec(capsys, "eval", "--checkpoint", run), str(data))
+    code, err = genrec(capsys, "eval", "--checkpoint", run / "last.safetensors", "--data-dir", moved)
+    assert code == 0, err
+    evaluated = json.loads((run / "metrics-test.json").read_text())
+    assert evaluated["checkpoint"] == "last.safetensors"
+    assert evaluated["metrics"] == json.loads((run / "metrics.json").read_text())
+    from genrec.checkpoint import FILE_MODE
+    assert (run / "metrics-test.json").stat().st_mode & 0o777 == FILE_MODE  # as the umask allows, not 0600
+
+
+def test_config_show_reads_back_and_version(tmp_path, capsys):
+    from genrec.config import Config, load_config_file, preset
+    assert main(["config", "--show", "--model", "hstu-xl"]) == 0
+    shown = tmp_path / "xl.toml"
+    shown.write_text(capsys.readouterr().out)
+    assert load_config_file(shown, Config()) == preset("hstu-xl")
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("genrec 0.1")

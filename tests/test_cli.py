@@ -28,6 +28,7 @@ def test_train_then_eval(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == KEYS and all(isinstance(v, float) for v in metrics.values())
     assert (tmp_path / "best.safetensors").is_file() and (tmp_path / "config.json").is_file()
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
     again = genrec("eval", "--checkpoint", str(tmp_path), "--split", "test", "--out", str(tmp_path / "e"))
     assert again.returncode == 0, again.stderr
     evaluated = json.loads((tmp_path / "e/metrics-test.json").read_text())
@@ -90,6 +91,7 @@ def test_ranking_end_to_end_on_a_multi_signal_log(tmp_path):
     assert set(metrics) == {"click/auc", "click/ne", "like/auc", "like/ne"}
     summary = json.loads((tmp_path / "r/summary.json").read_text())
     assert set(summary["din"]) == set(metrics) and "din" in run.stdout
+    assert (tmp_path / "r/curves.png").read_bytes().startswith(b"\x89PNG")
     again = genrec("eval", "--checkpoint", str(tmp_path / "r"), "--out", str(tmp_path / "e"))
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "e/metrics-test.json").read_text())["metrics"] == metrics  # same weights

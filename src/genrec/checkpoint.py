@@ -51,6 +51,30 @@ class Checkpoint:
 TEMPORARY_PREFIX = ".genrec-tmp."
 
 
+def _file_mode() -> int:
+    """What open() would give a new file under this process's umask (mkstemp makes them 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
+
+
+def locate_checkpoint(path: Path) -> tuple[Path, Path]:
+    """(run directory, checkpoint file) for a run directory (its best checkpoint, else its last) or for a
+    file inside one (that checkpoint; config.json or another file: the directory's default)."""
+    path = Path(path)
+    if path.is_file():
+        run_dir = path.parent
+        if path.suffix == ".safetensors":
+            return run_dir, path
+    else:
+        run_dir = path
+    best = run_dir / "best.safetensors"
+    return run_dir, best if best.is_file() else run_dir / "last.safetensors"
+
+
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Writes a temporary file beside `path`, then renames it over `path`: readers see the old file or the
     new one, never a part. A full disk (or any OS error) leaves `path` as it was and is a ValueError."""
@@ -64,6 +88,7 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             tmp.write(payload)
             tmp.flush()
             os.fsync(tmp.fileno())
+        os.chmod(tmp_name, FILE_MODE)  # readable by whom the umask allows, as the run's other files
         os.replace(tmp_name, path)
     except OSError as error:
         Path(tmp_name).unlink(missing_ok=True)

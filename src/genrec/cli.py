@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import sys
 import time
 from pathlib import Path
 
-from genrec.config import (PRESETS, Config, apply_overrides, config_to_dict, load_config_file, load_run_config,
-                           parse_assignment, preset)
+from genrec.config import (PRESETS, Config, apply_overrides, config_to_dict, config_to_toml, load_config_file,
+                           load_run_config, parse_assignment, preset)
 from genrec.data import DATASETS
 
 # The embedded default is a minutes-long CPU demo on synthetic data, not the paper's 101 epochs.
@@ -18,12 +19,17 @@ SYNTHETIC_DEFAULT_EPOCHS = 8
 
 
 def _parser() -> argparse.ArgumentParser:
+    from genrec import __version__
+
     parser = argparse.ArgumentParser(prog="genrec", description="Generative Recommenders (HSTU).")
+    parser.add_argument("--version", action="version", version=f"genrec {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a generative retriever and evaluate it")
+    command = functools.partial(commands.add_parser, formatter_class=_DefaultsShown)
+    train = command("train", help="train a generative retriever (or ranker) and evaluate it")
     train.add_argument("--task", choices=("retrieval", "ranking"), default=None,
                        help="retrieval: next-item generation; ranking: multi-task action prediction")
-    train.add_argument("--dataset", choices=DATASETS, default=None)
+    train.add_argument("--dataset", choices=DATASETS, default=None,
+                       help="data set reader (default: synthetic, the embedded demo data)")
     train.add_argument("--data-dir", default=None, help="directory or file holding the data set")
     train.add_argument("--user-features", default=None,
                        help="MovieLens users.dat / u.user (or its directory): user-context prefix tokens")
@@ -34,30 +40,53 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=None,
                        help="run directory (default: runs/<dataset>-<model>-<date>-<time>)")
     train.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
-    train.add_argument("--epochs", type=int, default=None)
-    train.add_argument("--mode", choices=("paper", "validated"), default=None)
-    train.add_argument("--tie-order", choices=("stable", "paper"), default=None)
-    train.add_argument("--attention-backend", choices=("auto", "torch", "triton"), default=None)
-    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                       help="where to train (default: auto, a GPU when there is one)")
+    train.add_argument("--epochs", type=int, default=None,
+                       help=f"passes over the data (default: the preset's 101; {SYNTHETIC_DEFAULT_EPOCHS} on synthetic)")
+    train.add_argument("--mode", choices=("paper", "validated"), default=None,
+                       help="paper: test after the last epoch; validated: select the epoch on a held-out event "
+                            "(default: paper)")
+    train.add_argument("--tie-order", choices=("stable", "paper"), default=None,
+                       help="order of events with equal timestamps (default: stable, the file's)")
+    train.add_argument("--attention-backend", choices=("auto", "torch", "triton"), default=None,
+                       help="torch: the reference; triton: the fused kernel (GPU) (default: auto)")
+    train.add_argument("--seed", type=int, default=None, help="random seed (default: 42)")
     train.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
     train.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    train.add_argument("--no-progress", action="store_true")
-    evaluate = commands.add_parser("eval", help="evaluate a trained run")
-    evaluate.add_argument("--checkpoint", type=Path, required=True, help="run directory of genrec train")
-    evaluate.add_argument("--split", choices=("valid", "test"), default="test")
+    train.add_argument("--no-progress", action="store_true",
+                       help="no progress bar: a plain line every 10 s and per epoch")
+    evaluate = command("eval", help="evaluate a trained run")
+    evaluate.add_argument("--checkpoint", type=Path, required=True,
+                          help="run directory of genrec train, or a checkpoint file in it")
+    evaluate.add_argument("--split", choices=("valid", "test"), default="test", help="held-out events to rank")
+    evaluate.add_argument("--data-dir", default=None, help="where the run's data set lives now, if it moved")
     evaluate.add_argument("--out", type=Path, default=None,
                           help="where metrics-<split>.json goes (default: --checkpoint)")
-    serve = commands.add_parser("serve", help="serve a trained run over HTTP (needs genrec[serve])")
-    serve.add_argument("--checkpoint", type=Path, required=True, help="run directory of genrec train")
+    serve = command("serve", help="serve a trained run over HTTP (needs genrec[serve])")
+    serve.add_argument("--checkpoint", type=Path, required=True,
+                       help="run directory of genrec train, or a checkpoint file in it")
     serve.add_argument("--ranker", type=Path, default=None, help="run directory of genrec train --task ranking")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (1-65535)")
     serve.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     serve.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
     serve.add_argument("--max-candidates", type=int, default=4096, help="most candidates one /v1/rank may send")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (larger: 413)")
+    show = command("config", help="print a preset's full config as TOML (a starting point for --config)")
+    show.add_argument("--show", action="store_true", help="print it (the only action for now)")
+    show.add_argument("--model", choices=sorted(PRESETS), default="hstu", help="model preset")
     return parser
+
+
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help lines end with their default, where there is one worth saying (not None, not a switch's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
@@ -83,6 +112,10 @@ def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
 
 def _train_config(args: argparse.Namespace) -> Config:
     config = _apply_flags(preset(args.model or "hstu"), args)
+    # stored absolute, so that the run evaluates from any working directory
+    for field in ("path", "user_features"):
+        if getattr(config.data, field) is not None:
+            setattr(config.data, field, str(Path(getattr(config.data, field)).resolve()))
     explicit_epochs = args.epochs is not None or args.config is not None or any(
         a.strip().startswith("train.epochs") for a in args.assignments)
     if config.data.dataset == "synthetic" and not explicit_epochs:
@@ -180,16 +213,19 @@ def _fit(trainer, args: argparse.Namespace) -> dict:
 def _run_eval(args: argparse.Namespace) -> None:
     from genrec.checkpoint import atomic_write_bytes
 
-    if load_run_config(args.checkpoint).train.task == "ranking":
+    from genrec.checkpoint import locate_checkpoint
+
+    run_dir, _ = locate_checkpoint(args.checkpoint)
+    if load_run_config(run_dir).train.task == "ranking":
         from genrec.train.ranking import evaluate_ranking_run
-        result = evaluate_ranking_run(args.checkpoint, args.split)
+        result = evaluate_ranking_run(args.checkpoint, args.split, data_dir=args.data_dir)
         _print_table(f"{args.split} metrics (ranking)", {"hstu": result["metrics"], "din": result["din"]})
     else:
         from genrec.train.trainer import evaluate_checkpoint
-        result = evaluate_checkpoint(args.checkpoint, args.split)
+        result = evaluate_checkpoint(args.checkpoint, args.split, data_dir=args.data_dir)
         _print_table(f"{args.split} metrics", {"model": result["metrics"], "popularity": result["popularity"]})
     # named by split, never metrics.json: that file is the training run's own test result
-    path = (args.out or args.checkpoint) / f"metrics-{args.split}.json"
+    path = (args.out or run_dir) / f"metrics-{args.split}.json"
     if path.parent.exists() and not path.parent.is_dir():
         raise ValueError(f"{path.parent}: --out must be a directory, and this is a file")
     atomic_write_bytes(path, json.dumps({"split": args.split, "checkpoint": result["checkpoint"],
@@ -214,10 +250,15 @@ def _run_serve(args: argparse.Namespace) -> None:
     uvicorn.run(create_app(args.checkpoint, args.device, limits, args.ranker), host=args.host, port=args.port)
 
 
+def _run_config(args: argparse.Namespace) -> None:
+    print(f"# genrec preset {args.model!r}: genrec train --config FILE reads this back", end="\n")
+    print(config_to_toml(preset(args.model)), end="")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"train": _run_train, "eval": _run_eval, "serve": _run_serve}[args.command](args)
+        {"train": _run_train, "eval": _run_eval, "serve": _run_serve, "config": _run_config}[args.command](args)
     except ValueError as error:
         print(f"genrec: error: {error}", file=sys.stderr)
         return 2

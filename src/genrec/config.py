@@ -316,5 +316,29 @@ def load_run_config(run_dir: Path) -> Config:
         raise ValueError(f"{path}: {error}") from error
 
 
+def config_to_toml(config: Config) -> str:
+    """The whole config as TOML that --config reads back (fields that are None are commented out: TOML has
+    no null)."""
+    lines: list[str] = []
+
+    def section(values: dict[str, Any], name: str) -> None:
+        tables = {k: v for k, v in values.items() if isinstance(v, dict)}
+        if name:
+            lines.append(f"\n[{name}]")
+        for key, value in values.items():
+            if key in tables:
+                continue
+            if value is None:
+                lines.append(f"# {key} = (unset)")
+            elif isinstance(value, (list, tuple)):
+                lines.append(f"{key} = [{', '.join(json.dumps(v) for v in value)}]")
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
+        for key, table in tables.items():
+            section(table, f"{name}.{key}" if name else key)
+    section(config_to_dict(config), "")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
 def config_to_json(config: Config) -> str:
     return json.dumps(config_to_dict(config), indent=2, sort_keys=True)

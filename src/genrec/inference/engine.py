@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genrec.checkpoint import load_checkpoint, ranker_weights
+from genrec.checkpoint import load_checkpoint, locate_checkpoint, ranker_weights
 from genrec.config import load_run_config
 from genrec.data.batch import SequenceBatch
 from genrec.devices import resolve_device
@@ -36,14 +36,14 @@ class LoadedRun:
     task = "retrieval"
 
     def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
-        run_dir = Path(run_dir)
+        """run_dir: a run directory (its best checkpoint, else its last) or a checkpoint file in one."""
+        run_dir, checkpoint = locate_checkpoint(Path(run_dir))
         self.config = load_run_config(run_dir)
         if self.config.train.task != self.task:
             raise ValueError(f"{run_dir}: a {self.config.train.task} run, where a {self.task} run is needed")
         if self.config.data.user_features is not None:
             raise ValueError(f"{run_dir}: serving a model with user-context prefix tokens is not supported yet")
-        best = run_dir / "best.safetensors"
-        self.checkpoint = load_checkpoint(best if best.is_file() else run_dir / "last.safetensors")
+        self.checkpoint = load_checkpoint(checkpoint)
         self.name = str(run_dir)
         broken = [k for k, v in self.checkpoint.inference_weights().items()
                   if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -200,5 +200,5 @@ class RankingRun(LoadedRun):
 
 def load(run_dir: str | Path, device: str = "cpu") -> RetrievalRun | RankingRun:
     """The run in `run_dir` (a `genrec train` output directory), ready for inference."""
-    task = load_run_config(Path(run_dir)).train.task
+    task = load_run_config(locate_checkpoint(Path(run_dir))[0]).train.task
     return (RankingRun if task == "ranking" else RetrievalRun)(run_dir, device)

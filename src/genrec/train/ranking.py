@@ -33,11 +33,12 @@ from genrec.eval.metrics import auc, normalized_entropy
 from genrec.model.din import DIN
 from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
-from genrec.checkpoint import atomic_write_bytes, load_checkpoint
+from genrec.checkpoint import atomic_write_bytes, load_checkpoint, locate_checkpoint
 from genrec.train.divergence import DivergenceGuard, failure_recorded
 from genrec.devices import resolve_device
 from genrec.train.experiment import attach_user_features, build_checked, peak_tflops
 from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
+from genrec.train.curves import write_curves
 from genrec.train.run_log import RunLog, epoch_line
 from genrec.train.run_state import RandomStreams, resume_run, save_run, start_run_directory
 
@@ -225,15 +226,23 @@ class RankingTrainer:
         if main:
             atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(test["model"], indent=2).encode())
             atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+            epochs_run = self.state["epochs"]
+            write_curves(self.out_dir / "curves.png", [(e["epoch"], e["loss"]) for e in epochs_run],
+                         {k: [(e["epoch"], e["valid"][k]) for e in epochs_run if "valid" in e] for k in test["model"]},
+                         test["model"], self.state["best_epoch"] or self.state["epoch"], self.log)
         self.run_log.scalars("test", test["model"], self.state["epoch"])
         return summary
 
 
-def evaluate_ranking_run(run_dir: Path, split_name: str, log: Callable[[str], None] = print) -> dict:
-    """Re-evaluates a finished ranking run (ranker and DIN; the selected epoch in validated mode)."""
-    trainer = RankingTrainer(load_run_config(run_dir), run_dir, log=log)
-    best = run_dir / "best.safetensors"
-    checkpoint = best if best.is_file() else run_dir / "last.safetensors"
+def evaluate_ranking_run(path: Path, split_name: str, log: Callable[[str], None] = print,
+                         data_dir: str | None = None) -> dict:
+    """Re-evaluates a finished ranking run (ranker and DIN; the selected epoch in validated mode, or the
+    checkpoint file `path` names); data_dir: where its data set lives now, if it moved."""
+    run_dir, checkpoint = locate_checkpoint(path)
+    config = load_run_config(run_dir)
+    if data_dir is not None:
+        config.data.path = str(Path(data_dir).resolve())
+    trainer = RankingTrainer(config, run_dir, log=log, progress=False)
     trainer.modules.load_state_dict(load_checkpoint(checkpoint).model)
     if split_name == "valid" and trainer.held_out == 1:
         raise ValueError(f"{run_dir}: mode 'paper' has no validation split; use --split test")

@@ -23,12 +23,13 @@ from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
 from genrec.ops.jagged import lengths_from_offsets, positions_with_successor
 from genrec.train.averaging import WeightAverage
-from genrec.checkpoint import atomic_write_bytes
+from genrec.checkpoint import atomic_write_bytes, locate_checkpoint
 from genrec.train.divergence import DivergenceGuard, failure_recorded
 from genrec.devices import resolve_device
 from genrec.train.experiment import build_model, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
+from genrec.train.curves import write_curves
 from genrec.train.run_log import RunLog, epoch_line
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, save_run, start_run_directory
 
@@ -199,6 +200,8 @@ class Trainer:
             self.guard.check(self.model)  # before anything is scored or saved
             self.state["epoch"] = epoch + 1
             self.state["epoch_seconds"].append(round(stats["seconds"], 3))
+            # [epoch, loss] pairs; absent in runs saved before they were kept
+            self.state.setdefault("losses", []).append([epoch + 1, round(stats["loss"], 6)])
             self.run_log.scalars("train", stats, epoch + 1)
             extra = ""
             if split.valid is not None and ((epoch + 1) % self.config.train.eval_every == 0 or epoch + 1 == epochs):
@@ -220,6 +223,11 @@ class Trainer:
         if main:
             atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
             atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+            shown = ("hr@10", "ndcg@10")
+            write_curves(self.out_dir / "curves.png", [tuple(pair) for pair in self.state.get("losses", [])],
+                         {k: [(v["epoch"], v[k]) for v in self.state["valid"]] for k in shown},
+                         {k: metrics[k] for k in shown if k in metrics},
+                         self.state["best_epoch"] or self.state["epoch"], self.log)
         self.run_log.scalars("test", metrics, self.state["epoch"])
         return summary
 
@@ -231,11 +239,15 @@ class Trainer:
 
 
 
-def evaluate_checkpoint(run_dir: Path, split_name: str, log: Callable[[str], None] = print) -> dict:
-    """Re-evaluates a finished run (best checkpoint in validated mode, else last) on valid or test."""
-    trainer = Trainer(load_run_config(run_dir), run_dir, log=log, progress=False)
-    best = run_dir / "best.safetensors"
-    checkpoint = best if best.is_file() else run_dir / "last.safetensors"
+def evaluate_checkpoint(path: Path, split_name: str, log: Callable[[str], None] = print,
+                        data_dir: str | None = None) -> dict:
+    """Re-evaluates a finished run on valid or test: `path` is its directory (the best checkpoint in validated
+    mode, else the last) or a checkpoint file in it; data_dir: where its data set lives now, if it moved."""
+    run_dir, checkpoint = locate_checkpoint(path)
+    config = load_run_config(run_dir)
+    if data_dir is not None:
+        config.data.path = str(Path(data_dir).resolve())
+    trainer = Trainer(config, run_dir, log=log, progress=False)
     trainer.load(checkpoint)
     split = trainer.data.split.test if split_name == "test" else trainer.data.split.valid
     if split is None:
