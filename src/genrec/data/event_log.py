@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genrec.data.arrow_text import FLOAT, INT, read_delimited
 from genrec.data.events import INT64_MAX, BadRows, Events, numbered_lines, parse_all, parse_int, parse_number
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
@@ -28,6 +29,9 @@ def _read_csv(path: Path, skip_bad_rows: bool) -> Events:
     reader = csv.reader(line for _, line in numbered_lines(path))
     header = [c.strip() for c in next(reader, [])]
     extra = _check_header(path, header)
+    fast = read_delimited(path, ",", [(c, INT if c in REQUIRED_COLUMNS else FLOAT) for c in header], header=True)
+    if fast is not None and len(set(header)) == len(header):  # pyarrow when every row is clean
+        return _events(path, fast, 0)
     index = {c: i for i, c in enumerate(header)}
     ints = {c: [] for c in REQUIRED_COLUMNS}
     floats = {c: [] for c in extra}

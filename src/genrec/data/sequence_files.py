@@ -9,10 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from genrec.data.arrow_text import INT, read_delimited
 from genrec.data.events import BadRows, Events, parse_int, split_lines
 
 
 def read_sasrec(path: Path, skip_bad_rows: bool = False) -> Events:
+    fast = read_delimited(path, " ", [("user", INT), ("item", INT)])  # through pyarrow when every row is clean
+    if fast is not None:
+        return Events(fast["user"], fast["item"], source=str(path))
     bad = BadRows(str(path), skip_bad_rows)
     users, items = [], []
     for line_number, fields in split_lines(path, None):
