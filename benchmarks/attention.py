@@ -6,6 +6,9 @@ has 2 matmuls, backward 5, so forward+backward = 3.5x the forward count.
 
     python benchmarks/attention.py --out benchmarks/results/attention.json
     python benchmarks/attention.py --sizes 1024,4096 --match rab --out /tmp/rab.json   # the bias rows only
+    python benchmarks/attention.py --chart-from benchmarks/results/attention-backward-tiles.json   # no GPU
+
+Writes a PNG chart beside the JSON (TFLOP/s against N, genrec and SDPA flash; needs matplotlib, extra `viz`).
 """
 
 from __future__ import annotations
@@ -118,7 +121,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/attention.json"))
     parser.add_argument("--sizes", default="1024,2048,4096,8192")
     parser.add_argument("--match", default="", help="only the cases whose name this regex finds (e.g. rab, 'N=8192$')")
+    parser.add_argument("--chart-from", type=Path, default=None,
+                        help="draw the chart of a results JSON written by this script, and measure nothing")
     args = parser.parse_args()
+    if args.chart_from is not None:
+        results = json.loads(args.chart_from.read_text())
+        chart(results, args.chart_from.with_suffix(".png"))
+        return
     sizes = [int(n) for n in args.sizes.split(",")]
     cases = [dict(name=f"D128 N={n}", n=n, heads=4, dim=128) for n in sizes]
     both = ("position", "time")
@@ -149,6 +158,36 @@ def main() -> None:
         result["rows"].append(row)
         args.out.write_text(json.dumps(result, indent=2))
         print(format_row(row), flush=True)
+    chart(result, args.out.with_suffix(".png"))
+
+
+def chart(result: dict, path: Path) -> None:
+    """TFLOP/s against N of the D = 128 rows: genrec's forward and forward + backward beside SDPA flash (same
+    FLOP count), and with both biases where measured."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plain = sorted((r for r in result["rows"] if re.fullmatch(r"D128 N=\d+", r["case"])), key=lambda r: r["N"])
+    biased = sorted((r for r in result["rows"] if re.fullmatch(r"D128 N=\d+ rab", r["case"])), key=lambda r: r["N"])
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for axis, (label, key, factor) in zip(axes, (("forward", "fwd", 1.0), ("forward + backward", "fwd_bwd", 3.5))):
+        for rows, name, style in ((plain, "genrec", "o-"), (biased, "genrec, rab^{p,t}", "s--")):
+            points = [(r["N"], r[f"{key}_tflops"]) for r in rows if f"{key}_tflops" in r]
+            if points:
+                axis.plot(*zip(*points), style, label=name)
+        flops = {r["N"]: r["fwd_tflops"] * r["fwd_ms"] * factor for r in plain}  # TFLOP/s x ms = GFLOP
+        sdpa = [(r["N"], flops[r["N"]] / r[f"sdpa_flash_{key}_ms"]) for r in plain if f"sdpa_flash_{key}_ms" in r]
+        if sdpa:
+            axis.plot(*zip(*sdpa), "^:", color="gray", label="SDPA flash (softmax)")
+        axis.set_xscale("log", base=2)
+        axis.set(title=label, xlabel="max sequence length N")
+        axis.legend(fontsize=8)
+    axes[0].set_ylabel("TFLOP/s (causal pairs)")
+    figure.suptitle(f"Jagged HSTU attention, bf16, H = 4, D = 128 ({result['device']}, {result['date']})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

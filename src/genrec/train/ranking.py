@@ -34,13 +34,13 @@ from genrec.model.din import DIN
 from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
 from genrec.checkpoint import atomic_write_bytes, load_checkpoint, locate_checkpoint
-from genrec.train.divergence import DivergenceGuard, failure_recorded
+from genrec.train.divergence import DivergenceGuard
 from genrec.devices import resolve_device
 from genrec.train.experiment import attach_user_features, build_checked, peak_tflops
 from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
 from genrec.train.curves import write_curves
 from genrec.train.run_log import RunLog, epoch_line
-from genrec.train.run_state import RandomStreams, resume_run, save_run, start_run_directory
+from genrec.train.run_state import RandomStreams, resume_run, save_run, run_fit
 
 
 def _din_inputs(batch: SequenceBatch, targets: torch.Tensor):
@@ -181,17 +181,7 @@ class RankingTrainer:
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict:
-        main = self.ranks.is_main  # under torchrun only rank 0 writes files
-        if main:
-            start_run_directory(self.out_dir, self.config, resume, overwrite)
-        self.run_log = RunLog(self.out_dir if main else None, self.log, self.progress)
-        try:
-            if resume:
-                self.resume()
-            with failure_recorded(self.out_dir, lambda: self.state["epoch"], main):
-                return self._fit()
-        finally:
-            self.run_log.close()
+        return run_fit(self, resume, overwrite)
 
     def _fit(self) -> dict:
         main = self.ranks.is_main

@@ -10,12 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from genrec.train.averaging import WeightAverage
-from genrec.config import Config, config_to_json
 from genrec.checkpoint import (Checkpoint, atomic_write_bytes, load_checkpoint, remove_stale_temporaries,
-                                    restore_rng, rng_state, save_checkpoint)
+                               restore_rng, rng_state, save_checkpoint)
+from genrec.config import Config, config_to_json
+from genrec.train.averaging import WeightAverage
+from genrec.train.divergence import failure_recorded
 from genrec.train.parallel import (Distributed, barrier, full_tensors, gather_rng, load_optimizer, load_weights,
                                    own_rng)
+from genrec.train.run_log import RunLog
 
 
 class RandomStreams:
@@ -102,3 +104,19 @@ def start_run_directory(out_dir: Path, config: Config, resume: bool = False, ove
         for stale in [*out_dir.glob("metrics-*.json"), *(out_dir / "tensorboard").glob("events.*")]:
             stale.unlink()
     atomic_write_bytes(out_dir / "config.json", config_to_json(config).encode())
+
+
+def run_fit(trainer, resume: bool, overwrite: bool) -> dict:
+    """The frame of both trainers' fit: the run directory (rank 0 writes files under torchrun), the run's log,
+    resuming, and a divergence recorded in failure.json; the trainer's _fit() runs the epochs."""
+    main = trainer.ranks.is_main
+    if main:
+        start_run_directory(trainer.out_dir, trainer.config, resume, overwrite)
+    trainer.run_log = RunLog(trainer.out_dir if main else None, trainer.log, trainer.progress)
+    try:
+        if resume:
+            trainer.resume()
+        with failure_recorded(trainer.out_dir, lambda: trainer.state["epoch"], main):
+            return trainer._fit()
+    finally:
+        trainer.run_log.close()

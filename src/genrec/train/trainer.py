@@ -24,14 +24,14 @@ from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
 from genrec.ops.jagged import lengths_from_offsets, positions_with_successor
 from genrec.train.averaging import WeightAverage
 from genrec.checkpoint import atomic_write_bytes, locate_checkpoint
-from genrec.train.divergence import DivergenceGuard, failure_recorded
+from genrec.train.divergence import DivergenceGuard
 from genrec.devices import resolve_device
 from genrec.train.experiment import build_model, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
 from genrec.train.curves import write_curves
 from genrec.train.run_log import RunLog, epoch_line
-from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, save_run, start_run_directory
+from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, save_run, run_fit
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -172,17 +172,7 @@ class Trainer:
 
     # ---- the run ---------------------------------------------------------------------------
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
-        main = self.ranks.is_main  # under torchrun only rank 0 writes files
-        if main:
-            start_run_directory(self.out_dir, self.config, resume, overwrite)
-        self.run_log = RunLog(self.out_dir if main else None, self.log, self.progress)
-        try:
-            if resume:
-                self.resume()
-            with failure_recorded(self.out_dir, lambda: self.state["epoch"], main):
-                return self._fit()
-        finally:
-            self.run_log.close()
+        return run_fit(self, resume, overwrite)
 
     def _fit(self) -> dict[str, float]:
         main = self.ranks.is_main
@@ -223,9 +213,10 @@ class Trainer:
         if main:
             atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
             atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
-            shown = ("hr@10", "ndcg@10")
+            cut = self.config.eval.ks[0]
+            shown = (f"hr@{cut}", f"ndcg@{cut}")
             write_curves(self.out_dir / "curves.png", [tuple(pair) for pair in self.state.get("losses", [])],
-                         {k: [(v["epoch"], v[k]) for v in self.state["valid"]] for k in shown},
+                         {k: [(v["epoch"], v[k]) for v in self.state["valid"] if k in v] for k in shown},
                          {k: metrics[k] for k in shown if k in metrics},
                          self.state["best_epoch"] or self.state["epoch"], self.log)
         self.run_log.scalars("test", metrics, self.state["epoch"])

@@ -1,0 +1,61 @@
+"""What does the query time change, with everything else fixed? One trained run's test split ranked twice
+with the same weights: the last history position asking the time bias about the held-out event's time (the
+corrected protocol, as training asks each position about the next event's time) and about its own time (the
+evaluation before issue 21).
+
+    python benchmarks/query_time.py --run runs/ml1m-3k-hstu --out benchmarks/results/query-time-cpu.json
+
+Prints a table and writes the JSON (no chart: two rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from genrec.train.trainer import Trainer  # noqa: E402
+from genrec.checkpoint import locate_checkpoint  # noqa: E402
+from genrec.config import load_run_config  # noqa: E402
+
+METRICS = ("hr@10", "ndcg@10", "hr@50", "mrr")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, required=True, help="a run directory of genrec train (with timestamps)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/query-time-cpu.json"))
+    args = parser.parse_args()
+    run_dir, checkpoint = locate_checkpoint(args.run)
+    config = load_run_config(run_dir)
+    trainer = Trainer(config, run_dir, log=lambda _: None, progress=False)
+    trainer.load(checkpoint)
+    test = trainer.data.split.test
+    if test.target_timestamps is None:
+        sys.exit(f"{run_dir}: its data set has no timestamps, so the query time changes nothing")
+    rows = {"target's time (corrected)": trainer.evaluate(test),
+            "last event's own time (before)": trainer.evaluate(dataclasses.replace(test, target_timestamps=None))}
+    print(f"{'query time':<32}" + "".join(f"{m:>9}" for m in METRICS))
+    for name, metrics in rows.items():
+        print(f"{name:<32}" + "".join(f"{metrics[m]:>9.4f}" for m in METRICS))
+    corrected, before = rows.values()
+    change = {m: round(corrected[m] / before[m] - 1, 4) for m in METRICS}
+    print(f"{'change':<32}" + "".join(f"{change[m]:>+9.1%}" for m in METRICS))
+    result = {"device": "cpu", "python": platform.python_version(), "torch": torch.__version__,
+              "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "run": str(run_dir),
+              "checkpoint": checkpoint.name, "data": config.data.path, "model": dataclasses.asdict(config.model),
+              "epochs": config.train.epochs, "rows": rows, "relative_change": change}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
