@@ -1,5 +1,7 @@
-"""The README's headline chart: NDCG@10 of each preset on a data set with timestamps, under the old
-evaluation rules and the corrected ones (issue 21), read from benchmarks/results/public.json.
+"""The README's headline chart: NDCG@10 of each preset on a data set with timestamps, the rows measured
+under the old evaluation rules beside the re-runs under the corrected ones (issue 21), read from
+benchmarks/results/public.json. Not a controlled comparison: the re-runs are new training runs with the
+code of their day (benchmarks/query_time.py holds one model's weights fixed).
 
     python benchmarks/public_chart.py --dataset ml-1m-3k --out benchmarks/results/public-ml-1m-3k.png
 
@@ -40,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     results = json.loads(args.results.read_text())
     old, new = pick(results["runs"], args.dataset, False), pick(results["runs"], args.dataset, True)
-    print(f"{'model':<12}{'mode':<11}{'old rules':>10}{'corrected':>10}")
+    print(f"{'model':<12}{'mode':<11}{'old rows':>10}{'re-run':>10}")
     for mode in MODES:
         for model in MODELS:
             print(f"{model:<12}{mode:<11}{old.get((model, mode), float('nan')):>10.4f}"
@@ -54,16 +56,17 @@ def main() -> None:
     width = 0.38
     for axis, mode in zip(axes, MODES):
         positions = range(len(MODELS))
-        for offset, (label, values, color) in enumerate((("old rules", old, "#bbbbbb"),
-                                                          ("corrected", new, "#2b6cb0"))):
+        for offset, (label, values, color) in enumerate((("old rows (old rules and code)", old, "#bbbbbb"),
+                                                          ("re-run (corrected rules, code of 2026-12-04)", new,
+                                                           "#2b6cb0"))):
             heights = [values.get((model, mode), 0.0) for model in MODELS]
             bars = axis.bar([p + (offset - 0.5) * width for p in positions], heights, width, label=label, color=color)
             axis.bar_label(bars, fmt="%.3f", fontsize=7, padding=1)
         axis.set_xticks(list(positions), MODELS)
         axis.set_title(f"{args.dataset}, {mode} mode")
     axes[0].set_ylabel("NDCG@10 (full ranking)")
-    axes[-1].legend(loc="lower right", fontsize=8)
-    figure.suptitle("Leave-one-out NDCG@10; corrected: pessimistic ties, the query time of the held-out event")
+    axes[-1].legend(loc="lower right", fontsize=7)
+    figure.suptitle("Leave-one-out NDCG@10, full ranking; re-run: pessimistic ties, the held-out event's query time")
     figure.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.out, dpi=130)
