@@ -118,7 +118,7 @@ def _train_config(args: argparse.Namespace) -> Config:
             setattr(config.data, field, str(Path(getattr(config.data, field)).resolve()))
     explicit_epochs = args.epochs is not None or args.config is not None or any(
         a.strip().startswith("train.epochs") for a in args.assignments)
-    if config.data.dataset == "synthetic" and not explicit_epochs:
+    if config.data.dataset.startswith("synthetic") and not explicit_epochs:
         config.train.epochs = SYNTHETIC_DEFAULT_EPOCHS
     return config.validate()
 

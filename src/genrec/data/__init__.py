@@ -12,8 +12,9 @@ from genrec.data.sequence_files import read_s3rec, read_sasrec
 from genrec.data.sequences import JaggedEvents, SequenceData, build_sequences
 from genrec.data.splits import EvalSplit, ProtocolSplit, leave_one_out, min_length_for
 from genrec.data.synthetic import SyntheticSpec, generate_events
+from genrec.data.synthetic_stream import StreamSpec, generate_stream
 
-DATASETS = ("synthetic", "ml-1m", "ml-100k", "ml-20m", "sasrec", "s3rec", "events")
+DATASETS = ("synthetic", "synthetic-stream", "ml-1m", "ml-100k", "ml-20m", "sasrec", "s3rec", "events")
 
 
 def load_events(dataset: str, path: str | Path | None, skip_bad_rows: bool = False,
@@ -23,6 +24,9 @@ def load_events(dataset: str, path: str | Path | None, skip_bad_rows: bool = Fal
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     if dataset == "synthetic":
         return generate_events(synthetic)
+    if dataset == "synthetic-stream":  # sized like the static default: its users, 40 events each, its items
+        return generate_stream(StreamSpec(num_users=synthetic.num_users, num_events=40 * synthetic.num_users,
+                                          initial_items=synthetic.num_items, seed=synthetic.seed))
     if path is None:
         raise ValueError(f"dataset {dataset!r} needs --data-dir (a directory or file)")
     path = Path(path)
@@ -37,5 +41,5 @@ def load_events(dataset: str, path: str | Path | None, skip_bad_rows: bool = Fal
 
 
 __all__ = ["DATASETS", "EvalSplit", "Events", "JaggedEvents", "ProtocolSplit", "SequenceBatch",
-           "SequenceData", "SyntheticSpec", "build_sequences", "generate_events", "leave_one_out",
-           "load_events", "make_batch", "min_length_for"]
+           "SequenceData", "StreamSpec", "SyntheticSpec", "build_sequences", "generate_events", "generate_stream",
+           "leave_one_out", "load_events", "make_batch", "min_length_for"]
