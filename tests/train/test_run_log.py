@@ -41,3 +41,18 @@ def test_ctrl_c_is_one_line_and_resume_continues(tmp_path):
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert "epoch 4/4" in resumed.stdout and "epoch 1/4" not in resumed.stdout
+
+
+def test_on_a_terminal_steps_and_evaluation_batches_get_bars(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    lines = []
+    run_log = RunLog(None, lines.append, progress=True, interval_s=0.0)
+    assert run_log.bar_class is not None
+    run_log.start_epoch(1, 1, num_steps=20)
+    for step in range(1, 21):
+        run_log.step(step, step, torch.tensor(2.0), tokens=10)
+    run_log.end_epoch("epoch 1/1: done")
+    assert list(run_log.batches("evaluate")(range(0, 10, 3))) == [0, 3, 6, 9]
+    run_log.close()
+    assert lines == ["epoch 1/1: done"]  # the bar, not plain lines, showed the steps
+    assert "epoch 1/1" in capsys.readouterr().err

@@ -6,7 +6,7 @@ Shapes: B users per chunk, I items + 1 (padding id 0).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -46,12 +46,13 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, batch: SequenceBat
 
 @torch.no_grad()
 def rank_split(scorer: Scorer, split: EvalSplit, max_seq_len: int, batch_size: int,
-               device: torch.device, exclude_history: bool = True) -> torch.Tensor:
+               device: torch.device, exclude_history: bool = True,
+               progress: Callable[[range], Iterable[int]] = iter) -> torch.Tensor:
     """Ranks [U] of every user's held-out item; the model's last history position asks about the target's
-    time (the held-out event's timestamp), as in training."""
+    time (the held-out event's timestamp), as in training. progress wraps the batches' starts (a bar)."""
     ranks = []
     num_users = split.histories.num_users
-    for start in range(0, num_users, batch_size):
+    for start in progress(range(0, num_users, batch_size)):
         users = np.arange(start, min(start + batch_size, num_users))
         query_times = None if split.target_timestamps is None else split.target_timestamps[users]
         batch = make_batch(split.histories, users, max_seq_len, query_times=query_times).to(device)

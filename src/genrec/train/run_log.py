@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -65,6 +65,13 @@ class RunLog:
             self.bar = None
         self.last_line = time.perf_counter()
         self.log(line)
+
+    def batches(self, description: str) -> Callable[[range], Iterable[int]]:
+        """A wrapper for an evaluation's batches: a bar on a terminal, else the batches as they are."""
+        if self.bar_class is None:
+            return iter
+        return lambda batches: self.bar_class(batches, desc=description, unit="batch", dynamic_ncols=True,
+                                              leave=False)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         if self.writer is not None:

@@ -143,9 +143,10 @@ class Trainer:
         self.model.eval()
         with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
             try:
+                progress = self.run_log.batches("evaluate") if self.run_log is not None else iter
                 ranks = rank_split(model_scorer(self.model, self.autocast_dtype), split,
                                    self.config.data.max_seq_len, self.config.train.eval_batch_size, self.device,
-                                   self.config.eval.exclude_history)
+                                   self.config.eval.exclude_history, progress)
             except ValueError as error:
                 raise ValueError(f"{self.out_dir}: {error}") from error
         return summarize(ranks, self.config.eval.ks)
