@@ -1,0 +1,126 @@
+"""An embedding table sharded by rows across ranks, with lookups answered where the rows live (the
+TorchRec pattern, on torch.distributed alone): the unsharded reference is nn.Embedding.
+
+Rank r owns the contiguous rows [bounds[r], bounds[r + 1]) (the first num_rows % world ranks one more). A
+lookup deduplicates the batch's ids, sends each unique id to its owner (all-to-all), reads the rows there
+and sends them back (all-to-all); the backward sends each unique id's summed gradient to its owner, which
+adds it to its rows' gradient. Every rank must call forward and backward the same number of times (they are
+collectives), as under DDP. RowWiseAdagrad updates only the rows a step touched and keeps one number of
+state per row (Adam's two moments would triple a large table). Shapes: N ids in this rank's batch, U
+unique, D dims, R rows of this shard.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def row_bounds(num_rows: int, world_size: int) -> torch.Tensor:
+    """int64 [world + 1]: rank r owns rows [bounds[r], bounds[r + 1])."""
+    sizes = torch.full((world_size,), num_rows // world_size, dtype=torch.int64)
+    sizes[: num_rows % world_size] += 1
+    return torch.cat([torch.zeros(1, dtype=torch.int64), sizes.cumsum(0)])
+
+
+class RowShardedEmbedding(nn.Module):
+    def __init__(self, num_rows: int, dim: int, group: dist.ProcessGroup | None = None,
+                 full_weight: torch.Tensor | None = None) -> None:
+        """full_weight [num_rows, D]: the whole table to take this rank's rows from (the same on every rank,
+        e.g. initialised under one seed); None: normal(0, 1) rows, like nn.Embedding."""
+        super().__init__()
+        self.group = group
+        self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
+        self.num_rows, self.dim = num_rows, dim
+        self.register_buffer("bounds", row_bounds(num_rows, self.world_size), persistent=False)
+        lo, hi = (int(b) for b in self.bounds[self.rank:self.rank + 2])
+        rows = full_weight[lo:hi].detach().clone() if full_weight is not None else torch.randn(hi - lo, dim)
+        self.weight = nn.Parameter(rows)  # [R, D], this rank's rows
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [*] int64 in [0, num_rows) -> [*, D]."""
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.num_rows):
+            raise ValueError(f"embedding ids must be in [0, {self.num_rows})")
+        unique, inverse = torch.unique(ids.flatten(), return_inverse=True)
+        rows = _ShardedLookup.apply(self.weight, unique, self.bounds, self.group)
+        return rows[inverse].view(*ids.shape, self.dim)
+
+    def full_weight(self) -> torch.Tensor:
+        """The whole table [num_rows, D] on every rank (a collective: for checkpoints and evaluation)."""
+        sizes = (self.bounds[1:] - self.bounds[:-1]).tolist()
+        padded = self.weight.detach().new_zeros(max(sizes), self.dim)  # Gloo gathers equal sizes only
+        padded[: self.weight.shape[0]] = self.weight.detach()
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded, group=self.group)
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+def _route(unique: torch.Tensor, bounds: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """The owner of each (sorted, unique) id, and how many ids go to each rank."""
+    owner = torch.searchsorted(bounds[1:], unique, right=True)
+    counts = torch.bincount(owner, minlength=bounds.numel() - 1)
+    return owner, counts.tolist()
+
+
+def _exchange(values: torch.Tensor, send_counts: list[int], receive_counts: list[int],
+              group: dist.ProcessGroup | None) -> torch.Tensor:
+    """all_to_all of the rows of `values`, sent in rank order (send_counts[r] rows to rank r)."""
+    out = values.new_empty(sum(receive_counts), *values.shape[1:])
+    dist.all_to_all_single(out, values.contiguous(), receive_counts, send_counts, group=group)
+    return out
+
+
+class _ShardedLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, unique: torch.Tensor, bounds: torch.Tensor,
+                group: dist.ProcessGroup | None) -> torch.Tensor:
+        # unique ids are sorted, so grouping them by owner keeps their order: rank r's share is contiguous
+        _, send_counts = _route(unique, bounds)
+        counts = torch.tensor(send_counts, dtype=torch.int64, device=unique.device)
+        receive = torch.empty_like(counts)
+        dist.all_to_all_single(receive, counts, group=group)
+        receive_counts = receive.tolist()
+        asked = _exchange(unique, send_counts, receive_counts, group)  # ids other ranks ask this rank for
+        local = asked - bounds[dist.get_rank(group)]
+        rows = _exchange(weight[local], receive_counts, send_counts, group)  # [U, D], in `unique`'s order
+        ctx.save_for_backward(local)
+        ctx.counts, ctx.group, ctx.num_local = (send_counts, receive_counts), group, weight.shape[0]
+        return rows
+
+    @staticmethod
+    def backward(ctx, grad_rows: torch.Tensor):
+        (local,) = ctx.saved_tensors
+        send_counts, receive_counts = ctx.counts
+        grads = _exchange(grad_rows, send_counts, receive_counts, ctx.group)  # to the rows' owners
+        grad_weight = grad_rows.new_zeros(ctx.num_local, grad_rows.shape[1])
+        grad_weight.index_add_(0, local, grads)  # two ranks may ask for the same row: their gradients add
+        return grad_weight, None, None, None
+
+
+class RowWiseAdagrad(torch.optim.Optimizer):
+    """Row-wise AdaGrad for embedding tables (as industrial recommenders train them): per row, s += mean(g^2)
+    over the row, then w -= lr * g / (sqrt(s) + eps). Rows whose gradient is all zero (not looked up this
+    step) keep their weights and their state. Row-local, so a sharded table steps exactly as a whole one."""
+
+    def __init__(self, params, lr: float = 0.01, eps: float = 1e-8) -> None:
+        if not lr > 0 or not eps >= 0:
+            raise ValueError(f"RowWiseAdagrad needs lr > 0 and eps >= 0, got {lr}, {eps}")
+        super().__init__(params, {"lr": lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for weight in group["params"]:
+                if weight.grad is None:
+                    continue
+                grad = weight.grad
+                state = self.state[weight]
+                if "sum" not in state:
+                    state["sum"] = grad.new_zeros(grad.shape[0])  # [R]: one number per row
+                touched = (grad != 0).any(dim=1).nonzero().squeeze(1)
+                rows = grad[touched]
+                state["sum"][touched] += rows.square().mean(dim=1)
+                scale = group["lr"] / (state["sum"][touched].sqrt() + group["eps"])
+                weight[touched] -= scale.unsqueeze(1) * rows
+        return None
