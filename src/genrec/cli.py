@@ -123,6 +123,10 @@ def _train_config(args: argparse.Namespace) -> Config:
     return config.validate()
 
 
+# what a resumed run may change: how long it trains (its random streams are per device, so not where)
+RESUME_MAY_CHANGE = ("train.epochs",)
+
+
 def _resume_config(args: argparse.Namespace) -> Config:
     """The stored config of the run in --out, with a new --epochs; any other flag that contradicts the stored
     config is an error listing every difference (a resumed run must continue the same experiment)."""
@@ -135,7 +139,7 @@ def _resume_config(args: argparse.Namespace) -> Config:
     requested = _apply_flags(requested, args)
     before, after = _flat(stored), _flat(requested)
     conflicts = [f"{key} is {before[key]!r} in the run, {after[key]!r} given" for key in before
-                 if before[key] != after[key] and key != "train.epochs"]
+                 if before[key] != after[key] and key not in RESUME_MAY_CHANGE]
     if conflicts:
         raise ValueError(f"{args.out}: --resume continues the stored run, and these options contradict it: "
                          + "; ".join(conflicts))
