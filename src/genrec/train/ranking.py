@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genrec.checkpoint import atomic_write_bytes, load_checkpoint, locate_checkpoint
 from genrec.config import Config, config_to_dict, load_run_config
 from genrec.data import build_sequences, load_events, make_batch, min_length_for
 from genrec.data.actions import action_labels
@@ -29,18 +30,17 @@ from genrec.data.batch import SequenceBatch
 from genrec.data.sequences import JaggedEvents
 from genrec.data.stochastic_length import stochastic_length
 from genrec.data.synthetic import SyntheticSpec
+from genrec.devices import resolve_device
 from genrec.eval.metrics import auc, normalized_entropy
 from genrec.model.din import DIN
 from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
-from genrec.checkpoint import atomic_write_bytes, load_checkpoint, locate_checkpoint
+from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
-from genrec.devices import resolve_device
 from genrec.train.experiment import attach_user_features, build_checked, peak_tflops
 from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
-from genrec.train.curves import write_curves
 from genrec.train.run_log import RunLog, epoch_line
-from genrec.train.run_state import RandomStreams, resume_run, save_run, run_fit
+from genrec.train.run_state import RandomStreams, resume_run, run_fit, save_run
 
 
 def _din_inputs(batch: SequenceBatch, targets: torch.Tensor):

@@ -16,22 +16,22 @@ from typing import Callable
 
 import torch
 
+from genrec.checkpoint import atomic_write_bytes, locate_checkpoint
 from genrec.config import Config, config_to_dict, load_run_config
 from genrec.data import EvalSplit, make_batch
 from genrec.data.stochastic_length import stochastic_length
+from genrec.devices import resolve_device
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
 from genrec.ops.jagged import lengths_from_offsets, positions_with_successor
 from genrec.train.averaging import WeightAverage
-from genrec.checkpoint import atomic_write_bytes, locate_checkpoint
+from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
-from genrec.devices import resolve_device
 from genrec.train.experiment import build_model, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
-from genrec.train.curves import write_curves
 from genrec.train.run_log import RunLog, epoch_line
-from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, save_run, run_fit
+from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_fit, save_run
 
 SELECTION_METRIC = "ndcg@10"
 
