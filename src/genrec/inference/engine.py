@@ -132,7 +132,9 @@ class RetrievalRun(LoadedRun):
     def embed_users(self, histories: Sequence[Sequence[int]], timestamps: Sequence[Sequence[int]] | None = None,
                     query_times: Sequence[int | None] | None = None) -> torch.Tensor:
         """[B, D] l2-normalised user embeddings after each history (source ids, oldest first)."""
-        batch = self._batch(histories, timestamps, query_times)
+        return self._encode(self._batch(histories, timestamps, query_times))
+
+    def _encode(self, batch: SequenceBatch) -> torch.Tensor:
         return self.finite(self.model(batch)[batch.seq_offsets[1:] - 1])
 
     @torch.no_grad()
@@ -148,11 +150,9 @@ class RetrievalRun(LoadedRun):
         with exclude_seen, never an item of the history, so fewer than k when the rest runs out)."""
         if not 1 <= k <= self.num_items:
             raise ValueError(f"k must be in [1, {self.num_items}], got {k}")
-        users = self.embed_users(histories, timestamps, query_times)
-        exclude = offsets = None
-        if exclude_seen:
-            exclude = torch.cat([self.dense_ids(h, "history") for h in histories])
-            offsets = offsets_from_lengths(torch.tensor([len(h) for h in histories], device=self.device))
+        batch = self._batch(histories, timestamps, query_times)
+        users = self._encode(batch)
+        exclude, offsets = (batch.item_ids, batch.seq_offsets) if exclude_seen else (None, None)  # dense ids
         scores, dense = top_k_exact(users, self._items, k, exclude, offsets, similarity=self.model.similarity.all)
         ids, values = [], []
         for row_scores, row_ids in zip(scores.cpu(), dense.cpu()):
