@@ -163,10 +163,14 @@ def main() -> None:
 
 def chart(result: dict, path: Path) -> None:
     """TFLOP/s against N of the D = 128 rows: genrec's forward and forward + backward beside SDPA flash (same
-    FLOP count), and with both biases where measured."""
+    FLOP count), and with both biases where measured; a run of a single length gets its rows' times as bars."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if len({r["N"] for r in result["rows"]}) < 2:
+        _bars(result, path, plt)
+        return
 
     plain = sorted((r for r in result["rows"] if re.fullmatch(r"D128 N=\d+", r["case"])), key=lambda r: r["N"])
     biased = sorted((r for r in result["rows"] if re.fullmatch(r"D128 N=\d+ rab", r["case"])), key=lambda r: r["N"])
@@ -185,6 +189,21 @@ def chart(result: dict, path: Path) -> None:
         axis.legend(fontsize=8)
     axes[0].set_ylabel("TFLOP/s (causal pairs)")
     figure.suptitle(f"Jagged HSTU attention, bf16, H = 4, D = 128 ({result['device']}, {result['date']})")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def _bars(result: dict, path: Path, plt) -> None:
+    rows = result["rows"]
+    figure, axes = plt.subplots(1, 2, figsize=(9, 0.6 * len(rows) + 1.8))
+    for axis, (label, key) in zip(axes, (("forward ms", "fwd_ms"), ("forward + backward ms", "fwd_bwd_ms"))):
+        values = [r.get(key, float("nan")) for r in rows]
+        bars = axis.barh(range(len(rows)), values, color="#2b6cb0")
+        axis.bar_label(bars, fmt="%.3f", fontsize=8, padding=2)
+        axis.set_yticks(range(len(rows)), [r["case"] for r in rows])
+        axis.set(title=label)
+    figure.suptitle(f"{result['device']}, {result['date']}: {result['command'][:90]}", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     print(f"wrote {path}")

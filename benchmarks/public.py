@@ -10,6 +10,10 @@ A model is a preset, optionally followed by config assignments for one-at-a-time
 same GPU; each row records how many ran beside it, since seconds per epoch are only comparable
 between rows with the same count. Keep N small (2-4): HSTU-large on ML-1M keeps an H100 busy enough
 that 12 jobs at once finished none within 9.5 minutes (the same runs take ~2 minutes alone).
+
+    python benchmarks/public.py --merge PART.json [PART.json ...] --out benchmarks/results/public.json
+
+merges results files written elsewhere (a device call's) into --out, row by row as a run would.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--data-root", type=Path, help="where the data sets live (needed unless --merge)")
     parser.add_argument("--datasets", default="ml-1m-sas,ml-1m-3k")
     parser.add_argument("--models", default="sasrec,hstu,hstu-large", help="comma-separated model specs")
     parser.add_argument("--modes", default="paper")
@@ -99,7 +103,16 @@ def main() -> None:
                         help="processes training on the device in all, when others share it (e.g. through MPS); "
                              "recorded with each row, default: this process's runs at once")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/public.json"))
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="PART",
+                        help="merge these results files into --out instead of training")
+    parser.add_argument("--merged-command", default=None,
+                        help="with --merge: the command to record (default: each part's own)")
     args = parser.parse_args()
+    if args.merge is not None:
+        merge_files(args.out, args.merge, args.merged_command)
+        return
+    if args.data_root is None:
+        parser.error("--data-root is needed to train")
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
     result.update({"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                    "torch": torch.__version__, "triton": _triton_version(), "command": " ".join(sys.argv),
@@ -127,6 +140,20 @@ def main() -> None:
                   + "".join(f"{row['metrics'][m]:>9.4f}" for m in METRICS) + f"  {row['model']}", flush=True)
     if failed:
         sys.exit(f"{len(failed)} of {len(runs)} runs failed: {failed}")
+
+
+def merge_files(out: Path, parts: list[Path], command: str | None = None) -> None:
+    """Each part's rows merged into `out` (created if absent); the header (device, versions, command, date)
+    becomes the last part's."""
+    merged = json.loads(out.read_text()) if out.is_file() else {"runs": []}
+    for path in parts:
+        part = json.loads(path.read_text())
+        for row in part.pop("runs"):
+            _merge(merged, row)
+        merged.update(part, **({"command": command} if command else {}))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=2))
+    print(f"merged {len(parts)} file(s) into {out}: {len(merged['runs'])} rows")
 
 
 def _merge(result: dict, row: dict) -> None:

@@ -3,7 +3,7 @@ under the old evaluation rules beside the re-runs under the corrected ones (issu
 benchmarks/results/public.json. Not a controlled comparison: the re-runs are new training runs with the
 code of their day (benchmarks/query_time.py holds one model's weights fixed).
 
-    python benchmarks/public_chart.py --dataset ml-1m-3k --out benchmarks/results/public-ml-1m-3k.png
+    python benchmarks/public_chart.py --dataset ml-1m-3k --out benchmarks/results/public.png
 
 Prints the table it draws. Rows of the corrected rules carry `ties` and `query_time`; the old rows drawn
 are the plain presets' (101 epochs, seed 42), hstu-xl's as the preset is now (with the weight average,
@@ -38,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/public.json"))
     parser.add_argument("--dataset", default="ml-1m-3k")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/public-ml-1m-3k.png"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/public.png"))
     args = parser.parse_args()
     results = json.loads(args.results.read_text())
     old, new = pick(results["runs"], args.dataset, False), pick(results["runs"], args.dataset, True)

@@ -24,21 +24,8 @@ for _ in $(seq "$deadline"); do [ -z "$(jobs -r)" ] && break; sleep 1; done
 running=$(jobs -pr); [ -n "$running" ] && echo "stopped at the deadline: $(jobs -r)" && kill $running
 wait
 # rows first: the MPS daemon has been seen to hang on quit, and a caller's time limit must not lose them
-python3 - "$parts" "$out_json" "$runs_file" <<'PY'
-import json, sys
-from pathlib import Path
-sys.path.insert(0, "benchmarks")
-import public
-parts, out = Path(sys.argv[1]), Path(sys.argv[2])
-merged = json.loads(out.read_text()) if out.is_file() else {"runs": []}
-for part in sorted(parts.glob("*.json")):
-    part = json.loads(part.read_text())
-    for row in part.pop("runs"):
-        public._merge(merged, row)
-    # the rows name their data set, mode and overrides; the file names the runs file
-    merged.update(part, command=f"bash benchmarks/public_mps.sh {sys.argv[3]}: one public.py per line, through MPS")
-out.write_text(json.dumps(merged, indent=2))
-PY
+python3 benchmarks/public.py --out "$out_json" --merge "$parts"/*.json \
+  --merged-command "bash benchmarks/public_mps.sh $runs_file: one public.py per line, through MPS"
 for log in "$parts"/*.log; do echo "== run $(basename "$log" .log)"; cat "$log"; done \
   > "$(dirname "$out_json")/public-runs.log"
 for log in "$parts"/*.log; do tail -n 1 "$log"; done

@@ -5,7 +5,7 @@ evaluation before issue 21).
 
     python benchmarks/query_time.py --run runs/ml1m-3k-hstu --out benchmarks/results/query-time-cpu.json
 
-Prints a table and writes the JSON (no chart: two rows).
+Prints a table, writes the JSON and a PNG chart beside it (extra `viz`).
 """
 
 from __future__ import annotations
@@ -54,7 +54,26 @@ def main() -> None:
               "epochs": config.train.epochs, "rows": rows, "relative_change": change}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    chart(rows, args.out.with_suffix(".png"))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+
+
+def chart(rows: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 3))
+    width = 0.38
+    for offset, (name, metrics) in enumerate(rows.items()):
+        bars = axis.bar([i + (offset - 0.5) * width for i in range(len(METRICS))], [metrics[m] for m in METRICS],
+                        width, label=name, color=("#2b6cb0", "#bbbbbb")[offset])
+        axis.bar_label(bars, fmt="%.4f", fontsize=7, padding=1)
+    axis.set_xticks(range(len(METRICS)), METRICS)
+    axis.set_title("one model's test split, the last position's query time two ways", fontsize=9)
+    axis.legend(fontsize=8, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
