@@ -65,6 +65,8 @@ class ModelConfig:
     qk_dim: int = 50  # per head
     v_dim: int = 50  # per head
     dropout: float = 0.2
+    # the first this many layers recompute their activations in backward (genrec.model.recompute); 0 = none
+    checkpoint_layers: int = 0
     rab: RabConfig = field(default_factory=RabConfig)
     attention_backend: str = "auto"  # auto | torch | triton
     similarity: str = "dot"  # dot (cosine of the l2-normalised embeddings) | mol (mixture of logits)
@@ -126,6 +128,8 @@ class Config:
              "model.embedding_dim, num_layers and num_heads must be positive"),
             (self.model.qk_dim > 0 and self.model.v_dim > 0, "model.qk_dim and v_dim must be positive"),
             (0.0 <= self.model.dropout < 1.0, "model.dropout must be in [0, 1)"),
+            (0 <= self.model.checkpoint_layers <= self.model.num_layers,
+             "model.checkpoint_layers must be in [0, model.num_layers]"),
             (self.model.rab.num_time_buckets > 0 and self.model.rab.time_bucket_scale > 0,
              "model.rab.num_time_buckets and time_bucket_scale must be positive"),
             (self.model.attention_backend in ("auto", "torch", "triton"),

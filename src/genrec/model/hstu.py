@@ -14,6 +14,7 @@ from torch import nn
 from genrec.config import ModelConfig
 from genrec.model.kv_cache import HistoryCache
 from genrec.model.rab import RelativeBias
+from genrec.model.recompute import run_layer
 from genrec.ops import hstu_attention
 from genrec.ops.attention import attention_flops, candidate_attention_reference
 from genrec.ops.attention.rab import query_timestamps
@@ -77,6 +78,7 @@ class HSTUEncoder(nn.Module):
     def __init__(self, config: ModelConfig, max_seq_len: int, use_time: bool) -> None:
         super().__init__()
         self.layers = nn.ModuleList(HSTULayer(config, max_seq_len, use_time) for _ in range(config.num_layers))
+        self.checkpoint_layers = config.checkpoint_layers
 
     def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
                 num_targets: torch.Tensor | None = None, cache: HistoryCache | None = None,
@@ -89,8 +91,9 @@ class HSTUEncoder(nn.Module):
             queries = query_timestamps(timestamps, seq_offsets, num_targets, query_times)
             # candidates follow the query time with their own times, in no promised order
             sorted_timestamps = sorted_timestamps and (query_times is None or num_targets is None)
-        for layer in self.layers:
-            x = layer(x, seq_offsets, timestamps, num_targets, cache, sorted_timestamps, queries)
+        for index, layer in enumerate(self.layers):
+            x = run_layer(layer, index < self.checkpoint_layers and cache is None,
+                          x, seq_offsets, timestamps, num_targets, cache, sorted_timestamps, queries)
         return x
 
     def forward_flops(self, lengths: torch.Tensor) -> float:

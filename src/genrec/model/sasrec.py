@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.config import ModelConfig
+from genrec.model.recompute import run_layer
 from genrec.ops.attention import attention_flops
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets, padded_to_jagged
 
@@ -53,6 +54,7 @@ class SASRecEncoder(nn.Module):
         self.blocks = nn.ModuleList(SASRecBlock(dim, config.num_heads, config.dropout)
                                     for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(dim, eps=1e-8)
+        self.checkpoint_layers = config.checkpoint_layers
 
     def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
                 num_targets: torch.Tensor | None = None, sorted_timestamps: bool = False,
@@ -64,8 +66,8 @@ class SASRecEncoder(nn.Module):
         n = int(lengths.max()) if lengths.numel() else 0
         padded = jagged_to_padded(x, seq_offsets, n)
         padding = torch.arange(n, device=x.device).view(1, n) >= lengths.view(-1, 1)
-        for block in self.blocks:
-            padded = block(padded, padding)
+        for index, block in enumerate(self.blocks):
+            padded = run_layer(block, index < self.checkpoint_layers, padded, padding)
         return padded_to_jagged(self.final_norm(padded), seq_offsets)
 
     def forward_flops(self, lengths: torch.Tensor) -> float:
