@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from genrec.data.batch import SequenceBatch
-from genrec.data.stochastic_length import stochastic_length
+from genrec.data.stochastic_length import expected_attention_work, stochastic_length
 from genrec.ops.jagged import offsets_from_lengths
 
 
@@ -50,3 +50,17 @@ def test_per_user_context_travels_unchanged():
     batch.context = torch.tensor([[1, 2], [3, 4]])
     out = stochastic_length(batch, 1.0, torch.Generator().manual_seed(0))
     assert out.lengths.tolist()[1] == 3 and torch.equal(out.context, batch.context)
+
+
+@pytest.mark.parametrize("alpha", [1.6, 1.8])
+def test_expected_attention_work_is_what_the_sampler_leaves(alpha):
+    """The formula the long-sequence benchmark reports (paper Table 3) against the sampler it describes:
+    the mean over draws of sum(kept length^2) on ragged lengths, short ones included."""
+    lengths = [1, 7, 20, 39, 40, 55, 80, 100, 100, 64] * 30
+    batch = batch_of(lengths)
+    generator = torch.Generator().manual_seed(5)
+    draws = [float((stochastic_length(batch, alpha, generator).lengths.double() ** 2).sum()) for _ in range(40)]
+    expected = expected_attention_work(torch.tensor(lengths), 100, alpha)
+    full = float((torch.tensor(lengths, dtype=torch.float64) ** 2).sum())
+    assert expected < 0.8 * full  # the check below is not trivially met by leaving everything whole
+    assert abs(sum(draws) / len(draws) - expected) < 0.01 * full

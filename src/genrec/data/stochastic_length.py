@@ -16,6 +16,18 @@ import torch
 from genrec.data.batch import SequenceBatch
 
 
+def expected_attention_work(lengths: torch.Tensor, max_seq_len: int, alpha: float) -> float:
+    """E[sum of kept length^2] over the draws of `stochastic_length`: the causal attention work left, in the
+    units of n^2. A cut sequence costs N^alpha, with probability 1 - N^alpha / n^2, so a long one
+    costs 2 N^alpha - N^(2 alpha) / n^2 in expectation (paper Table 3's sparsity is 1 - this / sum n^2)."""
+    n = lengths.double()
+    kept_len = int(max_seq_len ** (alpha / 2))
+    kept_work = float(kept_len) ** 2  # the subsample is an integer length: N^alpha rounded down
+    keep_whole = torch.clamp(max_seq_len ** alpha / n.clamp(min=1) ** 2, max=1.0)
+    work = torch.where(n <= kept_len, n ** 2, keep_whole * n ** 2 + (1 - keep_whole) * kept_work)
+    return float(work.sum())
+
+
 def stochastic_length(batch: SequenceBatch, alpha: float, generator: torch.Generator) -> SequenceBatch:
     """A batch with some long sequences subsampled (host tensors; the generator is a CPU one)."""
     if not 0.0 < alpha <= 2.0:
