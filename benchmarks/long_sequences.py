@@ -204,9 +204,8 @@ def time_case(case: Case, device: torch.device) -> dict:
             "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
 
 
-def step_rows(sizes: list[int], tokens: int, device: torch.device) -> list[dict]:
+def step_rows(sizes: list[int], tokens: int, device: torch.device, emit) -> None:
     config = _config(WIDE)
-    rows = []
     for max_len in sizes:
         lengths = history_lengths(max_len, tokens, seed=max_len + 1)
         baseline = None
@@ -216,15 +215,12 @@ def step_rows(sizes: list[int], tokens: int, device: torch.device) -> list[dict]
             row.update(time_case(Case(architecture, config, lengths, max_len, alpha, device), device))
             baseline = baseline or row["ms_per_step"]
             row["speedup_vs_transformer"] = round(baseline / row["ms_per_step"], 2)
-            rows.append(row)
-            print(_format(row), flush=True)
+            emit("steps", row)
             _free(device)
-    return rows
 
 
-def memory_rows(max_len: int, tokens: int, device: torch.device) -> list[dict]:
+def memory_rows(max_len: int, tokens: int, device: torch.device, emit) -> None:
     """Activation memory per token with and without recomputation, and the largest batch that fits."""
-    rows = []
     for name, fields in (("hstu-large-like", {}), ("d512-8-layer", WIDE)):
         for recompute in (False, True):
             config = _config(fields, checkpoint_layers=8 if recompute else 0)
@@ -237,13 +233,15 @@ def memory_rows(max_len: int, tokens: int, device: torch.device) -> list[dict]:
             row["activation_bytes_per_token"] = round((row["peak_memory_gb"] * 2**30 - static) / case.history_tokens)
             del case
             _free(device)
-            row["largest_fitting_tokens"] = _largest_fitting(config, max_len, tokens, device)
-            rows.append(row)
-            print(_format(row), flush=True)
-    return rows
+            row["largest_fitting_tokens"] = _largest_fitting(config, max_len, row["activation_bytes_per_token"],
+                                                             device)
+            emit("memory", row)
 
 
-def _largest_fitting(config: ModelConfig, max_len: int, tokens: int, device: torch.device) -> int:
+def _largest_fitting(config: ModelConfig, max_len: int, bytes_per_token: int, device: torch.device) -> int:
+    """Doubling from the power of two below half of what the free memory holds at this cost per token."""
+    free, _ = torch.cuda.mem_get_info()
+    tokens = 1 << max(10, int(math.log2(free / 2 / bytes_per_token)))
     fitted = 0
     while tokens <= MAX_SEARCH_TOKENS:
         try:
@@ -321,7 +319,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--sparsity-only", action="store_true", help="Table 3 only (no training steps)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/long_sequences.json"))
+    parser.add_argument("--chart-from", type=Path, help="only draw the chart of this results file")
     args = parser.parse_args()
+    if args.chart_from:
+        write_chart(json.loads(args.chart_from.read_text()), args.chart_from.with_suffix(".png"))
+        return
     sizes = [int(size) for size in args.sizes.split(",")]
     device = torch.device(args.device)
     result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
@@ -329,15 +331,20 @@ def main() -> None:
               "date": datetime.date.today().isoformat(),
               "length_distribution": {"kind": "lognormal, capped at N", "median": f"{MEDIAN_FRACTION} N",
                                       "sigma": SIGMA, "min": 1},
-              "model": WIDE, "sparsity": sparsity_rows(sizes, ALPHAS + (2.0,)), "steps": [], "memory": []}
-    for row in result["sparsity"]:
-        print(_format(row))
-    if not args.sparsity_only:
-        result["steps"] = step_rows(sizes, args.tokens, device)
-        if device.type == "cuda":
-            result["memory"] = memory_rows(max(sizes), args.tokens, device)
+              "model": WIDE, "sparsity": [], "steps": [], "memory": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    def emit(section: str, row: dict) -> None:  # every row is saved at once: a time limit keeps what finished
+        result[section].append(row)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(_format(row), flush=True)
+
+    for row in sparsity_rows(sizes, ALPHAS + (2.0,)):
+        emit("sparsity", row)
+    if not args.sparsity_only:
+        step_rows(sizes, args.tokens, device, emit)
+        if device.type == "cuda":
+            memory_rows(max(sizes), args.tokens, device, emit)
     write_chart(result, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 
