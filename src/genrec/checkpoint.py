@@ -41,6 +41,7 @@ class Checkpoint:
     state: dict[str, Any]
     item_vocab: torch.Tensor | None = None
     averaged: dict[str, torch.Tensor] | None = None
+    extra: dict[str, torch.Tensor] | None = None  # a trainer's own state tensors (a stream's vocabulary)
 
     def inference_weights(self) -> dict[str, torch.Tensor]:
         """What evaluation and serving load: the averaged parameters (and the buffers) where the run
@@ -108,7 +109,8 @@ def remove_stale_temporaries(directory: Path) -> int:
 
 def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], optim_state: dict[str, Any] | None,
                     rng: dict[str, torch.Tensor], config: dict[str, Any], state: dict[str, Any],
-                    item_vocab: torch.Tensor | None = None, averaged: dict[str, torch.Tensor] | None = None) -> None:
+                    item_vocab: torch.Tensor | None = None, averaged: dict[str, torch.Tensor] | None = None,
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
     """weights: a module's state dict; optim_state: an optimiser's; averaged: the moving average of
     some of the weights (all with whole tensors)."""
     _require_safetensors()
@@ -116,6 +118,7 @@ def save_checkpoint(path: Path, weights: dict[str, torch.Tensor], optim_state: d
     tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in (averaged or {}).items()})
     if item_vocab is not None:
         tensors["vocab.items"] = item_vocab.cpu().contiguous()
+    tensors.update({f"extra.{k}": v.cpu().contiguous() for k, v in (extra or {}).items()})
     metadata = {"config": json.dumps(config), "trainer_state": json.dumps(state)}
     if optim_state is not None:
         for index, per_param in optim_state["state"].items():
@@ -176,6 +179,7 @@ def _unpack(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Check
         state=json.loads(metadata["trainer_state"]),
         item_vocab=tensors.get("vocab.items"),
         averaged={k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")} or None,
+        extra={k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")} or None,
     )
 
 

@@ -44,9 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="where to train (default: auto, a GPU when there is one)")
     train.add_argument("--epochs", type=int, default=None,
                        help=f"passes over the data (default: the preset's 101; {SYNTHETIC_DEFAULT_EPOCHS} on synthetic)")
-    train.add_argument("--mode", choices=("paper", "validated"), default=None,
-                       help="paper: test after the last epoch; validated: select the epoch on a held-out event "
-                            "(default: paper)")
+    train.add_argument("--mode", choices=("paper", "validated", "stream"), default=None,
+                       help="paper: test after the last epoch; validated: select the epoch on a held-out event; "
+                            "stream: one pass in time order, each day evaluated and then trained on (default: paper)")
     train.add_argument("--tie-order", choices=("stable", "paper"), default=None,
                        help="order of events with equal timestamps (default: stable, the file's)")
     train.add_argument("--attention-backend", choices=("auto", "torch", "triton"), default=None,
@@ -124,7 +124,7 @@ def _train_config(args: argparse.Namespace) -> Config:
 
 
 # what a resumed run may change: how long it trains (its random streams are per device, so not where)
-RESUME_MAY_CHANGE = ("train.epochs",)
+RESUME_MAY_CHANGE = ("train.epochs", "stream.max_windows")
 
 
 def _resume_config(args: argparse.Namespace) -> Config:
@@ -178,6 +178,17 @@ def _run_train(args: argparse.Namespace) -> None:
     if args.out is None:
         args.out = Path("runs") / f"{config.data.dataset}-{args.model or 'hstu'}-{time.strftime('%Y%m%d-%H%M%S')}"
     check_run_directory(args.out, args.resume, args.overwrite)  # before the data are read
+    if config.data.mode == "stream":
+        from genrec.train.stream import StreamTrainer
+        summary = _fit(StreamTrainer(config, args.out, progress=not args.no_progress), args)
+        metrics = {k: v for k, v in summary["overall"].items() if "@" in k or k.endswith("mrr")}
+        _print_table(f"prequential metrics ({config.data.dataset}, {summary['windows_done']} of "
+                     f"{summary['num_windows']} windows, {summary['overall']['events']} events)",
+                     {"model": {k: v for k, v in metrics.items() if not k.startswith("popularity_")},
+                      "popularity": {k.removeprefix("popularity_"): v for k, v in metrics.items()
+                                     if k.startswith("popularity_")}})
+        print(f"\nwrote {args.out / 'metrics.json'}")
+        return
     if config.train.task == "ranking":
         from genrec.train.ranking import RankingTrainer
         trainer = RankingTrainer(config, args.out, progress=not args.no_progress)

@@ -24,7 +24,7 @@ else:  # pragma: no cover
 class DataConfig:
     dataset: str = "synthetic"
     path: str | None = None
-    mode: str = "paper"  # paper | validated (see genrec.data.splits)
+    mode: str = "paper"  # paper | validated (see genrec.data.splits) | stream (genrec.train.stream)
     tie_order: str = "stable"  # stable | paper (see genrec.data.sequences.event_order)
     max_seq_len: int = 200
     skip_bad_rows: bool = False
@@ -103,6 +103,16 @@ class TrainConfig:
 
 
 @dataclass
+class StreamConfig:
+    """data.mode = "stream": one pass in time order, each window evaluated and then trained on."""
+
+    window_days: float = 1.0
+    item_capacity: int = 0  # item rows of the embedding table; 0 = the data's distinct items
+    evict_after_days: float = 0.0  # free the rows of items unseen this long; 0 = only when the table is full
+    max_windows: int = 0  # stop after this many windows (resume to go on); 0 = the whole stream
+
+
+@dataclass
 class EvalConfig:
     ks: tuple[int, ...] = (10, 50, 200)
     exclude_history: bool = True
@@ -114,13 +124,18 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
     def validate(self) -> "Config":
         for name, value in _floats(self):
             if not math.isfinite(value):
                 raise ValueError(f"bad config: {name} = {value} is not a finite number")
         checks = [
-            (self.data.mode in ("paper", "validated"), "data.mode must be 'paper' or 'validated'"),
+            (self.data.mode in ("paper", "validated", "stream"), "data.mode must be paper, validated or stream"),
+            (self.data.mode != "stream" or self.train.task == "retrieval", "data.mode = stream trains retrieval only"),
+            (self.stream.window_days > 0 and self.stream.item_capacity >= 0 and self.stream.evict_after_days >= 0
+             and self.stream.max_windows >= 0, "stream.window_days must be positive; item_capacity, "
+             "evict_after_days and max_windows >= 0"),
             (self.data.tie_order in ("stable", "paper"), "data.tie_order must be 'stable' or 'paper'"),
             (self.data.max_seq_len >= 2, "data.max_seq_len must be >= 2"),
             (self.model.architecture in ("hstu", "sasrec"), "model.architecture must be 'hstu' or 'sasrec'"),

@@ -18,16 +18,18 @@ from genrec.ops.jagged import jagged_to_padded, last_positions
 Scorer = Callable[[SequenceBatch], torch.Tensor]  # batch -> [B, I + 1] scores
 
 
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor, batch: SequenceBatch,
-                 exclude_history: bool) -> torch.Tensor:
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, batch: SequenceBatch | None,
+                 exclude_history: bool, candidates: torch.Tensor | None = None) -> torch.Tensor:
     """1-based rank of each target among the eligible items (real ids; not in the history when
     `exclude_history`): 1 + #other eligible items scored at least as high. Ties rank pessimistically, so
     a score can only earn credit by beating the items it is compared with: a constant model ranks every
     target last, and the popularity baseline's equal counts do not flatter it. A target that is itself
     excluded (a repeat of a history item) ranks last. Non-finite scores are an error: NaN compares false
-    with everything, which would rank the target first."""
+    with everything, which would rank the target first. candidates [I + 1] bool: the items that may be
+    ranked at all (a stream's held items); a target outside them ranks last, like an excluded one."""
     scores = scores.float()
-    eligible = torch.ones_like(scores, dtype=torch.bool)
+    eligible = torch.ones_like(scores, dtype=torch.bool) if candidates is None else \
+        candidates.view(1, -1).expand_as(scores).clone()
     eligible[:, 0] = False
     if exclude_history:
         history = jagged_to_padded(batch.item_ids, batch.seq_offsets, batch.max_seq_len)

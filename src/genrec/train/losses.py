@@ -16,14 +16,16 @@ from genrec.model.similarity import DotSimilarity, Similarity
 
 def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddings, num_items: int,
                          num_negatives: int, temperature: float, generator: torch.Generator,
-                         in_batch_negatives: int = 0, similarity: Similarity | None = None) -> torch.Tensor:
+                         in_batch_negatives: int = 0, similarity: Similarity | None = None,
+                         negative_pool: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy of the positive against S uniform negatives per position.
 
     user: [P, D] l2-normalised; targets: [P] dense item ids (>= 1); item_embeddings(ids) returns
     l2-normalised rows. A negative equal to the positive is masked. Optional in-batch negatives are
     M of the batch's targets shared by all positions, logQ-corrected against uniform sampling so
     popular items are not over-penalised. `similarity` scores a user against an item (default: the
-    dot product; see genrec.model.similarity).
+    dot product; see genrec.model.similarity). negative_pool: the ids negatives are drawn from (a stream's
+    held items), uniformly; default 1..I.
     """
     similarity = DotSimilarity() if similarity is None else similarity
     num_positions, dim = user.shape
@@ -36,8 +38,12 @@ def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddi
     features = (lambda ids: similarity.item_features(item_embeddings(ids))) if table is None else \
         partial(F.embedding, weight=similarity.item_features(table))
     positives = similarity.score(user, features(targets)).unsqueeze(1)  # [P, 1]
-    negative_ids = torch.randint(1, num_items + 1, (num_positions, num_negatives),
-                                 device=targets.device, generator=generator)
+    if negative_pool is None:
+        negative_ids = torch.randint(1, num_items + 1, (num_positions, num_negatives),
+                                     device=targets.device, generator=generator)
+    else:
+        negative_ids = negative_pool[torch.randint(0, negative_pool.numel(), (num_positions, num_negatives),
+                                                   device=targets.device, generator=generator)]
     if isinstance(similarity, DotSimilarity) and table is not None and num_items + 1 <= num_negatives * dim:
         # small catalog: score all of it with one matmul, then pick; no [P, S, D] tensor
         negatives = (user @ table.T).gather(1, negative_ids)  # [P, S]

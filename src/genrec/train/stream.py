@@ -1,0 +1,297 @@
+"""One-pass streaming training with prequential evaluation (data.mode = "stream").
+
+The events are taken once, in time order, in windows of `stream.window_days`. Each window is first
+evaluated and then trained on:
+- evaluation: every event of the window is predicted from the user's events before it (earlier events of
+  the same window included, as inputs only) by the weights trained on the windows before, and ranked
+  against every item the vocabulary holds at that moment (full catalogue, pessimistic ties). An item first
+  seen in this window is not held yet and ranks last: a cold miss, counted. A user's first event has no
+  history and is not predicted (counted as `first_events`).
+  Beside it, a popularity baseline: the held items ranked by their consumption in the window before.
+- training: the window's items are admitted to the vocabulary (genrec.data.item_vocabulary; rows handed
+  to new items are re-initialised and their optimiser state cleared), then one pass over the window's
+  users: each user's last max_seq_len events up to the window's end, the next-item loss at the positions
+  whose targets fall in the window, negatives drawn from the held items.
+Metrics per window and overall (event-weighted) go to metrics.json and stream.png; a checkpoint after each
+window (weights, optimiser, random streams, vocabulary) resumes exactly. One process (no torchrun).
+
+Shapes: E events (time order), T tokens of a batch, P predicted positions, R vocabulary rows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from genrec.checkpoint import atomic_write_bytes, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from genrec.config import Config, config_to_dict
+from genrec.data import SyntheticSpec, load_events
+from genrec.data.batch import SequenceBatch
+from genrec.data.item_vocabulary import UNKNOWN_ROW, ItemVocabulary
+from genrec.devices import resolve_device
+from genrec.eval.metrics import summarize
+from genrec.eval.protocol import target_ranks
+from genrec.model import SequentialRetriever
+from genrec.ops.jagged import offsets_from_lengths
+from genrec.train.divergence import DivergenceGuard
+from genrec.train.losses import sampled_softmax_loss
+from genrec.train.parallel import Distributed, load_optimizer
+from genrec.train.run_state import RandomStreams, run_fit
+
+DAY = 86_400
+KS = (10, 50)
+EVAL_CHUNK = 4096  # predicted positions scored against the catalogue at once
+
+
+class StreamTrainer:
+    def __init__(self, config: Config, out_dir: Path, log: Callable[[str], None] = print,
+                 progress: bool = True) -> None:
+        self.config = config.validate()
+        if config.data.mode != "stream":
+            raise ValueError("StreamTrainer needs data.mode = stream")
+        self.out_dir, self.log, self.progress = out_dir, log, progress
+        self.ranks = Distributed()
+        self.device = resolve_device(config.train.device)
+        data = config.data
+        synthetic = SyntheticSpec(num_users=data.synthetic_users, num_items=data.synthetic_items,
+                                  seed=data.synthetic_seed)
+        self.stream = StreamEvents(load_events(data.dataset, data.path, data.skip_bad_rows, synthetic),
+                                   config.stream.window_days)
+        capacity = config.stream.item_capacity or self.stream.num_items
+        self.vocabulary = ItemVocabulary(capacity, round(config.stream.evict_after_days * DAY))
+        self.cold_rank = max(capacity, *KS) + 1
+        torch.manual_seed(config.train.seed)
+        self.model = SequentialRetriever(config.model, self.vocabulary.num_rows - 1, config.data.max_seq_len,
+                                         use_time=True).to(self.device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.learning_rate,
+                                           betas=config.train.betas, weight_decay=config.train.weight_decay)
+        self.streams = RandomStreams(config.train.seed, 0, self.device, stochastic_length=False)
+        self.guard = DivergenceGuard(self.device)
+        self.state = {"epoch": 0, "step": 0, "windows": []}  # "epoch": windows done (the run frame reads it)
+        self.run_log = None  # opened by run_fit
+
+    # ---- the run ---------------------------------------------------------------------------
+    def fit(self, resume: bool = False, overwrite: bool = False) -> dict:
+        return run_fit(self, resume, overwrite)
+
+    def _fit(self) -> dict:
+        last = self.stream.num_windows if not self.config.stream.max_windows else \
+            min(self.stream.num_windows, self.config.stream.max_windows)
+        started = time.perf_counter()
+        for window in range(self.state["epoch"], last):
+            row = {"window": window, **self.evaluate_window(window)}
+            row.update(self.train_window(window))
+            self.state["windows"].append(row)
+            self.state["epoch"] = window + 1
+            self.guard.check(self.model)
+            self.save()
+            scores = f"HR@10 {row['hr@10']:.4f} NDCG@10 {row['ndcg@10']:.4f} over " if row["events"] else ""
+            self.log(f"window {window + 1}/{self.stream.num_windows}: {scores}{row['events']} events predicted "
+                     f"({row['cold_targets']} cold), loss {row['loss']:.4f}, {row['held_items']} items held")
+        summary = {"windows": self.state["windows"], "overall": overall(self.state["windows"]),
+                   "windows_done": self.state["epoch"], "num_windows": self.stream.num_windows,
+                   "train_seconds": time.perf_counter() - started}
+        atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(summary, indent=2).encode())
+        write_stream_chart(self.out_dir / "stream.png", self.state["windows"])
+        return summary
+
+    @torch.no_grad()
+    def evaluate_window(self, window: int) -> dict:
+        """Ranks of the window's events under the weights and vocabulary of the windows before it."""
+        self.model.eval()
+        held = torch.from_numpy(self.vocabulary.held_rows()).to(self.device)
+        popularity = self._previous_window_counts(window)
+        ranks, popular_ranks, cold, first_events = [], [], 0, 0
+        users = self.stream.window_users(window)
+        for start in range(0, len(users), self.config.train.eval_batch_size):
+            batch, positions, targets, unpredicted = self._batch(window, users[start:start + self.config.train
+                                                                               .eval_batch_size])
+            first_events += unpredicted
+            if positions.numel() == 0:
+                continue
+            cold += int((targets == UNKNOWN_ROW).sum())
+            encoded = self.model(batch.to(self.device))
+            items = self.model.item_embeddings().float()
+            for chunk in range(0, positions.numel(), EVAL_CHUNK):
+                chosen = positions[chunk:chunk + EVAL_CHUNK].to(self.device)
+                scores = self.model.similarity.all(encoded[chosen].float(), items)
+                chunk_targets = targets[chunk:chunk + EVAL_CHUNK].to(self.device)
+                cold_targets = chunk_targets == UNKNOWN_ROW
+                for scored, into in ((scores, ranks), (popularity.expand(len(chosen), -1), popular_ranks)):
+                    chunk_ranks = target_ranks(scored, chunk_targets, None, exclude_history=False, candidates=held)
+                    # a cold target cannot be recommended: a miss at every cut-off, however few items are held
+                    into.append(chunk_ranks.masked_fill(cold_targets, self.cold_rank).cpu())
+        counts = {"cold_targets": cold, "first_events": first_events, "held_items": int(held.sum())}
+        if not ranks:  # a window of first events only: nothing to score
+            return {"events": 0, **counts}
+        all_ranks = torch.cat(ranks)
+        baseline = {f"popularity_{key}": value for key, value in summarize(torch.cat(popular_ranks), KS).items()}
+        return {**summarize(all_ranks, KS), **baseline, "events": all_ranks.numel(), **counts}
+
+    def _previous_window_counts(self, window: int) -> torch.Tensor:
+        """The baseline's scores [1, R]: how often each held item was consumed in the window before."""
+        start, _ = self.stream.window_bounds(max(window - 1, 0))
+        end = self.stream.window_bounds(window)[0]
+        rows = self.vocabulary.lookup(self.stream.items[start:end])
+        counts = np.bincount(rows, minlength=self.vocabulary.num_rows).astype(np.float32)
+        return torch.from_numpy(counts).to(self.device).view(1, -1)
+
+    def train_window(self, window: int) -> dict:
+        """Admits the window's items, then one pass of the next-item loss over its events."""
+        start, end = self.stream.window_bounds(window)
+        new_rows = self.vocabulary.admit(self.stream.items[start:end], self.stream.timestamps[start:end])
+        self._reset_rows(new_rows)
+        self.model.train()
+        pool = torch.from_numpy(np.flatnonzero(self.vocabulary.held_rows())).to(self.device)
+        users = self.stream.window_users(window)
+        users = users[torch.randperm(len(users), generator=self.streams.shuffle).numpy()]
+        loss_config, total, count = self.config.train.loss, 0.0, 0
+        for first in range(0, len(users), self.config.train.batch_size):
+            batch, positions, targets, _ = self._batch(window, users[first:first + self.config.train.batch_size])
+            if positions.numel() == 0:
+                continue
+            encoded = self.model(batch.to(self.device)).index_select(0, positions.to(self.device))
+            loss = sampled_softmax_loss(encoded, targets.to(self.device), self.model.item_embeddings,
+                                        self.vocabulary.num_rows - 1, loss_config.num_negatives,
+                                        loss_config.temperature, self.streams.sample,
+                                        similarity=self.model.similarity, negative_pool=pool)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.state["step"] += 1
+            self.guard.observe(loss, self.state["step"])
+            total += float(loss.detach()) * positions.numel()
+            count += positions.numel()
+        self.guard.check_loss()
+        return {"loss": total / max(count, 1), "new_items": int(new_rows.size),
+                "evicted_so_far": self.vocabulary.evicted}
+
+    def _batch(self, window: int, users: np.ndarray) -> tuple[SequenceBatch, torch.Tensor, torch.Tensor, int]:
+        """These users' last max_seq_len events up to the window's end, as vocabulary rows; the positions
+        whose next event lies in the window, those events' rows, and how many window events had no
+        position before them (a user's first event)."""
+        events, lengths = self.stream.histories(window, users, self.config.data.max_seq_len)
+        offsets = offsets_from_lengths(torch.from_numpy(lengths))
+        start, _ = self.stream.window_bounds(window)
+        in_window = events >= start
+        first_in_sequence = np.zeros(events.size, dtype=bool)
+        first_in_sequence[offsets[:-1].numpy()[lengths > 0]] = True
+        predicted = in_window & ~first_in_sequence
+        target_index = np.flatnonzero(predicted)
+        rows = self.vocabulary.lookup(self.stream.items[events])
+        batch = SequenceBatch(torch.from_numpy(rows), offsets, self.config.data.max_seq_len,
+                              timestamps=torch.from_numpy(self.stream.timestamps[events]))
+        return (batch, torch.from_numpy(target_index - 1), torch.from_numpy(rows[target_index]),
+                int((in_window & first_in_sequence).sum()))
+
+    def _reset_rows(self, rows: np.ndarray) -> None:
+        """New owners of rows start from a fresh embedding and no optimiser history."""
+        if rows.size == 0:
+            return
+        weight = self.model.embedding.item.weight
+        index = torch.from_numpy(rows).to(self.device)
+        with torch.no_grad():
+            fresh = torch.empty(rows.size, weight.shape[1], device=self.device)
+            torch.nn.init.trunc_normal_(fresh, std=0.02, a=-0.04, b=0.04)
+            weight.index_copy_(0, index, fresh)
+        for moment in self.optimizer.state.get(weight, {}).values():
+            if isinstance(moment, torch.Tensor) and moment.shape == weight.shape:
+                moment.index_fill_(0, index, 0.0)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save(self) -> None:
+        vocabulary = self.vocabulary.state()
+        state = {**self.state, "evicted": vocabulary["evicted"]}
+        save_checkpoint(self.out_dir / "last.safetensors", self.model.state_dict(), self.optimizer.state_dict(),
+                        rng_state(self.streams.named(), self.device), config_to_dict(self.config), state,
+                        item_vocab=torch.from_numpy(vocabulary["sources"][1:]),
+                        extra={"vocab_last_seen": torch.from_numpy(vocabulary["last_seen"])})
+
+    def resume(self) -> None:
+        checkpoint = load_checkpoint(self.out_dir / "last.safetensors")
+        self.model.load_state_dict(checkpoint.model)
+        load_optimizer(self.optimizer, checkpoint.optimizer)
+        restore_rng(checkpoint.rng, self.streams.named(), self.device)
+        sources = np.concatenate([[-1], checkpoint.item_vocab.numpy()])
+        self.vocabulary = ItemVocabulary.from_state(
+            {"sources": sources, "last_seen": checkpoint.extra["vocab_last_seen"].numpy(),
+             "evicted": checkpoint.state["evicted"]}, self.vocabulary.evict_after)
+        self.state = {key: checkpoint.state[key] for key in ("epoch", "step", "windows")}
+        self.log(f"resumed after window {self.state['epoch']}")
+
+
+class StreamEvents:
+    """Events in time order (ties in source order) with per-user indexes and day windows."""
+
+    def __init__(self, events, window_days: float) -> None:
+        if events.timestamps is None:
+            raise ValueError(f"{events.source}: data.mode = stream needs timestamps, and this data set has none")
+        order = np.argsort(events.timestamps, kind="stable")
+        self.items = np.asarray(events.item_ids)[order].astype(np.int64)
+        self.timestamps = np.asarray(events.timestamps)[order].astype(np.int64)
+        _, self.users = np.unique(np.asarray(events.user_ids)[order], return_inverse=True)
+        self.num_items = int(np.unique(self.items).size)
+        self.by_user = np.argsort(self.users, kind="stable")  # each user's events, in time order
+        counts = np.bincount(self.users)
+        self.user_offsets = np.concatenate([[0], np.cumsum(counts)])
+        window = ((self.timestamps - self.timestamps[0]) // round(window_days * DAY)).astype(np.int64)
+        self.window_starts = np.searchsorted(window, np.arange(int(window[-1]) + 2))
+
+    @property
+    def num_windows(self) -> int:
+        return self.window_starts.size - 1
+
+    def window_bounds(self, window: int) -> tuple[int, int]:
+        return int(self.window_starts[window]), int(self.window_starts[window + 1])
+
+    def window_users(self, window: int) -> np.ndarray:
+        start, end = self.window_bounds(window)
+        return np.unique(self.users[start:end])
+
+    def histories(self, window: int, users: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Event indices (time order) of each user's last max_len events before the window's end, and
+        the lengths."""
+        _, end = self.window_bounds(window)
+        before_end = np.bincount(self.users[:end], minlength=self.user_offsets.size - 1)[users]
+        lengths = np.minimum(before_end, max_len)
+        starts = self.user_offsets[users] + before_end - lengths
+        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        return self.by_user[np.repeat(starts, lengths) + within], lengths
+
+
+def overall(windows: list[dict]) -> dict:
+    """Event-weighted means of the windows' metrics (each is a mean over its events)."""
+    scored = [row for row in windows if row["events"]]
+    events = sum(row["events"] for row in scored)
+    keys = [key for key in scored[0] if "@" in key or key.endswith("mrr")] if scored else []
+    result = {key: sum(row[key] * row["events"] for row in scored) / events for key in keys}
+    result.update({"events": events, "cold_targets": sum(row["cold_targets"] for row in windows)})
+    return result
+
+
+def write_stream_chart(path: Path, windows: list[dict]) -> None:
+    """HR@10 / NDCG@10 per window and the items held; skipped (with the run intact) without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    scored = [row for row in windows if row["events"]]
+    for key in ("hr@10", "ndcg@10", "popularity_hr@10"):
+        axis.plot([row["window"] for row in scored], [row[key] for row in scored], marker=".", label=key)
+    axis.set(xlabel="window (evaluated before it is trained on)", ylabel="metric", title="prequential evaluation")
+    held = axis.twinx()
+    held.plot([row["window"] for row in windows], [row["held_items"] for row in windows], color="grey", linestyle="--", label="items held")
+    held.set_ylabel("items held")
+    axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
