@@ -18,6 +18,7 @@ import torch
 from genrec.checkpoint import load_checkpoint, locate_checkpoint, ranker_weights
 from genrec.config import load_run_config
 from genrec.data.batch import SequenceBatch
+from genrec.data.item_vocabulary import UNKNOWN_ROW
 from genrec.devices import resolve_device
 from genrec.inference.mfalcon import MFalcon
 from genrec.inference.retrieval import top_k_exact
@@ -52,20 +53,27 @@ class LoadedRun:
         if self.checkpoint.item_vocab is None:
             raise ValueError(f"{run_dir}: checkpoint has no item vocabulary (retrain with this genrec)")
         self.source_ids = self.checkpoint.item_vocab.to(torch.int64)  # dense id k -> source_ids[k - 1]
-        self.dense_of = {int(source): dense + 1 for dense, source in enumerate(self.source_ids.tolist())}
+        # a stream run's table also has rows that hold no item (-1: its unknown row and free rows)
+        self.is_item = self.source_ids >= 0
+        self.dense_of = {int(source): dense + 1 for dense, source in enumerate(self.source_ids.tolist()) if source >= 0}
+        # stream runs read an id they never saw (or evicted) through their unknown row; other runs refuse it
+        self.unknown_row = UNKNOWN_ROW if self.config.data.mode == "stream" else None
         self.uses_time = any(k.endswith("time_weights") for k in self.checkpoint.model)
         self.device = resolve_device(device)
         self.max_history = self.config.data.max_seq_len - (1 if self.task == "ranking" else 0)
 
     @property
     def num_items(self) -> int:
-        return len(self.source_ids)
+        """Items that can be recommended (the rows that hold one)."""
+        return int(self.is_item.sum())
 
-    def dense_ids(self, ids: Sequence[int], what: str) -> torch.Tensor:
+    def dense_ids(self, ids: Sequence[int], what: str, unknown_row: int | None = None) -> torch.Tensor:
+        """Rows of these source ids; an unknown id is an error, or reads `unknown_row` when one is given."""
         unknown = [item for item in ids if item not in self.dense_of]
-        if unknown:
+        if unknown and unknown_row is None:
             raise ValueError(f"unknown {what} item id(s): {list(unknown)[:10]}")
-        return torch.tensor([self.dense_of[item] for item in ids], dtype=torch.int64, device=self.device)
+        return torch.tensor([self.dense_of.get(item, unknown_row) for item in ids], dtype=torch.int64,
+                            device=self.device)
 
     def history(self, history: Sequence[int], timestamps: Sequence[int] | None,
                 what: str = "history") -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -79,7 +87,7 @@ class LoadedRun:
         if self.uses_time and timestamps is None:
             raise ValueError(f"{what}: this model uses time: send timestamps with the history")
         stamps = torch.tensor(list(timestamps), dtype=torch.int64, device=self.device) if self.uses_time else None
-        return self.dense_ids(history, what), stamps
+        return self.dense_ids(history, what, self.unknown_row), stamps
 
     def query_time(self, requested: int | None, timestamps: Sequence[int] | None) -> int | None:
         """The request's time (now by default), which may not precede its history; None without a time bias."""
@@ -101,7 +109,7 @@ class RetrievalRun(LoadedRun):
 
     def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
         super().__init__(run_dir, device)
-        self.model = SequentialRetriever(self.config.model, self.num_items, self.config.data.max_seq_len,
+        self.model = SequentialRetriever(self.config.model, len(self.source_ids), self.config.data.max_seq_len,
                                          use_time=self.uses_time)
         self.model.load_state_dict(self.checkpoint.inference_weights())
         self.model.to(self.device).eval()
@@ -140,7 +148,7 @@ class RetrievalRun(LoadedRun):
     @torch.no_grad()
     def item_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(source ids [I], l2-normalised embeddings [I, D]) of every item, in the same order."""
-        return self.source_ids.clone(), self._items[1:].clone()
+        return self.source_ids[self.is_item].clone(), self._items[1:][self.is_item.to(self._items.device)].clone()
 
     @torch.no_grad()
     def recommend(self, histories: Sequence[Sequence[int]], k: int = 10,
@@ -153,12 +161,15 @@ class RetrievalRun(LoadedRun):
         batch = self._batch(histories, timestamps, query_times)
         users = self._encode(batch)
         exclude, offsets = (batch.item_ids, batch.seq_offsets) if exclude_seen else (None, None)  # dense ids
-        scores, dense = top_k_exact(users, self._items, k, exclude, offsets, similarity=self.model.similarity.all)
+        no_item = len(self.source_ids) - self.num_items  # rows a stream run holds no item in: searched, dropped
+        scores, dense = top_k_exact(users, self._items, k + no_item, exclude, offsets,
+                                    similarity=self.model.similarity.all)
         ids, values = [], []
         for row_scores, row_ids in zip(scores.cpu(), dense.cpu()):
-            keep = row_scores > float("-inf")  # slots excluded out when k passes the unseen items
-            ids.append(self.source_ids[row_ids[keep] - 1].tolist())
-            values.append(row_scores[keep].tolist())
+            # slots excluded out when k passes the unseen items, and rows that hold no item
+            keep = (row_scores > float("-inf")) & self.is_item[row_ids - 1]
+            ids.append(self.source_ids[row_ids[keep][:k] - 1].tolist())
+            values.append(row_scores[keep][:k].tolist())
         return ids, values
 
 

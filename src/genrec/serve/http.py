@@ -81,7 +81,7 @@ def create_app(run_dir: Path, device: str = "cpu", limits: Limits | None = None,
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "items": len(retriever.source_ids), "model": retriever.config.model.architecture,
+        return {"status": "ok", "items": retriever.num_items, "model": retriever.config.model.architecture,
                 "ranking_tasks": None if ranker is None else ranker.tasks}
 
     @app.exception_handler(ValueError)
