@@ -39,8 +39,8 @@ from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
 from genrec.train.experiment import attach_user_features, build_checked, peak_tflops
 from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
-from genrec.train.run_log import RunLog, epoch_line
-from genrec.train.run_state import RandomStreams, resume_run, run_fit, save_run
+from genrec.train.run_log import RunLog
+from genrec.train.run_state import RandomStreams, resume_run, run_epochs, run_fit, save_run
 
 
 def _din_inputs(batch: SequenceBatch, targets: torch.Tensor):
@@ -180,6 +180,27 @@ class RankingTrainer:
                                 self.device, self.ranks)
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 
+    # ---- what the shared epoch loop (run_state.run_epochs) asks of a trainer --------------------
+    def steps_per_epoch(self) -> int:
+        return num_batches(self.sequences.num_users, self.config.train.batch_size, self.ranks)
+
+    def validate(self, epoch: int) -> tuple[dict[str, float], float] | None:
+        """The ranker's AUC / NE on each user's second-to-last event (validated mode); selects on mean AUC."""
+        if self.held_out != 2:
+            return None
+        valid = self.evaluate(drop_last=1)["model"]
+        return valid, float(np.mean([v for k, v in valid.items() if k.endswith("/auc")]))
+
+    def record_epoch(self, epoch: int, stats: dict[str, float], valid: dict[str, float] | None) -> None:
+        self.state["epochs"].append({"epoch": epoch, **stats, **({"valid": valid} if valid is not None else {})})
+
+    def validated_epochs(self) -> list[int]:
+        return [row["epoch"] for row in self.state["epochs"] if "valid" in row]
+
+    @staticmethod
+    def epoch_note(stats: dict[str, float], metric: float | None) -> str:
+        return f"din loss {stats['baseline_loss']:.4f}" + ("" if metric is None else f"; valid mean AUC {metric:.4f}")
+
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict:
         return run_fit(self, resume, overwrite)
 
@@ -187,26 +208,7 @@ class RankingTrainer:
         main = self.ranks.is_main
         self.log(f"data: {json.dumps(self.summary)}; device {self.device}")
         started = time.perf_counter()
-        epochs = self.config.train.epochs
-        for epoch in range(self.state["epoch"], epochs):
-            self.run_log.start_epoch(epoch + 1, epochs, num_batches(self.sequences.num_users,
-                                                                    self.config.train.batch_size, self.ranks))
-            stats = self.train_epoch()
-            self.guard.check(self.modules)  # before anything is scored or saved
-            self.state["epoch"] = epoch + 1
-            self.run_log.scalars("train", stats, epoch + 1)
-            extra = f"din loss {stats['baseline_loss']:.4f}"
-            if self.held_out == 2:
-                stats["valid"] = self.evaluate(drop_last=1)["model"]
-                self.run_log.scalars("valid", stats["valid"], epoch + 1)
-                metric = float(np.mean([v for k, v in stats["valid"].items() if k.endswith("/auc")]))
-                extra += f"; valid mean AUC {metric:.4f}"
-                if self.state["best_metric"] is None or metric > self.state["best_metric"]:
-                    self.state["best_metric"], self.state["best_epoch"] = metric, epoch + 1
-                    self.save("best.safetensors")
-            self.state["epochs"].append({"epoch": epoch + 1, **stats})
-            self.save("last.safetensors")
-            self.run_log.end_epoch(epoch_line(epoch + 1, epochs, stats, extra))
+        run_epochs(self)
         if self.state["best_epoch"] is not None:
             load_weights(self.modules, load_checkpoint(self.out_dir / "best.safetensors").model)
             self.log(f"selected epoch {self.state['best_epoch']} on mean validation AUC")

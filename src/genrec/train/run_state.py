@@ -1,6 +1,6 @@
-"""What a training run carries across a restart besides its weights: its random streams, and the
-collective save / resume that puts them, the model, the optimiser and the trainer state into one
-checkpoint (shared by the retrieval and the ranking trainer)."""
+"""The frame both trainers (retrieval and ranking) share: the epoch loop, the run directory, what a run
+carries across a restart besides its weights (its random streams), and the collective save / resume that
+puts them, the model, the optimiser and the trainer state into one checkpoint."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from genrec.train.averaging import WeightAverage
 from genrec.train.divergence import failure_recorded
 from genrec.train.parallel import (Distributed, barrier, full_tensors, gather_rng, load_optimizer, load_weights,
                                    own_rng)
-from genrec.train.run_log import RunLog
+from genrec.train.run_log import RunLog, epoch_line
 
 
 class RandomStreams:
@@ -120,3 +120,39 @@ def run_fit(trainer, resume: bool, overwrite: bool) -> dict:
             return trainer._fit()
     finally:
         trainer.run_log.close()
+
+
+def run_epochs(trainer) -> None:
+    """The epoch loop of both trainers: train an epoch, check the weights before anything is scored or
+    saved, validate when the trainer says so (keeping best.safetensors at each gain of its selection
+    metric), save last.safetensors, log one line; stop early after train.patience validations without a
+    gain. The trainer supplies train_epoch() -> stats, validate(epoch) -> (metrics, selection value) or
+    None, record_epoch(epoch, stats, valid) (its own bookkeeping in `state`), validated_epochs(),
+    steps_per_epoch() and epoch_note(stats, selection value)."""
+    epochs, state = trainer.config.train.epochs, trainer.state
+    for epoch in range(state["epoch"] + 1, epochs + 1):
+        if _out_of_patience(trainer):  # checked first so a resumed run stops too
+            trainer.log(f"early stop after epoch {epoch - 1}: no validation gain since epoch {state['best_epoch']}")
+            break
+        trainer.run_log.start_epoch(epoch, epochs, trainer.steps_per_epoch())
+        stats = trainer.train_epoch()
+        trainer.guard.check(trainer.modules)
+        state["epoch"] = epoch
+        trainer.run_log.scalars("train", stats, epoch)
+        validated = trainer.validate(epoch)
+        valid, metric = validated if validated is not None else (None, None)
+        if valid is not None:
+            trainer.run_log.scalars("valid", valid, epoch)
+        trainer.record_epoch(epoch, stats, valid)
+        if metric is not None and (state["best_metric"] is None or metric > state["best_metric"]):
+            state["best_metric"], state["best_epoch"] = metric, epoch
+            trainer.save("best.safetensors")
+        trainer.save("last.safetensors")
+        trainer.run_log.end_epoch(epoch_line(epoch, epochs, stats, trainer.epoch_note(stats, metric)))
+
+
+def _out_of_patience(trainer) -> bool:
+    patience, best = trainer.config.train.patience, trainer.state["best_epoch"]
+    if patience == 0 or best is None:
+        return False
+    return sum(1 for epoch in trainer.validated_epochs() if epoch > best) >= patience

@@ -30,8 +30,8 @@ from genrec.train.divergence import DivergenceGuard
 from genrec.train.experiment import build_model, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
-from genrec.train.run_log import RunLog, epoch_line
-from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_fit, save_run
+from genrec.train.run_log import RunLog
+from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -50,6 +50,7 @@ class Trainer:
         self.peak_tflops = peak_tflops(self.device)
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.data, self.device)
+        self.modules = self.model  # what is trained, checked for finite weights each epoch
         # before the optimiser: FSDP2 replaces the parameters with their shards
         self.train_model = data_parallel(self.model, self.ranks, self.device, config.train.data_parallel)
         self.average = WeightAverage(self.model, config.train.ema_decay) if config.train.ema_decay > 0 else None
@@ -177,34 +178,10 @@ class Trainer:
 
     def _fit(self) -> dict[str, float]:
         main = self.ranks.is_main
-        split, epochs = self.data.split, self.config.train.epochs
+        split = self.data.split
         self.log(f"data: {json.dumps(self.data.summary)}; mode {split.mode}; device {self.device}")
         started = time.perf_counter()
-        for epoch in range(self.state["epoch"], epochs):
-            if self._out_of_patience():  # checked first so a resumed run stops too
-                self.log(f"early stop after epoch {epoch}: no validation gain since epoch "
-                         f"{self.state['best_epoch']}")
-                break
-            self.run_log.start_epoch(epoch + 1, epochs, num_batches(self.data.split.train.num_users,
-                                                                    self.config.train.batch_size, self.ranks))
-            stats = self.train_epoch()
-            self.guard.check(self.model)  # before anything is scored or saved
-            self.state["epoch"] = epoch + 1
-            self.state["epoch_seconds"].append(round(stats["seconds"], 3))
-            # [epoch, loss] pairs; absent in runs saved before they were kept
-            self.state.setdefault("losses", []).append([epoch + 1, round(stats["loss"], 6)])
-            self.run_log.scalars("train", stats, epoch + 1)
-            extra = ""
-            if split.valid is not None and ((epoch + 1) % self.config.train.eval_every == 0 or epoch + 1 == epochs):
-                valid = self.evaluate(split.valid)
-                self.run_log.scalars("valid", valid, epoch + 1)
-                self.state["valid"].append({"epoch": epoch + 1, **valid})
-                extra = f"valid {SELECTION_METRIC} {valid[SELECTION_METRIC]:.4f}"
-                if self.state["best_metric"] is None or valid[SELECTION_METRIC] > self.state["best_metric"]:
-                    self.state["best_metric"], self.state["best_epoch"] = valid[SELECTION_METRIC], epoch + 1
-                    self.save("best.safetensors")
-            self.save("last.safetensors")
-            self.run_log.end_epoch(epoch_line(epoch + 1, epochs, stats, extra))
+        run_epochs(self)
         if split.valid is not None and self.state["best_epoch"] is not None:
             self.load(self.out_dir / "best.safetensors")
             self.log(f"selected epoch {self.state['best_epoch']} on validation {SELECTION_METRIC}")
@@ -223,11 +200,31 @@ class Trainer:
         self.run_log.scalars("test", metrics, self.state["epoch"])
         return summary
 
-    def _out_of_patience(self) -> bool:
-        patience, best = self.config.train.patience, self.state["best_epoch"]
-        if patience == 0 or best is None:
-            return False
-        return sum(1 for valid in self.state["valid"] if valid["epoch"] > best) >= patience
+    # ---- what the shared epoch loop (run_state.run_epochs) asks of a trainer --------------------
+    def steps_per_epoch(self) -> int:
+        return num_batches(self.data.split.train.num_users, self.config.train.batch_size, self.ranks)
+
+    def validate(self, epoch: int) -> tuple[dict[str, float], float] | None:
+        """Validation NDCG@10 every train.eval_every epochs and after the last (validated mode)."""
+        valid_split, epochs = self.data.split.valid, self.config.train.epochs
+        if valid_split is None or (epoch % self.config.train.eval_every and epoch != epochs):
+            return None
+        valid = self.evaluate(valid_split)
+        return valid, valid[SELECTION_METRIC]
+
+    def record_epoch(self, epoch: int, stats: dict[str, float], valid: dict[str, float] | None) -> None:
+        self.state["epoch_seconds"].append(round(stats["seconds"], 3))
+        # [epoch, loss] pairs; absent in runs saved before they were kept
+        self.state.setdefault("losses", []).append([epoch, round(stats["loss"], 6)])
+        if valid is not None:
+            self.state["valid"].append({"epoch": epoch, **valid})
+
+    def validated_epochs(self) -> list[int]:
+        return [valid["epoch"] for valid in self.state["valid"]]
+
+    @staticmethod
+    def epoch_note(stats: dict[str, float], metric: float | None) -> str:
+        return "" if metric is None else f"valid {SELECTION_METRIC} {metric:.4f}"
 
 
 
