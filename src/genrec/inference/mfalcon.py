@@ -7,8 +7,8 @@ micro-batch computes only the candidate rows. The history's last token asks abou
 (the request's: when the candidates are shown), as training asks each position about the next
 event's time; each candidate carries its own time (by default the query time). Returns the encoder's candidate representations
 through the model's own output (l2-normalised embeddings for the retriever, per-task
-probabilities for the ranker). A model serves M-FALCON by providing `history_tokens`,
-`candidate_tokens`, `candidate_outputs`, an HSTU `encoder` and `max_seq_len`.
+probabilities for the ranker). A model serves M-FALCON through one interface, `CandidateModel`: both the
+retriever and the ranker provide it, and MFalcon calls nothing else of theirs.
 
 Shapes: L history events, C candidates, D model dim.
 """
@@ -18,19 +18,45 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
+from typing import Protocol
 
 import torch
+from torch import nn
 
 from genrec.data.batch import SequenceBatch
 from genrec.model.hstu import HSTUEncoder
 from genrec.model.kv_cache import HistoryCache
-from genrec.model.ranking import GenerativeRanker
-from genrec.model.retrieval import SequentialRetriever
 from genrec.ops.jagged import offsets_from_lengths
 
 
+class CandidateModel(Protocol):
+    """What M-FALCON needs of a model (SequentialRetriever and GenerativeRanker provide it)."""
+
+    encoder: HSTUEncoder
+    max_seq_len: int
+    num_items: int
+
+    def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,
+                       labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One user's history as encoder input: ([tokens, D], per-token timestamps)."""
+
+    def candidate_tokens(self, item_ids: torch.Tensor, position: int) -> torch.Tensor:
+        """[C, D] encoder input of the candidates, all at token position `position`."""
+
+    def candidate_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's output for the candidates' encoder rows [C, D]."""
+
+    def __call__(self, batch: SequenceBatch, num_targets: torch.Tensor | None = None) -> torch.Tensor:
+        """The model's forward pass (the uncached path runs it whole)."""
+
+    def forward_candidate_outputs(self, out: torch.Tensor) -> torch.Tensor:
+        """The same output as candidate_outputs, from the forward pass's rows of the candidates."""
+
+    def eval(self) -> nn.Module: ...
+
+
 class MFalcon:
-    def __init__(self, model: SequentialRetriever | GenerativeRanker, micro_batch_size: int = 256, cache_capacity: int = 1024) -> None:
+    def __init__(self, model: CandidateModel, micro_batch_size: int = 256, cache_capacity: int = 1024) -> None:
         if not isinstance(model.encoder, HSTUEncoder):
             raise ValueError("M-FALCON needs an HSTU encoder (candidates attend through num_targets)")
         if getattr(model, "context", None) is not None:
@@ -140,5 +166,5 @@ class MFalcon:
                                   labels=labels, query_times=query_times)
             num_targets = torch.tensor([ids.numel()], device=tokens.device)
             out = self.model(batch, num_targets)[history_ids.numel():]
-            outputs.append(torch.sigmoid(out) if isinstance(self.model, GenerativeRanker) else out)  # logits
+            outputs.append(self.model.forward_candidate_outputs(out))
         return torch.cat(outputs)

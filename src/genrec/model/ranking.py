@@ -72,3 +72,6 @@ class GenerativeRanker(nn.Module):
     def candidate_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Per-task probabilities [C, A]."""
         return torch.sigmoid(self.heads(hidden))
+
+    def forward_candidate_outputs(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits)

@@ -73,6 +73,9 @@ class SequentialRetriever(nn.Module):
     def candidate_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.normalize(hidden, dim=-1)
 
+    def forward_candidate_outputs(self, out: torch.Tensor) -> torch.Tensor:
+        return out  # forward's rows are already the l2-normalised embeddings
+
     def item_embeddings(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         """l2-normalised item embeddings: [I, D] for the whole table (row 0 = padding) or [*ids, D]."""
         return self.embedding.normalized_items(item_ids)
