@@ -42,9 +42,6 @@ def test_validation_and_files(tmp_path):
     config.train.ema_decay = 1.0
     with pytest.raises(ValueError, match="ema_decay must be in"):
         config.validate()
-    config.train.ema_decay, config.train.task = 0.99, "ranking"
-    with pytest.raises(ValueError, match="retrieval trainer only"):
-        config.validate()
     bad = tmp_path / "bad.toml"
     bad.write_text("[model\n")
     with pytest.raises(ValueError, match="not valid TOML"):

@@ -167,8 +167,6 @@ class Config:
             (self.data.synthetic_users > 0 and self.data.synthetic_items > 0,
              "data.synthetic_users and synthetic_items must be positive"),
             (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
-            (self.train.ema_decay == 0 or self.train.task == "retrieval",
-             "train.ema_decay (a moving average of the weights) is kept by the retrieval trainer only"),
             (self.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
             (self.train.data_parallel in ("ddp", "fsdp"), "train.data_parallel must be ddp or fsdp"),
             (self.train.eval_every > 0, "train.eval_every must be positive"),

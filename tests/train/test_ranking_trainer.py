@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from genrec.checkpoint import load_checkpoint, ranker_weights
@@ -15,10 +16,12 @@ def quiet(config, out):
     return RankingTrainer(config, out, log=lambda _: None)
 
 
-def test_resume_is_exact(tmp_path, deterministic):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["weights", "weight-average"])
+def test_resume_is_exact(tmp_path, deterministic, ema_decay):
     def config(epochs):
         config = ranking_config(epochs=epochs)
         config.train.stochastic_length_alpha = 1.5  # its stream must resume too
+        config.train.ema_decay = ema_decay
         return config
 
     straight = quiet(config(3), tmp_path / "a").fit()
@@ -31,6 +34,26 @@ def test_resume_is_exact(tmp_path, deterministic):
         assert torch.equal(tensor, b.model[name]), name
     assert straight["metrics"] == resumed["metrics"] and straight["din"] == resumed["din"]
     assert straight["best_epoch"] == resumed["best_epoch"]
+    assert (a.averaged is not None) == (b.averaged is not None) == (ema_decay > 0)
+    for name, tensor in (a.averaged or {}).items():
+        assert torch.equal(tensor, b.averaged[name]), name
+
+
+def test_a_weight_average_is_what_ranking_runs_evaluate_and_serve(tmp_path):
+    import genrec
+
+    config = ranking_config(mode="paper", epochs=2)
+    config.train.ema_decay = 0.5
+    trainer = quiet(config, tmp_path)
+    summary = trainer.fit()
+    with_average = trainer.evaluate(drop_last=0)["model"]
+    trainer.average = None  # the training weights alone
+    assert trainer.evaluate(drop_last=0)["model"] != with_average == summary["metrics"]
+    assert evaluate_ranking_run(tmp_path, "test", log=lambda _: None)["metrics"] == summary["metrics"]
+    averaged = load_checkpoint(tmp_path / "last.safetensors").averaged
+    served = genrec.load(tmp_path)
+    for name, tensor in ranker_weights(averaged).items():
+        assert torch.equal(served.scorer.model.state_dict()[name].cpu(), tensor), name
 
 
 def test_validated_mode_tests_the_selected_epoch(tmp_path):

@@ -184,7 +184,7 @@ class RankingRun(LoadedRun):
         self.tasks = list(self.checkpoint.state["tasks"])
         model = GenerativeRanker(self.config.model, self.num_items, len(self.tasks), self.config.data.max_seq_len,
                                  use_time=self.uses_time)
-        model.load_state_dict(ranker_weights(self.checkpoint.model))
+        model.load_state_dict(ranker_weights(self.checkpoint.inference_weights()))
         self.scorer = MFalcon(model.to(self.device).eval(), cache_capacity=cache_capacity)
 
     def rank(self, history: Sequence[int], actions: Sequence[Sequence[int]], candidates: Sequence[int],

@@ -12,6 +12,7 @@ both train data-parallel, as the retriever does (see genrec.train.parallel).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrec.checkpoint import atomic_write_bytes, load_checkpoint, locate_checkpoint
+from genrec.checkpoint import atomic_write_bytes, locate_checkpoint
 from genrec.config import Config, config_to_dict, load_run_config
 from genrec.data import build_sequences, load_events, make_batch, min_length_for
 from genrec.data.actions import action_labels
@@ -35,12 +36,13 @@ from genrec.eval.metrics import auc, normalized_entropy
 from genrec.model.din import DIN
 from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
+from genrec.train.averaging import WeightAverage
 from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
 from genrec.train.experiment import attach_user_features, build_checked, peak_tflops
-from genrec.train.parallel import data_parallel, init_distributed, load_weights, num_batches, rank_slice
+from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
 from genrec.train.run_log import RunLog
-from genrec.train.run_state import RandomStreams, resume_run, run_epochs, run_fit, save_run
+from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
 
 
 def _din_inputs(batch: SequenceBatch, targets: torch.Tensor):
@@ -86,6 +88,7 @@ class RankingTrainer:
         # before the optimiser: FSDP2 replaces the parameters with their shards
         self.train_ranker = data_parallel(self.model, self.ranks, self.device, config.train.data_parallel)
         self.train_baseline = data_parallel(self.baseline, self.ranks, self.device, config.train.data_parallel)
+        self.average = WeightAverage(self.modules, config.train.ema_decay) if config.train.ema_decay > 0 else None
         self.optimizer = torch.optim.AdamW(self.modules.parameters(), lr=config.train.learning_rate,
                                            betas=config.train.betas, weight_decay=config.train.weight_decay)
         self.streams = RandomStreams(config.train.seed, self.ranks.rank, "cpu",
@@ -131,6 +134,8 @@ class RankingTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             (loss + baseline_loss).backward()
             self.optimizer.step()
+            if self.average is not None:
+                self.average.update()
             loss_sums += torch.stack([loss.detach(), baseline_loss.detach()])
             steps += 1
             self.state["step"] = self.state.get("step", 0) + 1  # runs saved before steps were counted lack it
@@ -147,7 +152,12 @@ class RankingTrainer:
 
     @torch.no_grad()
     def evaluate(self, drop_last: int) -> dict[str, dict[str, float]]:
-        """AUC / NE per task on each user's event `drop_last + 1` from the end."""
+        """AUC / NE per task on each user's event `drop_last + 1` from the end, scored by the weight average
+        where the run keeps one."""
+        with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
+            return self._evaluate(drop_last)
+
+    def _evaluate(self, drop_last: int) -> dict[str, dict[str, float]]:
         self.model.eval()
         self.baseline.eval()
         model_logits, baseline_logits, labels = [], [], []
@@ -173,11 +183,11 @@ class RankingTrainer:
 
     def save(self, name: str) -> None:
         save_run(self.out_dir / name, self.modules, self.optimizer, self.streams, self.device, self.ranks,
-                 config_to_dict(self.config), self.state, self.item_vocab)
+                 config_to_dict(self.config), self.state, self.item_vocab, self.average)
 
     def resume(self) -> None:
         self.state = resume_run(self.out_dir / "last.safetensors", self.modules, self.optimizer, self.streams,
-                                self.device, self.ranks)
+                                self.device, self.ranks, self.average)
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 
     # ---- what the shared epoch loop (run_state.run_epochs) asks of a trainer --------------------
@@ -210,7 +220,7 @@ class RankingTrainer:
         started = time.perf_counter()
         run_epochs(self)
         if self.state["best_epoch"] is not None:
-            load_weights(self.modules, load_checkpoint(self.out_dir / "best.safetensors").model)
+            load_run_weights(self.out_dir / "best.safetensors", self.modules, self.average)
             self.log(f"selected epoch {self.state['best_epoch']} on mean validation AUC")
         test = self.evaluate(drop_last=0)
         summary = {"split": "test", "metrics": test["model"], "din": test["din"], **self.state,
@@ -235,7 +245,7 @@ def evaluate_ranking_run(path: Path, split_name: str, log: Callable[[str], None]
     if data_dir is not None:
         config.data.path = str(Path(data_dir).resolve())
     trainer = RankingTrainer(config, run_dir, log=log, progress=False)
-    trainer.modules.load_state_dict(load_checkpoint(checkpoint).model)
+    load_run_weights(checkpoint, trainer.modules, trainer.average)
     if split_name == "valid" and trainer.held_out == 1:
         raise ValueError(f"{run_dir}: mode 'paper' has no validation split; use --split test")
     result = trainer.evaluate(drop_last=0 if split_name == "test" else 1)
