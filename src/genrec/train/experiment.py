@@ -1,4 +1,5 @@
-"""Builds what a run needs from a Config: the protocol split, the model and the device."""
+"""Builds what a run needs from a Config: the sequences (one data path for retrieval and ranking), the
+protocol split, the model and the device."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import numpy as np
 import torch
 
 from genrec.config import Config, DataConfig
-from genrec.data import (ProtocolSplit, SequenceData, SyntheticSpec, build_sequences, leave_one_out, load_events,
-                         min_length_for)
+from genrec.data import (Events, ProtocolSplit, SequenceData, SyntheticSpec, build_sequences, leave_one_out,
+                         load_events, min_length_for)
+from genrec.data.actions import action_labels
 from genrec.data.user_features import read_user_features
 from genrec.devices import memory_of
 from genrec.model import SequentialRetriever
@@ -26,19 +28,43 @@ class PreparedData:
     context_cardinalities: tuple[int, ...] = ()  # per user feature (data.user_features); () = none
 
 
-def prepare_data(config: Config) -> PreparedData:
-    data_config = config.data
+def read_events(data_config: DataConfig) -> Events:
+    """The events of the configured data set (a file, or the generated synthetic sets)."""
     synthetic = SyntheticSpec(num_users=data_config.synthetic_users, num_items=data_config.synthetic_items,
                               seed=data_config.synthetic_seed)
-    events = load_events(data_config.dataset, data_config.path, data_config.skip_bad_rows, synthetic)
-    data = build_sequences(events, data_config.tie_order, min_length_for(data_config.mode))
+    return load_events(data_config.dataset, data_config.path, data_config.skip_bad_rows, synthetic)
+
+
+@dataclass
+class LoadedSequences:
+    data: SequenceData
+    summary: dict[str, int | str | list[str]]
+    has_timestamps: bool
+    context_cardinalities: tuple[int, ...]  # per user feature (data.user_features); () = none
+    task_names: list[str]  # action signals (labels of data.sequences) when asked for; [] otherwise
+
+
+def load_sequences(config: Config, min_length: int, with_actions: bool = False) -> LoadedSequences:
+    """The data set of `config` as per-user time-ordered sequences (users shorter than min_length dropped and
+    counted), with each event's action signals (genrec.data.actions) when with_actions, and user features."""
+    data_config = config.data
+    events = read_events(data_config)
+    task_names, labels = action_labels(events) if with_actions else ([], None)
+    data = build_sequences(events, data_config.tie_order, min_length, labels)
     summary = {
         "source": data.source, "events": len(events), "skipped_rows": events.skipped_rows,
         "users": data.sequences.num_users, "dropped_users": data.dropped_users, "items": data.num_items,
+        **({"tasks": task_names} if with_actions else {}),
     }
     cardinalities = attach_user_features(data_config, data, summary)
-    return PreparedData(leave_one_out(data, data_config.mode), data.num_items,
-                        events.timestamps is not None, data.item_vocab, summary, cardinalities)
+    return LoadedSequences(data, summary, events.timestamps is not None, cardinalities, task_names)
+
+
+def prepare_data(config: Config) -> PreparedData:
+    """Sequences and their leave-one-out split (retrieval)."""
+    loaded = load_sequences(config, min_length_for(config.data.mode))
+    return PreparedData(leave_one_out(loaded.data, config.data.mode), loaded.data.num_items, loaded.has_timestamps,
+                        loaded.data.item_vocab, loaded.summary, loaded.context_cardinalities)
 
 
 def attach_user_features(data_config: DataConfig, data: SequenceData, summary: dict) -> tuple[int, ...]:

@@ -25,12 +25,10 @@ from torch import nn
 
 from genrec.checkpoint import atomic_write_bytes, locate_checkpoint
 from genrec.config import Config, config_to_dict, load_run_config
-from genrec.data import build_sequences, load_events, make_batch, min_length_for
-from genrec.data.actions import action_labels
+from genrec.data import make_batch, min_length_for
 from genrec.data.batch import SequenceBatch
 from genrec.data.sequences import JaggedEvents
 from genrec.data.stochastic_length import stochastic_length
-from genrec.data.synthetic import SyntheticSpec
 from genrec.devices import resolve_device
 from genrec.eval.metrics import auc, normalized_entropy
 from genrec.model.din import DIN
@@ -39,7 +37,7 @@ from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
 from genrec.train.averaging import WeightAverage
 from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
-from genrec.train.experiment import attach_user_features, build_checked, peak_tflops
+from genrec.train.experiment import build_checked, load_sequences, peak_tflops
 from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
 from genrec.train.run_log import RunLog
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
@@ -64,25 +62,19 @@ class RankingTrainer:
         self.device = device or resolve_device(config.train.device)
         self.peak_tflops = peak_tflops(self.device)
         data_config = config.data
-        synthetic = SyntheticSpec(num_users=data_config.synthetic_users, num_items=data_config.synthetic_items,
-                                  seed=data_config.synthetic_seed)
-        events = load_events(data_config.dataset, data_config.path, data_config.skip_bad_rows, synthetic)
-        self.task_names, labels = action_labels(events)
         held_out = 1 if data_config.mode == "paper" else 2
-        data = build_sequences(events, data_config.tie_order, max(min_length_for(data_config.mode), held_out + 2),
-                               labels)
+        # every user keeps an event to learn from before the held-out ones, and one to read before those
+        loaded = load_sequences(config, max(min_length_for(data_config.mode), held_out + 2), with_actions=True)
+        data, self.task_names, self.summary = loaded.data, loaded.task_names, loaded.summary
         self.sequences, self.held_out, self.num_items = data.sequences, held_out, data.num_items
         self.item_vocab = torch.from_numpy(data.item_vocab)
-        self.summary = {"source": data.source, "events": len(events), "skipped_rows": events.skipped_rows,
-                        "users": data.sequences.num_users, "dropped_users": data.dropped_users,
-                        "tasks": self.task_names}
-        cardinalities = attach_user_features(data_config, data, self.summary)
+        cardinalities = loaded.context_cardinalities
         torch.manual_seed(config.train.seed)
         num_tasks = len(self.task_names)
         self.model = build_checked(lambda: GenerativeRanker(config.model, self.num_items, num_tasks,
-                                                            data_config.max_seq_len, events.timestamps is not None,
+                                                            data_config.max_seq_len, loaded.has_timestamps,
                                                             cardinalities), config, self.device,
-                                   2 * len(events))
+                                   2 * int(loaded.summary["events"]))
         self.baseline = DIN(self.num_items, config.model.embedding_dim, num_tasks).to(self.device)
         self.modules = nn.ModuleDict({"ranker": self.model, "din": self.baseline})
         # before the optimiser: FSDP2 replaces the parameters with their shards

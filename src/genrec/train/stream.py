@@ -30,7 +30,6 @@ import torch
 
 from genrec.checkpoint import atomic_write_bytes, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from genrec.config import Config, config_to_dict
-from genrec.data import SyntheticSpec, load_events
 from genrec.data.batch import SequenceBatch
 from genrec.data.item_vocabulary import UNKNOWN_ROW, ItemVocabulary
 from genrec.devices import resolve_device
@@ -39,6 +38,7 @@ from genrec.eval.protocol import target_ranks
 from genrec.model import SequentialRetriever
 from genrec.ops.jagged import offsets_from_lengths
 from genrec.train.divergence import DivergenceGuard
+from genrec.train.experiment import read_events
 from genrec.train.losses import sampled_softmax_loss
 from genrec.train.parallel import Distributed, load_optimizer
 from genrec.train.run_state import RandomStreams, run_fit
@@ -57,11 +57,7 @@ class StreamTrainer:
         self.out_dir, self.log, self.progress = out_dir, log, progress
         self.ranks = Distributed()
         self.device = resolve_device(config.train.device)
-        data = config.data
-        synthetic = SyntheticSpec(num_users=data.synthetic_users, num_items=data.synthetic_items,
-                                  seed=data.synthetic_seed)
-        self.stream = StreamEvents(load_events(data.dataset, data.path, data.skip_bad_rows, synthetic),
-                                   config.stream.window_days)
+        self.stream = StreamEvents(read_events(config.data), config.stream.window_days)
         capacity = config.stream.item_capacity or self.stream.num_items
         self.vocabulary = ItemVocabulary(capacity, round(config.stream.evict_after_days * DAY))
         self.cold_rank = max(capacity, *KS) + 1
