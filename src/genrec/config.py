@@ -69,6 +69,7 @@ class ModelConfig:
     checkpoint_layers: int = 0
     rab: RabConfig = field(default_factory=RabConfig)
     attention_backend: str = "auto"  # auto | torch | triton
+    attention: str = "pointwise"  # HSTU: pointwise (SiLU, paper Eq. 2) | softmax (the Table 2 ablation; no rab)
     similarity: str = "dot"  # dot (cosine of the l2-normalised embeddings) | mol (mixture of logits)
     mol: MoLConfig = field(default_factory=MoLConfig)
 
@@ -147,6 +148,9 @@ class Config:
              "model.checkpoint_layers must be in [0, model.num_layers]"),
             (self.model.rab.num_time_buckets > 0 and self.model.rab.time_bucket_scale > 0,
              "model.rab.num_time_buckets and time_bucket_scale must be positive"),
+            (self.model.attention in ("pointwise", "softmax"), "model.attention must be pointwise or softmax"),
+            (self.model.attention == "pointwise" or not (self.model.rab.position or self.model.rab.time),
+             "model.attention = softmax has no relative bias: set model.rab.position and model.rab.time to false"),
             (self.model.attention_backend in ("auto", "torch", "triton"),
              "model.attention_backend must be auto, torch or triton"),
             (self.model.similarity in ("dot", "mol"), "model.similarity must be dot or mol"),

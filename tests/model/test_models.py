@@ -151,3 +151,28 @@ def test_checkpoint_layers_beyond_the_stack_is_a_config_error():
     config.model.checkpoint_layers = config.model.num_layers + 1
     with pytest.raises(ValueError, match="checkpoint_layers"):
         config.validate()
+
+
+def test_softmax_hstu_is_causal_per_sequence_and_needs_no_bias():
+    config = preset("hstu")
+    config.model.attention = "softmax"
+    with pytest.raises(ValueError, match="no relative bias"):
+        config.validate()
+    config.model.rab.position = config.model.rab.time = False
+    config.validate()
+    torch.manual_seed(0)
+    model = SequentialRetriever(config.model, num_items=30, max_seq_len=12, use_time=True).eval()
+    lengths = [5, 1, 7]
+    batch = make_batch(lengths)
+    out = model(batch)
+    torch.testing.assert_close(out[6:], model(sub_batch(batch, 2, lengths)), atol=1e-5, rtol=1e-5)
+    changed = make_batch(lengths)
+    changed.item_ids[12] = (changed.item_ids[12] % 30) + 1
+    torch.testing.assert_close(model(changed)[6:12], out[6:12], atol=1e-6, rtol=1e-6)
+    pointwise = preset("hstu")
+    pointwise.model.rab.position = pointwise.model.rab.time = False
+    torch.manual_seed(0)
+    same_weights = SequentialRetriever(pointwise.model, num_items=30, max_seq_len=12, use_time=True).eval()
+    assert not torch.allclose(same_weights(batch), out)  # the attention really differs
+    with pytest.raises(ValueError, match="pointwise"):
+        MFalcon(model)

@@ -59,6 +59,8 @@ class MFalcon:
     def __init__(self, model: CandidateModel, micro_batch_size: int = 256, cache_capacity: int = 1024) -> None:
         if not isinstance(model.encoder, HSTUEncoder):
             raise ValueError("M-FALCON needs an HSTU encoder (candidates attend through num_targets)")
+        if any(layer.softmax for layer in model.encoder.layers):
+            raise ValueError("M-FALCON needs pointwise attention (model.attention = softmax has no candidate path)")
         if getattr(model, "context", None) is not None:
             raise ValueError("M-FALCON does not support user-context prefix tokens yet")
         if micro_batch_size <= 0 or cache_capacity < 0:

@@ -18,6 +18,7 @@ from genrec.model.recompute import run_layer
 from genrec.ops import hstu_attention
 from genrec.ops.attention import attention_flops, candidate_attention_reference
 from genrec.ops.attention.rab import query_timestamps
+from genrec.ops.softmax_attention import jagged_softmax_attention
 
 
 class HSTULayer(nn.Module):
@@ -26,6 +27,7 @@ class HSTULayer(nn.Module):
         self.num_heads, self.qk_dim, self.v_dim = config.num_heads, config.qk_dim, config.v_dim
         self.max_seq_len = max_seq_len
         self.backend = config.attention_backend
+        self.softmax = config.attention == "softmax"
         dim = config.embedding_dim
         self.uvqk = nn.Linear(dim, self.num_heads * (2 * self.v_dim + 2 * self.qk_dim), bias=False)
         self.output = nn.Linear(self.num_heads * self.v_dim, dim)
@@ -55,6 +57,10 @@ class HSTULayer(nn.Module):
         query_timestamps [T]: each row's query time t' (see genrec.ops.attention.rab); sorted_timestamps: the
         timestamps and the query times never decrease within a sequence."""
         u, v, q, k = self._project(x)
+        if self.softmax:
+            if cache is not None or num_targets is not None:
+                raise ValueError("softmax HSTU attention has no candidate (M-FALCON) path")
+            return self._finish(x, u, jagged_softmax_attention(q, k, v, seq_offsets))
         if cache is not None:
             cache.keys.append(k)
             cache.values.append(v)
