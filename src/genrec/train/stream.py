@@ -86,6 +86,7 @@ class StreamTrainer:
             self.state["epoch"] = window + 1
             self.guard.check(self.model)
             self.save()
+            self.run_log.scalars("window", {k: v for k, v in row.items() if k != "window"}, window + 1)
             scores = f"HR@10 {row['hr@10']:.4f} NDCG@10 {row['ndcg@10']:.4f} over " if row["events"] else ""
             self.log(f"window {window + 1}/{self.stream.num_windows}: {scores}{row['events']} events predicted "
                      f"({row['cold_targets']} cold), loss {row['loss']:.4f}, {row['held_items']} items held")
