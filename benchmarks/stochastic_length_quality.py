@@ -57,7 +57,8 @@ def main() -> None:
     first = results["runs"][0]
     axis.set(xlabel="Stochastic Length alpha", ylabel="test NDCG@10 (bar: mean; dots: seeds)",
              ylim=(0.9 * min(r["metrics"]["ndcg@10"] for r in results["runs"]), None),
-             title=f"{first['dataset']}, {first['model'].split(':')[0]}, {first['epochs']} epochs ({results['device']})")
+             title=f"{first['dataset']}, {first['model'].split(':')[0]}, {first['epochs']} epochs "
+                   f"({results['device']})")
     figure.tight_layout()
     figure.savefig(args.results.with_suffix(".png"), dpi=120)
     print(f"wrote {args.results.with_suffix('.png')}")

@@ -1,8 +1,8 @@
 """Does pointwise attention win on a stream? The setting of the paper's Table 2 on genrec's synthetic stream:
 one pass in time order, each day evaluated before it is trained on (data.mode = stream; HR@K over every
 predicted event, the full held catalogue, cold items a miss), for SASRec (softmax Transformer), HSTU with
-softmax attention and no relative bias, HSTU without its relative bias, and HSTU, with the popularity baseline (the day before's counts) measured in
-the same runs.
+softmax attention and no relative bias, HSTU without its relative bias, and HSTU, with the popularity
+baseline (the day before's counts) measured in the same runs.
 
     python benchmarks/stream_table2.py --users 5000 --seeds 42 --out benchmarks/results/stream-table2.json
 

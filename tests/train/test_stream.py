@@ -123,3 +123,10 @@ def test_a_stream_run_serves_new_ids_through_its_unknown_row_and_never_recommend
     assert scores[0] == sorted(scores[0], reverse=True)
     sources, embeddings = served.item_embeddings()
     assert torch.equal(sources, held) and embeddings.shape[0] == held.numel()
+
+
+def test_options_a_stream_run_would_ignore_are_refused(tmp_path):
+    config = stream_config()
+    config.train.ema_decay, config.train.lr_schedule = 0.9, "cosine"
+    with pytest.raises(ValueError, match=r"does not support train.ema_decay = 0.9, train.lr_schedule = 'cosine'"):
+        StreamTrainer(config, tmp_path / "run", progress=False)

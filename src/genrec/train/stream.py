@@ -21,6 +21,7 @@ Shapes: E events (time order), T tokens of a batch, P predicted positions, R voc
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -54,6 +55,9 @@ class StreamTrainer:
         self.config = config.validate()
         if config.data.mode != "stream":
             raise ValueError("StreamTrainer needs data.mode = stream")
+        ignored = unsupported_options(config)
+        if ignored:
+            raise ValueError(f"data.mode = stream does not support {', '.join(ignored)} yet")
         self.out_dir, self.log, self.progress = out_dir, log, progress
         self.ranks = Distributed()
         self.device = resolve_device(config.train.device)
@@ -222,6 +226,26 @@ class StreamTrainer:
         self.log(f"resumed after window {self.state['epoch']}")
 
 
+def unsupported_options(config: Config) -> list[str]:
+    """The options a stream run would otherwise ignore, each as `name = value`."""
+    train, loss = config.train, config.train.loss
+    checks = {"train.stochastic_length_alpha": train.stochastic_length_alpha != 0,
+              "train.ema_decay": train.ema_decay != 0, "train.lr_schedule": train.lr_schedule != "constant", "train.warmup_epochs": train.warmup_epochs != 0,
+              "train.patience": train.patience != 0, "train.loss.negatives": loss.negatives != "sampled",
+              "train.loss.in_batch_negatives": loss.in_batch_negatives != 0,
+              "data.user_features": config.data.user_features is not None,
+              "torchrun (WORLD_SIZE > 1)": int(os.environ.get("WORLD_SIZE", "1")) > 1}
+    values = {"torchrun (WORLD_SIZE > 1)": os.environ.get("WORLD_SIZE")}
+    return [f"{name} = {values.get(name, _config_value(config, name))!r}" for name, bad in checks.items() if bad]
+
+
+def _config_value(config: Config, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
 class StreamEvents:
     """Events in time order (ties in source order) with per-user indexes and day windows."""
 
@@ -286,7 +310,8 @@ def write_stream_chart(path: Path, windows: list[dict]) -> None:
         axis.plot([row["window"] for row in scored], [row[key] for row in scored], marker=".", label=key)
     axis.set(xlabel="window (evaluated before it is trained on)", ylabel="metric", title="prequential evaluation")
     held = axis.twinx()
-    held.plot([row["window"] for row in windows], [row["held_items"] for row in windows], color="grey", linestyle="--", label="items held")
+    held.plot([row["window"] for row in windows], [row["held_items"] for row in windows], color="grey",
+              linestyle="--", label="items held")
     held.set_ylabel("items held")
     axis.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
