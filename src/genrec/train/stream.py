@@ -230,7 +230,8 @@ def unsupported_options(config: Config) -> list[str]:
     """The options a stream run would otherwise ignore, each as `name = value`."""
     train, loss = config.train, config.train.loss
     checks = {"train.stochastic_length_alpha": train.stochastic_length_alpha != 0,
-              "train.ema_decay": train.ema_decay != 0, "train.lr_schedule": train.lr_schedule != "constant", "train.warmup_epochs": train.warmup_epochs != 0,
+              "train.ema_decay": train.ema_decay != 0, "train.lr_schedule": train.lr_schedule != "constant",
+              "train.warmup_epochs": train.warmup_epochs != 0,
               "train.patience": train.patience != 0, "train.loss.negatives": loss.negatives != "sampled",
               "train.loss.in_batch_negatives": loss.in_batch_negatives != 0,
               "data.user_features": config.data.user_features is not None,
