@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from genrec.checkpoint import atomic_write_bytes, load_checkpoint
+from genrec.train.epoch import set_learning_rate
 from genrec.train.trainer import Trainer
 from tests.tiny import tiny_config
 
@@ -57,8 +58,7 @@ def test_learning_rate_warms_up_then_decays_to_zero(tmp_path):
     steps_per_epoch = -(-trainer.data.split.train.num_users // config.train.batch_size)
     rates = []
     for step in range(4 * steps_per_epoch):
-        trainer.state["step"] = step
-        trainer._set_learning_rate()
+        set_learning_rate(trainer.optimizer, config.train, step, steps_per_epoch)
         rates.append(trainer.optimizer.param_groups[0]["lr"])
     peak = steps_per_epoch - 1
     assert rates[peak] == pytest.approx(config.train.learning_rate)

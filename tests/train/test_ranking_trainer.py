@@ -70,3 +70,12 @@ def test_validated_mode_tests_the_selected_epoch(tmp_path):
 def test_epoch_reports_throughput(tmp_path):
     stats = quiet(ranking_config(mode="paper", epochs=1), tmp_path).train_epoch()
     assert stats["tokens_per_s"] > 0 and stats["tflops"] > 0 and "mfu" not in stats
+
+
+def test_ranking_runs_follow_the_learning_rate_schedule(tmp_path):
+    """One epoch loop for both tasks: the ranker's steps set the scheduled rate too (it once stayed constant)."""
+    config = ranking_config(mode="paper", epochs=2)
+    config.train.lr_schedule = "cosine"
+    trainer = quiet(config, tmp_path)
+    trainer.fit()
+    assert 0 < trainer.optimizer.param_groups[0]["lr"] < 0.2 * config.train.learning_rate

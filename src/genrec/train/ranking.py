@@ -37,8 +37,9 @@ from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets
 from genrec.train.averaging import WeightAverage
 from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
+from genrec.train.epoch import StepLoss, train_epoch
 from genrec.train.experiment import build_checked, load_sequences, peak_tflops
-from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
+from genrec.train.parallel import data_parallel, init_distributed, num_batches
 from genrec.train.run_log import RunLog
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
 
@@ -61,6 +62,7 @@ class RankingTrainer:
         self.log = log if self.ranks.is_main else (lambda _: None)
         self.device = device or resolve_device(config.train.device)
         self.peak_tflops = peak_tflops(self.device)
+        self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         data_config = config.data
         held_out = 1 if data_config.mode == "paper" else 2
         # every user keeps an event to learn from before the held-out ones, and one to read before those
@@ -97,50 +99,27 @@ class RankingTrainer:
         return make_batch(sequences, users, self.config.data.max_seq_len, drop_last).to(self.device)
 
     def train_epoch(self) -> dict[str, float]:
-        self.model.train()
-        self.baseline.train()
-        order = torch.randperm(self.sequences.num_users, generator=self.streams.shuffle).numpy()
-        # model and DIN losses summed on the device (no sync per step)
-        loss_sums, steps = torch.zeros(2, dtype=torch.float64, device=self.device), 0
-        num_tokens, flops, started = 0, 0.0, time.perf_counter()
-        batch_size = self.config.train.batch_size
-        for index in range(num_batches(len(order), batch_size, self.ranks)):
-            users = rank_slice(order[index * batch_size:(index + 1) * batch_size], self.ranks)
-            host_batch = make_batch(self.sequences, users, self.config.data.max_seq_len, self.held_out)
-            if self.config.train.stochastic_length_alpha > 0:
-                host_batch = stochastic_length(host_batch, self.config.train.stochastic_length_alpha,
-                                               self.streams.length)
-            token_lengths = 2 * lengths_from_offsets(host_batch.seq_offsets)  # item and action tokens; no sync
-            batch = host_batch.to(self.device)
-            num_tokens += int(token_lengths.sum())
-            flops += 3 * self.model.encoder.forward_flops(token_lengths)  # forward + 2x for backward
-            loss = F.binary_cross_entropy_with_logits(self.train_ranker(batch), batch.labels)
-            # DIN: one impression per user at a random position with a non-empty history
-            lengths = lengths_from_offsets(batch.seq_offsets)
-            uniform = torch.rand(lengths.shape, generator=self.streams.sample).to(self.device)
-            targets = 1 + (uniform * (lengths - 1)).long()
-            history_ids, history_labels, mask, target_ids = _din_inputs(batch, targets)
-            labels = batch.labels[batch.seq_offsets[:-1] + targets]
-            baseline_loss = F.binary_cross_entropy_with_logits(
-                self.train_baseline(history_ids, history_labels, mask, target_ids), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            (loss + baseline_loss).backward()
-            self.optimizer.step()
-            if self.average is not None:
-                self.average.update()
-            loss_sums += torch.stack([loss.detach(), baseline_loss.detach()])
-            steps += 1
-            self.state["step"] = self.state.get("step", 0) + 1  # runs saved before steps were counted lack it
-            self.guard.observe(loss + baseline_loss, self.state["step"])
-            if self.run_log is not None:
-                self.run_log.step(index + 1, self.state["step"], loss, int(token_lengths.sum()))
-        model_loss, baseline_loss = (loss_sums / max(1, steps)).tolist()
-        seconds = time.perf_counter() - started
-        stats = {"loss": float(model_loss), "baseline_loss": float(baseline_loss), "seconds": seconds,
-                 "tokens_per_s": num_tokens / seconds, "tflops": flops / seconds / 1e12}
-        if self.peak_tflops is not None:
-            stats["mfu"] = stats["tflops"] / self.peak_tflops
-        return stats
+        return train_epoch(self, self.sequences.num_users)
+
+    def batch_loss(self, users: np.ndarray) -> StepLoss:
+        """The ranker's multi-task loss at every event, plus DIN's at one impression per user."""
+        host_batch = make_batch(self.sequences, users, self.config.data.max_seq_len, self.held_out)
+        if self.config.train.stochastic_length_alpha > 0:
+            host_batch = stochastic_length(host_batch, self.config.train.stochastic_length_alpha, self.streams.length)
+        token_lengths = 2 * lengths_from_offsets(host_batch.seq_offsets)  # item and action tokens; no sync
+        batch = host_batch.to(self.device)
+        flops = 3 * self.model.encoder.forward_flops(token_lengths)  # forward + 2x for backward
+        loss = F.binary_cross_entropy_with_logits(self.train_ranker(batch), batch.labels)
+        # DIN: one impression per user at a random position with a non-empty history
+        lengths = lengths_from_offsets(batch.seq_offsets)
+        uniform = torch.rand(lengths.shape, generator=self.streams.sample).to(self.device)
+        targets = 1 + (uniform * (lengths - 1)).long()
+        history_ids, history_labels, mask, target_ids = _din_inputs(batch, targets)
+        labels = batch.labels[batch.seq_offsets[:-1] + targets]
+        baseline_loss = F.binary_cross_entropy_with_logits(
+            self.train_baseline(history_ids, history_labels, mask, target_ids), labels)
+        return StepLoss(loss + baseline_loss, loss, 1, int(token_lengths.sum()), flops,
+                        {"baseline_loss": baseline_loss})
 
     @torch.no_grad()
     def evaluate(self, drop_last: int) -> dict[str, dict[str, float]]:

@@ -1,6 +1,8 @@
 """Generative retrieval training: next-item prediction at every position with sampled softmax.
 
-Reads top to bottom: set-up, one epoch, evaluation, the fit loop with checkpoints and selection.
+Reads top to bottom: set-up, one step's loss, evaluation, checkpoints, the run. The epoch of steps
+(genrec.train.epoch) and the loop over epochs with checkpoints and selection (run_state.run_epochs) are
+shared with the ranking trainer.
 Checkpoints are written at every epoch end (last.safetensors) and, in validated mode, when the
 validation NDCG@10 improves (best.safetensors); --resume continues bit-exactly from last.
 """
@@ -9,11 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from genrec.checkpoint import atomic_write_bytes, locate_checkpoint
@@ -27,9 +29,10 @@ from genrec.ops.jagged import lengths_from_offsets, positions_with_successor
 from genrec.train.averaging import WeightAverage
 from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
+from genrec.train.epoch import StepLoss, train_epoch
 from genrec.train.experiment import build_model, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
-from genrec.train.parallel import data_parallel, init_distributed, num_batches, rank_slice
+from genrec.train.parallel import data_parallel, init_distributed, num_batches
 from genrec.train.run_log import RunLog
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
 
@@ -65,78 +68,36 @@ class Trainer:
         self.run_log: RunLog | None = None  # opened by fit
         self.guard = DivergenceGuard(self.device)
 
-    # ---- one epoch -------------------------------------------------------------------------
+    # ---- one step's loss (the epoch loop is genrec.train.epoch) -------------------------------
     def train_epoch(self) -> dict[str, float]:
-        self.model.train()
-        train = self.data.split.train
-        order = torch.randperm(train.num_users, generator=self.streams.shuffle).numpy()
-        batch_size, loss_config = self.config.train.batch_size, self.config.train.loss
-        # the loss is summed on the device: reading it back each step would stall the step on the GPU
-        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        total_positions, total_tokens, total_flops = 0, 0, 0.0
-        started = time.perf_counter()
-        steps = num_batches(len(order), batch_size, self.ranks)
-        for index in range(steps):
-            users = rank_slice(order[index * batch_size:(index + 1) * batch_size], self.ranks)
-            batch = make_batch(train, users, self.config.data.max_seq_len)
-            if self.config.train.stochastic_length_alpha > 0:
-                batch = stochastic_length(batch, self.config.train.stochastic_length_alpha, self.streams.length)
-            # each token predicts its successor; found on the host so the step never waits on the GPU
-            lengths = lengths_from_offsets(batch.seq_offsets)
-            positions = positions_with_successor(batch.seq_offsets)
-            num_positions = positions.numel()
-            if num_positions == 0:
-                continue
-            targets = batch.item_ids[positions + 1].to(self.device, non_blocking=True)
-            positions = positions.to(self.device, non_blocking=True)
-            batch = batch.to(self.device)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-                users = self.train_model(batch).index_select(0, positions)
-                if loss_config.negatives == "all":
-                    loss = full_softmax_loss(users, targets, self.model.item_embeddings, self.data.num_items,
-                                             loss_config.temperature)
-                else:
-                    loss = sampled_softmax_loss(users, targets, self.model.item_embeddings,
-                                                self.data.num_items, loss_config.num_negatives,
-                                                loss_config.temperature, self.streams.sample,
-                                                loss_config.in_batch_negatives, self.model.similarity)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self._set_learning_rate()
-            self.optimizer.step()
-            if self.average is not None:
-                self.average.update()
-            self.state["step"] += 1
-            self.guard.observe(loss, self.state["step"])
-            if self.run_log is not None:
-                self.run_log.step(index + 1, self.state["step"], loss, int(lengths.sum()))
-            total_loss += loss.detach() * num_positions
-            total_positions += num_positions
-            total_tokens += int(lengths.sum())
-            total_flops += 3 * (self.model.encoder.forward_flops(lengths) + loss_flops(
-                num_positions, users.shape[-1], self.data.num_items, loss_config.negatives,
-                loss_config.num_negatives, loss_config.in_batch_negatives))  # forward + 2x for backward
-        seconds = time.perf_counter() - started
-        stats = {"loss": total_loss.item() / max(1, total_positions), "tokens_per_s": total_tokens / seconds,
-                 "tflops": total_flops / seconds / 1e12, "seconds": seconds}
-        if self.peak_tflops is not None:
-            stats["mfu"] = stats["tflops"] / self.peak_tflops
-        return stats
+        return train_epoch(self, self.data.split.train.num_users)
 
-    def _set_learning_rate(self) -> None:
-        """Learning rate as a pure function of the step, so a resumed run follows the same curve."""
-        train = self.config.train
-        steps_per_epoch = math.ceil(self.data.split.train.num_users / train.batch_size)
-        step, warmup = self.state["step"], train.warmup_epochs * steps_per_epoch
-        total = max(1, train.epochs * steps_per_epoch - warmup)
-        if step < warmup:
-            factor = (step + 1) / warmup
-        elif train.lr_schedule == "cosine":
-            factor = 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
+    def batch_loss(self, users: np.ndarray) -> StepLoss | None:
+        """Next-item loss of these users' histories at every position that has a successor."""
+        loss_config = self.config.train.loss
+        batch = make_batch(self.data.split.train, users, self.config.data.max_seq_len)
+        if self.config.train.stochastic_length_alpha > 0:
+            batch = stochastic_length(batch, self.config.train.stochastic_length_alpha, self.streams.length)
+        # each token predicts its successor; found on the host so the step never waits on the GPU
+        lengths = lengths_from_offsets(batch.seq_offsets)
+        positions = positions_with_successor(batch.seq_offsets)
+        num_positions = positions.numel()
+        if num_positions == 0:
+            return None
+        targets = batch.item_ids[positions + 1].to(self.device, non_blocking=True)
+        positions = positions.to(self.device, non_blocking=True)
+        user_embeddings = self.train_model(batch.to(self.device)).index_select(0, positions)
+        if loss_config.negatives == "all":
+            loss = full_softmax_loss(user_embeddings, targets, self.model.item_embeddings, self.data.num_items,
+                                     loss_config.temperature)
         else:
-            factor = 1.0
-        for group in self.optimizer.param_groups:
-            group["lr"] = train.learning_rate * factor
+            loss = sampled_softmax_loss(user_embeddings, targets, self.model.item_embeddings, self.data.num_items,
+                                        loss_config.num_negatives, loss_config.temperature, self.streams.sample,
+                                        loss_config.in_batch_negatives, self.model.similarity)
+        flops = 3 * (self.model.encoder.forward_flops(lengths) + loss_flops(  # forward + 2x for backward
+            num_positions, user_embeddings.shape[-1], self.data.num_items, loss_config.negatives,
+            loss_config.num_negatives, loss_config.in_batch_negatives))
+        return StepLoss(loss, loss, num_positions, int(lengths.sum()), flops)
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self, split: EvalSplit) -> dict[str, float]:

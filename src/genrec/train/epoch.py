@@ -1,0 +1,82 @@
+"""One training epoch, the same for every task: the trainer turns a slice of users into a loss
+(`batch_loss(users) -> StepLoss`, under bf16 autocast on CUDA); this loop shuffles the users (split across
+ranks under torchrun), runs the optimiser step with the learning rate as a pure function of the step (so a
+resumed run follows the same curve), the weight average, the divergence guard and the progress log, and
+sums the epoch's loss and throughput without reading anything back from the GPU per step."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from genrec.config import TrainConfig
+from genrec.train.parallel import num_batches, rank_slice
+
+
+@dataclass
+class StepLoss:
+    loss: torch.Tensor  # what the step minimises
+    reported: torch.Tensor  # the loss the epoch reports (the retrieval loss; the ranker's without DIN's)
+    weight: int  # its weight in the epoch's mean (predicted positions, or 1 for a mean over steps)
+    tokens: int
+    flops: float  # matrix-multiply FLOPs of the forward and backward passes
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)  # more losses to report (DIN's)
+
+
+def train_epoch(trainer, num_users: int) -> dict[str, float]:
+    """The trainer provides modules, optimizer, average (or None), guard, run_log, streams, ranks, state,
+    config, device, autocast_dtype, peak_tflops and batch_loss(users) -> StepLoss | None (None: skip)."""
+    trainer.modules.train()
+    train_config = trainer.config.train
+    order = torch.randperm(num_users, generator=trainer.streams.shuffle).numpy()
+    steps_per_epoch = math.ceil(num_users / train_config.batch_size)
+    sums: torch.Tensor | None = None  # reported loss and the parts, weighted, summed on the device
+    total_weight, total_tokens, total_flops, names = 0, 0, 0.0, []
+    started = time.perf_counter()
+    autocast = trainer.autocast_dtype is not None
+    for index in range(num_batches(num_users, train_config.batch_size, trainer.ranks)):
+        users = rank_slice(order[index * train_config.batch_size:(index + 1) * train_config.batch_size], trainer.ranks)
+        with torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype, enabled=autocast):
+            step = trainer.batch_loss(users)
+        if step is None:
+            continue
+        trainer.optimizer.zero_grad(set_to_none=True)
+        step.loss.backward()
+        set_learning_rate(trainer.optimizer, train_config, trainer.state["step"], steps_per_epoch)
+        trainer.optimizer.step()
+        if trainer.average is not None:
+            trainer.average.update()
+        trainer.state["step"] += 1
+        trainer.guard.observe(step.loss, trainer.state["step"])
+        if trainer.run_log is not None:
+            trainer.run_log.step(index + 1, trainer.state["step"], step.reported, step.tokens)
+        names = list(step.parts)
+        values = torch.stack([step.reported.detach(), *(part.detach() for part in step.parts.values())]) * step.weight
+        sums = values.double() if sums is None else sums + values
+        total_weight += step.weight
+        total_tokens += step.tokens
+        total_flops += step.flops
+    seconds = time.perf_counter() - started
+    means = [0.0] * (1 + len(names)) if sums is None else (sums / max(1, total_weight)).tolist()
+    stats = {"loss": means[0], **dict(zip(names, means[1:])), "tokens_per_s": total_tokens / seconds,
+             "tflops": total_flops / seconds / 1e12, "seconds": seconds}
+    if trainer.peak_tflops is not None:
+        stats["mfu"] = stats["tflops"] / trainer.peak_tflops
+    return stats
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, train: TrainConfig, step: int, steps_per_epoch: int) -> None:
+    """Linear warm-up over train.warmup_epochs, then constant or cosine to 0 at the last epoch."""
+    warmup = train.warmup_epochs * steps_per_epoch
+    total = max(1, train.epochs * steps_per_epoch - warmup)
+    if step < warmup:
+        factor = (step + 1) / warmup
+    elif train.lr_schedule == "cosine":
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
+    else:
+        factor = 1.0
+    for group in optimizer.param_groups:
+        group["lr"] = train.learning_rate * factor
