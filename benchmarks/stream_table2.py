@@ -28,9 +28,9 @@ from genrec.config import apply_overrides, parse_assignment, preset  # noqa: E40
 from genrec.train.stream import StreamTrainer  # noqa: E402
 
 NO_RAB = "model.rab.position=false:model.rab.time=false"
-MODELS = {"Transformer (SASRec)": "sasrec", "HSTU, softmax, without rab": f"hstu:model.attention=softmax:{NO_RAB}",
+MODELS = {"Transformer (SASRec)": "sasrec", "HSTU softmax without rab": f"hstu:model.attention=softmax:{NO_RAB}",
           "HSTU without rab": f"hstu:{NO_RAB}", "HSTU": "hstu"}
-PAPER = {"Transformer (SASRec)": (0.0442, 0.2025), "HSTU, softmax, without rab": (0.0617, 0.2496),
+PAPER = {"Transformer (SASRec)": (0.0442, 0.2025), "HSTU softmax without rab": (0.0617, 0.2496),
          "HSTU without rab": (0.0893, 0.3170)}
 METRICS = ("hr@10", "hr@50", "ndcg@10")
 
@@ -84,6 +84,9 @@ def main() -> None:
                         help="config assignment applied to every run (e.g. train.learning_rate=0.003)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/stream-table2.json"))
     args = parser.parse_args()
+    unknown = [name for name in args.models.split(",") if name not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
     result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu",
               "torch": torch.__version__, "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(),
               "users": args.users, "common": args.common, "events": None, "paper_hr10_hr50": PAPER, "rows": []}
