@@ -240,7 +240,7 @@ def test_a_file_that_is_not_s3rec_is_rejected(tmp_path, capsys, shared_data):
     """MovieLens' u.data (user, item, rating, time per line) read as S3-Rec would be users of three items."""
     data = shared_data / "ml-100k" / "u.data"
     assert_one_line(*genrec(capsys, "train", "--dataset", "s3rec", "--data-dir", data, "--out", tmp_path / "run"),
-                    f"{data}:", "one line per user")
+                    f"{data.resolve()}:", "one line per user")  # runs name their data by its resolved path
 
 
 def test_eval_takes_a_checkpoint_file_and_a_moved_data_set(tmp_path, capsys):
