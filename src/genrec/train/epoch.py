@@ -30,6 +30,7 @@ def train_epoch(trainer, num_users: int) -> dict[str, float]:
     """The trainer provides modules, optimizer, average (or None), guard, run_log, streams, ranks, state,
     config, device, autocast_dtype, peak_tflops and batch_loss(users) -> StepLoss | None (None: skip)."""
     trainer.modules.train()
+    trainer.state.setdefault("step", 0)  # runs saved before steps were counted lack it
     train_config = trainer.config.train
     order = torch.randperm(num_users, generator=trainer.streams.shuffle).numpy()
     steps_per_epoch = math.ceil(num_users / train_config.batch_size)

@@ -39,9 +39,10 @@ from genrec.eval.protocol import target_ranks
 from genrec.model import SequentialRetriever
 from genrec.ops.jagged import offsets_from_lengths
 from genrec.train.divergence import DivergenceGuard
-from genrec.train.experiment import read_events
-from genrec.train.losses import sampled_softmax_loss
-from genrec.train.parallel import Distributed, load_optimizer
+from genrec.train.epoch import StepLoss, train_epoch
+from genrec.train.experiment import peak_tflops, read_events
+from genrec.train.losses import loss_flops, sampled_softmax_loss
+from genrec.train.parallel import Distributed, load_optimizer, num_batches
 from genrec.train.run_state import RandomStreams, run_fit
 
 DAY = 86_400
@@ -72,6 +73,9 @@ class StreamTrainer:
                                            betas=config.train.betas, weight_decay=config.train.weight_decay)
         self.streams = RandomStreams(config.train.seed, 0, self.device, stochastic_length=False)
         self.guard = DivergenceGuard(self.device)
+        # what the shared epoch of steps (genrec.train.epoch) reads: fp32, no weight average
+        self.modules, self.average, self.autocast_dtype = self.model, None, None
+        self.peak_tflops = peak_tflops(self.device)
         self.state = {"epoch": 0, "step": 0, "windows": []}  # "epoch": windows done (the run frame reads it)
         self.run_log = None  # opened by run_fit
 
@@ -92,8 +96,9 @@ class StreamTrainer:
             self.save()
             self.run_log.scalars("window", {k: v for k, v in row.items() if k != "window"}, window + 1)
             scores = f"HR@10 {row['hr@10']:.4f} NDCG@10 {row['ndcg@10']:.4f} over " if row["events"] else ""
-            self.log(f"window {window + 1}/{self.stream.num_windows}: {scores}{row['events']} events predicted "
-                     f"({row['cold_targets']} cold), loss {row['loss']:.4f}, {row['held_items']} items held")
+            self.run_log.end_epoch(f"window {window + 1}/{self.stream.num_windows}: {scores}{row['events']} events "
+                                   f"predicted ({row['cold_targets']} cold), loss {row['loss']:.4f}, "
+                                   f"{row['held_items']} items held")
         summary = {"windows": self.state["windows"], "overall": overall(self.state["windows"]),
                    "windows_done": self.state["epoch"], "num_windows": self.stream.num_windows,
                    "train_seconds": time.perf_counter() - started}
@@ -143,34 +148,35 @@ class StreamTrainer:
         return torch.from_numpy(counts).to(self.device).view(1, -1)
 
     def train_window(self, window: int) -> dict:
-        """Admits the window's items, then one pass of the next-item loss over its events."""
+        """Admits the window's items, then one pass of the next-item loss over its users (genrec.train.epoch)."""
         start, end = self.stream.window_bounds(window)
         new_rows = self.vocabulary.admit(self.stream.items[start:end], self.stream.timestamps[start:end])
         self._reset_rows(new_rows)
-        self.model.train()
-        pool = torch.from_numpy(np.flatnonzero(self.vocabulary.held_rows())).to(self.device)
-        users = self.stream.window_users(window)
-        users = users[torch.randperm(len(users), generator=self.streams.shuffle).numpy()]
-        loss_config, total, count = self.config.train.loss, 0.0, 0
-        for first in range(0, len(users), self.config.train.batch_size):
-            batch, positions, targets, _ = self._batch(window, users[first:first + self.config.train.batch_size])
-            if positions.numel() == 0:
-                continue
-            encoded = self.model(batch.to(self.device)).index_select(0, positions.to(self.device))
-            loss = sampled_softmax_loss(encoded, targets.to(self.device), self.model.item_embeddings,
-                                        self.vocabulary.num_rows - 1, loss_config.num_negatives,
-                                        loss_config.temperature, self.streams.sample,
-                                        similarity=self.model.similarity, negative_pool=pool)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.state["step"] += 1
-            self.guard.observe(loss, self.state["step"])
-            total += float(loss.detach()) * positions.numel()
-            count += positions.numel()
+        self._window, self._users = window, self.stream.window_users(window)
+        self._negatives = torch.from_numpy(np.flatnonzero(self.vocabulary.held_rows())).to(self.device)
+        self.run_log.start_epoch(window + 1, self.stream.num_windows,
+                                 num_batches(len(self._users), self.config.train.batch_size, self.ranks))
+        stats = train_epoch(self, len(self._users))
         self.guard.check_loss()
-        return {"loss": total / max(count, 1), "new_items": int(new_rows.size),
-                "evicted_so_far": self.vocabulary.evicted}
+        self.run_log.scalars("train", stats, window + 1)  # throughput goes there, not into the (reproducible) rows
+        return {"loss": stats["loss"], "new_items": int(new_rows.size), "evicted_so_far": self.vocabulary.evicted}
+
+    def batch_loss(self, indices: np.ndarray) -> StepLoss | None:
+        """Next-item loss at the positions whose targets fall in the window, negatives from the held items."""
+        batch, positions, targets, _ = self._batch(self._window, self._users[indices])
+        if positions.numel() == 0:
+            return None
+        loss_config = self.config.train.loss
+        encoded = self.model(batch.to(self.device)).index_select(0, positions.to(self.device))
+        loss = sampled_softmax_loss(encoded, targets.to(self.device), self.model.item_embeddings,
+                                    self.vocabulary.num_rows - 1, loss_config.num_negatives, loss_config.temperature,
+                                    self.streams.sample, similarity=self.model.similarity,
+                                    negative_pool=self._negatives)
+        lengths = batch.lengths
+        flops = 3 * (self.model.encoder.forward_flops(lengths) + loss_flops(
+            positions.numel(), encoded.shape[-1], self.vocabulary.num_rows - 1, "sampled",
+            loss_config.num_negatives, 0))
+        return StepLoss(loss, loss, positions.numel(), int(lengths.sum()), flops)
 
     def _batch(self, window: int, users: np.ndarray) -> tuple[SequenceBatch, torch.Tensor, torch.Tensor, int]:
         """These users' last max_seq_len events up to the window's end, as vocabulary rows; the positions
