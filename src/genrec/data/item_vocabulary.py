@@ -55,8 +55,9 @@ class ItemVocabulary:
         now = int(timestamps.max()) if timestamps.size else 0
         if self.evict_after:
             self._free(np.flatnonzero((self.sources >= 0) & (self.last_seen < now - self.evict_after)))
-        known = self.lookup(unique) != UNKNOWN_ROW
-        self.last_seen[self.lookup(unique[known])] = latest[known]
+        rows = self.lookup(unique)
+        known = rows != UNKNOWN_ROW
+        self.last_seen[rows[known]] = latest[known]
         new_ids, new_latest = unique[~known], latest[~known]
         free = np.flatnonzero(self.sources[FIRST_ITEM_ROW:] == NO_ITEM) + FIRST_ITEM_ROW
         shortfall = new_ids.size - free.size
@@ -68,10 +69,10 @@ class ItemVocabulary:
             held = held[~np.isin(self.sources[held], unique[known])]  # not the items of this very call
             self._free(held[np.argsort(self.last_seen[held], kind="stable")[:shortfall]])
             free = np.flatnonzero(self.sources[FIRST_ITEM_ROW:] == NO_ITEM) + FIRST_ITEM_ROW
-        rows = free[:new_ids.size]
-        self.sources[rows], self.last_seen[rows] = new_ids, new_latest
-        self.row_of.update(zip(new_ids.tolist(), rows.tolist()))
-        return rows
+        given = free[:new_ids.size]
+        self.sources[given], self.last_seen[given] = new_ids, new_latest
+        self.row_of.update(zip(new_ids.tolist(), given.tolist()))
+        return given
 
     def _free(self, rows: np.ndarray) -> None:
         for source in self.sources[rows].tolist():
