@@ -1,9 +1,11 @@
 #!/bin/bash
-# GPU parity of the fused attention kernels: tests/ops/test_attention_kernel.py on the device, in groups that
-# each fit one device call (compiling every variant cold takes ~25 s a case on an H200; the whole file does
-# not fit one 10-minute call), one fixed tile per launch (GENREC_AUTOTUNE=0). Appends to OUT_DIR/gpu-parity-DATE.txt
-# with the device, versions and the group; commit it under docs/gpu-parity/ whenever a kernel changes.
-#   bash benchmarks/gpu_parity.sh "$OUT" fp32          # groups: fp32, bf16, rest (everything else), all
+# GPU parity of the fused attention kernels on the device, in groups that each fit one device call (compiling
+# every variant cold takes ~25 s a case on an H200; the whole training-kernel file does not fit one 10-minute
+# call). Training kernels (tests/ops/test_attention_kernel.py): one fixed tile per launch (GENREC_AUTOTUNE=0).
+# M-FALCON's candidate kernel (group candidates): autotuned, plus every tile of its tuning list launched as is.
+# Appends to OUT_DIR/gpu-parity-DATE.txt with the device, versions and the group; commit it under
+# docs/gpu-parity/ whenever a kernel changes.
+#   bash benchmarks/gpu_parity.sh "$OUT" fp32          # groups: fp32, bf16, rest (everything else), all, candidates
 set -u
 out_dir=${1:?usage: gpu_parity.sh OUT_DIR GROUP}
 group=${2:-all}
@@ -12,7 +14,8 @@ case "$group" in
   bf16) select="matches_reference and bf16" ;;
   rest) select="not matches_reference" ;;
   all) select="" ;;
-  *) echo "unknown group $group (fp32, bf16, rest, all)" >&2; exit 2 ;;
+  candidates) ;;
+  *) echo "unknown group $group (fp32, bf16, rest, all, candidates)" >&2; exit 2 ;;
 esac
 log="$out_dir/gpu-parity-$(date -u +%Y-%m-%d).txt"
 mkdir -p "$out_dir"
@@ -20,8 +23,12 @@ mkdir -p "$out_dir"
   echo "== $(date -u) group $group"
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no GPU: the interpreter runs the kernels"
   PYTHONPATH=src python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  GENREC_AUTOTUNE=0 PYTHONPATH=src python3 -m pytest -v -p no:cacheprovider tests/ops/test_attention_kernel.py \
-    ${select:+-k "$select"} 2>&1
+  if [ "$group" = candidates ]; then
+    PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_candidate_kernel.py 2>&1
+  else
+    GENREC_AUTOTUNE=0 PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_attention_kernel.py \
+      ${select:+-k "$select"} 2>&1
+  fi
   echo "pytest rc=$?"
 } >> "$log"
 tail -n 3 "$log"

@@ -11,10 +11,11 @@ from genrec.model import SequentialRetriever
 NUM_ITEMS, MAX_LEN = 40, 32
 
 
-def make_model(use_time=True, seed=0):
+def make_model(use_time=True, seed=0, backend="auto"):
     config = preset("hstu-large")
     config.model.embedding_dim, config.model.num_layers = 16, 3
     config.model.qk_dim = config.model.v_dim = 8
+    config.model.attention_backend = backend
     torch.manual_seed(seed)
     return SequentialRetriever(config.model, NUM_ITEMS, MAX_LEN, use_time=use_time).eval()
 
@@ -44,6 +45,19 @@ def test_cached_equals_uncached_and_one_by_one(use_time, micro_batch, query_time
                                                                           candidate_stamps, query_time=query_time)
     torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(uncached, alone, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("query_time", [None, 123_456_789], ids=["own-time", "query-time"])
+def test_fused_cached_attention_equals_full_passes(query_time):
+    """The retriever's cached path through the fused candidate kernel (genrec::hstu_candidate_attention) equals
+    the reference's full passes over [history; candidates], candidates with their own times."""
+    pytest.importorskip("triton")
+    history, stamps, candidates, candidate_stamps = inputs(num_candidates=20)
+    fused = MFalcon(make_model(backend="triton"), micro_batch_size=16).encode_candidates(
+        history, stamps, candidates, candidate_stamps, query_time=query_time)
+    full = MFalcon(make_model(backend="torch"), micro_batch_size=7).encode_candidates_uncached(
+        history, stamps, candidates, candidate_stamps, query_time=query_time)
+    torch.testing.assert_close(fused, full, atol=1e-5, rtol=1e-5)
 
 
 def test_candidate_unaffected_by_others_and_history_rows_unaffected_by_candidates():

@@ -17,6 +17,7 @@ from genrec.ops import hstu_attention  # noqa: E402
 from genrec.ops.attention import BucketedBias, kernel  # noqa: E402
 from genrec.ops.attention.rab import query_timestamps  # noqa: E402
 from genrec.ops.jagged import offsets_from_lengths  # noqa: E402
+from tests.ops.tolerance import assert_within_rule  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Tiles are 16 wide under the interpreter and 64-128 on a GPU; lengths span several tiles either way, so
@@ -49,14 +50,6 @@ def run(backend, dtype, inputs, lengths, max_seq_len, options):
     grads = [t.grad for t in leaves] + [w.grad for w in weights if w is not None] if options.get("rab") else \
         [t.grad for t in leaves]
     return out, grads
-
-
-def assert_within_rule(kernel, low_precision_ref, exact, factor, dtype, what):
-    kernel_err = (kernel.double() - exact).abs().max().item()
-    ref_err = (low_precision_ref.double() - exact).abs().max().item()
-    floor = 2 * ((exact.to(dtype) + 0.3 - 0.3).double() - exact).abs().max().item()
-    bound = factor * ref_err + floor
-    assert kernel_err <= bound, f"{what}: kernel error {kernel_err:.3g} > bound {bound:.3g} (ref {ref_err:.3g})"
 
 
 OPTIONS = [

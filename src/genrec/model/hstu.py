@@ -16,7 +16,7 @@ from genrec.model.kv_cache import HistoryCache
 from genrec.model.rab import RelativeBias
 from genrec.model.recompute import run_layer
 from genrec.ops import hstu_attention
-from genrec.ops.attention import attention_flops, candidate_attention_reference
+from genrec.ops.attention import attention_flops, candidate_attention
 from genrec.ops.attention.rab import query_timestamps
 from genrec.ops.softmax_attention import jagged_softmax_attention
 
@@ -74,9 +74,9 @@ class HSTULayer(nn.Module):
                            layer_index: int) -> torch.Tensor:
         """Candidate rows only: x [C, D] -> [C, D], attending to the cached history and themselves."""
         u, v, q, k = self._project(x)
-        attended = candidate_attention_reference(
+        attended = candidate_attention(
             q, k, v, cache.keys[layer_index], cache.values[layer_index], max_seq_len=self.max_seq_len,
-            alpha=1.0, rab=self.rab(cache.token_timestamps), candidate_timestamps=timestamps)
+            alpha=1.0, rab=self.rab(cache.token_timestamps), candidate_timestamps=timestamps, backend=self.backend)
         return self._finish(x, u, attended)
 
 

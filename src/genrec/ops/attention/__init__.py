@@ -81,5 +81,18 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offset
     return hstu_attention_reference(q, k, v, seq_offsets, **arguments)
 
 
-__all__ = ["BACKENDS", "BucketedBias", "attention_flops", "attention_mask", "candidate_attention_reference",
-           "dense_bias", "hstu_attention", "hstu_attention_reference", "time_buckets"]
+def candidate_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, history_k: torch.Tensor,
+                        history_v: torch.Tensor, *, max_seq_len: int, alpha: float, rab: BucketedBias | None = None,
+                        candidate_timestamps: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+    """M-FALCON's cached attention for one user: the candidate rows of `hstu_attention` with num_targets, from
+    the history's cached keys/values (see candidate_attention_reference for the arguments); "auto" takes the
+    fused kernel on CUDA."""
+    arguments = dict(max_seq_len=max_seq_len, alpha=alpha, rab=rab, candidate_timestamps=candidate_timestamps)
+    if _pick_backend(backend, q, rab) == "triton":
+        from genrec.ops.attention.op import candidate_attention_triton
+        return candidate_attention_triton(q, k, v, history_k, history_v, **arguments)
+    return candidate_attention_reference(q, k, v, history_k, history_v, **arguments)
+
+
+__all__ = ["BACKENDS", "BucketedBias", "attention_flops", "attention_mask", "candidate_attention",
+           "candidate_attention_reference", "dense_bias", "hstu_attention", "hstu_attention_reference", "time_buckets"]

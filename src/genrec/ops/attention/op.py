@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from genrec.ops.attention import kernel
+from genrec.ops.attention import candidate_kernel, kernel
 
 
 @torch.library.custom_op("genrec::hstu_attention_fwd", mutates_args=())
@@ -106,3 +106,42 @@ def hstu_attention_triton(q, k, v, seq_offsets, *, max_seq_len, alpha, num_targe
     return attention(q.contiguous(), k.contiguous(), v.contiguous(), seq_offsets, num_targets, position_weights,
                      time_weights, timestamps, query_timestamps, int(max_seq_len), float(alpha), int(max_attn_len),
                      int(contextual_seq_len), float(scale), bool(sorted_timestamps))
+
+
+@torch.library.custom_op("genrec::hstu_candidate_attention", mutates_args=())
+def hstu_candidate_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidate_offsets: torch.Tensor,
+                             history_k: torch.Tensor, history_v: torch.Tensor, history_offsets: torch.Tensor,
+                             position_weights: torch.Tensor | None, time_weights: torch.Tensor | None,
+                             history_timestamps: torch.Tensor | None, candidate_timestamps: torch.Tensor | None,
+                             max_candidates: int, max_seq_len: int, alpha: float,
+                             time_bucket_scale: float) -> torch.Tensor:
+    """M-FALCON's cached attention, forward only: out [C, H, Dv] (see candidate_kernel)."""
+    return candidate_kernel.forward(q, k, v, candidate_offsets, history_k, history_v, history_offsets,
+                                    position_weights, time_weights, history_timestamps, candidate_timestamps,
+                                    max_candidates, max_seq_len, alpha, time_bucket_scale)
+
+
+@hstu_candidate_attention.register_fake
+def _(q, k, v, candidate_offsets, history_k, history_v, history_offsets, position_weights, time_weights,
+      history_timestamps, candidate_timestamps, max_candidates, max_seq_len, alpha, time_bucket_scale):
+    return q.new_empty(q.shape[0], q.shape[1], v.shape[2])
+
+
+def candidate_attention_triton(q, k, v, history_k, history_v, *, max_seq_len, alpha, rab=None,
+                               candidate_timestamps=None):
+    """Fused twin of `candidate_attention_reference` for one user (the kernel takes many: offsets [0, n])."""
+    position_weights = time_weights = history_timestamps = None
+    scale = 0.301
+    if rab is not None:
+        position_weights, scale = rab.position_weights, rab.time_bucket_scale
+        if rab.uses_time and candidate_timestamps is not None:
+            time_weights, history_timestamps = rab.time_weights, rab.timestamps
+    if time_weights is None:
+        candidate_timestamps = None
+    candidate_offsets = torch.tensor([0, q.shape[0]], device=q.device)
+    history_offsets = torch.tensor([0, history_k.shape[0]], device=q.device)
+    # eager calls skip the dispatcher, as _EagerAttention does; torch.compile traces the custom op
+    attention = hstu_candidate_attention if torch.compiler.is_compiling() else candidate_kernel.forward
+    return attention(q.contiguous(), k.contiguous(), v.contiguous(), candidate_offsets, history_k.contiguous(),
+                     history_v.contiguous(), history_offsets, position_weights, time_weights, history_timestamps,
+                     candidate_timestamps, q.shape[0], int(max_seq_len), float(alpha), float(scale))

@@ -1,0 +1,140 @@
+"""Fused cached ("delta") attention for M-FALCON in Triton, forward only: each user's candidates attend to that
+user's cached history keys/values and to themselves, never to one another (the candidate rows of
+`hstu_attention` with num_targets; reference: `candidate_attention_reference`). Jagged over users.
+
+A candidate sits at position p = L (its history's length), so its position bias against history key j is
+weight[j - L + N - 1], one vector per key tile shared by every row, and against itself weight[N - 1]. Its time
+bias is bucket(t_c - t_j) for its own time t_c; when a tile's candidates share one time (the usual request:
+every candidate shown now) that too is one vector per key tile, else one bucket per pair.
+
+Shapes: B users, C candidate tokens, L history tokens (both jagged), H heads, Dqk / Dv head dims, N max_seq_len.
+Grid: (cdiv(largest candidate count, BLOCK_M), B * H); programs past a user's candidates exit at once.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from genrec.ops.attention.kernel import (_MAX_GRID_Y, AUTOTUNE, INTERPRET, _block_dim, _dot, _load_rows, _log_bucket,
+                                         _silu_over)
+from genrec.ops.attention.rab import thresholds_on
+
+
+@triton.jit
+def _exact_bucket(gap, time_g, time_scale, num_buckets, IEEE: tl.constexpr):
+    """rab.time_buckets of int64 gaps: the logarithm's estimate, settled by the exact thresholds (on a GPU
+    lg2.approx can be one off next to a boundary)."""
+    bucket = _log_bucket(gap, time_scale, num_buckets, IEEE)
+    gap = tl.abs(gap)
+    bucket += (gap >= tl.load(time_g + bucket + 1)).to(tl.int32)
+    bucket -= (gap < tl.load(time_g + bucket)).to(tl.int32)
+    return bucket
+
+
+@triton.jit
+def _candidate_fwd_kernel(Q, K, V, HK, HV, Out, cand_offsets, hist_offsets, pos_w, time_w, hist_ts, cand_ts, time_g,
+                          stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_hkt, stride_hkh,
+                          stride_hvt, stride_hvh, stride_ot, stride_oh,
+                          alpha, inv_n, max_seq_len, time_scale, num_buckets, candidates_tier, history_tier,
+                          H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr,
+                          HAS_TIME: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+    b = tl.program_id(1) // H
+    h = tl.program_id(1) % H
+    cand_start = tl.load(cand_offsets + b)
+    num_cand = (tl.load(cand_offsets + b + 1) - cand_start).to(tl.int32)
+    m0 = tl.program_id(0) * BLOCK_M
+    if m0 >= num_cand:
+        return
+    hist_start = tl.load(hist_offsets + b)
+    hist_len = (tl.load(hist_offsets + b + 1) - hist_start).to(tl.int32)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_dqk = tl.arange(0, BLOCK_DQK)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q = _load_rows(Q, offs_m, cand_start, num_cand, stride_qt, h * stride_qh, offs_dqk, DQK)
+    t_query = offs_m.to(tl.int64)  # unused without a time bias (and then compiled away)
+    shared_time = False
+    if HAS_TIME:
+        t_query = tl.load(cand_ts + cand_start + tl.minimum(offs_m, num_cand - 1))
+        shared_time = tl.min(t_query, 0) == tl.max(t_query, 0)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    # keys past the history's end load as zero rows of V: whatever their score, they add nothing
+    for n0 in range(0, hist_len, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        k = _load_rows(HK, offs_n, hist_start, hist_len, stride_hkt, h * stride_hkh, offs_dqk, DQK)
+        v = _load_rows(HV, offs_n, hist_start, hist_len, stride_hvt, h * stride_hvh, offs_dv, DV)
+        s = _dot(q, tl.trans(k), IEEE) * alpha
+        key = tl.minimum(offs_n, hist_len - 1)
+        if HAS_POS:
+            s += tl.load(pos_w + tl.maximum(key - hist_len + max_seq_len - 1, 0)).to(tl.float32)[None, :]
+        if HAS_TIME:
+            t_key = tl.load(hist_ts + hist_start + key)
+            if shared_time:
+                bias = tl.load(time_w + _exact_bucket(tl.max(t_query, 0) - t_key, time_g, time_scale, num_buckets,
+                                                      IEEE)).to(tl.float32)
+                s += tl.broadcast_to(bias[None, :], (BLOCK_M, BLOCK_N))
+            else:
+                bucket = _exact_bucket(t_query[:, None] - t_key[None, :], time_g, time_scale, num_buckets, IEEE)
+                s += tl.load(time_w + bucket).to(tl.float32)
+        p = _silu_over(s, inv_n, IEEE)
+        acc += _dot(p.to(v.dtype), v, IEEE)
+    # each candidate's own key: position N - 1, time gap 0
+    k_self = _load_rows(K, offs_m, cand_start, num_cand, stride_kt, h * stride_kh, offs_dqk, DQK)
+    v_self = _load_rows(V, offs_m, cand_start, num_cand, stride_vt, h * stride_vh, offs_dv, DV)
+    s_self = tl.sum(q.to(tl.float32) * k_self.to(tl.float32), 1) * alpha
+    if HAS_POS:
+        s_self += tl.load(pos_w + max_seq_len - 1).to(tl.float32)
+    if HAS_TIME:
+        s_self += tl.load(time_w).to(tl.float32)
+    acc += _silu_over(s_self, inv_n, IEEE)[:, None] * v_self.to(tl.float32)
+    out_mask = (offs_m < num_cand)[:, None] & (offs_dv < DV)[None, :]
+    tl.store(Out + (cand_start + offs_m)[:, None] * stride_ot + h * stride_oh + offs_dv[None, :],
+             acc.to(Out.dtype.element_ty), mask=out_mask)
+
+
+# (BLOCK_M, BLOCK_N, warps, stages) the autotuner picks from
+CONFIGS = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 128, 8, 2), (64, 128, 4, 3),
+           (32, 64, 4, 2)]
+if INTERPRET or not AUTOTUNE:
+    _fwd = _candidate_fwd_kernel
+    _FIXED = {"BLOCK_M": 16, "BLOCK_N": 16} if INTERPRET else {"BLOCK_M": 64, "BLOCK_N": 64}
+else:
+    _fwd = triton.autotune([triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                            for m, n, w, s in CONFIGS],
+                           key=["candidates_tier", "history_tier", "H", "DQK", "DV", "HAS_POS", "HAS_TIME"]
+                           )(_candidate_fwd_kernel)
+    _FIXED = {}
+
+
+def forward(q, k, v, candidate_offsets, history_k, history_v, history_offsets, position_weights, time_weights,
+            history_timestamps, candidate_timestamps, max_candidates, max_seq_len, alpha, time_bucket_scale):
+    """Launches the kernel; every tensor contiguous. Returns out [C, H, Dv] in q's dtype."""
+    out = torch.empty(q.shape[0], q.shape[1], v.shape[2], dtype=q.dtype, device=q.device)
+    num_users, heads = candidate_offsets.shape[0] - 1, q.shape[1]
+    if not (q.shape[0] and num_users):
+        return out
+    has_time = time_weights is not None and history_timestamps is not None and candidate_timestamps is not None
+    num_buckets = int(time_weights.numel() - 1) if time_weights is not None else 0
+    dummy = candidate_offsets
+    gathered_dtype = q.dtype  # the reference adds rab in the scores' dtype
+    pointers = (dummy if position_weights is None else position_weights.to(gathered_dtype).contiguous(),
+                time_weights.to(gathered_dtype).contiguous() if has_time else dummy,
+                history_timestamps if has_time else dummy, candidate_timestamps if has_time else dummy,
+                thresholds_on(float(time_bucket_scale), num_buckets, q.device) if has_time else dummy)
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), history_k.stride(0),
+               history_k.stride(1), history_v.stride(0), history_v.stride(1), out.stride(0), out.stride(1))
+    constexprs = dict(H=heads, DQK=q.shape[2], DV=v.shape[2], HAS_POS=position_weights is not None,
+                      HAS_TIME=has_time, IEEE=q.dtype == torch.float32, BLOCK_DQK=_block_dim(q.shape[2]),
+                      BLOCK_DV=_block_dim(v.shape[2]), **_FIXED)
+    # the autotune key's sizes: powers of two, so that request sizes do not each tune anew
+    tiers = (triton.next_power_of_2(max_candidates), triton.next_power_of_2(history_k.shape[0]))
+    step = _MAX_GRID_Y // heads
+    for start in range(0, num_users, step):
+        stop = min(start + step, num_users)
+        grid = lambda meta, rows=(stop - start) * heads: (triton.cdiv(max_candidates, meta["BLOCK_M"]), rows)  # noqa: E731
+        _fwd[grid](q, k, v, history_k, history_v, out, candidate_offsets[start:stop + 1],
+                   history_offsets[start:stop + 1], *pointers, *strides, float(alpha), 1.0 / max_seq_len,
+                   int(max_seq_len), float(time_bucket_scale), num_buckets, *tiers, **constexprs)
+    return out
