@@ -24,7 +24,8 @@ mkdir -p "$out_dir"
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no GPU: the interpreter runs the kernels"
   PYTHONPATH=src python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   if [ "$group" = candidates ]; then
-    PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_candidate_kernel.py 2>&1
+    PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_candidate_kernel.py \
+      tests/inference/test_candidate_graphs.py 2>&1
   else
     GENREC_AUTOTUNE=0 PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_attention_kernel.py \
       ${select:+-k "$select"} 2>&1

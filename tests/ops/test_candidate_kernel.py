@@ -19,7 +19,10 @@ SCALE = 1 if DEVICE == "cpu" else 8  # lengths span several tiles: 16 wide under
 HEADS, DQK, DV = 2, 25, 20
 
 OPTIONS = [{}, {"position": True}, {"time": True}, {"position": True, "time": True},
-           {"position": True, "time": True, "shared_time": True}, {"time": True, "shared_time": True, "wide": True}]
+           {"position": True, "time": True, "shared_time": True}, {"time": True, "shared_time": True, "wide": True},
+           {"time": True, "wide": True},
+           # key ranges summed by programs of their own (taken on a GPU when candidates are few): 3 splits
+           {"position": True, "time": True, "splits": 3}]
 
 
 def make_case(options, seed):
@@ -63,7 +66,7 @@ def reference(case, dtype):
     return torch.cat(out)
 
 
-def fused(case, dtype):
+def fused(case, dtype, splits=None):
     cast = lambda t: None if t is None else t.to(dtype)  # noqa: E731
     has_time = case["time_weights"] is not None
     return candidate_kernel.forward(
@@ -71,7 +74,7 @@ def fused(case, dtype):
         offsets_from_lengths(torch.tensor(case["candidates"], device=DEVICE)), case["history_k"].to(dtype),
         case["history_v"].to(dtype), offsets_from_lengths(torch.tensor(case["histories"], device=DEVICE)),
         cast(case["position_weights"]), cast(case["time_weights"]), case["history_stamps"] if has_time else None,
-        case["candidate_stamps"] if has_time else None, max(case["candidates"]), case["max_seq_len"], 0.5, 0.3)
+        case["candidate_stamps"] if has_time else None, max(case["candidates"]), case["max_seq_len"], 0.5, 0.3, splits)
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(o) or "plain")
@@ -79,7 +82,7 @@ def fused(case, dtype):
 def test_candidate_kernel_matches_reference(options, dtype):
     case = make_case(options, seed=len(options) * 10 + (dtype == torch.bfloat16))
     exact = reference(case, torch.float64)
-    out = fused(case, dtype)
+    out = fused(case, dtype, options.get("splits"))
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert_within_rule(out, reference(case, dtype), exact, 2, dtype, "out")
 
@@ -137,3 +140,27 @@ def test_registered_op_passes_opcheck():
               case["position_weights"], case["time_weights"], case["history_stamps"], case["candidate_stamps"],
               max(case["candidates"]), case["max_seq_len"], 0.5, 0.3)
     torch.library.opcheck(hstu_candidate_attention, inputs, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_history_buffers_longer_than_the_history():
+    """Fixed-size buffers (CUDA graphs): rows past the history's length, here garbage, are never read when
+    history_offsets gives the length; the reference refuses such buffers."""
+    case = make_case({"position": True, "time": True}, seed=9)
+    rows, keys = slice(0, 3), slice(0, case["histories"][0] + case["histories"][1])
+    length = keys.stop
+    padded = {name: torch.cat([case[name][keys], 1e3 * torch.randn_like(case[name][:7])])
+              for name in ("history_k", "history_v")}
+    stamps = case["history_stamps"][keys]
+    padded_stamps = torch.cat([stamps, torch.randint(0, 10**9, (7,), device=DEVICE)])
+    options = dict(max_seq_len=case["max_seq_len"], alpha=0.5, candidate_timestamps=case["candidate_stamps"][rows])
+    query = (case["q"][rows], case["k"][rows], case["v"][rows])
+    exact = candidate_attention(*query, case["history_k"][keys], case["history_v"][keys], backend="torch",
+                                rab=BucketedBias(case["position_weights"], case["time_weights"], stamps, 0.3), **options)
+    fused_padded = candidate_attention(
+        *query, padded["history_k"], padded["history_v"], backend="triton",
+        rab=BucketedBias(case["position_weights"], case["time_weights"], padded_stamps, 0.3),
+        history_offsets=torch.tensor([0, length], device=DEVICE), **options)
+    torch.testing.assert_close(fused_padded, exact, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="need the fused kernel"):
+        candidate_attention(*query, padded["history_k"], padded["history_v"], backend="torch",
+                            history_offsets=torch.tensor([0, length], device=DEVICE), **options)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from genrec.data.batch import SequenceBatch
+from genrec.inference.candidate_graphs import CandidateGraphs, graphs_apply
 from genrec.model.hstu import HSTUEncoder
 from genrec.model.kv_cache import HistoryCache
 from genrec.ops.jagged import offsets_from_lengths
@@ -40,8 +41,9 @@ class CandidateModel(Protocol):
                        labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One user's history as encoder input: ([tokens, D], per-token timestamps)."""
 
-    def candidate_tokens(self, item_ids: torch.Tensor, position: int) -> torch.Tensor:
-        """[C, D] encoder input of the candidates, all at token position `position`."""
+    def candidate_tokens(self, item_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+        """[C, D] encoder input of the candidates, all at token position `position` (an int or a one-element
+        device tensor)."""
 
     def candidate_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
         """The model's output for the candidates' encoder rows [C, D]."""
@@ -56,7 +58,10 @@ class CandidateModel(Protocol):
 
 
 class MFalcon:
-    def __init__(self, model: CandidateModel, micro_batch_size: int = 256, cache_capacity: int = 1024) -> None:
+    def __init__(self, model: CandidateModel, micro_batch_size: int = 256, cache_capacity: int = 1024,
+                 cuda_graphs: bool = True) -> None:
+        """cuda_graphs: replay the candidate pass from captured CUDA graphs (genrec.inference.candidate_graphs)
+        where the model runs on a GPU through the fused kernel; elsewhere it runs eagerly either way."""
         if not isinstance(model.encoder, HSTUEncoder):
             raise ValueError("M-FALCON needs an HSTU encoder (candidates attend through num_targets)")
         if any(layer.softmax for layer in model.encoder.layers):
@@ -70,6 +75,8 @@ class MFalcon:
         self.cache_capacity = cache_capacity
         self._caches: OrderedDict[Hashable, HistoryCache] = OrderedDict()
         self._lock = threading.Lock()  # the LRU is shared by a server's request threads
+        self._graphs = CandidateGraphs(model, micro_batch_size) if cuda_graphs and graphs_apply(model) else None
+        self._graph_lock = threading.Lock()  # and so are the graphs' buffers
 
     def _check(self, history_ids: torch.Tensor, candidate_ids: torch.Tensor) -> None:
         if history_ids.numel() == 0:
@@ -125,6 +132,9 @@ class MFalcon:
                                                      query_time)
         cache = (self.cached_history(user, history_ids, history_timestamps, history_labels, query_time)
                  if user is not None else self.prefill(history_ids, history_timestamps, history_labels, query_time))
+        if self._graphs is not None:
+            with self._graph_lock:
+                return self._graphs.encode(cache, candidate_ids, candidate_timestamps)
         position = cache.keys[0].shape[0]  # history tokens
         outputs = []
         for start in range(0, candidate_ids.numel(), self.micro_batch_size):

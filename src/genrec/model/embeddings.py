@@ -44,6 +44,16 @@ class InputEmbedding(nn.Module):
             positions = torch.minimum(positions, history_len)
         return positions.clamp(max=self.position.num_embeddings - 1)
 
+    def candidates(self, item_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+        """[C, D] M-FALCON's candidates, all at token `position` (right after the history): an int, or a device
+        tensor of one element (which a CUDA graph replays with new values)."""
+        last = self.position.num_embeddings - 1
+        if isinstance(position, int):
+            positions = torch.full_like(item_ids, min(position, last))
+        else:
+            positions = position.clamp(max=last).expand_as(item_ids)
+        return self.item(item_ids) * self.scale + self.position(positions)
+
     def normalized_items(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
         """l2-normalised item embeddings ([num_items + 1, D] for the whole table)."""
         table = self.item.weight if item_ids is None else self.item(item_ids)

@@ -76,7 +76,8 @@ class HSTULayer(nn.Module):
         u, v, q, k = self._project(x)
         attended = candidate_attention(
             q, k, v, cache.keys[layer_index], cache.values[layer_index], max_seq_len=self.max_seq_len,
-            alpha=1.0, rab=self.rab(cache.token_timestamps), candidate_timestamps=timestamps, backend=self.backend)
+            alpha=1.0, rab=self.rab(cache.token_timestamps), candidate_timestamps=timestamps,
+            history_offsets=cache.history_offsets, backend=self.backend)
         return self._finish(x, u, attended)
 
 

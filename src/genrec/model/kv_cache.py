@@ -20,6 +20,9 @@ class HistoryCache:
     query_time: int | None = None  # what the last history token asked about (see genrec.inference.mfalcon)
     keys: list[torch.Tensor] = field(default_factory=list)  # per layer [L, H, Dqk]
     values: list[torch.Tensor] = field(default_factory=list)  # per layer [L, H, Dv]
+    # [0, L] on the device when keys and values hold rows past the history (a CUDA graph's fixed-size buffers:
+    # the fused kernel reads L from here); None: they hold the history exactly
+    history_offsets: torch.Tensor | None = None
 
     @property
     def history_len(self) -> int:

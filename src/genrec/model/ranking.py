@@ -65,9 +65,8 @@ class GenerativeRanker(nn.Module):
         stamps = None if timestamps is None else torch.repeat_interleave(timestamps, 2)
         return tokens + self.embedding.position(positions), stamps
 
-    def candidate_tokens(self, item_ids: torch.Tensor, position: int) -> torch.Tensor:
-        position = torch.full_like(item_ids, min(position, self.embedding.position.num_embeddings - 1))
-        return self.embedding.item(item_ids) * self.embedding.scale + self.embedding.position(position)
+    def candidate_tokens(self, item_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+        return self.embedding.candidates(item_ids, position)
 
     def candidate_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Per-task probabilities [C, A]."""

@@ -65,10 +65,8 @@ class SequentialRetriever(nn.Module):
         offsets = torch.tensor([0, item_ids.numel()], device=item_ids.device)
         return self.embedding(item_ids, offsets), timestamps
 
-    def candidate_tokens(self, item_ids: torch.Tensor, position: int) -> torch.Tensor:
-        """Candidates as encoder input, all at token position `position` (right after the history)."""
-        position = torch.full_like(item_ids, min(position, self.embedding.position.num_embeddings - 1))
-        return self.embedding.item(item_ids) * self.embedding.scale + self.embedding.position(position)
+    def candidate_tokens(self, item_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
+        return self.embedding.candidates(item_ids, position)
 
     def candidate_outputs(self, hidden: torch.Tensor) -> torch.Tensor:
         return F.normalize(hidden, dim=-1)

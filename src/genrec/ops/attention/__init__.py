@@ -83,14 +83,19 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offset
 
 def candidate_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, history_k: torch.Tensor,
                         history_v: torch.Tensor, *, max_seq_len: int, alpha: float, rab: BucketedBias | None = None,
-                        candidate_timestamps: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+                        candidate_timestamps: torch.Tensor | None = None, history_offsets: torch.Tensor | None = None,
+                        backend: str = "auto") -> torch.Tensor:
     """M-FALCON's cached attention for one user: the candidate rows of `hstu_attention` with num_targets, from
     the history's cached keys/values (see candidate_attention_reference for the arguments); "auto" takes the
-    fused kernel on CUDA."""
+    fused kernel on CUDA. history_offsets: [0, L] on the device when history_k/v (and rab's timestamps) hold
+    rows past the history's L (fixed-size buffers); the fused kernel only."""
     arguments = dict(max_seq_len=max_seq_len, alpha=alpha, rab=rab, candidate_timestamps=candidate_timestamps)
     if _pick_backend(backend, q, rab) == "triton":
         from genrec.ops.attention.op import candidate_attention_triton
-        return candidate_attention_triton(q, k, v, history_k, history_v, **arguments)
+        return candidate_attention_triton(q, k, v, history_k, history_v, history_offsets=history_offsets,
+                                          **arguments)
+    if history_offsets is not None:
+        raise ValueError("history buffers longer than the history (history_offsets) need the fused kernel")
     return candidate_attention_reference(q, k, v, history_k, history_v, **arguments)
 
 

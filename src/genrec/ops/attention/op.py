@@ -1,5 +1,6 @@
-"""The fused kernel as registered PyTorch operators: `genrec::hstu_attention_fwd` / `_bwd`, each with a
-fake (shape-only) twin, and autograd tying them together. Registration through torch.library (not a
+"""The fused kernels as registered PyTorch operators: `genrec::hstu_attention_fwd` / `_bwd`, each with a
+fake (shape-only) twin, and autograd tying them together; M-FALCON's forward-only
+`genrec::hstu_candidate_attention`. Registration through torch.library (not a
 bare autograd.Function) is what lets torch.compile trace through without a graph break, and FSDP,
 export and `torch.library.opcheck` treat the kernel like any aten op. Eager calls skip the dispatcher
 (`_EagerAttention`): same launchers, same gradients, less Python per call.
@@ -8,6 +9,8 @@ Shapes: T tokens, H heads, Dqk / Dv head dims, B sequences.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -127,9 +130,22 @@ def _(q, k, v, candidate_offsets, history_k, history_v, history_offsets, positio
     return q.new_empty(q.shape[0], q.shape[1], v.shape[2])
 
 
+@functools.lru_cache(maxsize=256)
+def _one_user_offsets(length: int, device: torch.device) -> torch.Tensor:
+    """[0, length] on the device, made once per length (read only): no host-to-device copy per layer and call."""
+    return torch.tensor([0, length], device=device)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t with unit stride along its last dim, which the kernel needs (its other strides are arguments): the
+    projection's split views as they are, without a copy."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
 def candidate_attention_triton(q, k, v, history_k, history_v, *, max_seq_len, alpha, rab=None,
-                               candidate_timestamps=None):
-    """Fused twin of `candidate_attention_reference` for one user (the kernel takes many: offsets [0, n])."""
+                               candidate_timestamps=None, history_offsets=None):
+    """Fused twin of `candidate_attention_reference` for one user (the kernel takes many: offsets [0, n]);
+    history_offsets: see genrec.ops.attention.candidate_attention."""
     position_weights = time_weights = history_timestamps = None
     scale = 0.301
     if rab is not None:
@@ -138,10 +154,11 @@ def candidate_attention_triton(q, k, v, history_k, history_v, *, max_seq_len, al
             time_weights, history_timestamps = rab.time_weights, rab.timestamps
     if time_weights is None:
         candidate_timestamps = None
-    candidate_offsets = torch.tensor([0, q.shape[0]], device=q.device)
-    history_offsets = torch.tensor([0, history_k.shape[0]], device=q.device)
     # eager calls skip the dispatcher, as _EagerAttention does; torch.compile traces the custom op
     attention = hstu_candidate_attention if torch.compiler.is_compiling() else candidate_kernel.forward
-    return attention(q.contiguous(), k.contiguous(), v.contiguous(), candidate_offsets, history_k.contiguous(),
-                     history_v.contiguous(), history_offsets, position_weights, time_weights, history_timestamps,
-                     candidate_timestamps, q.shape[0], int(max_seq_len), float(alpha), float(scale))
+    if history_offsets is None:
+        history_offsets = _one_user_offsets(history_k.shape[0], q.device)
+    return attention(_rows(q), _rows(k), _rows(v), _one_user_offsets(q.shape[0], q.device), _rows(history_k),
+                     _rows(history_v), history_offsets, position_weights,
+                     time_weights, history_timestamps, candidate_timestamps, q.shape[0], int(max_seq_len),
+                     float(alpha), float(scale))
