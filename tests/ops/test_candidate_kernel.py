@@ -111,7 +111,8 @@ def test_reference_is_the_candidate_rows_of_the_full_attention():
     offsets = offsets_from_lengths(torch.tensor([length + count], device=DEVICE))
     rab = BucketedBias(double["position_weights"], double["time_weights"], stamps, time_bucket_scale=0.3)
     full = hstu_attention_reference(
-        torch.cat([double["history_k"][keys], double["q"][rows]]), torch.cat([double["history_k"][keys], double["k"][rows]]),
+        torch.cat([double["history_k"][keys], double["q"][rows]]),  # history rows' queries: any (their rows unused)
+        torch.cat([double["history_k"][keys], double["k"][rows]]),
         torch.cat([double["history_v"][keys], double["v"][rows]]), offsets, max_seq_len=case["max_seq_len"], alpha=0.5,
         num_targets=torch.tensor([count], device=DEVICE), rab=rab)[length:]
     torch.testing.assert_close(reference(case, torch.float64)[rows], full)
@@ -136,7 +137,8 @@ def test_registered_op_passes_opcheck():
 
     case = make_case({"position": True, "time": True}, seed=7)
     inputs = (case["q"], case["k"], case["v"], offsets_from_lengths(torch.tensor(case["candidates"], device=DEVICE)),
-              case["history_k"], case["history_v"], offsets_from_lengths(torch.tensor(case["histories"], device=DEVICE)),
+              case["history_k"], case["history_v"],
+              offsets_from_lengths(torch.tensor(case["histories"], device=DEVICE)),
               case["position_weights"], case["time_weights"], case["history_stamps"], case["candidate_stamps"],
               max(case["candidates"]), case["max_seq_len"], 0.5, 0.3)
     torch.library.opcheck(hstu_candidate_attention, inputs, test_utils=("test_schema", "test_faketensor"))
@@ -155,7 +157,8 @@ def test_history_buffers_longer_than_the_history():
     options = dict(max_seq_len=case["max_seq_len"], alpha=0.5, candidate_timestamps=case["candidate_stamps"][rows])
     query = (case["q"][rows], case["k"][rows], case["v"][rows])
     exact = candidate_attention(*query, case["history_k"][keys], case["history_v"][keys], backend="torch",
-                                rab=BucketedBias(case["position_weights"], case["time_weights"], stamps, 0.3), **options)
+                                rab=BucketedBias(case["position_weights"], case["time_weights"], stamps, 0.3),
+                                **options)
     fused_padded = candidate_attention(
         *query, padded["history_k"], padded["history_v"], backend="triton",
         rab=BucketedBias(case["position_weights"], case["time_weights"], padded_stamps, 0.3),

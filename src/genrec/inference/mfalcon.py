@@ -5,9 +5,11 @@ history and to itself, never to another candidate; they run in micro-batches of 
 per-layer keys/values are computed once (prefill) and cached per user in a bounded LRU, so each
 micro-batch computes only the candidate rows. The history's last token asks about the query time
 (the request's: when the candidates are shown), as training asks each position about the next
-event's time; each candidate carries its own time (by default the query time). Returns the encoder's candidate representations
-through the model's own output (l2-normalised embeddings for the retriever, per-task
-probabilities for the ranker). A model serves M-FALCON through one interface, `CandidateModel`: both the
+event's time; each candidate carries its own time (by default the query time). Returns the encoder's candidate
+representations through the model's own output (l2-normalised embeddings for the retriever, per-task
+probabilities for the ranker). On a GPU the candidates attend through a fused kernel
+(genrec.ops.attention.candidate_kernel) and each micro-batch replays a captured CUDA graph
+(genrec.inference.candidate_graphs). A model serves M-FALCON through one interface, `CandidateModel`: both the
 retriever and the ranker provide it, and MFalcon calls nothing else of theirs.
 
 Shapes: L history events, C candidates, D model dim.

@@ -39,12 +39,12 @@ def _exact_bucket(gap, time_g, time_scale, num_buckets, IEEE: tl.constexpr):
 @triton.jit
 def _candidate_fwd_kernel(Q, K, V, HK, HV, Out, cand_offsets, hist_offsets, pos_w, time_w, hist_ts, cand_ts, time_g,
                           stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_hkt, stride_hkh,
-                          stride_hvt, stride_hvh, stride_os, stride_ot, stride_oh,
-                          alpha, inv_n, max_seq_len, time_scale, num_buckets, candidates_tier, history_tier,
+                          stride_hvt, stride_hvh, stride_os, stride_ot, stride_oh, alpha, inv_n, max_seq_len,
+                          time_scale, num_buckets, num_splits, candidates_tier, history_tier,
                           H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr,
-                          HAS_TIME: tl.constexpr, IEEE: tl.constexpr, SPLITS: tl.constexpr, BLOCK_M: tl.constexpr,
+                          HAS_TIME: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """Program (candidate block, user x head, split): split z sums the key tiles z, z + SPLITS, ... into its own
+    """Program (candidate block, user x head, split): split z sums the key tiles z, z + num_splits, ... into its own
     slice of Out (attention without a softmax adds up across key ranges as it is); split 0 adds the self term."""
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
@@ -68,7 +68,7 @@ def _candidate_fwd_kernel(Q, K, V, HK, HV, Out, cand_offsets, hist_offsets, pos_
         query_min, query_max = tl.min(t_query, 0), tl.max(t_query, 0)
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     # keys past the history's end load as zero rows of V: whatever their score, they add nothing
-    for n0 in range(split * BLOCK_N, hist_len, SPLITS * BLOCK_N):
+    for n0 in range(split * BLOCK_N, hist_len, num_splits * BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         k = _load_rows(HK, offs_n, hist_start, hist_len, stride_hkt, h * stride_hkh, offs_dqk, DQK)
         v = _load_rows(HV, offs_n, hist_start, hist_len, stride_hvt, h * stride_hvh, offs_dv, DV)
@@ -114,8 +114,8 @@ if INTERPRET or not AUTOTUNE:
 else:
     _fwd = triton.autotune([triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
                             for m, n, w, s in CONFIGS],
-                           key=["candidates_tier", "history_tier", "H", "DQK", "DV", "HAS_POS", "HAS_TIME", "SPLITS"]
-                           )(_candidate_fwd_kernel)
+                           key=["candidates_tier", "history_tier", "num_splits", "H", "DQK", "DV", "HAS_POS",
+                                "HAS_TIME"])(_candidate_fwd_kernel)
     _FIXED = {}
 
 
@@ -159,7 +159,7 @@ def forward(q, k, v, candidate_offsets, history_k, history_v, history_offsets, p
                history_k.stride(1), history_v.stride(0), history_v.stride(1), out.stride(0), out.stride(1),
                out.stride(2))
     constexprs = dict(H=heads, DQK=q.shape[2], DV=v.shape[2], HAS_POS=position_weights is not None,
-                      HAS_TIME=has_time, IEEE=q.dtype == torch.float32, SPLITS=splits,
+                      HAS_TIME=has_time, IEEE=q.dtype == torch.float32,
                       BLOCK_DQK=_block_dim(q.shape[2]), BLOCK_DV=_block_dim(v.shape[2]), **_FIXED)
     # the autotune key's sizes: powers of two, so that request sizes do not each tune anew
     tiers = (triton.next_power_of_2(max_candidates), triton.next_power_of_2(history_k.shape[0]))
@@ -170,5 +170,5 @@ def forward(q, k, v, candidate_offsets, history_k, history_v, history_offsets, p
             triton.cdiv(max_candidates, meta["BLOCK_M"]), rows, splits)
         _fwd[grid](q, k, v, history_k, history_v, out, candidate_offsets[start:stop + 1],
                    history_offsets[start:stop + 1], *pointers, *strides, float(alpha), 1.0 / max_seq_len,
-                   int(max_seq_len), float(time_bucket_scale), num_buckets, *tiers, **constexprs)
+                   int(max_seq_len), float(time_bucket_scale), num_buckets, splits, *tiers, **constexprs)
     return out[0] if splits == 1 else out.sum(0).to(q.dtype)
