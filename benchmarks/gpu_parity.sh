@@ -2,7 +2,8 @@
 # GPU parity of the fused attention kernels on the device, in groups that each fit one device call (compiling
 # every variant cold takes ~25 s a case on an H200; the whole training-kernel file does not fit one 10-minute
 # call). Training kernels (tests/ops/test_attention_kernel.py): one fixed tile per launch (GENREC_AUTOTUNE=0).
-# M-FALCON's candidate kernel (group candidates): autotuned, plus every tile of its tuning list launched as is.
+# M-FALCON's candidate kernel (group candidates): autotuned, plus every tile of its tuning list launched as is; then
+# its CUDA graphs against the eager pass (fixed tiles).
 # Appends to OUT_DIR/gpu-parity-DATE.txt with the device, versions and the group; commit it under
 # docs/gpu-parity/ whenever a kernel changes.
 #   bash benchmarks/gpu_parity.sh "$OUT" fp32          # groups: fp32, bf16, rest (everything else), all, candidates
@@ -24,7 +25,9 @@ mkdir -p "$out_dir"
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no GPU: the interpreter runs the kernels"
   PYTHONPATH=src python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   if [ "$group" = candidates ]; then
-    PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_candidate_kernel.py \
+    PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_candidate_kernel.py 2>&1
+    # the graphs' tests prefill through the training kernel, whose autotuning alone would take the call's time
+    GENREC_AUTOTUNE=0 PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider \
       tests/inference/test_candidate_graphs.py 2>&1
   else
     GENREC_AUTOTUNE=0 PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_attention_kernel.py \
