@@ -6,17 +6,19 @@
 # its CUDA graphs against the eager pass (fixed tiles).
 # Appends to OUT_DIR/gpu-parity-DATE.txt with the device, versions and the group; commit it under
 # docs/gpu-parity/ whenever a kernel changes.
-#   bash benchmarks/gpu_parity.sh "$OUT" fp32          # groups: fp32, bf16, rest (everything else), all, candidates
+# Group tiles: every tile of the training kernels' autotune lists launched as is, on random jagged lengths.
+#   bash benchmarks/gpu_parity.sh "$OUT" fp32   # groups: fp32, bf16, tiles, rest (everything else), all, candidates
 set -u
 out_dir=${1:?usage: gpu_parity.sh OUT_DIR GROUP}
 group=${2:-all}
 case "$group" in
   fp32) select="matches_reference and fp32" ;;
   bf16) select="matches_reference and bf16" ;;
-  rest) select="not matches_reference" ;;
+  rest) select="not matches_reference and not tuned_tile" ;;
+  tiles) select="tuned_tile" ;;
   all) select="" ;;
   candidates) ;;
-  *) echo "unknown group $group (fp32, bf16, rest, all, candidates)" >&2; exit 2 ;;
+  *) echo "unknown group $group (fp32, bf16, tiles, rest, all, candidates)" >&2; exit 2 ;;
 esac
 log="$out_dir/gpu-parity-$(date -u +%Y-%m-%d).txt"
 mkdir -p "$out_dir"

@@ -42,7 +42,8 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
             types[name] = f"*{dtype}" if in_dtype else "*fp32"
         elif name in FLOATS:
             types[name] = "fp32"
-        elif name.startswith("stride") or name in ("max_seq_len", "max_attn_len", "contextual_len", "num_buckets"):
+        elif name.startswith("stride") or name in ("max_seq_len", "max_attn_len", "contextual_len", "num_buckets",
+                                                   "length_tier"):
             types[name] = "i32"
         else:
             types[name] = f"*{dtype}"

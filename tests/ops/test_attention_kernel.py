@@ -13,6 +13,8 @@ import torch
 
 pytest.importorskip("triton")
 
+import triton  # noqa: E402
+
 from genrec.ops import hstu_attention  # noqa: E402
 from genrec.ops.attention import BucketedBias, kernel  # noqa: E402
 from genrec.ops.attention.rab import query_timestamps  # noqa: E402
@@ -76,9 +78,17 @@ OPTIONS = [
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(o) or "plain")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_kernel_matches_reference(options, dtype):
-    generator = torch.Generator().manual_seed(len(options) * 10 + (dtype == torch.bfloat16))
     lengths = [1] + [n * LENGTH_SCALE for n in ((150, 70, 6) if options.get("long") else (19, 33, 6))]
-    heads, dqk, dv, max_seq_len = 2, 25, 20, (160 if options.get("long") else 40) * LENGTH_SCALE
+    max_seq_len = (160 if options.get("long") else 40) * LENGTH_SCALE
+    num_targets = [0, 4, 20, 2] if options.get("targets") else None
+    check_against_reference(options, dtype, lengths, max_seq_len, num_targets,
+                            seed=len(options) * 10 + (dtype == torch.bfloat16))
+
+
+def check_against_reference(options, dtype, lengths, max_seq_len, num_targets, seed, ulps=0):
+    """Forward and every gradient of the kernel against the reference by the tolerance rule (ulps: its slack)."""
+    generator = torch.Generator().manual_seed(seed)
+    heads, dqk, dv = 2, 25, 20
     total = sum(lengths)
     rand = lambda *shape: torch.randn(*shape, generator=generator).to(DEVICE)  # noqa: E731
     q, k, v = rand(total, heads, dqk), rand(total, heads, dqk), rand(total, heads, dv)
@@ -93,8 +103,8 @@ def test_kernel_matches_reference(options, dtype):
     if options.get("unsorted_times"):  # every sequence's times in random order: gaps of both signs
         stamps = stamps[torch.randperm(total, generator=generator)]
     stamps = stamps.to(DEVICE)
-    # 20 of 33 are candidates: under a window they still see the history's end from tiles beyond the window
-    num_targets = torch.tensor([0, 4, 20, 2], device=DEVICE) if options.get("targets") else None
+    # with targets, 20 of 33 are candidates: under a window they still see the history's end from tiles beyond it
+    num_targets = None if num_targets is None else torch.tensor(num_targets, device=DEVICE)
     position_weights = None if options.get("time_only") else rand(2 * max_seq_len - 1)
     time_weights = None if options.get("position_only") else rand(65)
     inputs = (q, k, v, position_weights, time_weights, stamps, num_targets)
@@ -102,10 +112,51 @@ def test_kernel_matches_reference(options, dtype):
     ref_out, ref_grads = run("torch", dtype, inputs, lengths, max_seq_len, options)
     out, grads = run("triton", dtype, inputs, lengths, max_seq_len, options)
     assert out.dtype == dtype and torch.isfinite(out).all()
-    assert_within_rule(out, ref_out, exact_out, 2, dtype, "out")
+    assert_within_rule(out, ref_out, exact_out, 2, dtype, "out", ulps)
     names = ["dq", "dk", "dv", "d_position_weights", "d_time_weights"]
     for name, got, ref, exact in zip(names, grads, ref_grads, exact_grads):
-        assert_within_rule(got, ref, exact, 3, dtype, name)
+        assert_within_rule(got, ref, exact, 3, dtype, name, ulps)
+
+
+TILE_CASES = max(len(kernel._ROW_BLOCK_CONFIGS), len(kernel._KEY_BLOCK_CONFIGS) + len(kernel._SPLIT_KEY_BLOCK_CONFIGS),
+                 len(kernel._DIAGONAL_CONFIGS))
+
+
+@pytest.mark.skipif(DEVICE == "cpu", reason="the interpreter runs one 16 x 16 tile; the tuned tiles are GPU launches")
+@pytest.mark.parametrize("case", range(TILE_CASES))
+@pytest.mark.parametrize("options", [{"rab": True, "targets": True, "window": 7, "context": 2},
+                                     {"rab": True, "long": True}], ids=lambda o: "-".join(o))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_every_tuned_tile_against_reference(monkeypatch, case, options, dtype):
+    """Each tile the autotuner may pick, launched as it (case i: the i-th row-block tile for the forward and dQ
+    kernels, the i-th key-block tile (split ones last) for dK/dV and the i-th diagonal tile for the bias
+    gradients, each list wrapping around), on jagged lengths drawn at random per case."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    def only(configs, index, fn, **extra):
+        return triton.autotune([configs[index % len(configs)]], key=kernel._TUNE_KEY, **extra)(fn)
+
+    key_configs = (kernel._configs(kernel._KEY_BLOCK_CONFIGS, SPLIT=False)
+                   + kernel._configs(kernel._SPLIT_KEY_BLOCK_CONFIGS, SPLIT=True))
+    diagonal_configs = [triton.Config(kernel._diagonal_tiles(b), num_warps=w, num_stages=s)
+                        for b, w, s in kernel._DIAGONAL_CONFIGS]
+    row_configs = kernel._configs(kernel._ROW_BLOCK_CONFIGS)
+    monkeypatch.setattr(kernel, "_fwd", only(row_configs, case, kernel._fwd_kernel))
+    monkeypatch.setattr(kernel, "_bwd_q", only(row_configs, case, kernel._bwd_q_kernel))
+    monkeypatch.setattr(kernel, "_bwd_kv", only(key_configs, case, kernel._bwd_kv_kernel, reset_to_zero=["DTIME"]))
+    monkeypatch.setattr(kernel, "_bwd_bias", only(diagonal_configs, case, kernel._bwd_bias_kernel,
+                                                  reset_to_zero=["DPOS", "DTIME"]))
+    monkeypatch.setattr(kernel, "_FIXED", {})
+    monkeypatch.setattr(kernel, "_FIXED_DIAGONAL", {})
+
+    @settings(max_examples=3, deadline=None, derandomize=True, database=None)
+    @given(st.lists(st.integers(1, 700), min_size=1, max_size=4))
+    def check(lengths):
+        num_targets = [min(length - 1, 5) for length in lengths] if options.get("targets") else None
+        check_against_reference(options, dtype, lengths, max(lengths) + 3, num_targets, seed=case, ulps=4)
+
+    check()
 
 
 @pytest.mark.parametrize("options", [{"rab": True, "targets": True, "window": 7, "context": 2},

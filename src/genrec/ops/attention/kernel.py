@@ -339,7 +339,7 @@ def _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M: 
 @triton.jit
 def _fwd_kernel(Q, K, V, Out, seq_offsets, num_targets, pos_w, time_w, ts, qts, time_g,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-                alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
+                alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets, length_tier,
                 H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
                 HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr,
                 HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
@@ -402,7 +402,7 @@ def _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len
 @triton.jit
 def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w, time_w, ts, qts, time_g,
                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-                   alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
+                   alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets, length_tier,
                    H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
                    HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr,
                    HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
@@ -549,7 +549,7 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
 @triton.jit
 def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, time_w, ts, qts, time_g,
                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-                     alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
+                     alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets, length_tier,
                      H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
                      HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
                      TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
@@ -681,7 +681,7 @@ def _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS: tl.constexpr):
 @triton.jit
 def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, qts, time_g,
                   stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-                  alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
+                  alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets, length_tier,
                   H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
                   HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr,
                   HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
@@ -749,7 +749,8 @@ def _diagonal_tiles(block: int) -> dict[str, int]:
 
 
 _MAX_GRID_Y = 65_535  # CUDA's bound on a grid's second axis
-_TUNE_KEY = ["max_seq_len", "H", "DQK", "DV", "HAS_POS", "TIME_BIAS"]
+# length_tier: max_seq_len's next power of two, so that nearby lengths share a tuning instead of each tuning anew
+_TUNE_KEY = ["length_tier", "H", "DQK", "DV", "HAS_POS", "TIME_BIAS"]
 # single-stage tiles keep head dim 256 within shared memory: 128 x 64 on 8 warps is the dQ kernel's pick there
 # (its q and dO rows take 128 KB; 4 x 256: 4.51 -> 3.75 ms against 64 x 32 on 4 warps). At D = 128, N = 2048 the
 # last tile of each list below took dQ 0.911 -> 0.885 ms and dK/dV 1.369 -> 1.280 (README, fused attention)
@@ -819,7 +820,8 @@ class _Options:
             time_weights = time_weights.to(gathered_dtype)
         num_buckets = int(time_weights.numel() - 1) if time_weights is not None else 0
         self.scalars = (float(alpha), 1.0 / max_seq_len, int(max_seq_len), int(max_attn_len),
-                        int(contextual_seq_len), float(time_bucket_scale), num_buckets)
+                        int(contextual_seq_len), float(time_bucket_scale), num_buckets,
+                        triton.next_power_of_2(int(max_seq_len)))
         shared = dict(
             H=q.shape[1], DQK=q.shape[2], DV=v.shape[2], HAS_TARGETS=num_targets is not None,
             HAS_POS=position_weights is not None, POS_TABLE=position_table,
