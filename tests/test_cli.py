@@ -95,3 +95,26 @@ def test_ranking_end_to_end_on_a_multi_signal_log(tmp_path):
     again = genrec("eval", "--checkpoint", str(tmp_path / "r"), "--out", str(tmp_path / "e"))
     assert again.returncode == 0, again.stderr
     assert json.loads((tmp_path / "e/metrics-test.json").read_text())["metrics"] == metrics  # same weights
+
+
+@pytest.mark.slow
+def test_training_from_an_event_store_equals_training_from_its_log(tmp_path):
+    pytest.importorskip("pyarrow")
+    rows = ["user_id,item_id,timestamp"] + [f"{u},{(u * 7 + i * i) % 60 + 1},{i * 60 + u % 3}"
+                                            for u in range(1, 90) for i in range(u % 9 + 2)]
+    log = tmp_path / "log.csv"
+    log.write_text("\n".join(rows) + "\n")
+    prepared = genrec("prepare", "--data-dir", str(log), "--out", str(tmp_path / "store"))
+    assert prepared.returncode == 0, prepared.stderr
+    assert f"{len(rows) - 1:,} events" in prepared.stdout
+    common = ("--config", str(TINY), "--epochs", "1", "--no-progress", "--device", "cpu")
+    from_log = genrec("train", "--dataset", "events", "--data-dir", str(log), "--out", str(tmp_path / "a"), *common)
+    from_store = genrec("train", "--dataset", "store", "--data-dir", str(tmp_path / "store"), "--out",
+                        str(tmp_path / "b"), *common)
+    assert from_log.returncode == 0 and from_store.returncode == 0, from_log.stderr + from_store.stderr
+    metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("a", "b")]
+    assert metrics[0] == metrics[1]  # the same sequences, batches and model
+    manifest = json.loads((tmp_path / "store/manifest.json").read_text())
+    assert json.loads((tmp_path / "b/summary.json").read_text())["data"]["store_checksum"] == manifest["checksum"]
+    again = genrec("prepare", "--data-dir", str(log), "--out", str(tmp_path / "store"))
+    assert again.returncode == 2 and "not empty" in again.stderr

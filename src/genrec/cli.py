@@ -73,6 +73,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
     serve.add_argument("--max-candidates", type=int, default=4096, help="most candidates one /v1/rank may send")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (larger: 413)")
+    prepare = command("prepare", help="write an on-disk event store of a data set (train it with --dataset store)")
+    prepare.add_argument("--dataset", choices=[name for name in DATASETS if name != "store"], default="events",
+                         help="events: a CSV/TSV/Parquet log, streamed in chunks (any size); others are read whole")
+    prepare.add_argument("--data-dir", required=True, help="the data set's file or directory")
+    prepare.add_argument("--out", type=Path, required=True, help="the store's directory (new or empty)")
+    prepare.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
+    prepare.add_argument("--partition-events", type=int, default=1 << 24,
+                         help="events sorted in memory at a time (bounds the memory used)")
     show = command("config", help="print a preset's full config as TOML (a starting point for --config)")
     show.add_argument("--show", action="store_true", help="print it (the only action for now)")
     show.add_argument("--model", choices=sorted(PRESETS), default="hstu", help="model preset")
@@ -265,6 +273,19 @@ def _run_serve(args: argparse.Namespace) -> None:
     uvicorn.run(create_app(args.checkpoint, args.device, limits, args.ranker), host=args.host, port=args.port)
 
 
+def _run_prepare(args: argparse.Namespace) -> None:
+    from genrec.data import load_events
+    from genrec.data.event_store import prepare
+
+    if args.partition_events < 1:
+        raise ValueError(f"--partition-events must be positive, got {args.partition_events}")
+    manifest = prepare(args.dataset, Path(args.data_dir), args.out, args.skip_bad_rows,
+                       partition_events=args.partition_events,
+                       read_events=lambda: load_events(args.dataset, args.data_dir, args.skip_bad_rows))
+    print(f"wrote {args.out}: {manifest['events']:,} events, {manifest['users']:,} users, {manifest['items']:,} items"
+          f" ({manifest['skipped_rows']} rows skipped); checksum {manifest['checksum'][:16]}")
+
+
 def _run_config(args: argparse.Namespace) -> None:
     print(f"# genrec preset {args.model!r}: genrec train --config FILE reads this back", end="\n")
     print(config_to_toml(preset(args.model)), end="")
@@ -273,7 +294,8 @@ def _run_config(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"train": _run_train, "eval": _run_eval, "serve": _run_serve, "config": _run_config}[args.command](args)
+        {"train": _run_train, "eval": _run_eval, "serve": _run_serve, "prepare": _run_prepare,
+         "config": _run_config}[args.command](args)
     except ValueError as error:
         print(f"genrec: error: {error}", file=sys.stderr)
         return 2

@@ -44,13 +44,16 @@ def test_leave_one_out_modes():
     data = build_sequences(events([1] * 4 + [2] * 3, [1, 2, 3, 4, 5, 6, 7], list(range(7))), min_length=3)
     paper = leave_one_out(data, "paper")
     assert paper.valid is None
-    assert paper.train.item_ids.tolist() == [1, 2, 3, 5, 6]
+    assert paper.train.compact().item_ids.tolist() == [1, 2, 3, 5, 6]
+    assert paper.train.item_counts(7).tolist() == [0, 1, 1, 1, 0, 1, 1, 0]  # the held-out 4 and 7 not counted
     assert paper.test.target_items.tolist() == [4, 7]
     validated = leave_one_out(data, "validated")
-    assert validated.train.item_ids.tolist() == [1, 2, 5]
+    assert validated.train.compact().item_ids.tolist() == [1, 2, 5]
+    assert validated.train.num_events == 3 and validated.train.item_ids is data.sequences.item_ids  # a view
     assert validated.valid.target_items.tolist() == [3, 6]
-    assert validated.valid.histories.item_ids.tolist() == [1, 2, 5]
-    assert validated.test.histories.item_ids.tolist() == [1, 2, 3, 5, 6]
+    assert validated.valid.histories.compact().item_ids.tolist() == [1, 2, 5]
+    assert validated.test.histories.compact().item_ids.tolist() == [1, 2, 3, 5, 6]
+    assert validated.test.histories.select(np.array([1])).compact().item_ids.tolist() == [5, 6]
     with pytest.raises(ValueError, match="mode"):
         leave_one_out(data, "peeking")
 

@@ -14,7 +14,7 @@ from genrec.data.splits import EvalSplit, ProtocolSplit, leave_one_out, min_leng
 from genrec.data.synthetic import SyntheticSpec, generate_events
 from genrec.data.synthetic_stream import StreamSpec, generate_stream
 
-DATASETS = ("synthetic", "synthetic-stream", "ml-1m", "ml-100k", "ml-20m", "sasrec", "s3rec", "events")
+DATASETS = ("synthetic", "synthetic-stream", "ml-1m", "ml-100k", "ml-20m", "sasrec", "s3rec", "events", "store")
 
 
 def load_events(dataset: str, path: str | Path | None, skip_bad_rows: bool = False,
@@ -22,6 +22,9 @@ def load_events(dataset: str, path: str | Path | None, skip_bad_rows: bool = Fal
     """Reads a data set by name; `path` is a directory or file (unused for synthetic)."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
+    if dataset == "store":
+        raise ValueError("an event store (genrec prepare) holds sequences sorted by user, not a log in time order: "
+                         "retrieval training reads it; streams and ranking need the event log itself")
     if dataset == "synthetic":
         return generate_events(synthetic)
     if dataset == "synthetic-stream":  # sized like the static default: its users, 40 events each, its items

@@ -74,7 +74,8 @@ def model_scorer(model: torch.nn.Module, autocast_dtype: torch.dtype | None = No
     return score
 
 
-def popularity_scorer(train_item_ids: np.ndarray, num_items: int, device: torch.device) -> Scorer:
-    """The popularity baseline: every user gets the items ranked by training-set frequency."""
-    counts = torch.from_numpy(np.bincount(train_item_ids, minlength=num_items + 1)).float().to(device)
+def popularity_scorer(item_counts: np.ndarray, device: torch.device) -> Scorer:
+    """The popularity baseline: every user gets the items ranked by training-set frequency (item_counts [I + 1],
+    JaggedEvents.item_counts)."""
+    counts = torch.from_numpy(item_counts).float().to(device)
     return lambda batch: counts.expand(batch.num_sequences, -1)

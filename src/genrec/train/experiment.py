@@ -48,6 +48,8 @@ def load_sequences(config: Config, min_length: int, with_actions: bool = False) 
     """The data set of `config` as per-user time-ordered sequences (users shorter than min_length dropped and
     counted), with each event's action signals (genrec.data.actions) when with_actions, and user features."""
     data_config = config.data
+    if data_config.dataset == "store":
+        return _store_sequences(config, min_length, with_actions)
     events = read_events(data_config)
     task_names, labels = action_labels(events) if with_actions else ([], None)
     data = build_sequences(events, data_config.tie_order, min_length, labels)
@@ -58,6 +60,26 @@ def load_sequences(config: Config, min_length: int, with_actions: bool = False) 
     }
     cardinalities = attach_user_features(data_config, data, summary)
     return LoadedSequences(data, summary, events.timestamps is not None, cardinalities, task_names)
+
+
+def _store_sequences(config: Config, min_length: int, with_actions: bool) -> LoadedSequences:
+    """The sequences of an event store (genrec.data.event_store), memory-mapped: nothing is read whole."""
+    from genrec.data.event_store import EventStore
+
+    if config.data.path is None:
+        raise ValueError("dataset 'store' needs --data-dir: the directory genrec prepare wrote")
+    if with_actions:
+        raise ValueError("ranking does not read event stores yet: train it on the event log")
+    if config.data.tie_order != "stable":
+        raise ValueError("an event store keeps ties in file order: use tie_order = stable with it")
+    store = EventStore.open(config.data.path)
+    data = store.sequences(min_length)
+    manifest = store.manifest
+    summary = {"source": manifest["source"], "store": str(store.path), "store_checksum": manifest["checksum"],
+               "events": manifest["events"], "skipped_rows": manifest["skipped_rows"],
+               "users": data.sequences.num_users, "dropped_users": data.dropped_users, "items": data.num_items}
+    cardinalities = attach_user_features(config.data, data, summary)
+    return LoadedSequences(data, summary, store.has_timestamps, cardinalities, [])
 
 
 def prepare_data(config: Config) -> PreparedData:
@@ -94,7 +116,7 @@ def build_model(config: Config, data: PreparedData, device: torch.device) -> Seq
     return build_checked(lambda: SequentialRetriever(config.model, data.num_items, config.data.max_seq_len,
                                                      use_time=data.has_timestamps,
                                                      context_cardinalities=data.context_cardinalities),
-                         config, device, int(data.split.train.offsets[-1]))
+                         config, device, data.split.train.num_events)
 
 
 # fp32 weights, their gradients and AdamW's two moments

@@ -114,7 +114,7 @@ class Trainer:
         return summarize(ranks, self.config.eval.ks)
 
     def popularity_baseline(self, split: EvalSplit) -> dict[str, float]:
-        scorer = popularity_scorer(self.data.split.train.item_ids, self.data.num_items, self.device)
+        scorer = popularity_scorer(self.data.split.train.item_counts(self.data.num_items), self.device)
         ranks = rank_split(scorer, split, self.config.data.max_seq_len, self.config.train.eval_batch_size,
                            self.device, self.config.eval.exclude_history)
         return summarize(ranks, self.config.eval.ks)
