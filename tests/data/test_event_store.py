@@ -47,7 +47,7 @@ def test_split_of_a_store_copies_no_event(tmp_path):
     prepare("events", write_log(tmp_path / "log.csv"), tmp_path / "store")
     data = EventStore.open(tmp_path / "store").sequences(min_length=3)
     split = leave_one_out(data, "validated")
-    assert isinstance(data.sequences.item_ids, np.memmap)
+    assert isinstance(data.sequences.item_ids.base, np.memmap)  # mapped, not read
     assert split.train.item_ids is data.sequences.item_ids  # views over the mapped column
     assert split.test.histories.item_ids is data.sequences.item_ids
     assert split.train.num_events == data.sequences.num_events - 2 * data.sequences.num_users

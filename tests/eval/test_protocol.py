@@ -7,7 +7,8 @@ from genrec.data.batch import SequenceBatch
 from genrec.data.sequences import JaggedEvents
 from genrec.data.splits import EvalSplit
 from genrec.eval.metrics import summarize
-from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split, target_ranks
+from genrec.eval.protocol import (ItemChunks, chunked_target_ranks, model_scorer, popularity_scorer, rank_split,
+                                  target_ranks)
 from genrec.model.retrieval import SequentialRetriever
 from genrec.ops.jagged import offsets_from_lengths
 
@@ -74,6 +75,35 @@ def test_non_finite_scores_are_refused(bad):
         rank_split(broken, split, max_seq_len=8, batch_size=64, device=torch.device("cpu"))
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 50, 51, 1000])
+@pytest.mark.parametrize("exclude_history", [True, False])
+def test_ranks_item_range_by_item_range_equal_the_whole_matrix(chunk, exclude_history):
+    """Catalogues too large for one score matrix: ranking over item ranges gives the whole matrix's ranks,
+    ties included (scores rounded to a coarse grid so that many tie), history and candidate exclusions included;
+    and a non-finite score in any range is an error."""
+    generator = torch.Generator().manual_seed(chunk)
+    num_users, num_columns = 9, 51
+    scores = (torch.randn(num_users, num_columns, generator=generator) * 3).round()
+    targets = torch.randint(1, num_columns, (num_users,), generator=generator)
+    targets[0] = 5  # a repeat of a history item (ranks last when histories are excluded)
+    histories = [torch.randint(1, num_columns, (int(n),), generator=generator)
+                 for n in torch.randint(1, 6, (num_users,), generator=generator)]
+    histories[0][0] = 5
+    batch = SequenceBatch(torch.cat(histories), offsets_from_lengths(torch.tensor([len(h) for h in histories])),
+                          max_seq_len=8)
+    candidates = torch.rand(num_columns, generator=generator) < 0.8
+    for held in (None, candidates):
+        whole = target_ranks(scores, targets, batch, exclude_history, held)
+        chunked = chunked_target_ranks(ItemChunks(lambda lo, hi: scores[:, lo:hi], num_columns), targets, batch,
+                                       exclude_history, held, chunk_columns=chunk)
+        assert torch.equal(whole, chunked)
+    broken = scores.clone()
+    broken[3, 40] = float("nan")
+    with pytest.raises(ValueError, match="non-finite scores for 1 of 9 users"):
+        chunked_target_ranks(ItemChunks(lambda lo, hi: broken[:, lo:hi], num_columns), targets, batch,
+                             exclude_history, chunk_columns=chunk)
+
+
 def test_model_scores_stay_fp32_under_autocast():
     """Scores rounded to bf16 tie, and ties rank the target too high: only the encoder may autocast."""
     torch.manual_seed(0)
@@ -81,9 +111,10 @@ def test_model_scores_stay_fp32_under_autocast():
                                 use_time=False).eval()
     batch = SequenceBatch(torch.tensor([3, 7, 9, 4, 2]), offsets_from_lengths(torch.tensor([3, 2])), max_seq_len=8)
     with torch.no_grad():
-        scores = model_scorer(model, torch.bfloat16)(batch)
+        chunks = model_scorer(model, torch.bfloat16)(batch)
+        scores = chunks.items(0, chunks.num_columns)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             users = model(batch)[torch.tensor([2, 4])]
         expected = users.float() @ model.item_embeddings().T
-    assert scores.dtype == torch.float32
+    assert scores.dtype == torch.float32 and chunks.num_columns == 51
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)

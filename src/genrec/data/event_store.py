@@ -251,8 +251,9 @@ class EventStore:
         return cls(path, manifest)
 
     def column(self, name: str) -> np.ndarray:
-        """A per-event column, memory-mapped (read only)."""
-        return np.load(self.path / self.manifest["columns"][name], mmap_mode="r")
+        """A per-event column, memory-mapped (read only); a plain ndarray over the mapping, since np.memmap's
+        subclass costs time on every indexing of a batch."""
+        return np.asarray(np.load(self.path / self.manifest["columns"][name], mmap_mode="r"))
 
     @property
     def has_timestamps(self) -> bool:

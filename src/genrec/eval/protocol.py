@@ -6,6 +6,7 @@ Shapes: B users per chunk, I items + 1 (padding id 0).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -15,7 +16,19 @@ from genrec.data.batch import SequenceBatch, make_batch
 from genrec.data.splits import EvalSplit
 from genrec.ops.jagged import jagged_to_padded, last_positions
 
-Scorer = Callable[[SequenceBatch], torch.Tensor]  # batch -> [B, I + 1] scores
+EVAL_ITEM_CHUNK = 1 << 18  # items scored at a time for a batch of users when a catalogue is larger
+
+
+@dataclass
+class ItemChunks:
+    """A batch's scores, item range by item range: items(lo, hi) -> [B, hi - lo] for item ids lo..hi - 1 (id 0 is
+    padding), num_columns = I + 1. For catalogues whose [B, I + 1] score matrix would not fit in memory."""
+
+    items: Callable[[int, int], torch.Tensor]
+    num_columns: int
+
+
+Scorer = Callable[[SequenceBatch], "torch.Tensor | ItemChunks"]  # batch -> [B, I + 1] scores, or ItemChunks
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, batch: SequenceBatch | None,
@@ -27,23 +40,58 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, batch: SequenceBat
     excluded (a repeat of a history item) ranks last. Non-finite scores are an error: NaN compares false
     with everything, which would rank the target first. candidates [I + 1] bool: the items that may be
     ranked at all (a stream's held items); a target outside them ranks last, like an excluded one."""
-    scores = scores.float()
-    eligible = torch.ones_like(scores, dtype=torch.bool) if candidates is None else \
-        candidates.view(1, -1).expand_as(scores).clone()
-    eligible[:, 0] = False
-    if exclude_history:
-        history = jagged_to_padded(batch.item_ids, batch.seq_offsets, batch.max_seq_len)
-        eligible.scatter_(1, history, False)  # padding slots hit column 0, already out
-    bad = ~torch.isfinite(scores[:, 1:]).all(dim=1)
+    return chunked_target_ranks(ItemChunks(lambda lo, hi: scores[:, lo:hi], scores.shape[1]), targets, batch,
+                                exclude_history, candidates, chunk_columns=scores.shape[1])
+
+
+def chunked_target_ranks(scores: ItemChunks, targets: torch.Tensor, batch: SequenceBatch | None,
+                         exclude_history: bool, candidates: torch.Tensor | None = None,
+                         chunk_columns: int = EVAL_ITEM_CHUNK) -> torch.Tensor:
+    """target_ranks over item ranges of chunk_columns: with several, every range is scored twice, first for the
+    targets' scores and the finiteness check, then to count, so that a target is compared with exactly the
+    score it has in its own range's matrix (a score computed apart could differ in the last bit and break a
+    tie in its favour)."""
+    bounds = [(lo, min(lo + chunk_columns, scores.num_columns)) for lo in range(0, scores.num_columns, chunk_columns)]
+    score_range = scores.items
+    if len(bounds) == 1:
+        whole = scores.items(*bounds[0]).float()
+        score_range = lambda lo, hi: whole  # noqa: E731
+    rows = torch.arange(targets.shape[0], device=targets.device)
+    target_scores = torch.empty(targets.shape[0], device=targets.device)
+    bad = torch.zeros(targets.shape[0], dtype=torch.bool, device=targets.device)
+    for lo, hi in bounds:
+        chunk = score_range(lo, hi).float()
+        bad |= ~torch.isfinite(chunk[:, max(0, 1 - lo):]).all(dim=1)  # column 0 (padding) is never ranked
+        inside = (targets >= lo) & (targets < hi)
+        target_scores[inside] = chunk[rows[inside], targets[inside] - lo]
     if bool(bad.any()):
         raise ValueError(f"non-finite scores for {int(bad.sum())} of {bad.numel()} users (the model's weights or "
                          f"inputs hold NaN or inf); refusing to rank them")
-    rows = torch.arange(scores.shape[0], device=scores.device)
-    target_eligible = eligible[rows, targets]
-    eligible[rows, targets] = False  # the target is not compared with itself
-    target_scores = scores[rows, targets].view(-1, 1)
-    at_least = ((scores >= target_scores) & eligible).sum(dim=1)
-    return torch.where(target_eligible, at_least + 1, eligible.sum(dim=1) + 1)
+    history = None
+    if exclude_history:
+        history = jagged_to_padded(batch.item_ids, batch.seq_offsets, batch.max_seq_len)  # padding slots: id 0
+    at_least = torch.zeros_like(targets)
+    eligible_count = torch.zeros_like(targets)
+    target_eligible = torch.zeros_like(bad)
+    for lo, hi in bounds:
+        chunk = score_range(lo, hi).float()
+        eligible = torch.ones_like(chunk, dtype=torch.bool) if candidates is None else \
+            candidates[lo:hi].view(1, -1).expand_as(chunk).clone()
+        if lo == 0:
+            eligible[:, 0] = False
+        if history is not None:  # history items of this range out; the others to a spare column, dropped
+            width = hi - lo
+            local = history - lo
+            local = torch.where((local >= 0) & (local < width), local, width)
+            eligible = torch.cat([eligible, eligible.new_ones(eligible.shape[0], 1)], dim=1)
+            eligible = eligible.scatter_(1, local, False)[:, :width]
+        inside = (targets >= lo) & (targets < hi)
+        local_targets = (targets - lo).clamp(0, hi - lo - 1)
+        target_eligible |= inside & eligible[rows, local_targets]
+        eligible[rows[inside], local_targets[inside]] = False  # the target is not compared with itself
+        at_least += ((chunk >= target_scores.view(-1, 1)) & eligible).sum(dim=1)
+        eligible_count += eligible.sum(dim=1)
+    return torch.where(target_eligible, at_least + 1, eligible_count + 1)
 
 
 @torch.no_grad()
@@ -59,18 +107,23 @@ def rank_split(scorer: Scorer, split: EvalSplit, max_seq_len: int, batch_size: i
         query_times = None if split.target_timestamps is None else split.target_timestamps[users]
         batch = make_batch(split.histories, users, max_seq_len, query_times=query_times).to(device)
         targets = torch.from_numpy(split.target_items[users]).to(device)
-        ranks.append(target_ranks(scorer(batch), targets, batch, exclude_history).cpu())
+        scores = scorer(batch)
+        rank = target_ranks if isinstance(scores, torch.Tensor) else chunked_target_ranks
+        ranks.append(rank(scores, targets, batch, exclude_history).cpu())
     return torch.cat(ranks)
 
 
 def model_scorer(model: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> Scorer:
-    """Scores = similarity(user embedding after the last history token, every item embedding). The
-    encoder may run under autocast; the scores never do: rounded to bf16, near scores would tie, and ties rank
-    the target below the items it ties with (see target_ranks)."""
-    def score(batch: SequenceBatch) -> torch.Tensor:
+    """Scores = similarity(user embedding after the last history token, every item embedding), item range by
+    item range (ItemChunks). The encoder may run under autocast; the scores never do: rounded to bf16, near
+    scores would tie, and ties rank the target below the items it ties with (see target_ranks)."""
+    def score(batch: SequenceBatch) -> ItemChunks:
         with torch.autocast(batch.item_ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            users = model(batch)[last_positions(batch.seq_offsets)]
-        return model.similarity.all(users.float(), model.item_embeddings().float())
+            users = model(batch)[last_positions(batch.seq_offsets)].float()
+        def score_range(lo: int, hi: int) -> torch.Tensor:  # the range's rows only: no copy of the whole table
+            items = model.item_embeddings(torch.arange(lo, hi, device=users.device)).float()
+            return model.similarity.all(users, items)
+        return ItemChunks(score_range, model.num_items + 1)
     return score
 
 
@@ -78,4 +131,4 @@ def popularity_scorer(item_counts: np.ndarray, device: torch.device) -> Scorer:
     """The popularity baseline: every user gets the items ranked by training-set frequency (item_counts [I + 1],
     JaggedEvents.item_counts)."""
     counts = torch.from_numpy(item_counts).float().to(device)
-    return lambda batch: counts.expand(batch.num_sequences, -1)
+    return lambda batch: ItemChunks(lambda lo, hi: counts[lo:hi].expand(batch.num_sequences, -1), counts.numel())
