@@ -111,12 +111,15 @@ def write_chart(result: dict, path: Path) -> None:
     events = [row["events"] for row in rows]
     figure, (memory, speed) = plt.subplots(1, 2, figsize=(11, 4.2))
     memory.plot(events, [row["prepare_peak_rss_gb"] for row in rows], marker="o", label="genrec prepare")
-    memory.plot(events, [row["in_memory_peak_rss_gb"] for row in rows], marker="o", label="read into memory")
+    baseline = [row for row in rows if row["in_memory_peak_rss_gb"] is not None]
+    memory.plot([row["events"] for row in baseline], [row["in_memory_peak_rss_gb"] for row in baseline], marker="o",
+                label="read into memory")
     memory.plot(events, [row["log_gb"] for row in rows], "k--", label="CSV log size")
     memory.set(xscale="log", xlabel="events", ylabel="GB", title=f"peak RSS ({result['machine']})")
     memory.legend(fontsize=8)
     speed.plot(events, [row["store_batches_per_s"] for row in rows], marker="o", label="from the store (mmap)")
-    speed.plot(events, [row["memory_batches_per_s"] for row in rows], marker="o", label="in memory")
+    speed.plot([row["events"] for row in baseline], [row["memory_batches_per_s"] for row in baseline], marker="o",
+               label="in memory")
     speed.set(xscale="log", ylim=(0, None), xlabel="events", ylabel="batches / s",
               title=f"training batches ({BATCH_USERS} users x {MAX_LEN} events)")
     speed.legend(fontsize=8)
@@ -127,6 +130,8 @@ def write_chart(result: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", default="1000000,4000000,16000000")
+    parser.add_argument("--in-memory-up-to", type=int, default=64_000_000,
+                        help="largest log also read into memory (the baseline needs ~170 bytes an event)")
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/event_store.json"))
     args = parser.parse_args()
@@ -141,20 +146,28 @@ def main() -> None:
             log, store = work / f"log-{events}.csv", work / f"store-{events}"
             write_log(log, events)
             info, prepare_s, prepare_gb = measured(PREPARE.format(log=str(log), store=str(store)))
-            _, memory_s, memory_gb = measured(IN_MEMORY.format(log=str(log)))
+            baseline = events <= args.in_memory_up_to
+            memory_s = memory_gb = None
+            if baseline:
+                _, memory_s, memory_gb = measured(IN_MEMORY.format(log=str(log)))
             batches = {kind: measured(BATCHES.format(store=str(store), in_memory=kind == "memory", batch=BATCH_USERS,
-                                                     max_len=MAX_LEN))[0] for kind in ("store", "memory")}
+                                                     max_len=MAX_LEN))[0]
+                       for kind in (("store", "memory") if baseline else ("store",))}
+            batches.setdefault("memory", {"batches_per_s": None, "first_epoch_batches_per_s": None})
             row = {"events": events, "log_gb": log.stat().st_size / 2**30, **info, "prepare_s": prepare_s,
                    "prepare_peak_rss_gb": prepare_gb, "in_memory_s": memory_s, "in_memory_peak_rss_gb": memory_gb,
                    "store_batches_per_s": batches["store"]["batches_per_s"],
                    "memory_batches_per_s": batches["memory"]["batches_per_s"],
                    "store_first_epoch_batches_per_s": batches["store"]["first_epoch_batches_per_s"],
                    "memory_first_epoch_batches_per_s": batches["memory"]["first_epoch_batches_per_s"]}
-            row["store_over_memory"] = row["store_batches_per_s"] / row["memory_batches_per_s"]
+            row["store_over_memory"] = (row["store_batches_per_s"] / row["memory_batches_per_s"] if baseline
+                                        else None)
             result["rows"].append(row)
-            print(f"{events:>12,}{row['log_gb']:>8.2f}{prepare_s:>11.1f}{prepare_gb:>12.2f}{memory_s:>10.1f}"
-                  f"{memory_gb:>11.2f}{row['store_batches_per_s']:>11.1f}{row['memory_batches_per_s']:>12.1f}"
-                  f"{row['store_over_memory']:>7.2f}", flush=True)
+            dash = lambda value, width, digits: (f"{value:>{width}.{digits}f}" if value is not None  # noqa: E731
+                                                 else f"{'-':>{width}}")
+            print(f"{events:>12,}{row['log_gb']:>8.2f}{prepare_s:>11.1f}{prepare_gb:>12.2f}{dash(memory_s, 10, 1)}"
+                  f"{dash(memory_gb, 11, 2)}{row['store_batches_per_s']:>11.1f}"
+                  f"{dash(row['memory_batches_per_s'], 12, 1)}{dash(row['store_over_memory'], 7, 2)}", flush=True)
             shutil.rmtree(store)
             log.unlink()
             args.out.parent.mkdir(parents=True, exist_ok=True)
