@@ -43,6 +43,27 @@ def test_store_sequences_equal_the_in_memory_ones(tmp_path, chunk_events, partit
     assert clicks.dtype == np.float32 and set(np.unique(clicks)) <= {0.0, 1.0}
 
 
+@pytest.mark.parametrize("form", ["tsv", "csv.gz", "parquet"])
+def test_other_log_formats_give_the_same_store(tmp_path, form):
+    import gzip
+
+    import pyarrow.csv as csv
+    import pyarrow.parquet as pq
+
+    log = write_log(tmp_path / "log.csv", rows=500)
+    other = tmp_path / f"log.{form}"
+    if form == "parquet":
+        pq.write_table(csv.read_csv(log), other, row_group_size=97)  # row groups: several chunks
+    elif form == "tsv":
+        other.write_text(log.read_text().replace(",", "\t"))
+    else:
+        other.write_bytes(gzip.compress(log.read_bytes()))
+    prepare("events", log, tmp_path / "a")
+    prepare("events", other, tmp_path / "b", chunk_events=100)
+    for file in ("users.npy", "offsets.npy", "items.npy", "item_ids.npy", "timestamps.npy", "action.click.npy"):
+        assert np.array_equal(np.load(tmp_path / "a" / file), np.load(tmp_path / "b" / file)), file
+
+
 def test_split_of_a_store_copies_no_event(tmp_path):
     prepare("events", write_log(tmp_path / "log.csv"), tmp_path / "store")
     data = EventStore.open(tmp_path / "store").sequences(min_length=3)
