@@ -118,3 +118,22 @@ def test_training_from_an_event_store_equals_training_from_its_log(tmp_path):
     assert json.loads((tmp_path / "b/summary.json").read_text())["data"]["store_checksum"] == manifest["checksum"]
     again = genrec("prepare", "--data-dir", str(log), "--out", str(tmp_path / "store"))
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+@pytest.mark.slow
+def test_ranking_from_an_event_store_equals_ranking_from_its_log(tmp_path):
+    pytest.importorskip("pyarrow")
+    rows = ["user_id,item_id,timestamp,rating,click"]
+    rows += [f"{u},{(u * 3 + i) % 40 + 1},{i * 60},{(u + i) % 5 + 1},{int(i % 3 > 0)}" for u in range(1, 80)
+             for i in range(10)]
+    log = tmp_path / "log.csv"
+    log.write_text("\n".join(rows) + "\n")
+    assert genrec("prepare", "--data-dir", str(log), "--out", str(tmp_path / "store")).returncode == 0
+    common = ("--task", "ranking", "--config", str(TINY), "--epochs", "1", "--no-progress", "--device", "cpu")
+    from_log = genrec("train", "--dataset", "events", "--data-dir", str(log), "--out", str(tmp_path / "a"), *common)
+    from_store = genrec("train", "--dataset", "store", "--data-dir", str(tmp_path / "store"), "--out",
+                        str(tmp_path / "b"), *common)
+    assert from_log.returncode == 0 and from_store.returncode == 0, from_log.stderr + from_store.stderr
+    metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("a", "b")]
+    assert set(metrics[0]) == {"liked/auc", "liked/ne", "loved/auc", "loved/ne", "click/auc", "click/ne"}
+    assert metrics[0] == metrics[1]

@@ -29,8 +29,9 @@ def train(config: Config, out_dir: str | Path, resume: bool = False, overwrite: 
         from genrec.train.ranking import RankingTrainer
         summary = RankingTrainer(config, out_dir, log=lambda _: None).fit(resume=resume, overwrite=overwrite)
     else:
+        from genrec.train.run_log import print_line
         from genrec.train.trainer import Trainer
-        summary = Trainer(config, out_dir, log=print if progress else (lambda _: None), progress=progress).fit(
+        summary = Trainer(config, out_dir, log=print_line if progress else (lambda _: None), progress=progress).fit(
             resume=resume, overwrite=overwrite)
     return TrainedRun(out_dir, summary["metrics"], summary)
 

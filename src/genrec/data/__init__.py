@@ -24,7 +24,7 @@ def load_events(dataset: str, path: str | Path | None, skip_bad_rows: bool = Fal
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     if dataset == "store":
         raise ValueError("an event store (genrec prepare) holds sequences sorted by user, not a log in time order: "
-                         "retrieval training reads it; streams and ranking need the event log itself")
+                         "training and evaluation read it; streams need the event log itself")
     if dataset == "synthetic":
         return generate_events(synthetic)
     if dataset == "synthetic-stream":  # sized like the static default: its users, 40 events each, its items

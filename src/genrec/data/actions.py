@@ -17,13 +17,19 @@ LOVED_THRESHOLD = 5.0
 
 def action_labels(events: Events) -> tuple[list[str], np.ndarray]:
     """(task names, labels [E, A] float32 of 0/1) in the events' order."""
+    return labels_from(events.ratings, events.actions, events.source)
+
+
+def labels_from(ratings: np.ndarray | None, actions: dict[str, np.ndarray],
+                source: str) -> tuple[list[str], np.ndarray]:
+    """(task names, labels [E, A] float32 of 0/1) of events with these ratings (or None) and action columns."""
     names, columns = [], []
-    if events.ratings is not None:
+    if ratings is not None:
         names += ["liked", "loved"]
-        columns += [events.ratings >= LIKED_THRESHOLD, events.ratings >= LOVED_THRESHOLD]
-    for name in sorted(events.actions):
+        columns += [ratings >= LIKED_THRESHOLD, ratings >= LOVED_THRESHOLD]
+    for name in sorted(actions):
         names.append(name)
-        columns.append(events.actions[name] > 0)
+        columns.append(actions[name] > 0)
     if not names:
-        raise ValueError(f"{events.source}: ranking needs ratings or action columns; this data has neither")
+        raise ValueError(f"{source}: ranking needs ratings or action columns; this data has neither")
     return names, np.stack(columns, axis=1).astype(np.float32)

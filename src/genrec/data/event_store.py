@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from genrec.data.actions import labels_from
 from genrec.data.event_log import REQUIRED_COLUMNS
 from genrec.data.events import Events, open_binary
 from genrec.data.sequences import JaggedEvents, SequenceData
@@ -275,8 +276,34 @@ class EventStore:
         return SequenceData(jagged, np.load(self.path / "items.npy"), users[keep], int((~keep).sum()),
                             str(self.path))
 
+    def action_labels(self) -> "StoreLabels":
+        """The ranking tasks' labels (genrec.data.actions) of the store's events, computed for the rows a batch
+        reads."""
+        return StoreLabels(self)
+
     def verify(self) -> None:
         """Recomputes every file's checksum; a ValueError names the first that differs."""
         for file, expected in self.manifest["files"].items():
             if _sha256(self.path / file) != expected:
                 raise ValueError(f"{self.path / file}: checksum differs from the manifest (damaged or changed)")
+
+
+class StoreLabels:
+    """labels [E, A] (genrec.data.actions) of a store's events, computed from its mapped columns for the rows
+    asked (labels[index]), never for the whole store at once."""
+
+    def __init__(self, store: EventStore) -> None:
+        columns = store.manifest["columns"]
+        self.ratings = store.column("rating") if "rating" in columns else None
+        self.actions = {name: store.column(name) for name in columns if name not in ("item_id", "timestamp", "rating")}
+        self.source, self.rows = str(store.path), store.manifest["events"]
+        self.names = labels_from(None if self.ratings is None else self.ratings[:1],
+                                 {name: column[:1] for name, column in self.actions.items()}, self.source)[0]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, len(self.names))
+
+    def __getitem__(self, index) -> np.ndarray:
+        return labels_from(None if self.ratings is None else self.ratings[index],
+                           {name: column[index] for name, column in self.actions.items()}, self.source)[1]

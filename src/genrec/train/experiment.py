@@ -68,18 +68,21 @@ def _store_sequences(config: Config, min_length: int, with_actions: bool) -> Loa
 
     if config.data.path is None:
         raise ValueError("dataset 'store' needs --data-dir: the directory genrec prepare wrote")
-    if with_actions:
-        raise ValueError("ranking does not read event stores yet: train it on the event log")
     if config.data.tie_order != "stable":
         raise ValueError("an event store keeps ties in file order: use tie_order = stable with it")
     store = EventStore.open(config.data.path)
     data = store.sequences(min_length)
+    task_names = []
+    if with_actions:
+        labels = store.action_labels()
+        data.sequences.labels, task_names = labels, labels.names
     manifest = store.manifest
     summary = {"source": manifest["source"], "store": str(store.path), "store_checksum": manifest["checksum"],
                "events": manifest["events"], "skipped_rows": manifest["skipped_rows"],
-               "users": data.sequences.num_users, "dropped_users": data.dropped_users, "items": data.num_items}
+               "users": data.sequences.num_users, "dropped_users": data.dropped_users, "items": data.num_items,
+               **({"tasks": task_names} if with_actions else {})}
     cardinalities = attach_user_features(config.data, data, summary)
-    return LoadedSequences(data, summary, store.has_timestamps, cardinalities, [])
+    return LoadedSequences(data, summary, store.has_timestamps, cardinalities, task_names)
 
 
 def prepare_data(config: Config) -> PreparedData:

@@ -40,7 +40,7 @@ from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import StepLoss, train_epoch
 from genrec.train.experiment import build_checked, load_sequences, peak_tflops
 from genrec.train.parallel import data_parallel, init_distributed, num_batches
-from genrec.train.run_log import RunLog
+from genrec.train.run_log import RunLog, print_line
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
 
 
@@ -54,7 +54,7 @@ def _din_inputs(batch: SequenceBatch, targets: torch.Tensor):
 
 
 class RankingTrainer:
-    def __init__(self, config: Config, out_dir: Path, log: Callable[[str], None] = print,
+    def __init__(self, config: Config, out_dir: Path, log: Callable[[str], None] = print_line,
                  progress: bool = True) -> None:
         self.config = config.validate()
         self.out_dir = out_dir
@@ -207,7 +207,7 @@ class RankingTrainer:
         return summary
 
 
-def evaluate_ranking_run(path: Path, split_name: str, log: Callable[[str], None] = print,
+def evaluate_ranking_run(path: Path, split_name: str, log: Callable[[str], None] = print_line,
                          data_dir: str | None = None) -> dict:
     """Re-evaluates a finished ranking run (ranker and DIN; the selected epoch in validated mode, or the
     checkpoint file `path` names); data_dir: where its data set lives now, if it moved."""

@@ -16,6 +16,12 @@ from typing import Callable, Iterable
 import torch
 
 
+def print_line(line: str) -> None:
+    """A run's default log: each line flushed at once, so that a pipe (genrec train | tee run.log) or a process
+    watching the output sees it when it happens, not when a buffer fills."""
+    print(line, flush=True)
+
+
 class RunLog:
     BAR_EVERY = 10  # steps between the bar's loss readings
 

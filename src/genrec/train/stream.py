@@ -44,6 +44,7 @@ from genrec.train.experiment import peak_tflops, read_events
 from genrec.train.losses import loss_flops, sampled_softmax_loss
 from genrec.train.parallel import Distributed, load_optimizer, num_batches
 from genrec.train.run_state import RandomStreams, run_fit
+from genrec.train.run_log import print_line
 
 DAY = 86_400
 KS = (10, 50)
@@ -51,7 +52,7 @@ EVAL_CHUNK = 4096  # predicted positions scored against the catalogue at once
 
 
 class StreamTrainer:
-    def __init__(self, config: Config, out_dir: Path, log: Callable[[str], None] = print,
+    def __init__(self, config: Config, out_dir: Path, log: Callable[[str], None] = print_line,
                  progress: bool = True) -> None:
         self.config = config.validate()
         if config.data.mode != "stream":

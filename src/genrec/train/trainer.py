@@ -33,14 +33,14 @@ from genrec.train.epoch import StepLoss, train_epoch
 from genrec.train.experiment import build_model, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 from genrec.train.parallel import data_parallel, init_distributed, num_batches
-from genrec.train.run_log import RunLog
+from genrec.train.run_log import RunLog, print_line
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
 
 SELECTION_METRIC = "ndcg@10"
 
 
 class Trainer:
-    def __init__(self, config: Config, out_dir: Path, log: Callable[[str], None] = print,
+    def __init__(self, config: Config, out_dir: Path, log: Callable[[str], None] = print_line,
                  progress: bool = True) -> None:
         self.config = config.validate()
         self.out_dir = out_dir
@@ -189,7 +189,7 @@ class Trainer:
 
 
 
-def evaluate_checkpoint(path: Path, split_name: str, log: Callable[[str], None] = print,
+def evaluate_checkpoint(path: Path, split_name: str, log: Callable[[str], None] = print_line,
                         data_dir: str | None = None) -> dict:
     """Re-evaluates a finished run on valid or test: `path` is its directory (the best checkpoint in validated
     mode, else the last) or a checkpoint file in it; data_dir: where its data set lives now, if it moved."""
