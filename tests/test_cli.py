@@ -106,7 +106,7 @@ def test_training_from_an_event_store_equals_training_from_its_log(tmp_path):
     log.write_text("\n".join(rows) + "\n")
     prepared = genrec("prepare", "--data-dir", str(log), "--out", str(tmp_path / "store"))
     assert prepared.returncode == 0, prepared.stderr
-    assert f"{len(rows) - 1:,} events" in prepared.stdout
+    assert f"{len(rows) - 1:,} events" in prepared.stdout and "pass 3 of 3: partition 1/1 sorted" in prepared.stdout
     common = ("--config", str(TINY), "--epochs", "1", "--no-progress", "--device", "cpu")
     from_log = genrec("train", "--dataset", "events", "--data-dir", str(log), "--out", str(tmp_path / "a"), *common)
     from_store = genrec("train", "--dataset", "store", "--data-dir", str(tmp_path / "store"), "--out",

@@ -276,12 +276,14 @@ def _run_serve(args: argparse.Namespace) -> None:
 def _run_prepare(args: argparse.Namespace) -> None:
     from genrec.data import load_events
     from genrec.data.event_store import prepare
+    from genrec.train.run_log import print_line
 
     if args.partition_events < 1:
         raise ValueError(f"--partition-events must be positive, got {args.partition_events}")
     manifest = prepare(args.dataset, Path(args.data_dir), args.out, args.skip_bad_rows,
                        partition_events=args.partition_events,
-                       read_events=lambda: load_events(args.dataset, args.data_dir, args.skip_bad_rows))
+                       read_events=lambda: load_events(args.dataset, args.data_dir, args.skip_bad_rows),
+                       log=print_line)
     print(f"wrote {args.out}: {manifest['events']:,} events, {manifest['users']:,} users, {manifest['items']:,} items"
           f" ({manifest['skipped_rows']} rows skipped); checksum {manifest['checksum'][:16]}")
 

@@ -137,10 +137,11 @@ def _sha256(path: Path) -> str:
 
 
 def prepare_store(chunks: Callable[[], Iterator[Chunk]], out: Path, source: str, partition_events: int = 1 << 24,
-                  skipped_rows: Callable[[], int] = lambda: 0) -> dict:
+                  skipped_rows: Callable[[], int] = lambda: 0, log: Callable[[str], None] = lambda _: None) -> dict:
     """Writes the store of the events `chunks()` yields (called twice: it must give the same rows each time) into
     `out`, which must not exist or be empty. Every chunk holds user_id and item_id (int64), optionally timestamp
-    (int64) and further float32 columns, the same in every chunk. Returns the manifest."""
+    (int64) and further float32 columns, the same in every chunk. `log` gets a line per pass and partition.
+    Returns the manifest."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: exists and is not empty; genrec prepare writes a new store")
@@ -159,6 +160,7 @@ def prepare_store(chunks: Callable[[], Iterator[Chunk]], out: Path, source: str,
         events += len(chunk["user_id"])
     if events == 0:
         raise ValueError(f"{source}: no events (empty data set)")
+    log(f"pass 1 of 3: {events:,} events, {users.size:,} users, {items.size:,} items")
     offsets = np.zeros(users.size + 1, np.int64)
     np.cumsum(user_counts, out=offsets[1:])
     # partitions: contiguous user ranges of about partition_events events (a user is never split)
@@ -191,6 +193,7 @@ def prepare_store(chunks: Callable[[], Iterator[Chunk]], out: Path, source: str,
                 handle.close()
     if row != events:
         raise ValueError(f"{source}: the second read gave {row} events, the first {events}")
+    log(f"pass 2 of 3: rows written to {len(cuts)} partition(s)")
     outputs = {name: _new_column(out / file, events, np.int64 if name in INTEGER_COLUMNS else np.float32)
                for name, file in files.items()}
     for p in range(len(cuts)):  # pass 3: each partition sorted by user and time, into place
@@ -201,6 +204,7 @@ def prepare_store(chunks: Callable[[], Iterator[Chunk]], out: Path, source: str,
         start = offsets[bounds[p]]
         for name, output in outputs.items():
             output[start:start + order.size] = read(name, output.dtype)[order]
+        log(f"pass 3 of 3: partition {p + 1}/{len(cuts)} sorted ({order.size:,} events)")
     for output in outputs.values():
         output.flush()
     del outputs
@@ -219,9 +223,10 @@ def prepare_store(chunks: Callable[[], Iterator[Chunk]], out: Path, source: str,
 
 
 def prepare(dataset: str, path: Path, out: Path, skip_bad_rows: bool = False, chunk_events: int = 1 << 22,
-            partition_events: int = 1 << 24, read_events: Callable[[], Events] | None = None) -> dict:
+            partition_events: int = 1 << 24, read_events: Callable[[], Events] | None = None,
+            log: Callable[[str], None] = lambda _: None) -> dict:
     """The store of a data set: an event log ("events") streamed in chunks, any other named one read whole
-    through `read_events`."""
+    through `read_events`; log: see prepare_store."""
     if dataset == "events":
         skipped = [0]
 
@@ -229,10 +234,10 @@ def prepare(dataset: str, path: Path, out: Path, skip_bad_rows: bool = False, ch
             skipped[0] = 0  # counted again by the second pass
             return _log_chunks(Path(path), chunk_events, skip_bad_rows, skipped)
 
-        return prepare_store(chunks, out, str(path), partition_events, lambda: skipped[0])
+        return prepare_store(chunks, out, str(path), partition_events, lambda: skipped[0], log)
     events = read_events()
     return prepare_store(lambda: _events_chunks(events), out, events.source, partition_events,
-                         lambda: events.skipped_rows)
+                         lambda: events.skipped_rows, log)
 
 
 @dataclass
