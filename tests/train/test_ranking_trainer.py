@@ -79,3 +79,27 @@ def test_ranking_runs_follow_the_learning_rate_schedule(tmp_path):
     trainer = quiet(config, tmp_path)
     trainer.fit()
     assert 0 < trainer.optimizer.param_groups[0]["lr"] < 0.2 * config.train.learning_rate
+
+
+def test_epochs_are_selected_on_the_tasks_whose_validation_auc_is_defined(tmp_path):
+    """A task whose held-out labels are all one class has no AUC (NaN); the mean over tasks must skip it, or every
+    epoch compares as no better than NaN and selection keeps the first (and patience stops the run)."""
+    import math
+
+    generator = torch.Generator().manual_seed(0)
+    rows = ["user_id,item_id,timestamp,click,first"]
+    for user in range(1, 61):
+        for i in range(8):
+            item = int(torch.randint(1, 30, (1,), generator=generator))
+            click = int(torch.rand(1, generator=generator) < 0.5)
+            rows.append(f"{user},{item},{i * 60},{click},{int(i == 0)}")  # `first`: 0 on every held-out event
+    log = tmp_path / "log.csv"
+    log.write_text("\n".join(rows) + "\n")
+    config = ranking_config(mode="validated", epochs=3)
+    config.data.dataset, config.data.path = "events", str(log)
+    summary = quiet(config, tmp_path / "run").fit()
+    valid = [epoch["valid"] for epoch in summary["epochs"]]
+    assert all(math.isnan(v["first/auc"]) and math.isfinite(v["click/auc"]) for v in valid)
+    assert math.isfinite(summary["best_metric"])
+    best = max(range(len(valid)), key=lambda e: valid[e]["click/auc"]) + 1
+    assert summary["best_epoch"] == best

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -166,11 +167,17 @@ class RankingTrainer:
         return num_batches(self.sequences.num_users, self.config.train.batch_size, self.ranks)
 
     def validate(self, epoch: int) -> tuple[dict[str, float], float] | None:
-        """The ranker's AUC / NE on each user's second-to-last event (validated mode); selects on mean AUC."""
+        """The ranker's AUC / NE on each user's second-to-last event (validated mode); selects on the mean AUC of
+        the tasks where it is defined (a task whose held-out labels are all one class has none: its NaN would
+        make every epoch compare as no better, so that selection kept the first and patience stopped the run)."""
         if self.held_out != 2:
             return None
         valid = self.evaluate(drop_last=1)["model"]
-        return valid, float(np.mean([v for k, v in valid.items() if k.endswith("/auc")]))
+        defined = [v for k, v in valid.items() if k.endswith("/auc") and math.isfinite(v)]
+        if not defined:
+            raise ValueError(f"{self.out_dir}: no task's validation AUC is defined (each task's held-out labels are "
+                             f"all one class); select epochs with mode = paper, or on data with both outcomes")
+        return valid, float(np.mean(defined))
 
     def record_epoch(self, epoch: int, stats: dict[str, float], valid: dict[str, float] | None) -> None:
         self.state["epochs"].append({"epoch": epoch, **stats, **({"valid": valid} if valid is not None else {})})
