@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -97,6 +98,23 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_json(path: Path, result) -> None:
+    """A result file (metrics.json, summary.json) as strict JSON, written atomically: a metric that is undefined
+    (NaN, e.g. an AUC over labels of one class) is written as null, since NaN is no JSON value and strict
+    readers (jq, browsers) refuse the whole file."""
+    atomic_write_bytes(path, json.dumps(_finite_or_null(result), indent=2, allow_nan=False).encode())
+
+
+def _finite_or_null(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def remove_stale_temporaries(directory: Path) -> int:

@@ -234,7 +234,7 @@ def _fit(trainer, args: argparse.Namespace) -> dict:
 
 
 def _run_eval(args: argparse.Namespace) -> None:
-    from genrec.checkpoint import atomic_write_bytes
+    from genrec.checkpoint import atomic_write_json
 
     from genrec.checkpoint import locate_checkpoint
 
@@ -251,8 +251,7 @@ def _run_eval(args: argparse.Namespace) -> None:
     path = (args.out or run_dir) / f"metrics-{args.split}.json"
     if path.parent.exists() and not path.parent.is_dir():
         raise ValueError(f"{path.parent}: --out must be a directory, and this is a file")
-    atomic_write_bytes(path, json.dumps({"split": args.split, "checkpoint": result["checkpoint"],
-                                         "metrics": result["metrics"]}, indent=2).encode())
+    atomic_write_json(path, {"split": args.split, "checkpoint": result["checkpoint"], "metrics": result["metrics"]})
     print(f"\nwrote {path}")
 
 

@@ -103,3 +103,11 @@ def test_epochs_are_selected_on_the_tasks_whose_validation_auc_is_defined(tmp_pa
     assert math.isfinite(summary["best_metric"])
     best = max(range(len(valid)), key=lambda e: valid[e]["click/auc"]) + 1
     assert summary["best_epoch"] == best
+    import json
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is no JSON value")
+
+    for name in ("metrics.json", "summary.json"):  # strict JSON: an undefined metric is null, not NaN
+        written = json.loads((tmp_path / "run" / name).read_text(), parse_constant=refuse)
+    assert written["epochs"][0]["valid"]["first/auc"] is None

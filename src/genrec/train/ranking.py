@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrec.checkpoint import atomic_write_bytes, locate_checkpoint
+from genrec.checkpoint import atomic_write_json, locate_checkpoint
 from genrec.config import Config, config_to_dict, load_run_config
 from genrec.data import make_batch, min_length_for
 from genrec.data.batch import SequenceBatch
@@ -204,8 +204,8 @@ class RankingTrainer:
         summary = {"split": "test", "metrics": test["model"], "din": test["din"], **self.state,
                    "train_seconds": time.perf_counter() - started, "data": self.summary}
         if main:
-            atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(test["model"], indent=2).encode())
-            atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+            atomic_write_json(self.out_dir / "metrics.json", test["model"])
+            atomic_write_json(self.out_dir / "summary.json", summary)
             epochs_run = self.state["epochs"]
             write_curves(self.out_dir / "curves.png", [(e["epoch"], e["loss"]) for e in epochs_run],
                          {k: [(e["epoch"], e["valid"][k]) for e in epochs_run if "valid" in e] for k in test["model"]},

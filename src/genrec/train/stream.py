@@ -20,7 +20,6 @@ Shapes: E events (time order), T tokens of a batch, P predicted positions, R voc
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from genrec.checkpoint import atomic_write_bytes, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from genrec.checkpoint import atomic_write_json, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from genrec.config import Config, config_to_dict
 from genrec.data.batch import SequenceBatch
 from genrec.data.item_vocabulary import UNKNOWN_ROW, ItemVocabulary
@@ -103,7 +102,7 @@ class StreamTrainer:
         summary = {"windows": self.state["windows"], "overall": overall(self.state["windows"]),
                    "windows_done": self.state["epoch"], "num_windows": self.stream.num_windows,
                    "train_seconds": time.perf_counter() - started}
-        atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(summary, indent=2).encode())
+        atomic_write_json(self.out_dir / "metrics.json", summary)
         write_stream_chart(self.out_dir / "stream.png", self.state["windows"])
         return summary
 

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from genrec.checkpoint import atomic_write_bytes, locate_checkpoint
+from genrec.checkpoint import atomic_write_json, locate_checkpoint
 from genrec.config import Config, config_to_dict, load_run_config
 from genrec.data import EvalSplit, make_batch
 from genrec.data.stochastic_length import stochastic_length
@@ -150,8 +150,8 @@ class Trainer:
         summary = {"split": "test", "metrics": metrics, "popularity": self.popularity_baseline(split.test),
                    "train_seconds": time.perf_counter() - started, **self.state, "data": self.data.summary}
         if main:
-            atomic_write_bytes(self.out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
-            atomic_write_bytes(self.out_dir / "summary.json", json.dumps(summary, indent=2).encode())
+            atomic_write_json(self.out_dir / "metrics.json", metrics)
+            atomic_write_json(self.out_dir / "summary.json", summary)
             cut = self.config.eval.ks[0]
             shown = (f"hr@{cut}", f"ndcg@{cut}")
             write_curves(self.out_dir / "curves.png", [tuple(pair) for pair in self.state.get("losses", [])],
