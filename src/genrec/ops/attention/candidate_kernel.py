@@ -21,19 +21,8 @@ import triton
 import triton.language as tl
 
 from genrec.ops.attention.kernel import (_MAX_GRID_Y, AUTOTUNE, INTERPRET, _block_dim, _dot, _load_rows, _log_bucket,
-                                         _silu_over, _time_bias, _time_setup)
+                                         _settle_bucket, _silu_over, _time_bias, _time_setup)
 from genrec.ops.attention.rab import thresholds_on
-
-
-@triton.jit
-def _exact_bucket(gap, time_g, time_scale, num_buckets, IEEE: tl.constexpr):
-    """rab.time_buckets of int64 gaps: the logarithm's estimate, settled by the exact thresholds (on a GPU
-    lg2.approx can be one off next to a boundary)."""
-    bucket = _log_bucket(gap, time_scale, num_buckets, IEEE)
-    gap = tl.abs(gap)
-    bucket += (gap >= tl.load(time_g + bucket + 1)).to(tl.int32)
-    bucket -= (gap < tl.load(time_g + bucket)).to(tl.int32)
-    return bucket
 
 
 @triton.jit
@@ -75,7 +64,8 @@ def _candidate_fwd_kernel(Q, K, V, HK, HV, Out, cand_offsets, hist_offsets, pos_
         if HAS_TIME:
             if query_min == query_max:  # the usual request: one time for every candidate, one bias per key
                 t_key = tl.load(hist_ts + hist_start + tl.minimum(offs_n, hist_len - 1))
-                bucket = _exact_bucket(query_max - t_key, time_g, time_scale, num_buckets, IEEE)
+                gap = query_max - t_key  # exact buckets on a GPU too: per key, not per pair, they cost little
+                bucket = _settle_bucket(_log_bucket(gap, time_scale, num_buckets, IEEE), gap, time_g)
                 time_bias = tl.broadcast_to(tl.load(time_w + bucket).to(tl.float32)[None, :], (BLOCK_M, BLOCK_N))
             else:  # the training kernel's per-tile path: two buckets by comparison where the gaps allow
                 t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near = _time_setup(

@@ -203,6 +203,16 @@ def _log_bucket(gap, time_scale, num_buckets, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _settle_bucket(bucket, gap, time_g):
+    """A bucket estimated by the logarithm (_log_bucket), made exact by the thresholds of
+    rab.time_bucket_thresholds: the estimate may be one off next to a boundary."""
+    gap = tl.abs(gap)
+    bucket += (gap >= tl.load(time_g + bucket + 1)).to(tl.int32)
+    bucket -= (gap < tl.load(time_g + bucket)).to(tl.int32)
+    return bucket
+
+
+@triton.jit
 def _query_time(qts, seq_start, i, seq_len):
     """t' of rows i (see rab.query_timestamps); rows past the sequence's end repeat its last row's."""
     return tl.load(qts + seq_start + tl.minimum(i, seq_len - 1))
@@ -279,9 +289,7 @@ def _time_bias(t_query, t_key, key, key_min, two_buckets, far_gap, near_w, far_w
         gap = _across_queries(t_query, TRANSPOSED) - _across_keys(key_times, TRANSPOSED)
         bucket = _log_bucket(gap, time_scale, num_buckets, IEEE)
         if IEEE or _INTERPRETED:  # exact: the thresholds settle the logarithm's last-bit differences (see rab)
-            gap = tl.abs(gap)
-            bucket += (gap >= tl.load(time_g + bucket + 1)).to(tl.int32)
-            bucket -= (gap < tl.load(time_g + bucket)).to(tl.int32)
+            bucket = _settle_bucket(bucket, gap, time_g)
         bias = tl.load(time_w + bucket).to(tl.float32)  # so is bucket
     return bias, bucket
 
