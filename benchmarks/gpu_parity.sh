@@ -6,7 +6,8 @@
 # its CUDA graphs against the eager pass (fixed tiles).
 # Appends to OUT_DIR/gpu-parity-DATE.txt with the device, versions and the group; commit it under
 # docs/gpu-parity/ whenever a kernel changes.
-# Group tiles: every tile of the training kernels' autotune lists launched as is, on random jagged lengths.
+# Group tiles: every tile of the training kernels' autotune lists launched as is, on random jagged lengths (four
+# pytest processes at once).
 #   bash benchmarks/gpu_parity.sh "$OUT" fp32   # groups: fp32, bf16, tiles, rest (everything else), all, candidates
 set -u
 out_dir=${1:?usage: gpu_parity.sh OUT_DIR GROUP}
@@ -26,7 +27,18 @@ mkdir -p "$out_dir"
   echo "== $(date -u) group $group"
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no GPU: the interpreter runs the kernels"
   PYTHONPATH=src python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  if [ "$group" = candidates ]; then
+  if [ "$group" = tiles ]; then
+    # four processes at once: each case compiles its tiles cold, which is CPU work, and the device has the cores
+    parts=("fp32 and long" "fp32 and not long" "bf16 and long" "bf16 and not long")
+    for i in 0 1 2 3; do
+      GENREC_AUTOTUNE=0 PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_attention_kernel.py \
+        -k "tuned_tile and ${parts[$i]}" > "$out_dir/.tiles-$i.txt" 2>&1 &
+    done
+    rc=0
+    for job in $(jobs -p); do wait "$job" || rc=1; done
+    for i in 0 1 2 3; do echo "-- tuned_tile and ${parts[$i]}"; cat "$out_dir/.tiles-$i.txt"; rm "$out_dir/.tiles-$i.txt"; done
+    (exit $rc)
+  elif [ "$group" = candidates ]; then
     PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_candidate_kernel.py 2>&1
     # the graphs' tests prefill through the training kernel, whose autotuning alone would take the call's time
     GENREC_AUTOTUNE=0 PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider \

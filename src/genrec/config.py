@@ -70,6 +70,8 @@ class ModelConfig:
     rab: RabConfig = field(default_factory=RabConfig)
     attention_backend: str = "auto"  # auto | torch | triton
     attention: str = "pointwise"  # HSTU: pointwise (SiLU, paper Eq. 2) | softmax (the Table 2 ablation; no rab)
+    # storage of the item embedding table: float32 | bfloat16 (half the memory; needs the row-wise optimiser)
+    item_table_dtype: str = "float32"
     similarity: str = "dot"  # dot (cosine of the l2-normalised embeddings) | mol (mixture of logits)
     mol: MoLConfig = field(default_factory=MoLConfig)
 
@@ -90,6 +92,10 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.98)
+    # the item tables' optimiser: adamw (as the rest) | rowwise_adagrad (one number of state per row, sparse
+    # gradients; genrec.train.optimizers), with its own learning rate
+    embedding_optimizer: str = "adamw"
+    embedding_learning_rate: float = 0.05
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     data_parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters and optimiser sharded)
@@ -117,6 +123,9 @@ class StreamConfig:
 class EvalConfig:
     ks: tuple[int, ...] = (10, 50, 200)
     exclude_history: bool = True
+    # retrieval: rank the full catalogue for a seeded sample of this many users (the same users in every
+    # evaluation of the run), for data sets whose users x items is too large to score whole; 0 = every user
+    max_users: int = 0
 
 
 @dataclass
@@ -168,6 +177,17 @@ class Config:
             (self.train.learning_rate > 0, "train.learning_rate must be positive"),
             (all(0.0 <= beta < 1.0 for beta in self.train.betas), "train.betas must be in [0, 1)"),
             (self.train.weight_decay >= 0, "train.weight_decay must be >= 0"),
+            (self.train.embedding_optimizer in ("adamw", "rowwise_adagrad"),
+             "train.embedding_optimizer must be adamw or rowwise_adagrad"),
+            (self.train.embedding_learning_rate > 0, "train.embedding_learning_rate must be positive"),
+            (self.model.item_table_dtype in ("float32", "bfloat16"),
+             "model.item_table_dtype must be float32 or bfloat16"),
+            (self.model.item_table_dtype == "float32" or self.train.embedding_optimizer == "rowwise_adagrad",
+             "model.item_table_dtype = bfloat16 needs train.embedding_optimizer = rowwise_adagrad (AdamW would keep "
+             "bf16 moments and lose small updates)"),
+            (self.train.embedding_optimizer == "adamw" or self.train.data_parallel == "ddp",
+             "train.embedding_optimizer = rowwise_adagrad needs train.data_parallel = ddp (FSDP2 would shard the "
+             "table's rows under the optimiser)"),
             (self.data.synthetic_users > 0 and self.data.synthetic_items > 0,
              "data.synthetic_users and synthetic_items must be positive"),
             (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
@@ -186,6 +206,9 @@ class Config:
             (self.train.loss.in_batch_negatives >= 0, "train.loss.in_batch_negatives must be >= 0"),
             (self.train.loss.temperature > 0, "train.loss.temperature must be positive"),
             (len(self.eval.ks) > 0 and all(k > 0 for k in self.eval.ks), "eval.ks must be positive"),
+            (self.eval.max_users >= 0, "eval.max_users must be >= 0"),
+            (self.eval.max_users == 0 or self.train.task == "retrieval",
+             "eval.max_users samples retrieval's users; ranking scores every held-out impression"),
         ]
         for ok, message in checks:
             if not ok:

@@ -3,6 +3,7 @@ import pytest
 
 from genrec.data import Events, build_sequences, leave_one_out, make_batch
 from genrec.data.sequences import event_order
+from genrec.data.splits import sample_users
 
 
 def events(users, items, stamps=None):
@@ -56,6 +57,21 @@ def test_leave_one_out_modes():
     assert validated.test.histories.select(np.array([1])).compact().item_ids.tolist() == [5, 6]
     with pytest.raises(ValueError, match="mode"):
         leave_one_out(data, "peeking")
+
+
+def test_a_user_sample_keeps_each_users_history_target_and_time():
+    users = np.repeat(np.arange(1, 41), 3)
+    data = build_sequences(events(users, np.arange(1, 121), np.arange(120)), min_length=2)
+    test = leave_one_out(data, "paper").test
+    sample = sample_users(test, 10, seed=7)
+    assert sample.histories.num_users == 10 and sample is not test
+    kept = (sample.target_items - 3) // 3  # user u's items are 3u+1..3u+3; its target 3u+3
+    assert np.all(np.diff(kept) > 0) and len(set(kept)) == 10  # distinct users, in user order
+    assert sample.histories.compact().item_ids.tolist() == [i for u in kept for i in (3 * u + 1, 3 * u + 2)]
+    assert sample.target_timestamps.tolist() == (sample.target_items - 1).tolist()
+    assert np.array_equal(sample_users(test, 10, seed=7).target_items, sample.target_items)
+    assert not np.array_equal(sample_users(test, 10, seed=8).target_items, sample.target_items)
+    assert sample_users(test, 0, seed=7) is test and sample_users(test, 40, seed=7) is test
 
 
 def test_make_batch_truncates_to_most_recent():

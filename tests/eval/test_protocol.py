@@ -5,7 +5,7 @@ import torch
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
 from genrec.data.sequences import JaggedEvents
-from genrec.data.splits import EvalSplit
+from genrec.data.splits import EvalSplit, sample_users
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import (ItemChunks, chunked_target_ranks, model_scorer, popularity_scorer, rank_split,
                                   target_ranks)
@@ -118,3 +118,17 @@ def test_model_scores_stay_fp32_under_autocast():
         expected = users.float() @ model.item_embeddings().T
     assert scores.dtype == torch.float32 and chunks.num_columns == 51
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
+
+
+def test_a_run_with_max_users_ranks_the_same_seeded_sample_of_users(tmp_path):
+    from genrec.train.trainer import Trainer
+    from tests.tiny import tiny_config
+
+    config = tiny_config(mode="paper", epochs=1)
+    config.eval.max_users = 7
+    trainer = Trainer(config, tmp_path, progress=False, log=lambda _: None)
+    summary = trainer.fit()
+    assert summary["eval_users"] == 7 < trainer.data.split.test.histories.num_users
+    sample = sample_users(trainer.data.split.test, 7, config.train.seed)
+    ranks = rank_split(model_scorer(trainer.model), sample, config.data.max_seq_len, 64, trainer.device)
+    assert summarize(ranks, config.eval.ks) == summary["metrics"]

@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from genrec.train.sharded_embedding import RowShardedEmbedding, RowWiseAdagrad, row_bounds  # noqa: E402
+from genrec.train.optimizers import RowWiseAdagrad  # noqa: E402
+from genrec.train.sharded_embedding import RowShardedEmbedding, row_bounds  # noqa: E402
 
 NUM_ROWS, DIM = 23, 5  # 23 rows: shards of unequal sizes on 2 and 4 ranks
 

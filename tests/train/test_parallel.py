@@ -40,13 +40,18 @@ def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
+ROWWISE = ("--set", "train.embedding_optimizer=rowwise_adagrad", "--set", "model.item_table_dtype=bfloat16")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["retrieval", "ranking"])
-def test_two_processes_train_and_resume_exactly(tmp_path, task):
-    straight = torchrun(tmp_path / "a", "--epochs", "3", "--task", task)
+@pytest.mark.parametrize("task, options", [("retrieval", ()), ("ranking", ()), ("retrieval", ROWWISE)],
+                         ids=["retrieval", "ranking", "retrieval-rowwise-bf16-table"])
+def test_two_processes_train_and_resume_exactly(tmp_path, task, options):
+    """Under DDP the row-wise item table takes dense gradients (the all-reduce needs them)."""
+    straight = torchrun(tmp_path / "a", "--epochs", "3", "--task", task, *options)
     assert straight.returncode == 0, straight.stderr[-3000:]
     assert straight.stdout.count("test metrics") == 1  # rank 0 alone reports
-    first = torchrun(tmp_path / "b", "--epochs", "1", "--task", task)
+    first = torchrun(tmp_path / "b", "--epochs", "1", "--task", task, *options)
     assert first.returncode == 0, first.stderr[-3000:]
     resumed = torchrun(tmp_path / "b", "--epochs", "3", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

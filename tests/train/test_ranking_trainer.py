@@ -16,12 +16,16 @@ def quiet(config, out):
     return RankingTrainer(config, out, log=lambda _: None)
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["weights", "weight-average"])
-def test_resume_is_exact(tmp_path, deterministic, ema_decay):
+@pytest.mark.parametrize("ema_decay, embedding_optimizer", [(0.0, "adamw"), (0.9, "adamw"), (0.0, "rowwise_adagrad")],
+                         ids=["weights", "weight-average", "rowwise-bf16-table"])
+def test_resume_is_exact(tmp_path, deterministic, ema_decay, embedding_optimizer):
     def config(epochs):
         config = ranking_config(epochs=epochs)
         config.train.stochastic_length_alpha = 1.5  # its stream must resume too
         config.train.ema_decay = ema_decay
+        config.train.embedding_optimizer = embedding_optimizer
+        if embedding_optimizer == "rowwise_adagrad":
+            config.model.item_table_dtype = "bfloat16"
         return config
 
     straight = quiet(config(3), tmp_path / "a").fit()

@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from genrec.train.sharded_embedding import RowWiseAdagrad, row_bounds
+from genrec.train.sharded_embedding import row_bounds
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
@@ -22,17 +21,6 @@ def test_sharded_equals_unsharded(world_size):
                           str(world_size), str(script)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"ranks={world_size} sharded=unsharded" in run.stdout
-
-
-def test_row_wise_adagrad_by_hand():
-    weight = torch.nn.Parameter(torch.ones(3, 2))
-    weight.grad = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, -1.0]])
-    optimizer = RowWiseAdagrad([weight], lr=1.0, eps=0.0)
-    optimizer.step()
-    # row 0: s = (9 + 16) / 2 = 12.5; row 2: s = 1; row 1 untouched
-    expected = torch.tensor([[1 - 3 / 12.5 ** 0.5, 1 - 4 / 12.5 ** 0.5], [1.0, 1.0], [0.0, 2.0]])
-    torch.testing.assert_close(weight.detach(), expected)
-    assert optimizer.state[weight]["sum"].tolist() == [12.5, 0.0, 1.0]
 
 
 def test_row_bounds_cover_the_table_unevenly():

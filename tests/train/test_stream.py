@@ -74,16 +74,34 @@ def test_later_events_change_nothing_in_earlier_windows(tmp_path):
     assert head["windows"] == whole["windows"][:3]
 
 
-def test_resume_is_exact(tmp_path, deterministic):
-    straight = run(stream_config(), tmp_path / "a")
-    run(stream_config(max_windows=2), tmp_path / "b")
-    resumed = run(stream_config(), tmp_path / "b", resume=True)
+def rowwise(config):
+    config.train.embedding_optimizer, config.model.item_table_dtype = "rowwise_adagrad", "bfloat16"
+    return config
+
+
+@pytest.mark.parametrize("table", [lambda config: config, rowwise], ids=["adamw", "rowwise-bf16-table"])
+def test_resume_is_exact(tmp_path, deterministic, table):
+    straight = run(table(stream_config()), tmp_path / "a")
+    run(table(stream_config(max_windows=2)), tmp_path / "b")
+    resumed = run(table(stream_config()), tmp_path / "b", resume=True)
     assert resumed["windows"] == straight["windows"] and len(straight["windows"]) > 2
     a, b = load_checkpoint(tmp_path / "a/last.safetensors"), load_checkpoint(tmp_path / "b/last.safetensors")
     assert torch.equal(a.item_vocab, b.item_vocab) and torch.equal(a.extra["vocab_last_seen"],
                                                                    b.extra["vocab_last_seen"])
     for name, tensor in a.model.items():
         assert torch.equal(tensor, b.model[name]), name
+
+
+def test_new_owners_of_rows_start_without_row_wise_history(tmp_path):
+    trainer = StreamTrainer(rowwise(stream_config(max_windows=2)), tmp_path, log=lambda _: None, progress=False)
+    trainer.fit()
+    weight = trainer.model.embedding.item.weight
+    row_sums = trainer.optimizer.state[weight]["sum"]
+    row_sums.fill_(1.0)
+    before = weight.detach().clone()
+    trainer._reset_rows(np.array([2, 5]))
+    assert row_sums[[2, 5]].tolist() == [0.0, 0.0] and row_sums.sum() == row_sums.numel() - 2
+    assert not torch.equal(weight[[2, 5]], before[[2, 5]]) and torch.equal(weight[3], before[3])
 
 
 def test_a_data_set_without_timestamps_is_refused(tmp_path):

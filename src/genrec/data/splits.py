@@ -55,3 +55,14 @@ def leave_one_out(data: SequenceData, mode: str) -> ProtocolSplit:
         return ProtocolSplit(data.sequences.drop_last(1), None, _held_out(data.sequences, 1), mode)
     return ProtocolSplit(data.sequences.drop_last(2), _held_out(data.sequences, 2),
                          _held_out(data.sequences, 1), mode)
+
+
+def sample_users(split: EvalSplit, max_users: int, seed: int) -> EvalSplit:
+    """A seeded sample of at most max_users of the split's users, in user order (the whole split when it has no
+    more, or when max_users is 0): the same users for the same seed and split size."""
+    num_users = split.histories.num_users
+    if max_users == 0 or max_users >= num_users:
+        return split
+    users = np.sort(np.random.default_rng(seed).choice(num_users, max_users, replace=False))
+    times = None if split.target_timestamps is None else split.target_timestamps[users]
+    return EvalSplit(split.histories.select(users), split.target_items[users], times)

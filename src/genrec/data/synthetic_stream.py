@@ -85,6 +85,7 @@ def generate_stream(spec: StreamSpec = StreamSpec()) -> Events:
     item = np.empty(spec.num_events, np.int64)
     interest = np.empty(spec.num_events)
     day_starts = np.searchsorted(day, np.arange(spec.num_days + 1))
+    by_topic = _TopicIndex(topic, spec.num_topics)
     drifting = _topic_choice_tables(rng, spec.num_users, spec.num_topics, spec.interest_concentration)
     for d in range(spec.num_days):
         lo, hi = day_starts[d], day_starts[d + 1]
@@ -102,7 +103,7 @@ def generate_stream(spec: StreamSpec = StreamSpec()) -> Events:
         alive = birth_day <= d
         weight = (quality + spec.rich_get_richer * consumed) * np.exp2(-(d - birth_day) / spec.half_life_days)
         weight = np.where(alive, weight, 0.0)
-        item[lo:hi] = _sample_within_topics(rng, event_topic[lo:hi], topic, weight, spec.num_topics)
+        item[lo:hi] = by_topic.sample(rng, event_topic[lo:hi], weight)
         consumed += np.bincount(item[lo:hi], minlength=num_items)
     # actions: a like is likelier where the user cares about the topic and the item is good
     lift = np.maximum(interest * spec.num_topics, 1e-6)  # the topic's share against a uniform interest
@@ -136,19 +137,24 @@ def _row_mass(cumulative: np.ndarray, index: np.ndarray) -> np.ndarray:
     return upper - lower
 
 
-def _sample_within_topics(rng: np.random.Generator, event_topic: np.ndarray, item_topic: np.ndarray,
-                          weight: np.ndarray, num_topics: int) -> np.ndarray:
-    """For each event, an item of its topic drawn by weight (all topics at once: items sorted by topic, one
-    cumulative sum, each event's draw offset into its topic's span). A topic with no live item falls back to
-    the whole catalogue."""
-    order = np.argsort(item_topic, kind="stable")
-    cumulative = np.cumsum(weight[order])
-    ends = np.searchsorted(item_topic[order], np.arange(num_topics), side="right")
-    starts = np.concatenate([[0], ends[:-1]])
-    base = np.where(starts > 0, cumulative[np.maximum(starts - 1, 0)], 0.0)
-    span = np.where(ends > starts, cumulative[np.maximum(ends - 1, 0)], 0.0) - base
-    empty = span[event_topic] <= 0
-    low = np.where(empty, 0.0, base[event_topic])
-    width = np.where(empty, cumulative[-1], span[event_topic])
-    picks = np.searchsorted(cumulative, low + rng.random(event_topic.size) * width, side="right")
-    return order[np.minimum(picks, order.size - 1)]
+class _TopicIndex:
+    """Items sorted by topic, with each topic's span: built once, as topics never change."""
+
+    def __init__(self, item_topic: np.ndarray, num_topics: int) -> None:
+        self.order = np.argsort(item_topic, kind="stable")
+        self.ends = np.searchsorted(item_topic[self.order], np.arange(num_topics), side="right")
+        self.starts = np.concatenate([[0], self.ends[:-1]])
+
+    def sample(self, rng: np.random.Generator, event_topic: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        """For each event, an item of its topic drawn by weight (all topics at once: one cumulative sum over the
+        sorted items, each event's draw offset into its topic's span). A topic with no live item falls back to
+        the whole catalogue."""
+        starts, ends = self.starts, self.ends
+        cumulative = np.cumsum(weight[self.order])
+        base = np.where(starts > 0, cumulative[np.maximum(starts - 1, 0)], 0.0)
+        span = np.where(ends > starts, cumulative[np.maximum(ends - 1, 0)], 0.0) - base
+        empty = span[event_topic] <= 0
+        low = np.where(empty, 0.0, base[event_topic])
+        width = np.where(empty, cumulative[-1], span[event_topic])
+        picks = np.searchsorted(cumulative, low + rng.random(event_topic.size) * width, side="right")
+        return self.order[np.minimum(picks, self.order.size - 1)]

@@ -15,7 +15,9 @@ from genrec.ops.jagged import positions_in_sequence, prepend_prefix
 
 
 class InputEmbedding(nn.Module):
-    def __init__(self, num_items: int, embedding_dim: int, max_seq_len: int, dropout: float) -> None:
+    def __init__(self, num_items: int, embedding_dim: int, max_seq_len: int, dropout: float,
+                 table_dtype: str = "float32") -> None:
+        """table_dtype: how the item table is stored (float32 | bfloat16); its rows are computed with in fp32."""
         super().__init__()
         self.item = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)
         self.position = nn.Embedding(max_seq_len, embedding_dim)
@@ -25,12 +27,13 @@ class InputEmbedding(nn.Module):
         nn.init.trunc_normal_(self.position.weight, std=math.sqrt(1.0 / embedding_dim))
         with torch.no_grad():
             self.item.weight[0].zero_()
+        self.item.to(getattr(torch, table_dtype))  # initialised in fp32 and rounded: the same draws either way
 
     def forward(self, item_ids: torch.Tensor, seq_offsets: torch.Tensor,
                 num_targets: torch.Tensor | None = None) -> torch.Tensor:
         """item_ids [T], seq_offsets [B+1] -> [T, D] (see token_positions)."""
         positions = self.token_positions(seq_offsets, item_ids.shape[0], num_targets)
-        return self.dropout(self.item(item_ids) * self.scale + self.position(positions))
+        return self.dropout(self.items(item_ids) * self.scale + self.position(positions))
 
     def token_positions(self, seq_offsets: torch.Tensor, num_tokens: int,
                         num_targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,11 +55,15 @@ class InputEmbedding(nn.Module):
             positions = torch.full_like(item_ids, min(position, last))
         else:
             positions = position.clamp(max=last).expand_as(item_ids)
-        return self.item(item_ids) * self.scale + self.position(positions)
+        return self.items(item_ids) * self.scale + self.position(positions)
+
+    def items(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """[*ids, D] fp32 rows of the item table, whatever its storage."""
+        return self.item(item_ids).float()
 
     def normalized_items(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """l2-normalised item embeddings ([num_items + 1, D] for the whole table)."""
-        table = self.item.weight if item_ids is None else self.item(item_ids)
+        """l2-normalised item embeddings ([num_items + 1, D] for the whole table), fp32."""
+        table = self.item.weight.float() if item_ids is None else self.items(item_ids)
         return F.normalize(table, dim=-1)
 
 

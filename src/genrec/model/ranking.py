@@ -25,7 +25,8 @@ class GenerativeRanker(nn.Module):
             raise ValueError("the generative ranker is built on HSTU (model.architecture = 'hstu')")
         self.num_items = num_items
         self.max_seq_len = max_seq_len  # in events; the encoder sees 2x as many tokens
-        self.embedding = InputEmbedding(num_items, config.embedding_dim, 2 * max_seq_len, config.dropout)
+        self.embedding = InputEmbedding(num_items, config.embedding_dim, 2 * max_seq_len, config.dropout,
+                                        config.item_table_dtype)
         self.action = nn.Linear(num_tasks, config.embedding_dim)  # an action token embeds its signal bits
         self.context = (UserContextEmbedding(context_cardinalities, config.embedding_dim, config.dropout)
                         if context_cardinalities else None)
@@ -33,7 +34,7 @@ class GenerativeRanker(nn.Module):
         self.heads = nn.Linear(config.embedding_dim, num_tasks)
 
     def _tokens(self, item_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        items = self.embedding.item(item_ids) * self.embedding.scale
+        items = self.embedding.items(item_ids) * self.embedding.scale
         return torch.stack([items, self.action(labels)], dim=1).reshape(-1, items.shape[-1])  # Phi_0, a_0, ...
 
     def forward(self, batch: SequenceBatch, num_targets: torch.Tensor | None = None) -> torch.Tensor:

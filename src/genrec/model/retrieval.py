@@ -30,7 +30,8 @@ class SequentialRetriever(nn.Module):
         super().__init__()
         self.num_items = num_items
         self.max_seq_len = max_seq_len
-        self.embedding = InputEmbedding(num_items, config.embedding_dim, max_seq_len, config.dropout)
+        self.embedding = InputEmbedding(num_items, config.embedding_dim, max_seq_len, config.dropout,
+                                        config.item_table_dtype)
         self.context = (UserContextEmbedding(context_cardinalities, config.embedding_dim, config.dropout)
                         if context_cardinalities else None)
         if self.context is not None and config.architecture != "hstu":

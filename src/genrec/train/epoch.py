@@ -79,5 +79,5 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, train: TrainConfig, step
         factor = 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / total)))
     else:
         factor = 1.0
-    for group in optimizer.param_groups:
-        group["lr"] = train.learning_rate * factor
+    for group in optimizer.param_groups:  # a group with its own rate (the row-wise item tables') carries it
+        group["lr"] = group.get("base_lr", train.learning_rate) * factor

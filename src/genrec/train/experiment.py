@@ -16,6 +16,7 @@ from genrec.data.actions import action_labels
 from genrec.data.user_features import read_user_features
 from genrec.devices import memory_of
 from genrec.model import SequentialRetriever
+from genrec.train.optimizers import item_tables
 
 
 @dataclass
@@ -126,6 +127,14 @@ def build_model(config: Config, data: PreparedData, device: torch.device) -> Seq
 TRAINING_BYTES_PER_PARAMETER = 16
 
 
+def training_bytes(module: torch.nn.Module, embedding_optimizer: str) -> int:
+    """A lower bound of the bytes that training `module`'s parameters holds: AdamW's 16 per parameter, but only the
+    weights themselves for row-wise item tables (sparse gradients, one number of state per row)."""
+    rowwise = {id(table.weight) for table in item_tables(module)} if embedding_optimizer == "rowwise_adagrad" else set()
+    return sum(p.numel() * (p.element_size() if id(p) in rowwise else TRAINING_BYTES_PER_PARAMETER)
+               for p in module.parameters())
+
+
 def build_checked(factory: Callable[[], torch.nn.Module], config: Config, device: torch.device,
                   num_events: int) -> torch.nn.Module:
     """factory() on `device`, after checking on the meta device (no memory) that training it fits: a config
@@ -133,12 +142,13 @@ def build_checked(factory: Callable[[], torch.nn.Module], config: Config, device
     A lower bound: the parameters' training state and each layer's saved activations of one full batch (of at
     most `num_events`, the training events)."""
     with torch.device("meta"):
-        num_parameters = sum(p.numel() for p in factory().parameters())
+        skeleton = factory()
+    num_parameters = sum(p.numel() for p in skeleton.parameters())
     model = config.model
     per_token = 3 * model.embedding_dim + 2 * model.num_heads * (model.qk_dim + model.v_dim)  # fp32, per layer
     batch_tokens = min(config.train.batch_size * config.data.max_seq_len, num_events)
     activations = 4 * batch_tokens * model.num_layers * per_token
-    needed, available = num_parameters * TRAINING_BYTES_PER_PARAMETER + activations, memory_of(device)
+    needed, available = training_bytes(skeleton, config.train.embedding_optimizer) + activations, memory_of(device)
     if needed > available:
         raise ValueError(f"bad config: training this model ({num_parameters:,} parameters, batches of up to "
                          f"{batch_tokens:,} tokens) needs at least "

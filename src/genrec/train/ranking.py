@@ -40,6 +40,7 @@ from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import StepLoss, train_epoch
 from genrec.train.experiment import build_checked, load_sequences, peak_tflops
+from genrec.train.optimizers import build_optimizer
 from genrec.train.parallel import data_parallel, init_distributed, num_batches
 from genrec.train.run_log import RunLog, print_line
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
@@ -84,8 +85,7 @@ class RankingTrainer:
         self.train_ranker = data_parallel(self.model, self.ranks, self.device, config.train.data_parallel)
         self.train_baseline = data_parallel(self.baseline, self.ranks, self.device, config.train.data_parallel)
         self.average = WeightAverage(self.modules, config.train.ema_decay) if config.train.ema_decay > 0 else None
-        self.optimizer = torch.optim.AdamW(self.modules.parameters(), lr=config.train.learning_rate,
-                                           betas=config.train.betas, weight_decay=config.train.weight_decay)
+        self.optimizer = build_optimizer(config.train, self.modules, sparse_tables=not self.ranks.enabled)
         self.streams = RandomStreams(config.train.seed, self.ranks.rank, "cpu",
                                      config.train.stochastic_length_alpha > 0)
         if self.ranks.enabled:

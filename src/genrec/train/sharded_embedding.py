@@ -5,8 +5,8 @@ Rank r owns the contiguous rows [bounds[r], bounds[r + 1]) (the first num_rows %
 lookup deduplicates the batch's ids, sends each unique id to its owner (all-to-all), reads the rows there
 and sends them back (all-to-all); the backward sends each unique id's summed gradient to its owner, which
 adds it to its rows' gradient. Every rank must call forward and backward the same number of times (they are
-collectives), as under DDP. RowWiseAdagrad updates only the rows a step touched and keeps one number of
-state per row (Adam's two moments would triple a large table). Shapes: N ids in this rank's batch, U
+collectives), as under DDP. genrec.train.optimizers.RowWiseAdagrad updates only the rows a step touched and keeps
+one number of state per row (Adam's two moments would triple a large table). Shapes: N ids in this rank's batch, U
 unique, D dims, R rows of this shard.
 """
 
@@ -96,31 +96,3 @@ class _ShardedLookup(torch.autograd.Function):
         grad_weight = grad_rows.new_zeros(ctx.num_local, grad_rows.shape[1])
         grad_weight.index_add_(0, local, grads)  # two ranks may ask for the same row: their gradients add
         return grad_weight, None, None, None
-
-
-class RowWiseAdagrad(torch.optim.Optimizer):
-    """Row-wise AdaGrad for embedding tables (as industrial recommenders train them): per row, s += mean(g^2)
-    over the row, then w -= lr * g / (sqrt(s) + eps). Rows whose gradient is all zero (not looked up this
-    step) keep their weights and their state. Row-local, so a sharded table steps exactly as a whole one."""
-
-    def __init__(self, params, lr: float = 0.01, eps: float = 1e-8) -> None:
-        if not lr > 0 or not eps >= 0:
-            raise ValueError(f"RowWiseAdagrad needs lr > 0 and eps >= 0, got {lr}, {eps}")
-        super().__init__(params, {"lr": lr, "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            for weight in group["params"]:
-                if weight.grad is None:
-                    continue
-                grad = weight.grad
-                state = self.state[weight]
-                if "sum" not in state:
-                    state["sum"] = grad.new_zeros(grad.shape[0])  # [R]: one number per row
-                touched = (grad != 0).any(dim=1).nonzero().squeeze(1)
-                rows = grad[touched]
-                state["sum"][touched] += rows.square().mean(dim=1)
-                scale = group["lr"] / (state["sum"][touched].sqrt() + group["eps"])
-                weight[touched] -= scale.unsqueeze(1) * rows
-        return None

@@ -41,6 +41,7 @@ from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import StepLoss, train_epoch
 from genrec.train.experiment import peak_tflops, read_events
 from genrec.train.losses import loss_flops, sampled_softmax_loss
+from genrec.train.optimizers import build_optimizer
 from genrec.train.parallel import Distributed, load_optimizer, num_batches
 from genrec.train.run_state import RandomStreams, run_fit
 from genrec.train.run_log import print_line
@@ -69,8 +70,7 @@ class StreamTrainer:
         torch.manual_seed(config.train.seed)
         self.model = SequentialRetriever(config.model, self.vocabulary.num_rows - 1, config.data.max_seq_len,
                                          use_time=True).to(self.device)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.learning_rate,
-                                           betas=config.train.betas, weight_decay=config.train.weight_decay)
+        self.optimizer = build_optimizer(config.train, self.model, sparse_tables=True)
         self.streams = RandomStreams(config.train.seed, 0, self.device, stochastic_length=False)
         self.guard = DivergenceGuard(self.device)
         # what the shared epoch of steps (genrec.train.epoch) reads: fp32, no weight average
@@ -203,11 +203,11 @@ class StreamTrainer:
         weight = self.model.embedding.item.weight
         index = torch.from_numpy(rows).to(self.device)
         with torch.no_grad():
-            fresh = torch.empty(rows.size, weight.shape[1], device=self.device)
+            fresh = torch.empty(rows.size, weight.shape[1], dtype=weight.dtype, device=self.device)
             torch.nn.init.trunc_normal_(fresh, std=0.02, a=-0.04, b=0.04)
             weight.index_copy_(0, index, fresh)
         for moment in self.optimizer.state.get(weight, {}).values():
-            if isinstance(moment, torch.Tensor) and moment.shape == weight.shape:
+            if isinstance(moment, torch.Tensor) and moment.dim() and moment.shape[0] == weight.shape[0]:  # per row
                 moment.index_fill_(0, index, 0.0)
 
     # ---- checkpoints -------------------------------------------------------------------------
@@ -241,6 +241,7 @@ def unsupported_options(config: Config) -> list[str]:
               "train.patience": train.patience != 0, "train.loss.negatives": loss.negatives != "sampled",
               "train.loss.in_batch_negatives": loss.in_batch_negatives != 0,
               "data.user_features": config.data.user_features is not None,
+              "eval.max_users": config.eval.max_users != 0,
               "torchrun (WORLD_SIZE > 1)": int(os.environ.get("WORLD_SIZE", "1")) > 1}
     values = {"torchrun (WORLD_SIZE > 1)": os.environ.get("WORLD_SIZE")}
     return [f"{name} = {values.get(name, _config_value(config, name))!r}" for name, bad in checks.items() if bad]

@@ -21,6 +21,7 @@ import torch
 from genrec.checkpoint import atomic_write_json, locate_checkpoint
 from genrec.config import Config, config_to_dict, load_run_config
 from genrec.data import EvalSplit, make_batch
+from genrec.data.splits import sample_users
 from genrec.data.stochastic_length import stochastic_length
 from genrec.devices import resolve_device
 from genrec.eval.metrics import summarize
@@ -32,6 +33,7 @@ from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import StepLoss, train_epoch
 from genrec.train.experiment import build_model, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
+from genrec.train.optimizers import build_optimizer
 from genrec.train.parallel import data_parallel, init_distributed, num_batches
 from genrec.train.run_log import RunLog, print_line
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
@@ -59,8 +61,7 @@ class Trainer:
         self.average = WeightAverage(self.model, config.train.ema_decay) if config.train.ema_decay > 0 else None
         if self.ranks.enabled:  # same initial weights everywhere, then rank-specific dropout
             torch.manual_seed(config.train.seed + self.ranks.rank)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.learning_rate,
-                                           betas=config.train.betas, weight_decay=config.train.weight_decay)
+        self.optimizer = build_optimizer(config.train, self.model, sparse_tables=not self.ranks.enabled)
         self.streams = RandomStreams(config.train.seed, self.ranks.rank, self.device,
                                      config.train.stochastic_length_alpha > 0)
         self.state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "valid": [],
@@ -101,7 +102,9 @@ class Trainer:
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self, split: EvalSplit) -> dict[str, float]:
-        """Scores the weight average where the run keeps one, else the training weights."""
+        """Scores the weight average where the run keeps one, else the training weights (eval.max_users: on a
+        seeded sample of the split's users)."""
+        split = sample_users(split, self.config.eval.max_users, self.config.train.seed)
         self.model.eval()
         with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
             try:
@@ -114,6 +117,7 @@ class Trainer:
         return summarize(ranks, self.config.eval.ks)
 
     def popularity_baseline(self, split: EvalSplit) -> dict[str, float]:
+        split = sample_users(split, self.config.eval.max_users, self.config.train.seed)
         scorer = popularity_scorer(self.data.split.train.item_counts(self.data.num_items), self.device)
         ranks = rank_split(scorer, split, self.config.data.max_seq_len, self.config.train.eval_batch_size,
                            self.device, self.config.eval.exclude_history)
@@ -147,7 +151,9 @@ class Trainer:
             self.load(self.out_dir / "best.safetensors")
             self.log(f"selected epoch {self.state['best_epoch']} on validation {SELECTION_METRIC}")
         metrics = self.evaluate(split.test)
+        evaluated = sample_users(split.test, self.config.eval.max_users, self.config.train.seed).histories.num_users
         summary = {"split": "test", "metrics": metrics, "popularity": self.popularity_baseline(split.test),
+                   "eval_users": evaluated,
                    "train_seconds": time.perf_counter() - started, **self.state, "data": self.data.summary}
         if main:
             atomic_write_json(self.out_dir / "metrics.json", metrics)
