@@ -173,7 +173,7 @@ def _print_table(title: str, columns: dict[str, dict[str, float]]) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> None:
-    from genrec.train.parallel import shutdown
+    from genrec.train.parallel import exit_rank, shutdown
     from genrec.train.trainer import Trainer
 
     from genrec.train.run_state import check_run_directory
@@ -202,21 +202,21 @@ def _run_train(args: argparse.Namespace) -> None:
         trainer = RankingTrainer(config, args.out, progress=not args.no_progress)
         summary = _fit(trainer, args)
         shutdown(trainer.ranks)
-        if not trainer.ranks.is_main:
-            return
-        _print_table(f"test metrics (ranking, {config.data.dataset}, {len(summary['epochs'])} epochs, "
-                     f"{summary['train_seconds']:.0f} s)", {"hstu": summary["metrics"], "din": summary["din"]})
-        print(f"\nwrote {args.out / 'metrics.json'}")
+        if trainer.ranks.is_main:
+            _print_table(f"test metrics (ranking, {config.data.dataset}, {len(summary['epochs'])} epochs, "
+                         f"{summary['train_seconds']:.0f} s)", {"hstu": summary["metrics"], "din": summary["din"]})
+            print(f"\nwrote {args.out / 'metrics.json'}")
+        exit_rank(trainer.ranks)
         return
     trainer = Trainer(config, args.out, progress=not args.no_progress)
     summary = _fit(trainer, args)
     shutdown(trainer.ranks)
-    if not trainer.ranks.is_main:
-        return
-    _print_table(f"test metrics ({config.model.architecture}, {config.data.dataset}, "
-                 f"{summary['epoch']} epochs, {summary['train_seconds']:.0f} s)",
-                 {"model": summary["metrics"], "popularity": summary["popularity"]})
-    print(f"\nwrote {args.out / 'metrics.json'}")
+    if trainer.ranks.is_main:
+        _print_table(f"test metrics ({config.model.architecture}, {config.data.dataset}, "
+                     f"{summary['epoch']} epochs, {summary['train_seconds']:.0f} s)",
+                     {"model": summary["metrics"], "popularity": summary["popularity"]})
+        print(f"\nwrote {args.out / 'metrics.json'}")
+    exit_rank(trainer.ranks)
 
 
 class Interrupted(Exception):

@@ -96,6 +96,9 @@ class TrainConfig:
     # gradients; genrec.train.optimizers), with its own learning rate
     embedding_optimizer: str = "adamw"
     embedding_learning_rate: float = 0.05
+    # under torchrun with DDP: replicated (every rank holds the item tables) | rows (each rank holds 1/world of
+    # their rows and answers lookups for them; needs rowwise_adagrad; genrec.train.parallel.shard_item_tables)
+    item_table_sharding: str = "replicated"
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     data_parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters and optimiser sharded)
@@ -185,6 +188,13 @@ class Config:
             (self.model.item_table_dtype == "float32" or self.train.embedding_optimizer == "rowwise_adagrad",
              "model.item_table_dtype = bfloat16 needs train.embedding_optimizer = rowwise_adagrad (AdamW would keep "
              "bf16 moments and lose small updates)"),
+            (self.train.item_table_sharding in ("replicated", "rows"),
+             "train.item_table_sharding must be replicated or rows"),
+            (self.train.item_table_sharding == "replicated" or self.train.embedding_optimizer == "rowwise_adagrad",
+             "train.item_table_sharding = rows needs train.embedding_optimizer = rowwise_adagrad"),
+            (self.train.item_table_sharding == "replicated" or self.train.ema_decay == 0,
+             "train.item_table_sharding = rows cannot keep a weight average (train.ema_decay): it would hold only "
+             "each rank's rows"),
             (self.train.embedding_optimizer == "adamw" or self.train.data_parallel == "ddp",
              "train.embedding_optimizer = rowwise_adagrad needs train.data_parallel = ddp (FSDP2 would shard the "
              "table's rows under the optimiser)"),

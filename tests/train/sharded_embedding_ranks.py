@@ -48,6 +48,12 @@ torch.testing.assert_close(table.full_weight(), reference.weight.detach(), rtol=
 untouched = torch.ones(NUM_ROWS, dtype=torch.bool)
 untouched[torch.cat([i.flatten() for i in ids])] = False
 assert untouched.any() and torch.equal(reference.weight.detach()[untouched], before[untouched])
+# checkpoints hold the whole table, and loading one takes this rank's rows
+assert torch.equal(table.state_dict()["weight"], reference.weight.detach())
+restored = RowShardedEmbedding(NUM_ROWS, DIM, full_weight=torch.zeros(NUM_ROWS, DIM, dtype=torch.float64))
+restored.load_state_dict(table.state_dict())
+assert torch.equal(restored.weight, table.weight)
+assert torch.equal(table.gather_rows(torch.arange(table.weight.shape[0]) + lo), torch.arange(NUM_ROWS))
 try:
     table(torch.tensor([NUM_ROWS]))
     raise AssertionError("an id past the table was accepted")

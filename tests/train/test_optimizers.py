@@ -144,6 +144,8 @@ def test_rowwise_runs_train_with_sparse_gradients_and_resume_exactly(tmp_path, d
     ("model.item_table_dtype", "bfloat16", "needs train.embedding_optimizer = rowwise_adagrad"),
     ("model.item_table_dtype", "float16", "must be float32 or bfloat16"),
     ("train.embedding_optimizer", "sgd", "must be adamw or rowwise_adagrad"),
+    ("train.item_table_sharding", "rows", "needs train.embedding_optimizer = rowwise_adagrad"),
+    ("train.item_table_sharding", "columns", "must be replicated or rows"),
 ])
 def test_bad_table_settings_are_refused(key, value, message):
     config = tiny_config()
@@ -153,8 +155,12 @@ def test_bad_table_settings_are_refused(key, value, message):
         config.validate()
 
 
-def test_rowwise_under_fsdp_is_refused():
+def test_rowwise_under_fsdp_and_sharded_rows_with_a_weight_average_are_refused():
     config = rowwise_config()
     config.train.data_parallel = "fsdp"
     with pytest.raises(ValueError, match="needs train.data_parallel = ddp"):
+        config.validate()
+    config = rowwise_config()
+    config.train.item_table_sharding, config.train.ema_decay = "rows", 0.9
+    with pytest.raises(ValueError, match="cannot keep a weight average"):
         config.validate()

@@ -1,5 +1,6 @@
 """Data-parallel training under torchrun (two CPU processes over Gloo)."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,54 @@ def test_two_processes_train_and_resume_exactly(tmp_path, task, options):
     for name, tensor in a.model.items():
         assert torch.equal(tensor, b.model[name]), name
     assert (tmp_path / "a/metrics.json").read_text() == (tmp_path / "b/metrics.json").read_text()
+
+
+@pytest.mark.slow
+def test_row_sharded_item_tables_train_as_replicated_ones_resume_and_evaluate_alone(tmp_path):
+    """Each rank holds half the table's rows (train.item_table_sharding = rows): the run equals the replicated
+    one to rounding, its checkpoint holds the whole table and row sums, it resumes exactly (a bf16 table too),
+    and one process evaluates it to the numbers the two ranks reported."""
+    rowwise = ("--set", "train.embedding_optimizer=rowwise_adagrad")
+    rows = (*rowwise, "--set", "train.item_table_sharding=rows")
+    runs = [torchrun(tmp_path / "rows", "--epochs", "2", *rows),
+            torchrun(tmp_path / "replicated", "--epochs", "2", *rowwise),
+            torchrun(tmp_path / "bf16", "--epochs", "2", *rows, "--set", "model.item_table_dtype=bfloat16"),
+            torchrun(tmp_path / "resumed", "--epochs", "1", *rows, "--set", "model.item_table_dtype=bfloat16"),
+            torchrun(tmp_path / "resumed", "--epochs", "2", "--resume")]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    sharded, replicated, bf16, resumed = (load_checkpoint(tmp_path / name / "last.safetensors")
+                                          for name in ("rows", "replicated", "bf16", "resumed"))
+    table = sharded.model["embedding.item.weight"]
+    for name, tensor in sharded.model.items():
+        assert tensor.shape == replicated.model[name].shape, name  # whole tensors, not one rank's rows
+        torch.testing.assert_close(tensor, replicated.model[name], rtol=0, atol=1e-6)
+    assert f"item table sharded by rows: rank 0 holds {-(-table.shape[0] // 2):,} of {table.shape[0]:,}" in \
+        runs[0].stdout
+    row_sums, replicated_sums = ([state["sum"] for state in checkpoint.optimizer["state"].values() if "sum" in state]
+                                 for checkpoint in (sharded, replicated))
+    assert len(row_sums) == 1 and row_sums[0].shape == (table.shape[0],) and (row_sums[0] > 0).any()
+    torch.testing.assert_close(row_sums[0], replicated_sums[0], rtol=1e-5, atol=1e-9)  # the same mean gradient
+    for name, tensor in bf16.model.items():
+        assert torch.equal(tensor, resumed.model[name]), name
+    alone = subprocess.run([sys.executable, "-m", "genrec", "eval", "--checkpoint", str(tmp_path / "rows")],
+                           capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    reported = json.loads((tmp_path / "rows/metrics.json").read_text())
+    assert json.loads((tmp_path / "rows/metrics-test.json").read_text())["metrics"] == reported
+
+
+@pytest.mark.slow
+def test_a_ranker_with_a_row_sharded_item_table_trains_as_a_replicated_one(tmp_path):
+    rowwise = ("--task", "ranking", "--set", "train.embedding_optimizer=rowwise_adagrad")
+    runs = [torchrun(tmp_path / "rows", "--epochs", "2", *rowwise, "--set", "train.item_table_sharding=rows"),
+            torchrun(tmp_path / "replicated", "--epochs", "2", *rowwise)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    sharded, replicated = (load_checkpoint(tmp_path / name / "last.safetensors") for name in ("rows", "replicated"))
+    assert sharded.model.keys() == replicated.model.keys()
+    for name, tensor in sharded.model.items():
+        torch.testing.assert_close(tensor, replicated.model[name], rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow

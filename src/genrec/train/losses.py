@@ -17,7 +17,7 @@ from genrec.model.similarity import DotSimilarity, Similarity
 def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddings, num_items: int,
                          num_negatives: int, temperature: float, generator: torch.Generator,
                          in_batch_negatives: int = 0, similarity: Similarity | None = None,
-                         negative_pool: torch.Tensor | None = None) -> torch.Tensor:
+                         negative_pool: torch.Tensor | None = None, whole_table: bool = True) -> torch.Tensor:
     """Mean cross-entropy of the positive against S uniform negatives per position.
 
     user: [P, D] l2-normalised; targets: [P] dense item ids (>= 1); item_embeddings(ids) returns
@@ -25,7 +25,8 @@ def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddi
     M of the batch's targets shared by all positions, logQ-corrected against uniform sampling so
     popular items are not over-penalised. `similarity` scores a user against an item (default: the
     dot product; see genrec.model.similarity). negative_pool: the ids negatives are drawn from (a stream's
-    held items), uniformly; default 1..I.
+    held items), uniformly; default 1..I. whole_table = False: only look rows up, never read the whole table (one
+    sharded across ranks, where every rank must make the same lookups whatever its number of positions).
     """
     similarity = DotSimilarity() if similarity is None else similarity
     num_positions, dim = user.shape
@@ -33,7 +34,7 @@ def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddi
     # gathered row, and cheaper when the catalog has fewer rows than the P * (S + 1) the loss reads.
     # The item-only part of the similarity (for MoL: projections, normalisation, gate) likewise runs
     # once per catalog row rather than once per (position, negative) pair.
-    table = item_embeddings() if num_items + 1 <= num_positions * (num_negatives + 1) else None
+    table = item_embeddings() if whole_table and num_items + 1 <= num_positions * (num_negatives + 1) else None
     rows = item_embeddings if table is None else partial(F.embedding, weight=table)
     features = (lambda ids: similarity.item_features(item_embeddings(ids))) if table is None else \
         partial(F.embedding, weight=similarity.item_features(table))

@@ -13,6 +13,7 @@ from torch import nn
 
 from genrec.config import TrainConfig
 from genrec.model.embeddings import InputEmbedding
+from genrec.train.sharded_embedding import RowShardedEmbedding
 
 # low bits a bf16 drops from an fp32 (bf16 is the upper half of fp32's bit pattern)
 _BF16_DROPPED = 1 << 16
@@ -26,10 +27,14 @@ class RowWiseAdagrad(torch.optim.Optimizer):
     survive on average instead of vanishing, with the noise drawn from (seed, step): a resumed run rounds
     exactly as an unbroken one."""
 
-    def __init__(self, params, lr: float = 0.01, eps: float = 1e-8, seed: int = 0) -> None:
+    def __init__(self, params, lr: float = 0.01, eps: float = 1e-8, seed: int = 0,
+                 row_shards: list[RowShardedEmbedding] = ()) -> None:
+        """row_shards: tables among `params`' owners that are sharded by rows across ranks, whose row sums the
+        state dict holds whole (gathered: a collective) and loading takes this rank's rows of."""
         if not lr > 0 or not eps >= 0:
             raise ValueError(f"RowWiseAdagrad needs lr > 0 and eps >= 0, got {lr}, {eps}")
         super().__init__(params, {"lr": lr, "eps": eps, "seed": seed})
+        self.row_shards = {id(table.weight): table for table in row_shards}
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -55,14 +60,28 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 weight[touched] = updated
         return None
 
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        for index, weight in enumerate(self._weights()):
+            shard = self.row_shards.get(id(weight))
+            if shard is not None and index in state["state"]:
+                state["state"][index] = {**state["state"][index],
+                                         "sum": shard.gather_rows(state["state"][index]["sum"])}
+        return state
+
     def load_state_dict(self, state_dict: dict) -> None:
         """torch casts a loaded state to its parameter's dtype; the row sums keep theirs (a bf16 table's fp32
         sums would lose their precision, and the resumed run would not step as the unbroken one)."""
         sums = {index: state["sum"].clone() for index, state in state_dict["state"].items()}
         super().load_state_dict(state_dict)
-        weights = [weight for group in self.param_groups for weight in group["params"]]
+        weights = self._weights()
         for index, row_sums in sums.items():
+            shard = self.row_shards.get(id(weights[index]))
+            row_sums = row_sums if shard is None else shard.local_rows(row_sums)
             self.state[weights[index]]["sum"] = row_sums.to(weights[index].device)
+
+    def _weights(self) -> list[torch.Tensor]:
+        return [weight for group in self.param_groups for weight in group["params"]]
 
 
 def _touched_rows(grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,7 +156,7 @@ class CombinedOptimizer:
             offset += count
 
 
-def item_tables(module: nn.Module) -> list[nn.Embedding]:
+def item_tables(module: nn.Module) -> list[nn.Embedding | RowShardedEmbedding]:
     """The item embedding tables of a model (its InputEmbeddings'), the rows a row-wise optimiser takes."""
     return [child.item for child in module.modules() if isinstance(child, InputEmbedding)]
 
@@ -145,8 +164,9 @@ def item_tables(module: nn.Module) -> list[nn.Embedding]:
 def build_optimizer(train: TrainConfig, module: nn.Module, sparse_tables: bool
                     ) -> torch.optim.Optimizer | CombinedOptimizer:
     """AdamW over `module`'s parameters, or (train.embedding_optimizer = rowwise_adagrad) AdamW over all but
-    the item tables and RowWiseAdagrad over those, switched to sparse gradients when `sparse_tables` (not
-    under DDP, whose all-reduce takes dense gradients). The table's group carries its own base learning rate
+    the item tables and RowWiseAdagrad over those (whole or sharded by rows: genrec.train.parallel.shard_item_tables),
+    whole ones switched to sparse gradients when `sparse_tables` (not under DDP, whose all-reduce takes dense
+    gradients). The table's group carries its own base learning rate
     (base_lr), which the schedule scales."""
     def adamw(params) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=train.learning_rate, betas=train.betas, weight_decay=train.weight_decay)
@@ -156,10 +176,13 @@ def build_optimizer(train: TrainConfig, module: nn.Module, sparse_tables: bool
     tables = item_tables(module)
     if not tables:
         raise ValueError("train.embedding_optimizer = rowwise_adagrad: this model has no item table")
+    shards = [table for table in tables if isinstance(table, RowShardedEmbedding)]
     for table in tables:
-        table.sparse = sparse_tables
+        if isinstance(table, nn.Embedding):
+            table.sparse = sparse_tables
     table_ids = {id(table.weight) for table in tables}
     dense = [p for p in module.parameters() if id(p) not in table_ids]
-    rowwise = RowWiseAdagrad([table.weight for table in tables], lr=train.embedding_learning_rate, seed=train.seed)
+    rowwise = RowWiseAdagrad([table.weight for table in tables], lr=train.embedding_learning_rate, seed=train.seed,
+                             row_shards=shards)
     rowwise.param_groups[0]["base_lr"] = train.embedding_learning_rate
     return CombinedOptimizer([adamw(dense), rowwise])

@@ -11,12 +11,15 @@ layer's weights for its forward and backward, and reduce-scatters the gradients.
 (identical weights give identical numbers, so early stopping and epoch selection agree without
 messages); rank 0 alone writes files. Checkpoints hold full (unsharded) tensors and every rank's random
 streams, so --resume stays exact, and a checkpoint does not depend on the strategy that wrote it.
+Under DDP, train.item_table_sharding = rows keeps 1/world of every item table's rows per rank instead of a
+replica, with lookups answered where the rows live (genrec.train.sharded_embedding; shard_item_tables).
 Without torchrun's environment (WORLD_SIZE unset or 1) all of this is a no-op.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +29,9 @@ from torch import nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
+
+from genrec.model.embeddings import InputEmbedding
+from genrec.train.sharded_embedding import RowShardedEmbedding
 
 
 @dataclass(frozen=True)
@@ -61,9 +67,26 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device | None
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank), device
 
 
+def shard_item_tables(model: nn.Module, ranks: Distributed) -> bool:
+    """Replaces each item table of `model` (its InputEmbeddings') by a RowShardedEmbedding holding this rank's
+    rows of it (every rank built the same table under one seed); before data_parallel, which then leaves those
+    rows out of DDP. Returns whether it sharded anything (not outside torchrun)."""
+    if not ranks.enabled:
+        return False
+    for embedding in (child for child in model.modules() if isinstance(child, InputEmbedding)):
+        table = RowShardedEmbedding(embedding.item.num_embeddings, embedding.item.embedding_dim,
+                                    full_weight=embedding.item.weight.detach())
+        # DDP averages the replicated weights' gradients over ranks; a shard's gradient arrives summed over the
+        # ranks' lookups, so the same mean takes a division
+        table.weight.register_hook(lambda grad: grad / ranks.world_size)
+        embedding.item = table
+    return True
+
+
 def data_parallel(model: nn.Module, ranks: Distributed, device: torch.device, strategy: str = "ddp") -> nn.Module:
     """The module to run training forwards through: a DDP wrapper, or `model` itself sharded in place
-    by FSDP2 (build the optimiser after this call: it must see the sharded parameters)."""
+    by FSDP2 (build the optimiser after this call: it must see the sharded parameters). Rows of tables sharded
+    by shard_item_tables are left out of DDP: each rank's are its own, and their gradients arrive complete."""
     if not ranks.enabled:
         return model
     if strategy == "fsdp":
@@ -73,6 +96,9 @@ def data_parallel(model: nn.Module, ranks: Distributed, device: torch.device, st
         # so the loss may read the item table outside forward
         fully_shard(model)
         return model
+    own_rows = [f"{name}.{part}" for name, child in model.named_modules() if isinstance(child, RowShardedEmbedding)
+                for part in ("weight", "bounds")]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, own_rows)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
@@ -145,3 +171,14 @@ def barrier(ranks: Distributed) -> None:
 def shutdown(ranks: Distributed) -> None:
     if ranks.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_rank(ranks: Distributed) -> None:
+    """Ends a torchrun rank's process once its output is written, without running destructors. Gloo's process
+    group can deadlock in its destructor: the thread that finished a collective frees its tensors, which needs
+    the GIL, while the destructor joining that thread holds it (seen after runs with row-sharded tables, whose
+    lookups are all-to-alls). Every file is closed by then. Outside torchrun: nothing."""
+    if ranks.enabled:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -6,8 +6,9 @@ lookup deduplicates the batch's ids, sends each unique id to its owner (all-to-a
 and sends them back (all-to-all); the backward sends each unique id's summed gradient to its owner, which
 adds it to its rows' gradient. Every rank must call forward and backward the same number of times (they are
 collectives), as under DDP. genrec.train.optimizers.RowWiseAdagrad updates only the rows a step touched and keeps
-one number of state per row (Adam's two moments would triple a large table). Shapes: N ids in this rank's batch, U
-unique, D dims, R rows of this shard.
+one number of state per row (Adam's two moments would triple a large table). Its state dict holds the whole table
+(gathered: a collective, as FSDP's is) and loading one takes this rank's rows, so checkpoints do not depend on the
+number of ranks. Shapes: N ids in this rank's batch, U unique, D dims, R rows of this shard.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ class RowShardedEmbedding(nn.Module):
         self.register_buffer("bounds", row_bounds(num_rows, self.world_size), persistent=False)
         lo, hi = (int(b) for b in self.bounds[self.rank:self.rank + 2])
         rows = full_weight[lo:hi].detach().clone() if full_weight is not None else torch.randn(hi - lo, dim)
+        self.bounds = self.bounds.to(rows.device)
         self.weight = nn.Parameter(rows)  # [R, D], this rank's rows
+        self._register_state_dict_hook(_whole_weight)
+        self._register_load_state_dict_pre_hook(_own_rows, with_module=True)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids [*] int64 in [0, num_rows) -> [*, D]."""
@@ -48,12 +52,34 @@ class RowShardedEmbedding(nn.Module):
 
     def full_weight(self) -> torch.Tensor:
         """The whole table [num_rows, D] on every rank (a collective: for checkpoints and evaluation)."""
+        return self.gather_rows(self.weight.detach())
+
+    def gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """[R, *] per-row values of this shard (its weights, an optimiser's row state) -> [num_rows, *] on every
+        rank (a collective)."""
         sizes = (self.bounds[1:] - self.bounds[:-1]).tolist()
-        padded = self.weight.detach().new_zeros(max(sizes), self.dim)  # Gloo gathers equal sizes only
-        padded[: self.weight.shape[0]] = self.weight.detach()
+        padded = local.new_zeros(max(sizes), *local.shape[1:])  # Gloo gathers equal sizes only
+        padded[: local.shape[0]] = local
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(parts, padded, group=self.group)
         return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+    def local_rows(self, whole: torch.Tensor) -> torch.Tensor:
+        """[num_rows, *] -> this shard's rows [R, *]."""
+        if whole.shape[0] != self.num_rows:
+            raise ValueError(f"a row-sharded table of {self.num_rows} rows cannot load {whole.shape[0]} rows")
+        lo, hi = (int(b) for b in self.bounds[self.rank:self.rank + 2])
+        return whole[lo:hi]
+
+
+def _whole_weight(module: RowShardedEmbedding, state: dict, prefix: str, local_metadata) -> None:
+    state[prefix + "weight"] = module.full_weight()
+
+
+def _own_rows(module: RowShardedEmbedding, state: dict, prefix: str, *args) -> None:
+    key = prefix + "weight"
+    if key in state:
+        state[key] = module.local_rows(state[key])
 
 
 def _route(unique: torch.Tensor, bounds: torch.Tensor) -> tuple[torch.Tensor, list[int]]:

@@ -34,7 +34,7 @@ from genrec.train.epoch import StepLoss, train_epoch
 from genrec.train.experiment import build_model, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 from genrec.train.optimizers import build_optimizer
-from genrec.train.parallel import data_parallel, init_distributed, num_batches
+from genrec.train.parallel import data_parallel, init_distributed, num_batches, shard_item_tables
 from genrec.train.run_log import RunLog, print_line
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
 
@@ -55,6 +55,10 @@ class Trainer:
         self.peak_tflops = peak_tflops(self.device)
         torch.manual_seed(config.train.seed)
         self.model = build_model(config, self.data, self.device)
+        self.sharded_tables = config.train.item_table_sharding == "rows" and shard_item_tables(self.model, self.ranks)
+        if self.sharded_tables:
+            self.log(f"item table sharded by rows: rank 0 holds {self.model.embedding.item.weight.shape[0]:,} of "
+                     f"{self.model.embedding.item.num_rows:,}")
         self.modules = self.model  # what is trained, checked for finite weights each epoch
         # before the optimiser: FSDP2 replaces the parameters with their shards
         self.train_model = data_parallel(self.model, self.ranks, self.device, config.train.data_parallel)
@@ -94,7 +98,8 @@ class Trainer:
         else:
             loss = sampled_softmax_loss(user_embeddings, targets, self.model.item_embeddings, self.data.num_items,
                                         loss_config.num_negatives, loss_config.temperature, self.streams.sample,
-                                        loss_config.in_batch_negatives, self.model.similarity)
+                                        loss_config.in_batch_negatives, self.model.similarity,
+                                        whole_table=not self.sharded_tables)
         flops = 3 * (self.model.encoder.forward_flops(lengths) + loss_flops(  # forward + 2x for backward
             num_positions, user_embeddings.shape[-1], self.data.num_items, loss_config.negatives,
             loss_config.num_negatives, loss_config.in_batch_negatives))
