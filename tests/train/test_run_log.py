@@ -68,3 +68,19 @@ def test_on_a_terminal_steps_and_evaluation_batches_get_bars(tmp_path, monkeypat
     run_log.close()
     assert lines == ["epoch 1/1: done"]  # the bar, not plain lines, showed the steps
     assert "epoch 1/1" in capsys.readouterr().err
+
+
+def test_an_undefined_metric_is_left_out_of_tensorboard_and_printed_as_not_available(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from genrec.cli import _print_table
+
+    run_log = RunLog(tmp_path, lambda _: None, progress=False)
+    run_log.scalars("valid", {"clicked/auc": float("nan"), "clicked/ne": 0.93}, step=1)
+    run_log.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert events.Tags()["scalars"] == ["valid/clicked/ne"]
+    _print_table("test metrics", {"hstu": {"clicked/auc": float("nan"), "clicked/ne": 0.93}})
+    rows = capsys.readouterr().out.splitlines()[-2:]
+    assert rows[0].split() == ["clicked/auc", "n/a"] and rows[1].split() == ["clicked/ne", "0.9300"]

@@ -8,6 +8,7 @@ read per step would stall a GPU step on a sync.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -80,9 +81,11 @@ class RunLog:
                                               leave=False)
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        """Numbers to TensorBoard; an undefined metric (NaN: an AUC over labels of one class) is left out, not
+        drawn as a NaN point."""
         if self.writer is not None:
             for key, value in values.items():
-                if isinstance(value, (int, float)):
+                if isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(f"{prefix}/{key}", value, step)
 
     def close(self) -> None:
