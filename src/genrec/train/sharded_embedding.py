@@ -3,8 +3,8 @@ TorchRec pattern, on torch.distributed alone): the unsharded reference is nn.Emb
 
 Rank r owns the contiguous rows [bounds[r], bounds[r + 1]) (the first num_rows % world ranks one more). A
 lookup deduplicates the batch's ids, sends each unique id to its owner (all-to-all), reads the rows there
-and sends them back (all-to-all); the backward sends each unique id's summed gradient to its owner, which
-adds it to its rows' gradient. Every rank must call forward and backward the same number of times (they are
+and sends them back (all-to-all); the backward sends each unique id's summed gradient to its owner, whose
+table gets a sparse gradient of the rows asked for. Every rank must call forward and backward the same number of times (they are
 collectives), as under DDP. genrec.train.optimizers.RowWiseAdagrad updates only the rows a step touched and keeps
 one number of state per row (Adam's two moments would triple a large table). Its state dict holds the whole table
 (gathered: a collective, as FSDP's is) and loading one takes this rank's rows, so checkpoints do not depend on the
@@ -119,6 +119,7 @@ class _ShardedLookup(torch.autograd.Function):
         (local,) = ctx.saved_tensors
         send_counts, receive_counts = ctx.counts
         grads = _exchange(grad_rows, send_counts, receive_counts, ctx.group)  # to the rows' owners
-        grad_weight = grad_rows.new_zeros(ctx.num_local, grad_rows.shape[1])
-        grad_weight.index_add_(0, local, grads)  # two ranks may ask for the same row: their gradients add
+        # sparse, as nn.Embedding(sparse=True)'s: a dense [R, D] gradient would double a table too large for one
+        # device; two ranks may ask for the same row, and their gradients add when it is coalesced
+        grad_weight = torch.sparse_coo_tensor(local.unsqueeze(0), grads, (ctx.num_local, grad_rows.shape[1]))
         return grad_weight, None, None, None
