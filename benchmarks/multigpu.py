@@ -225,7 +225,8 @@ def main() -> None:
                            str(world), __file__, "--worker", "--model", model, "--mode", mode, "--rows",
                            str(args.rows), "--users-per-rank", str(args.users_per_rank), "--device", args.device,
                            "--max-world", str(max(worlds)), "--out", str(args.out)]
-                environment_vars = {**os.environ, "NCCL_NVLS_ENABLE": "0"}  # multicast can take a shared host's GPUs out
+                # NVLink multicast can take a shared host's GPUs out of service
+                environment_vars = {**os.environ, "NCCL_NVLS_ENABLE": "0"}
                 run = subprocess.run(command, capture_output=True, text=True, env=environment_vars)
                 if run.returncode != 0:
                     raise SystemExit(f"{model} {mode} W={world} failed:\n{run.stderr[-4000:]}")
