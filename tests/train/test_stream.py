@@ -79,6 +79,22 @@ def rowwise(config):
     return config
 
 
+def test_a_stream_from_an_event_store_equals_the_stream_from_its_log(tmp_path):
+    pytest.importorskip("pyarrow")
+    from genrec.data.event_store import prepare
+
+    events = generate_stream(StreamSpec(num_users=60, num_events=2400, num_days=40, initial_items=300, seed=2))
+    write_log(tmp_path / "log.csv", events)
+    prepare("events", tmp_path / "log.csv", tmp_path / "store", partition_events=700)
+    from_log = run(stream_config(tmp_path / "log.csv"), tmp_path / "a")
+    config = stream_config()
+    config.data.dataset, config.data.path = "store", str(tmp_path / "store")
+    from_store = run(config, tmp_path / "b")
+    assert len(from_log["windows"]) == 4 and from_store["windows"] == from_log["windows"]
+    a, b = load_checkpoint(tmp_path / "a/last.safetensors"), load_checkpoint(tmp_path / "b/last.safetensors")
+    assert torch.equal(a.item_vocab, b.item_vocab)  # rows hold the same source ids
+
+
 @pytest.mark.parametrize("table", [lambda config: config, rowwise], ids=["adamw", "rowwise-bf16-table"])
 def test_resume_is_exact(tmp_path, deterministic, table):
     straight = run(table(stream_config()), tmp_path / "a")

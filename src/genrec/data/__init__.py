@@ -23,8 +23,8 @@ def load_events(dataset: str, path: str | Path | None, skip_bad_rows: bool = Fal
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     if dataset == "store":
-        raise ValueError("an event store (genrec prepare) holds sequences sorted by user, not a log in time order: "
-                         "training and evaluation read it; streams need the event log itself")
+        raise ValueError("an event store (genrec prepare) is opened with genrec.data.event_store.EventStore, not "
+                         "read as a log")
     if dataset == "synthetic":
         return generate_events(synthetic)
     if dataset == "synthetic-stream":  # sized like the static default: its users, 40 events each, its items

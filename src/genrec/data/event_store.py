@@ -281,6 +281,18 @@ class EventStore:
         return SequenceData(jagged, np.load(self.path / "items.npy"), users[keep], int((~keep).sum()),
                             str(self.path))
 
+    def events(self) -> Events:
+        """The store as a log (source user and item ids, its time and rating columns), ordered by user and time:
+        for readers that order events themselves, as streams do (by time). Holds two per-event id columns in
+        memory; time and rating stay mapped."""
+        offsets = np.load(self.path / "offsets.npy")
+        columns = self.manifest["columns"]
+        users = np.repeat(np.load(self.path / "users.npy"), np.diff(offsets))
+        items = np.load(self.path / "items.npy")[self.column("item_id") - 1]
+        return Events(users, items, self.column("timestamp") if "timestamp" in columns else None,
+                      self.column("rating") if "rating" in columns else None, source=str(self.path),
+                      skipped_rows=self.manifest["skipped_rows"])
+
     def action_labels(self) -> "StoreLabels":
         """The ranking tasks' labels (genrec.data.actions) of the store's events, computed for the rows a batch
         reads."""

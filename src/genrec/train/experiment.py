@@ -30,7 +30,13 @@ class PreparedData:
 
 
 def read_events(data_config: DataConfig) -> Events:
-    """The events of the configured data set (a file, or the generated synthetic sets)."""
+    """The events of the configured data set (a file, an event store, or the generated synthetic sets)."""
+    if data_config.dataset == "store":
+        from genrec.data.event_store import EventStore
+
+        if data_config.path is None:
+            raise ValueError("dataset 'store' needs --data-dir: the directory genrec prepare wrote")
+        return EventStore.open(data_config.path).events()
     synthetic = SyntheticSpec(num_users=data_config.synthetic_users, num_items=data_config.synthetic_items,
                               seed=data_config.synthetic_seed)
     return load_events(data_config.dataset, data_config.path, data_config.skip_bad_rows, synthetic)
