@@ -55,6 +55,15 @@ restored = RowShardedEmbedding(NUM_ROWS, DIM, full_weight=torch.zeros(NUM_ROWS, 
 restored.load_state_dict(table.state_dict())
 assert torch.equal(restored.weight, table.weight)
 assert torch.equal(table.gather_rows(torch.arange(table.weight.shape[0]) + lo), torch.arange(NUM_ROWS))
+assert table.own_ids == (lo, hi) and torch.equal(table.own_rows(torch.arange(lo, hi)), table.weight)
+try:
+    table.own_rows(torch.tensor([(hi + 1) % NUM_ROWS if hi < NUM_ROWS else 0]))
+    raise AssertionError("another rank's row was read here")
+except ValueError as error:
+    assert "holds ids" in str(error)
+totals = torch.tensor([float(rank)])
+table.combine(totals, "max")
+assert totals.item() == world_size - 1
 try:
     table(torch.tensor([NUM_ROWS]))
     raise AssertionError("an id past the table was accepted")

@@ -26,6 +26,10 @@ class ItemChunks:
 
     items: Callable[[int, int], torch.Tensor]
     num_columns: int
+    # a table sharded by rows across ranks: this rank scores ids [lo, hi) only, and combine(values, op) all-reduces
+    # what the ranks found (op "max" or "sum"); ranks add up over disjoint ranges. None: one process scores all
+    own_columns: tuple[int, int] | None = None
+    combine: Callable[[torch.Tensor, str], None] | None = None
 
 
 Scorer = Callable[[SequenceBatch], "torch.Tensor | ItemChunks"]  # batch -> [B, I + 1] scores, or ItemChunks
@@ -50,20 +54,25 @@ def chunked_target_ranks(scores: ItemChunks, targets: torch.Tensor, batch: Seque
     """target_ranks over item ranges of chunk_columns: with several, every range is scored twice, first for the
     targets' scores and the finiteness check, then to count, so that a target is compared with exactly the
     score it has in its own range's matrix (a score computed apart could differ in the last bit and break a
-    tie in its favour)."""
-    bounds = [(lo, min(lo + chunk_columns, scores.num_columns)) for lo in range(0, scores.num_columns, chunk_columns)]
+    tie in its favour). With own_columns, every rank ranks against its own ids and the counts are added up (the
+    target's score comes from the rank that holds it)."""
+    first, last = scores.own_columns or (0, scores.num_columns)
+    bounds = [(lo, min(lo + chunk_columns, last)) for lo in range(first, last, chunk_columns)]
+    combine = scores.combine or (lambda values, op: None)
     score_range = scores.items
     if len(bounds) == 1:
         whole = scores.items(*bounds[0]).float()
         score_range = lambda lo, hi: whole  # noqa: E731
     rows = torch.arange(targets.shape[0], device=targets.device)
-    target_scores = torch.empty(targets.shape[0], device=targets.device)
+    target_scores = torch.full((targets.shape[0],), float("-inf"), device=targets.device)
     bad = torch.zeros(targets.shape[0], dtype=torch.bool, device=targets.device)
     for lo, hi in bounds:
         chunk = score_range(lo, hi).float()
         bad |= ~torch.isfinite(chunk[:, max(0, 1 - lo):]).all(dim=1)  # column 0 (padding) is never ranked
         inside = (targets >= lo) & (targets < hi)
         target_scores[inside] = chunk[rows[inside], targets[inside] - lo]
+    combine(target_scores, "max")
+    bad = _combined_flags(bad, combine)
     if bool(bad.any()):
         raise ValueError(f"non-finite scores for {int(bad.sum())} of {bad.numel()} users (the model's weights or "
                          f"inputs hold NaN or inf); refusing to rank them")
@@ -91,7 +100,17 @@ def chunked_target_ranks(scores: ItemChunks, targets: torch.Tensor, batch: Seque
         eligible[rows[inside], local_targets[inside]] = False  # the target is not compared with itself
         at_least += ((chunk >= target_scores.view(-1, 1)) & eligible).sum(dim=1)
         eligible_count += eligible.sum(dim=1)
+    combine(at_least, "sum")
+    combine(eligible_count, "sum")
+    target_eligible = _combined_flags(target_eligible, combine)
     return torch.where(target_eligible, at_least + 1, eligible_count + 1)
+
+
+def _combined_flags(flags: torch.Tensor, combine: Callable[[torch.Tensor, str], None]) -> torch.Tensor:
+    """Per-user flags set on any rank."""
+    values = flags.to(torch.int32)
+    combine(values, "max")
+    return values.bool()
 
 
 @torch.no_grad()
@@ -116,14 +135,20 @@ def rank_split(scorer: Scorer, split: EvalSplit, max_seq_len: int, batch_size: i
 def model_scorer(model: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> Scorer:
     """Scores = similarity(user embedding after the last history token, every item embedding), item range by
     item range (ItemChunks). The encoder may run under autocast; the scores never do: rounded to bf16, near
-    scores would tie, and ties rank the target below the items it ties with (see target_ranks)."""
+    scores would tie, and ties rank the target below the items it ties with (see target_ranks). A table sharded
+    by rows is scored where its rows live: every rank ranks the batch against its own items."""
+    table = model.item_table
+    sharded = hasattr(table, "own_ids")
+
     def score(batch: SequenceBatch) -> ItemChunks:
         with torch.autocast(batch.item_ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             users = model(batch)[last_positions(batch.seq_offsets)].float()
         def score_range(lo: int, hi: int) -> torch.Tensor:  # the range's rows only: no copy of the whole table
-            items = model.item_embeddings(torch.arange(lo, hi, device=users.device)).float()
+            items = model.item_embeddings(torch.arange(lo, hi, device=users.device), own_rows=sharded).float()
             return model.similarity.all(users, items)
-        return ItemChunks(score_range, model.num_items + 1)
+        if not sharded:
+            return ItemChunks(score_range, model.num_items + 1)
+        return ItemChunks(score_range, model.num_items + 1, table.own_ids, table.combine)
     return score
 
 

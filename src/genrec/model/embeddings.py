@@ -61,9 +61,14 @@ class InputEmbedding(nn.Module):
         """[*ids, D] fp32 rows of the item table, whatever its storage."""
         return self.item(item_ids).float()
 
-    def normalized_items(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """l2-normalised item embeddings ([num_items + 1, D] for the whole table), fp32."""
-        table = self.item.weight.float() if item_ids is None else self.items(item_ids)
+    def normalized_items(self, item_ids: torch.Tensor | None = None, own_rows: bool = False) -> torch.Tensor:
+        """l2-normalised item embeddings ([num_items + 1, D] for the whole table), fp32. own_rows: a table
+        sharded across ranks (genrec.train.sharded_embedding) reads these ids from this rank's rows, with no
+        message."""
+        if own_rows:
+            table = self.item.own_rows(item_ids).float()
+        else:
+            table = self.item.weight.float() if item_ids is None else self.items(item_ids)
         return F.normalize(table, dim=-1)
 
 

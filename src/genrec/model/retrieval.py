@@ -75,6 +75,13 @@ class SequentialRetriever(nn.Module):
     def forward_candidate_outputs(self, out: torch.Tensor) -> torch.Tensor:
         return out  # forward's rows are already the l2-normalised embeddings
 
-    def item_embeddings(self, item_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """l2-normalised item embeddings: [I, D] for the whole table (row 0 = padding) or [*ids, D]."""
-        return self.embedding.normalized_items(item_ids)
+    def item_embeddings(self, item_ids: torch.Tensor | None = None, own_rows: bool = False) -> torch.Tensor:
+        """l2-normalised item embeddings: [I, D] for the whole table (row 0 = padding) or [*ids, D]; own_rows: of
+        a table sharded across ranks, ids this rank holds (see item_table)."""
+        return self.embedding.normalized_items(item_ids, own_rows)
+
+    @property
+    def item_table(self) -> nn.Module:
+        """The item embedding table: an nn.Embedding, or a table sharded by rows across ranks (its own_ids, own_rows
+        and combine let evaluation score each item where its row lives)."""
+        return self.embedding.item

@@ -50,6 +50,23 @@ class RowShardedEmbedding(nn.Module):
         rows = _ShardedLookup.apply(self.weight, unique, self.bounds, self.group)
         return rows[inverse].view(*ids.shape, self.dim)
 
+    @property
+    def own_ids(self) -> tuple[int, int]:
+        """The ids [lo, hi) whose rows this rank holds."""
+        lo, hi = (int(b) for b in self.bounds[self.rank:self.rank + 2])
+        return lo, hi
+
+    def own_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of ids this rank holds, read here (no message): for scoring where the rows live."""
+        lo, hi = self.own_ids
+        if ids.numel() and (int(ids.min()) < lo or int(ids.max()) >= hi):
+            raise ValueError(f"rank {self.rank} holds ids [{lo}, {hi}) only")
+        return self.weight[ids - lo]
+
+    def combine(self, values: torch.Tensor, op: str) -> None:
+        """All-reduces `values` in place over the table's ranks (op: "sum" or "max")."""
+        dist.all_reduce(values, dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=self.group)
+
     def full_weight(self) -> torch.Tensor:
         """The whole table [num_rows, D] on every rank (a collective: for checkpoints and evaluation)."""
         return self.gather_rows(self.weight.detach())
