@@ -28,17 +28,16 @@ Writes a PNG chart beside the JSON (needs matplotlib, extra `viz`).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from report import environment, pyplot, save_chart  # noqa: E402
 
 MODELS = {"large": dict(embedding_dim=50, num_layers=8, num_heads=2, qk_dim=25, v_dim=25),
           "wide": dict(embedding_dim=512, num_layers=8, num_heads=4, qk_dim=128, v_dim=128)}
@@ -163,23 +162,10 @@ def lengths_of(users: int, num_rows: int, world_size: int):
     return lengths.repeat(world_size)
 
 
-def environment() -> dict:
-    import torch
-
-    return {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.machine(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
 def write_chart(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        print("no chart: matplotlib is not installed (pip install 'genrec[viz]')")
+    plt = pyplot()
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, mode in zip(axes, ("weak", "strong")):
@@ -194,10 +180,7 @@ def write_chart(result: dict, path: Path) -> None:
         axis.set_xlabel("GPUs")
         axis.set_ylabel("tokens/s against 1 GPU")
         axis.legend(fontsize=8)
-    figure.suptitle(f"{result['rows'][0]['table_rows']:,}-row item table sharded by rows, {result['device']}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    print(f"chart: {path}")
+    save_chart(figure, f"{result['rows'][0]['table_rows']:,}-row item table sharded by rows, {result['device']}", path)
 
 
 def main() -> None:
@@ -217,7 +200,7 @@ def main() -> None:
         worker(args)
         return
     worlds = [int(w) for w in args.gpus.split(",")]
-    result = {**environment(), "rows": []}
+    result = {**environment(args.device), "rows": []}
     for model in args.models.split(","):
         for mode in ("weak", "strong"):
             for world in worlds:

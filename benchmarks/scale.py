@@ -3,8 +3,9 @@
 Each row builds a run the way `genrec train` does (genrec.train.trainer.Trainer) on the synthetic stream
 (genrec.data.synthetic_stream: U users x 40 events, I items at the start and 200 new a day for 60 days), then
 - times reading it: generating the events, building the sequences and the leave-one-out split;
-- trains one epoch, after one untimed step that lets the kernels autotune (sampled softmax with 512 uniform negatives, bf16 autocast on a GPU) with the item table stored
-  in bf16 and trained by row-wise AdaGrad (train.embedding_optimizer), so the table costs 2 bytes a weight;
+- trains one epoch, after one untimed step that lets the kernels autotune (sampled softmax with 512 uniform
+  negatives, bf16 autocast on a GPU), with the item table stored in bf16 and trained by row-wise AdaGrad
+  (train.embedding_optimizer), so the table costs 2 bytes a weight;
 - evaluates the epoch's model on a seeded sample of users against the whole catalogue (eval.max_users), with the
   popularity baseline on the same users.
 The table holds the items that occur in the events (about half of those generated at these sizes). Model: HSTU,
@@ -24,9 +25,7 @@ Writes a PNG chart beside the JSON (needs matplotlib, extra `viz`).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from report import environment, invocation, pyplot, save_chart  # noqa: E402
 
 EVENTS_PER_USER = 40  # what --dataset synthetic-stream generates per user
 EVAL_USERS = 20_000
@@ -90,7 +90,8 @@ def measure_row(name: str, device: str) -> dict:
         "row": name, "users": trainer.data.split.train.num_users, "events": int(trainer.data.summary["events"]),
         "generated_items": items + 200 * 60, "table_rows": trainer.data.num_items + 1,
         "data_seconds": round(data_seconds, 2), "epoch_seconds": round(stats["seconds"], 2),
-        "epoch_tokens": round(stats["tokens_per_s"] * stats["seconds"]), "tokens_per_s": round(stats["tokens_per_s"]), "tflops": round(stats["tflops"], 2),
+        "epoch_tokens": round(stats["tokens_per_s"] * stats["seconds"]), "tokens_per_s": round(stats["tokens_per_s"]),
+        "tflops": round(stats["tflops"], 2),
         "mfu": round(stats["mfu"], 4) if "mfu" in stats else None, "loss": round(stats["loss"], 4),
         "peak_gpu_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if trainer.device.type == "cuda" else None,
         "peak_host_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
@@ -116,31 +117,18 @@ def warm_up(trainer) -> None:
         torch.cuda.synchronize()
 
 
-def environment(device: str) -> dict:
-    import torch
-
-    return {"device": torch.cuda.get_device_name() if device != "cpu" and torch.cuda.is_available() else
-            platform.processor() or platform.machine(), "torch": torch.__version__, "python": platform.python_version(),
-            "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
-
-
 def print_table(rows: list[dict]) -> None:
-    columns = ("row", "events", "epoch_tokens", "table_rows", "data_seconds", "epoch_seconds", "tokens_per_s", "mfu", "peak_gpu_gb",
-               "peak_host_gb", "eval_seconds", "hr@10", "popularity_hr@10")
+    columns = ("row", "events", "epoch_tokens", "table_rows", "data_seconds", "epoch_seconds", "tokens_per_s", "mfu",
+               "peak_gpu_gb", "peak_host_gb", "eval_seconds", "hr@10", "popularity_hr@10")
     print(" | ".join(columns))
     for row in rows:
         print(" | ".join(str(row.get(column)) for column in columns))
 
 
 def write_chart(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        print("no chart: matplotlib is not installed (pip install 'genrec[viz]')")
+    plt = pyplot()
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for axis, prefix, x_key, x_label in ((axes[0], "events-", "epoch_tokens", "training tokens an epoch"),
@@ -161,10 +149,7 @@ def write_chart(result: dict, path: Path) -> None:
         lines = axis.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
         axis.legend(lines, [line.get_label() for line in lines], fontsize=8, loc="upper left")
     axes[0].set_ylabel("seconds")
-    figure.suptitle(f"genrec at scale, {result['device']} (HSTU d=64, 4 layers, bf16 table, row-wise AdaGrad)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    print(f"chart: {path}")
+    save_chart(figure, f"genrec at scale, {result['device']} (HSTU d=64, 4 layers, bf16 table, row-wise AdaGrad)", path)
 
 
 def main() -> None:
@@ -193,7 +178,7 @@ def main() -> None:
         if run.returncode != 0:
             raise SystemExit(f"{name} failed:\n{run.stderr[-4000:]}")
         row = json.loads(run.stdout.strip().splitlines()[-1])
-        result["rows"].append({**row, "date": environment(args.device)["date"]})
+        result["rows"].append({**row, "date": invocation()["date"]})
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print_table(result["rows"])

@@ -22,9 +22,7 @@ Writes a PNG chart beside the JSON (needs matplotlib, extra `viz`).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -33,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from report import environment, invocation, pyplot, save_chart  # noqa: E402
 
 # width x layers: over two decades of training compute at a fixed number of epochs
 SIZES = "32x2,48x2,64x3,96x4,128x4,192x6,256x8"
@@ -109,13 +108,9 @@ def fits(rows: list[dict]) -> dict:
 
 
 def write_chart(result: dict, path: Path) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        print("no chart: matplotlib is not installed (pip install 'genrec[viz]')")
+    plt = pyplot()
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
     for architecture, color in zip(ARCHITECTURES, ("tab:blue", "tab:orange")):
@@ -135,15 +130,10 @@ def write_chart(result: dict, path: Path) -> None:
         axis.set_xlabel("training compute (FLOPs)")
         axis.set_ylabel(key)
         axis.legend(fontsize=8)
-    figure.suptitle(f"quality against compute, {result['device']}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    print(f"chart: {path}")
+    save_chart(figure, f"quality against compute, {result['device']}", path)
 
 
 def main() -> None:
-    import torch
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sizes", default=SIZES, help="width x layers, comma-separated")
@@ -162,10 +152,9 @@ def main() -> None:
         if result["setting"] != setting:
             raise SystemExit(f"{args.out} holds a sweep with {result['setting']}, not {setting}: choose another --out")
     else:
-        result = {"device": torch.cuda.get_device_name() if args.device != "cpu" else platform.machine(),
-                  "torch": torch.__version__, "setting": setting, "rows": [], "runs": []}
-    result["runs"].append({"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-                           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")})
+        result = {**{k: v for k, v in environment(args.device).items() if k not in invocation()},
+                  "setting": setting, "rows": [], "runs": []}
+    result["runs"].append(invocation())
     done = {(r["architecture"], r["width"], r["layers"]) for r in result["rows"]}
     for architecture in args.architectures.split(","):
         for size in args.sizes.split(","):

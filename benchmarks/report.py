@@ -1,0 +1,45 @@
+"""What the benchmarks' results files and charts share: where and how a run happened, and pyplot when it is
+installed (the `viz` extra). Imported by the scripts beside it, which run with this folder on sys.path."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import sys
+from pathlib import Path
+
+
+def environment(device: str) -> dict:
+    """The device's name ("cpu": the processor's), torch and Python versions, the command line and the UTC date."""
+    import torch
+
+    on_gpu = device != "cpu" and torch.cuda.is_available()
+    return {"device": torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine(),
+            "torch": torch.__version__, "python": platform.python_version(), **invocation()}
+
+
+def invocation() -> dict:
+    """The command line and the UTC date of this run."""
+    return {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def pyplot():
+    """matplotlib.pyplot drawing to files, or None (saying so) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("no chart: matplotlib is not installed (pip install 'genrec[viz]')")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_chart(figure, title: str, path: Path) -> None:
+    """Titles, lays out and writes a chart (PNG at 120 dpi), saying where."""
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"chart: {path}")
