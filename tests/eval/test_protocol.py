@@ -1,3 +1,5 @@
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -102,6 +104,67 @@ def test_ranks_item_range_by_item_range_equal_the_whole_matrix(chunk, exclude_hi
     with pytest.raises(ValueError, match="non-finite scores for 1 of 9 users"):
         chunked_target_ranks(ItemChunks(lambda lo, hi: broken[:, lo:hi], num_columns), targets, batch,
                              exclude_history, chunk_columns=chunk)
+
+
+class ThreadRanks:
+    """Ranks simulated by threads: combine(values, op) all-reduces in place across them, as torch.distributed's
+    all_reduce does across processes."""
+
+    def __init__(self, world_size: int) -> None:
+        self.barrier, self.slots = threading.Barrier(world_size, timeout=10), [None] * world_size
+
+    def combine_for(self, rank: int):
+        def combine(values: torch.Tensor, op: str) -> None:
+            self.slots[rank] = values.clone()
+            self.barrier.wait()
+            stacked = torch.stack(self.slots)
+            reduced = stacked.sum(0) if op == "sum" else stacked.max(0).values
+            self.barrier.wait()  # everyone has read the slots before any is overwritten
+            values.copy_(reduced)
+        return combine
+
+
+@pytest.mark.parametrize("world_size, chunk", [(2, 7), (3, 4), (4, 100)])
+@pytest.mark.parametrize("exclude_history", [True, False])
+def test_ranks_counted_where_the_rows_live_equal_the_whole_matrix(world_size, chunk, exclude_history):
+    """A table sharded by rows: each rank ranks against its own ids (ItemChunks.own_columns, shards of unequal
+    sizes, one holding padding id 0), the counts are summed across ranks, and the ranks equal the whole matrix's,
+    ties and exclusions included; a non-finite score on any rank is an error on every rank."""
+    generator = torch.Generator().manual_seed(world_size * 100 + chunk)
+    num_users, num_columns = 9, 51
+    scores = (torch.randn(num_users, num_columns, generator=generator) * 3).round()
+    targets = torch.randint(1, num_columns, (num_users,), generator=generator)
+    histories = [torch.randint(1, num_columns, (int(n),), generator=generator)
+                 for n in torch.randint(1, 6, (num_users,), generator=generator)]
+    histories[0][0] = targets[0]
+    batch = SequenceBatch(torch.cat(histories), offsets_from_lengths(torch.tensor([len(h) for h in histories])),
+                          max_seq_len=8)
+    bounds = torch.linspace(0, num_columns, world_size + 1).long().tolist()
+
+    def run_ranks(table: torch.Tensor) -> list:
+        ranks, results = ThreadRanks(world_size), [None] * world_size
+
+        def one(rank: int) -> None:
+            chunks = ItemChunks(lambda lo, hi: table[:, lo:hi], num_columns, (bounds[rank], bounds[rank + 1]),
+                                ranks.combine_for(rank))
+            try:
+                results[rank] = chunked_target_ranks(chunks, targets, batch, exclude_history, chunk_columns=chunk)
+            except (ValueError, threading.BrokenBarrierError) as error:  # a rank left alone times out
+                results[rank] = error
+
+        threads = [threading.Thread(target=one, args=(rank,)) for rank in range(world_size)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+    whole = target_ranks(scores, targets, batch, exclude_history)
+    for result in run_ranks(scores):
+        assert torch.equal(result, whole)
+    broken = scores.clone()
+    broken[3, bounds[-2]] = float("inf")  # in the last rank's rows only
+    assert all(isinstance(result, ValueError) and "1 of 9 users" in str(result) for result in run_ranks(broken))
 
 
 def test_model_scores_stay_fp32_under_autocast():
