@@ -5,10 +5,11 @@ Rank r owns the contiguous rows [bounds[r], bounds[r + 1]) (the first num_rows %
 lookup deduplicates the batch's ids, sends each unique id to its owner (all-to-all), reads the rows there
 and sends them back (all-to-all); the backward sends each unique id's summed gradient to its owner, whose
 table gets a sparse gradient of the rows asked for. Every rank must call forward and backward the same number
-of times (they are collectives), as under DDP. genrec.train.optimizers.RowWiseAdagrad updates only the rows a step touched and keeps
-one number of state per row (Adam's two moments would triple a large table). Its state dict holds the whole table
-(gathered: a collective, as FSDP's is) and loading one takes this rank's rows, so checkpoints do not depend on the
-number of ranks. Shapes: N ids in this rank's batch, U unique, D dims, R rows of this shard.
+of times (they are collectives), as under DDP. genrec.train.optimizers.RowWiseAdagrad updates only the rows a
+step touched and keeps one number of state per row (Adam's two moments would triple a large table). Its state
+dict holds the whole table (gathered: a collective, as FSDP's is) and loading one takes this rank's rows, so
+checkpoints do not depend on the number of ranks. Shapes: N ids in this rank's batch, U unique, D dims, R rows
+of this shard.
 """
 
 from __future__ import annotations

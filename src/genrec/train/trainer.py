@@ -109,7 +109,7 @@ class Trainer:
     def evaluate(self, split: EvalSplit) -> dict[str, float]:
         """Scores the weight average where the run keeps one, else the training weights (eval.max_users: on a
         seeded sample of the split's users)."""
-        split = sample_users(split, self.config.eval.max_users, self.config.train.seed)
+        split = self.eval_users(split)
         self.model.eval()
         with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
             try:
@@ -121,8 +121,12 @@ class Trainer:
                 raise ValueError(f"{self.out_dir}: {error}") from error
         return summarize(ranks, self.config.eval.ks)
 
+    def eval_users(self, split: EvalSplit) -> EvalSplit:
+        """The users evaluation ranks: all of the split, or its seeded sample of eval.max_users."""
+        return sample_users(split, self.config.eval.max_users, self.config.train.seed)
+
     def popularity_baseline(self, split: EvalSplit) -> dict[str, float]:
-        split = sample_users(split, self.config.eval.max_users, self.config.train.seed)
+        split = self.eval_users(split)
         scorer = popularity_scorer(self.data.split.train.item_counts(self.data.num_items), self.device)
         ranks = rank_split(scorer, split, self.config.data.max_seq_len, self.config.train.eval_batch_size,
                            self.device, self.config.eval.exclude_history)
@@ -156,9 +160,8 @@ class Trainer:
             self.load(self.out_dir / "best.safetensors")
             self.log(f"selected epoch {self.state['best_epoch']} on validation {SELECTION_METRIC}")
         metrics = self.evaluate(split.test)
-        evaluated = sample_users(split.test, self.config.eval.max_users, self.config.train.seed).histories.num_users
         summary = {"split": "test", "metrics": metrics, "popularity": self.popularity_baseline(split.test),
-                   "eval_users": evaluated,
+                   "eval_users": self.eval_users(split.test).histories.num_users,
                    "train_seconds": time.perf_counter() - started, **self.state, "data": self.data.summary}
         if main:
             atomic_write_json(self.out_dir / "metrics.json", metrics)
