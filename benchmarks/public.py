@@ -6,10 +6,12 @@ run cut off by a time limit keeps what finished).
         --models sasrec,hstu,hstu-large --modes paper --epochs 101
 
 A model is a preset, optionally followed by config assignments for one-at-a-time ablations:
-`hstu-large:train.loss.num_negatives=512:model.dropout=0.3`. --jobs N trains N runs at once on the
-same GPU; each row records how many ran beside it, since seconds per epoch are only comparable
-between rows with the same count. Keep N small (2-4): HSTU-large on ML-1M keeps an H100 busy enough
-that 12 jobs at once finished none within 9.5 minutes (the same runs take ~2 minutes alone).
+`hstu-large:train.loss.num_negatives=512:model.dropout=0.3`. A model whose items read content
+(`hstu:model.item_representation=content`) gets the data set's item features (ITEM_FEATURES).
+--jobs N trains N runs at once on the same GPU; each row records how many ran beside it, since seconds
+per epoch are only comparable between rows with the same count. Keep N small (2-4): HSTU-large on ML-1M
+keeps an H100 busy enough that 12 jobs at once finished none within 9.5 minutes (the same runs take ~2
+minutes alone).
 
     python benchmarks/public.py --merge PART.json [PART.json ...] --out benchmarks/results/public.json
 
@@ -46,6 +48,10 @@ DATASETS = {  # name: (reader, path under --data-root)
     "toys": ("s3rec", "s3rec/Toys_and_Games.txt"),
     "games": ("sasrec", "sasrec/Video.txt"),
 }
+# name: item content features under --data-root (genrec.data.item_features), for model.item_representation != id
+ITEM_FEATURES = {"ml-1m-3k": "ml-1m", "ml-1m": "ml-1m", "ml-100k": "ml-100k",
+                 "beauty": "s3rec/Beauty_item2attributes.json", "toys": "s3rec/Toys_and_Games_item2attributes.json",
+                 "sports": "s3rec/Sports_and_Outdoors_item2attributes.json"}
 METRICS = ("hr@10", "ndcg@10", "hr@50", "hr@200", "ndcg@200", "mrr")
 
 
@@ -61,6 +67,10 @@ def build_config(data_root: Path, dataset: str, model: str, mode: str, epochs: i
     overrides = [*common, *assignments]
     for assignment in overrides:
         apply_overrides(config, parse_assignment(assignment))
+    if config.model.item_representation != "id":
+        if dataset not in ITEM_FEATURES:
+            raise ValueError(f"{dataset} has no item features: {model} cannot run on it")
+        config.data.item_features = str(data_root / ITEM_FEATURES[dataset])
     return config, overrides
 
 

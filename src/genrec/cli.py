@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", default=None, help="directory or file holding the data set")
     train.add_argument("--user-features", default=None,
                        help="MovieLens users.dat / u.user (or its directory): user-context prefix tokens")
+    train.add_argument("--item-features", default=None,
+                       help="MovieLens movies.dat / u.item (or its directory), S3-Rec *_item2attributes.json: item "
+                            "content added to item tokens (model.item_representation id+content unless set)")
     train.add_argument("--model", choices=sorted(PRESETS), default=None, help="model preset (default: hstu)")
     train.add_argument("--config", type=Path, default=None, help="TOML file overriding the preset")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
@@ -106,7 +109,7 @@ def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
         apply_overrides(config, parse_assignment(assignment))
     overrides = {
         ("data", "dataset"): args.dataset, ("data", "path"): args.data_dir, ("data", "mode"): args.mode,
-        ("data", "user_features"): args.user_features,
+        ("data", "user_features"): args.user_features, ("data", "item_features"): args.item_features,
         ("data", "tie_order"): args.tie_order, ("train", "device"): args.device,
         ("train", "epochs"): args.epochs, ("train", "seed"): args.seed,
         ("model", "attention_backend"): args.attention_backend, ("train", "task"): args.task,
@@ -116,14 +119,16 @@ def _apply_flags(config: Config, args: argparse.Namespace) -> Config:
             setattr(getattr(config, section), key, value)
     if args.skip_bad_rows:
         config.data.skip_bad_rows = True
+    if args.item_features is not None and config.model.item_representation == "id":
+        config.model.item_representation = "id+content"
     return config
 
 
 def _train_config(args: argparse.Namespace) -> Config:
     config = _apply_flags(preset(args.model or "hstu"), args)
     # stored absolute, so that the run evaluates from any working directory
-    for field in ("path", "user_features"):
-        if getattr(config.data, field) is not None:
+    for field in ("path", "user_features", "item_features", "user_series"):
+        if getattr(config.data, field) not in (None, "followed_topics"):
             setattr(config.data, field, str(Path(getattr(config.data, field)).resolve()))
     explicit_epochs = args.epochs is not None or args.config is not None or any(
         a.strip().startswith("train.epochs") for a in args.assignments)

@@ -34,6 +34,15 @@ class DataConfig:
     # MovieLens user file (ml-1m users.dat, ml-100k u.user, or the directory holding it): its features
     # become user-context prefix tokens (genrec.data.user_features); None = no prefix
     user_features: str | None = None
+    # item content (ml-1m movies.dat, ml-100k u.item, or the directory holding it; s3rec: its
+    # *_item2attributes.json): features added to item tokens (genrec.data.item_features) as
+    # model.item_representation says; None = no content
+    item_features: str | None = None
+    # a slow-changing user feature sequentialized (genrec.data.user_series): a CSV of its changes
+    # (user_id,timestamp,<feature>), or "followed_topics" (the synthetic stream's); each change becomes a token
+    # merged into the sequence by time; None = none
+    user_series: str | None = None
+    max_series_len: int = 16  # the most change tokens a sequence takes (the latest)
 
 
 @dataclass
@@ -70,6 +79,9 @@ class ModelConfig:
     rab: RabConfig = field(default_factory=RabConfig)
     attention_backend: str = "auto"  # auto | torch | triton
     attention: str = "pointwise"  # HSTU: pointwise (SiLU, paper Eq. 2) | softmax (the Table 2 ablation; no rab)
+    # an item's embedding: id (a learned row per item) | content (its content features' rows, data.item_features)
+    # | id+content (their sum)
+    item_representation: str = "id"
     # storage of the item embedding table: float32 | bfloat16 (half the memory; needs the row-wise optimiser)
     item_table_dtype: str = "float32"
     similarity: str = "dot"  # dot (cosine of the l2-normalised embeddings) | mol (mixture of logits)
@@ -175,6 +187,23 @@ class Config:
                                                  and self.data.dataset in ("ml-1m", "ml-100k")),
              "data.user_features (user-context prefix tokens) needs model.architecture = hstu and "
              "data.dataset = ml-1m or ml-100k"),
+            (self.model.item_representation in ("id", "content", "id+content"),
+             "model.item_representation must be id, content or id+content"),
+            ((self.data.item_features is None) == (self.model.item_representation == "id"),
+             "model.item_representation = content or id+content reads data.item_features, which nothing else reads: "
+             "set both or neither"),
+            (self.data.item_features is None or (self.data.dataset in ("ml-1m", "ml-100k", "s3rec")
+                                                 and self.data.mode != "stream"),
+             "data.item_features (item content) needs data.dataset = ml-1m, ml-100k or s3rec, outside stream mode"),
+            (self.model.item_representation != "content" or self.train.embedding_optimizer == "adamw",
+             "model.item_representation = content has no item table for train.embedding_optimizer to train"),
+            (self.data.max_series_len > 0, "data.max_series_len must be positive"),
+            (self.data.user_series is None or (self.model.architecture == "hstu" and self.train.task == "retrieval"
+                                               and self.data.mode != "stream" and self.data.user_features is None),
+             "data.user_series (user-feature change tokens) needs model.architecture = hstu and train.task = "
+             "retrieval, outside stream mode and without data.user_features"),
+            (self.data.user_series != "followed_topics" or self.data.dataset == "synthetic-stream",
+             "data.user_series = followed_topics is the synthetic stream's: it needs data.dataset = synthetic-stream"),
             (self.train.epochs >= 0, "train.epochs must be >= 0"),
             (self.train.batch_size > 0 and self.train.eval_batch_size > 0, "batch sizes must be positive"),
             (self.train.learning_rate > 0, "train.learning_rate must be positive"),
@@ -192,6 +221,8 @@ class Config:
              "train.item_table_sharding must be replicated or rows"),
             (self.train.item_table_sharding == "replicated" or self.train.embedding_optimizer == "rowwise_adagrad",
              "train.item_table_sharding = rows needs train.embedding_optimizer = rowwise_adagrad"),
+            (self.train.item_table_sharding == "replicated" or self.model.item_representation == "id",
+             "train.item_table_sharding = rows shards the item table alone: it needs model.item_representation = id"),
             (self.train.item_table_sharding == "replicated" or self.train.ema_decay == 0,
              "train.item_table_sharding = rows cannot keep a weight average (train.ema_decay): it would hold only "
              "each rank's rows"),

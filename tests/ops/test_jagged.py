@@ -2,8 +2,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genrec.ops.jagged import (positions_with_successor, jagged_to_padded, lengths_from_offsets, offsets_from_lengths,
-                               padded_to_jagged, positions_in_sequence, prepend_prefix, sequence_ids)
+from genrec.ops.jagged import (jagged_to_padded, lengths_from_offsets, merge_by_time, offsets_from_lengths,
+                               padded_to_jagged, positions_in_sequence, positions_with_successor, prepend_prefix,
+                               rows_before_next, sequence_ids)
 
 lengths_strategy = st.lists(st.integers(0, 7), min_size=1, max_size=6)
 
@@ -63,3 +64,36 @@ def test_prepend_prefix_puts_rows_in_front_of_each_sequence():
     assert new_offsets.tolist() == [0, 4, 6, 11]
     assert out.view(-1).tolist() == [-1, -2, 0, 1, -3, -4, -5, -6, 2, 3, 4]
     torch.testing.assert_close(out[rows], values)
+
+
+def sorted_times(lengths, draw):
+    """Per-sequence non-decreasing times from few values (so that ties are common)."""
+    return [sorted(draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))) for n in lengths]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_merge_by_time_matches_a_python_merge(data):
+    first_lengths = data.draw(lengths_strategy)
+    second_lengths = data.draw(st.lists(st.integers(0, 7), min_size=len(first_lengths), max_size=len(first_lengths)))
+    first, second = sorted_times(first_lengths, data.draw), sorted_times(second_lengths, data.draw)
+    first_offsets, second_offsets = offsets_from_lengths(torch.tensor(first_lengths)), \
+        offsets_from_lengths(torch.tensor(second_lengths))
+    order, offsets = merge_by_time(first_offsets, torch.tensor(sum(first, []), dtype=torch.int64),
+                                   second_offsets, torch.tensor(sum(second, []), dtype=torch.int64))
+    expected, num_first = [], sum(first_lengths)
+    for b in range(len(first_lengths)):  # (time, 0 = first / 1 = second, row): first's rows first at equal times
+        rows = [(t, 0, int(first_offsets[b]) + i) for i, t in enumerate(first[b])]
+        rows += [(t, 1, num_first + int(second_offsets[b]) + i) for i, t in enumerate(second[b])]
+        expected += [row for _, _, row in sorted(rows)]
+    assert order.tolist() == expected
+    assert lengths_from_offsets(offsets).tolist() == [a + b for a, b in zip(first_lengths, second_lengths)]
+    # each second-set token's row, and the last merged row before its sequence's next second-set token
+    rows = torch.empty_like(order)
+    rows[order] = torch.arange(order.numel())
+    read = rows_before_next(rows[num_first:], second_offsets, offsets).tolist()
+    for b in range(len(second_lengths)):
+        mine = rows[num_first:][second_offsets[b]:second_offsets[b + 1]].tolist()
+        for i in range(len(mine)):
+            expected_row = mine[i + 1] - 1 if i + 1 < len(mine) else int(offsets[b + 1]) - 1
+            assert read[int(second_offsets[b]) + i] == expected_row

@@ -21,7 +21,9 @@ class SequenceBatch:
     (per-user feature codes, the user-context prefix) or None; query_times int64 [B] or None: the time of
     the event each sequence's last position predicts (evaluation: the held-out target's; serving: the
     request's), the query time of the time bias there (training asks position i about event i + 1's time);
-    max_seq_len: the bound every sequence respects (the prefix not counted). timestamps_sorted (derived):
+    max_seq_len: the bound every sequence respects (the prefix not counted). series_codes, series_timestamps [S]
+    and series_offsets [B+1] (all or none): each sequence's slow-changing user feature changes that its events
+    see, oldest first (genrec.data.user_series), merged in by time by the model. timestamps_sorted (derived):
     every sequence's timestamps, then its query time, never decrease, which lets the fused attention
     kernel read a tile's time range off its ends."""
 
@@ -33,7 +35,13 @@ class SequenceBatch:
     labels: torch.Tensor | None = None
     context: torch.Tensor | None = None
     query_times: torch.Tensor | None = None
+    series_codes: torch.Tensor | None = None
+    series_timestamps: torch.Tensor | None = None
+    series_offsets: torch.Tensor | None = None
     timestamps_sorted: bool = field(init=False, default=False)
+
+    # fields of one value per sequence (the rest but seq_offsets and max_seq_len are per token)
+    PER_SEQUENCE = ("context", "query_times", "series_codes", "series_timestamps", "series_offsets")
 
     def __post_init__(self) -> None:
         if self.seq_offsets.dtype != torch.int64 or self.seq_offsets.dim() != 1:
@@ -49,6 +57,14 @@ class SequenceBatch:
         if self.query_times is not None and (self.timestamps is None
                                              or self.query_times.shape != (self.num_sequences,)):
             raise ValueError(f"query_times must be [B] with B = {self.num_sequences}, beside timestamps")
+        series = (self.series_codes, self.series_timestamps, self.series_offsets)
+        if any(part is not None for part in series) and (
+                any(part is None for part in series) or self.timestamps is None
+                or self.series_offsets.shape != (self.num_sequences + 1,)
+                or self.series_codes.shape != self.series_timestamps.shape
+                or int(self.series_offsets[-1]) != self.series_codes.shape[0]):
+            raise ValueError("series_codes, series_timestamps [S] and series_offsets [B+1] come together, beside "
+                             "timestamps")
         if self.timestamps is not None:  # checked here, on the host: on a GPU the answer would cost a sync
             starts = self.seq_offsets[1:-1]
             steps = torch.diff(self.timestamps)
@@ -84,6 +100,10 @@ def make_batch(sequences: JaggedEvents, users: np.ndarray, max_seq_len: int,
     [len(users)]: see SequenceBatch (kept only where the events have timestamps)."""
     window = sequences.window(np.asarray(users, np.int64), max_seq_len, drop_last)
     as_tensor = (lambda a, dtype: None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(dtype))
+    series = (None, None, None)
+    if window.series is not None:
+        last = window.timestamps[window.offsets[1:] - 1] if query_times is None else query_times
+        series = window.series.window(window.timestamps[window.offsets[:-1]], last)
     return SequenceBatch(
         item_ids=as_tensor(window.item_ids, torch.int64),
         seq_offsets=as_tensor(window.offsets, torch.int64),
@@ -93,4 +113,7 @@ def make_batch(sequences: JaggedEvents, users: np.ndarray, max_seq_len: int,
         labels=as_tensor(window.labels, torch.float32),
         context=as_tensor(window.context, torch.int64),
         query_times=None if window.timestamps is None else as_tensor(query_times, torch.int64),
+        series_codes=as_tensor(series[0], torch.int64),
+        series_timestamps=as_tensor(series[1], torch.int64),
+        series_offsets=as_tensor(series[2], torch.int64),
     )

@@ -7,9 +7,12 @@ import io
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from genrec.data.user_series import UserChanges
 
 
 @dataclass
@@ -17,7 +20,8 @@ class Events:
     """One row per interaction, in the order the source lists them.
 
     timestamps is None for sources without time (the time bias is then off); ratings holds the
-    explicit rating where the source has one; actions holds extra per-event signal columns.
+    explicit rating where the source has one; actions holds extra per-event signal columns; user_changes, a
+    slow-changing user feature's changes where the source has one (genrec.data.user_series).
     """
 
     user_ids: np.ndarray
@@ -27,6 +31,7 @@ class Events:
     actions: dict[str, np.ndarray] = field(default_factory=dict)
     source: str = ""
     skipped_rows: int = 0
+    user_changes: UserChanges | None = None
 
     def __post_init__(self) -> None:
         n = len(self.user_ids)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genrec.data.events import Events
+from genrec.data.user_series import UserSeries
 
 TIE_ORDERS = ("stable", "paper")
 
@@ -18,7 +19,8 @@ TIE_ORDERS = ("stable", "paper")
 class JaggedEvents:
     """U users; E events. offsets int64 [U+1]; item_ids [E] dense; timestamps/ratings [E] or None;
     labels [E, A] per-event action signals (0/1) for ranking, or None; context [U, F] per-user
-    feature codes (genrec.data.user_features), or None.
+    feature codes (genrec.data.user_features), or None; series: a slow-changing user feature's changes
+    (genrec.data.user_series), or None.
 
     A view (starts/ends set, made by drop_last and select) shares the columns of the sequences it came from:
     user u's events are [starts[u], ends[u]) of them, so splitting or filtering users copies per-user bounds only,
@@ -33,6 +35,7 @@ class JaggedEvents:
     context: np.ndarray | None = None
     starts: np.ndarray | None = None  # [U] int64, views only
     ends: np.ndarray | None = None  # [U] int64, views only
+    series: UserSeries | None = None
 
     @property
     def num_users(self) -> int:
@@ -56,23 +59,29 @@ class JaggedEvents:
     def _take(self, users: np.ndarray, index: np.ndarray, offsets: np.ndarray) -> "JaggedEvents":
         take = lambda column: None if column is None else column[index]  # noqa: E731
         return JaggedEvents(self.item_ids[index], offsets, take(self.timestamps), take(self.ratings),
-                            take(self.labels), None if self.context is None else self.context[users])
+                            take(self.labels), None if self.context is None else self.context[users],
+                            series=None if self.series is None else self.series.select(users))
 
-    def _view(self, starts: np.ndarray, ends: np.ndarray, context: np.ndarray | None) -> "JaggedEvents":
+    def _view(self, starts: np.ndarray, ends: np.ndarray, users: np.ndarray | None = None) -> "JaggedEvents":
+        """Bounds of the users `users` picks (None: all of them, in order)."""
+        context, series = self.context, self.series
+        if users is not None:
+            context = None if context is None else context[users]
+            series = None if series is None else series.select(users)
         return JaggedEvents(self.item_ids, self.offsets, self.timestamps, self.ratings, self.labels, context,
-                            np.asarray(starts, np.int64), np.asarray(ends, np.int64))
+                            np.asarray(starts, np.int64), np.asarray(ends, np.int64), series)
 
     def drop_last(self, n: int) -> "JaggedEvents":
         """A view of every user's sequence without its last n events (lengths must exceed n)."""
         starts, ends = self.bounds()
         if np.any(ends - n <= starts):
             raise ValueError(f"a sequence is too short to drop its last {n} event(s)")
-        return self._view(starts, ends - n, self.context)
+        return self._view(starts, ends - n)
 
     def select(self, users: np.ndarray) -> "JaggedEvents":
         """A view of these users (indices or a boolean mask), in that order."""
         starts, ends = self.bounds()
-        return self._view(starts[users], ends[users], None if self.context is None else self.context[users])
+        return self._view(starts[users], ends[users], users)
 
     def window(self, users: np.ndarray, max_len: int | None, drop_last: int = 0) -> "JaggedEvents":
         """The given users' sequences, minus the last `drop_last` events, cut to the last max_len: a

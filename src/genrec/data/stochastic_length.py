@@ -49,6 +49,7 @@ def stochastic_length(batch: SequenceBatch, alpha: float, generator: torch.Gener
     offsets = torch.zeros(len(new_lengths) + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(torch.tensor(new_lengths, dtype=torch.int64), 0)
     per_token = {f.name: getattr(batch, f.name) for f in fields(batch)  # derived fields are not passed in
-                 if f.init and f.name not in ("seq_offsets", "max_seq_len", "context")}
+                 if f.init and f.name not in ("seq_offsets", "max_seq_len", *SequenceBatch.PER_SEQUENCE)}
     subsampled = {name: None if value is None else value[keep] for name, value in per_token.items()}
-    return SequenceBatch(seq_offsets=offsets, max_seq_len=max_seq_len, context=batch.context, **subsampled)
+    return SequenceBatch(seq_offsets=offsets, max_seq_len=max_seq_len, **subsampled,
+                         **{name: getattr(batch, name) for name in SequenceBatch.PER_SEQUENCE})

@@ -14,8 +14,12 @@ What it models, day by day (one day = 86,400 s of timestamps):
   else from the drifting one, and its item from that topic's items alive that day, by weight.
 - Actions, per event: `like` (probability rising with the user's interest in the item's topic and with the
   item's quality) and `long_view` (likelier after a like): the tasks of `--task ranking`.
+- A slow-changing user feature, the topic a user follows: the largest topic of the drifting mixture, set at the
+  stream's start and changed at the start of each day the mixture is redrawn (Events.user_changes,
+  "followed_topic"; sequentialized by data.user_series = "followed_topics"). It costs no random draws: the
+  events are the same with it or without.
 What it does not model: sessions within a day, repeat consumption being special, item content beyond a
-topic, user attributes, and feedback from a recommender into what users see.
+topic, user attributes other than the followed topic, and feedback from a recommender into what users see.
 
 Speed: 2M events in 2.9 s on one core at the other defaults (~40M events a minute; measured by hand on the
 2-core development machine, no benchmark script yet).
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genrec.data.events import Events
+from genrec.data.user_series import UserChanges
 
 DAY = 86_400
 START = 1_600_000_000  # the stream's first second (2020-09-13)
@@ -87,6 +92,7 @@ def generate_stream(spec: StreamSpec = StreamSpec()) -> Events:
     day_starts = np.searchsorted(day, np.arange(spec.num_days + 1))
     by_topic = _TopicIndex(topic, spec.num_topics)
     drifting = _topic_choice_tables(rng, spec.num_users, spec.num_topics, spec.interest_concentration)
+    followed = [(np.arange(spec.num_users), np.zeros(spec.num_users, np.int64), _largest_topic(drifting))]
     for d in range(spec.num_days):
         lo, hi = day_starts[d], day_starts[d + 1]
         if hi == lo:
@@ -95,6 +101,8 @@ def generate_stream(spec: StreamSpec = StreamSpec()) -> Events:
         if redraw.any():
             drifting[redraw] = _topic_choice_tables(rng, int(redraw.sum()), spec.num_topics,
                                                     spec.interest_concentration)
+            changed = np.flatnonzero(redraw)
+            followed.append((changed, np.full(changed.size, d * DAY), _largest_topic(drifting[changed])))
         users_today = user[lo:hi]
         keep = rng.random(hi - lo) < spec.persistence
         tables = np.where(keep[:, None], persistent[users_today], drifting[users_today])  # cumulative [n, T]
@@ -112,9 +120,17 @@ def generate_stream(spec: StreamSpec = StreamSpec()) -> Events:
     long_view = rng.random(spec.num_events) < np.where(like, 0.6, 0.15)
     order = np.lexsort((seconds, user))  # by user, then time: the layout readers produce
     actions = {"like": like.astype(np.float32), "long_view": long_view.astype(np.float32)}
+    changes_user, changes_second, changes_topic = (np.concatenate(column) for column in zip(*followed))
     return Events((user + 1)[order], (item + 1)[order], timestamps=(START + seconds)[order],
                   actions={name: values[order] for name, values in actions.items()},
-                  source=f"synthetic-stream(seed={spec.seed}, events={spec.num_events})")
+                  source=f"synthetic-stream(seed={spec.seed}, events={spec.num_events})",
+                  user_changes=UserChanges(changes_user + 1, START + changes_second, changes_topic + 1,
+                                           "followed_topic", spec.num_topics))
+
+
+def _largest_topic(cumulative: np.ndarray) -> np.ndarray:
+    """Each row's most likely topic, out of cumulative distributions [n, T]."""
+    return np.argmax(np.diff(cumulative, axis=1, prepend=0.0), axis=1)
 
 
 def _topic_choice_tables(rng: np.random.Generator, rows: int, num_topics: int, concentration: float) -> np.ndarray:

@@ -23,6 +23,7 @@ from genrec.devices import resolve_device
 from genrec.inference.mfalcon import MFalcon
 from genrec.inference.retrieval import top_k_exact
 from genrec.model import SequentialRetriever
+from genrec.model.embeddings import ItemContent
 from genrec.model.ranking import GenerativeRanker
 from genrec.ops.jagged import offsets_from_lengths
 
@@ -44,6 +45,8 @@ class LoadedRun:
             raise ValueError(f"{run_dir}: a {self.config.train.task} run, where a {self.task} run is needed")
         if self.config.data.user_features is not None:
             raise ValueError(f"{run_dir}: serving a model with user-context prefix tokens is not supported yet")
+        if self.config.data.user_series is not None:
+            raise ValueError(f"{run_dir}: serving a model with user-feature change tokens is not supported yet")
         self.checkpoint = load_checkpoint(checkpoint)
         self.name = str(run_dir)
         broken = [k for k, v in self.checkpoint.inference_weights().items()
@@ -109,9 +112,10 @@ class RetrievalRun(LoadedRun):
 
     def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
         super().__init__(run_dir, device)
+        weights = self.checkpoint.inference_weights()
         self.model = SequentialRetriever(self.config.model, len(self.source_ids), self.config.data.max_seq_len,
-                                         use_time=self.uses_time)
-        self.model.load_state_dict(self.checkpoint.inference_weights())
+                                         use_time=self.uses_time, item_content=ItemContent.in_weights(weights))
+        self.model.load_state_dict(weights)
         self.model.to(self.device).eval()
         with torch.no_grad():
             self._items = self.model.item_embeddings()  # prepared once, not per request
@@ -182,9 +186,10 @@ class RankingRun(LoadedRun):
     def __init__(self, run_dir: str | Path, device: str = "cpu", cache_capacity: int = 1024) -> None:
         super().__init__(run_dir, device)
         self.tasks = list(self.checkpoint.state["tasks"])
+        weights = ranker_weights(self.checkpoint.inference_weights())
         model = GenerativeRanker(self.config.model, self.num_items, len(self.tasks), self.config.data.max_seq_len,
-                                 use_time=self.uses_time)
-        model.load_state_dict(ranker_weights(self.checkpoint.inference_weights()))
+                                 use_time=self.uses_time, item_content=ItemContent.in_weights(weights))
+        model.load_state_dict(weights)
         self.scorer = MFalcon(model.to(self.device).eval(), cache_capacity=cache_capacity)
 
     def rank(self, history: Sequence[int], actions: Sequence[Sequence[int]], candidates: Sequence[int],

@@ -1,33 +1,89 @@
-"""Input embedding (official HSTU/SASRec recipe): item embedding x sqrt(d) + learned absolute position.
+"""Input embedding (official HSTU/SASRec recipe): item embedding x sqrt(d) + learned absolute position. An item's
+embedding is its learned row, its content features' rows (genrec.data.item_features), or their sum.
 
-Shapes: T tokens, D embedding dim.
+Shapes: T tokens, D embedding dim, I items (+1 for padding id 0), S content code slots per item.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrec.ops.jagged import positions_in_sequence, prepend_prefix
+from genrec.ops.jagged import merge_by_time, positions_in_sequence, prepend_prefix
+
+
+@dataclass
+class ItemContent:
+    """Each item's content codes: codes int64 [I + 1, S] (0: an empty slot) into a table of num_codes + 1 rows,
+    weights float32 [I + 1, S] (genrec.data.item_features.ItemFeatures.align)."""
+
+    codes: torch.Tensor
+    weights: torch.Tensor
+    num_codes: int
+
+    @classmethod
+    def in_weights(cls, state: dict[str, torch.Tensor], prefix: str = "embedding.content.") -> "ItemContent | None":
+        """The content a model's saved weights carry (None when it has none): a run is rebuilt from them."""
+        if f"{prefix}codes" not in state:
+            return None
+        return cls(state[f"{prefix}codes"], state[f"{prefix}weights"], state[f"{prefix}table.weight"].shape[0] - 1)
+
+
+class ItemContentEmbedding(nn.Module):
+    """An item's content row: the weighted sum of its codes' rows (each feature's values averaged, the features
+    summed). The codes are buffers saved with the weights, so evaluation and serving read what training read."""
+
+    def __init__(self, content: ItemContent, embedding_dim: int) -> None:
+        super().__init__()
+        if content.codes.shape != content.weights.shape or content.codes.dim() != 2:
+            raise ValueError(f"item content codes {list(content.codes.shape)} and weights "
+                             f"{list(content.weights.shape)} must both be [I + 1, S]")
+        self.register_buffer("codes", content.codes.to(torch.int64))
+        self.register_buffer("weights", content.weights.to(torch.float32))
+        self.table = nn.Embedding(content.num_codes + 1, embedding_dim, padding_idx=0)
+        nn.init.trunc_normal_(self.table.weight, std=0.02, a=-0.04, b=0.04)
+        with torch.no_grad():
+            self.table.weight[0].zero_()
+
+    @property
+    def num_rows(self) -> int:
+        return self.codes.shape[0]
+
+    def forward(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """[*ids] -> [*ids, D]"""
+        return (self.table(self.codes[item_ids]) * self.weights[item_ids].unsqueeze(-1)).sum(-2)
 
 
 class InputEmbedding(nn.Module):
     def __init__(self, num_items: int, embedding_dim: int, max_seq_len: int, dropout: float,
-                 table_dtype: str = "float32") -> None:
-        """table_dtype: how the item table is stored (float32 | bfloat16); its rows are computed with in fp32."""
+                 table_dtype: str = "float32", representation: str = "id", content: ItemContent | None = None
+                 ) -> None:
+        """table_dtype: how the item table is stored (float32 | bfloat16); its rows are computed with in fp32.
+        representation: an item's embedding is its learned row (id), its content's (content, needs `content`
+        for items 0..num_items) or their sum (id+content)."""
         super().__init__()
-        self.item = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0)
+        if representation not in ("id", "content", "id+content"):
+            raise ValueError(f"item representation must be id, content or id+content, not {representation!r}")
+        if (content is not None) != ("content" in representation):
+            raise ValueError(f"item representation {representation!r} "
+                             f"{'needs' if content is None else 'reads no'} item content")
+        if content is not None and content.codes.shape[0] != num_items + 1:
+            raise ValueError(f"item content covers {content.codes.shape[0] - 1} items, not {num_items}")
+        self.item = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0) if "id" in representation else None
+        self.content = None if content is None else ItemContentEmbedding(content, embedding_dim)
         self.position = nn.Embedding(max_seq_len, embedding_dim)
         self.dropout = nn.Dropout(dropout)
         self.scale = math.sqrt(embedding_dim)
-        nn.init.trunc_normal_(self.item.weight, std=0.02, a=-0.04, b=0.04)
+        if self.item is not None:
+            nn.init.trunc_normal_(self.item.weight, std=0.02, a=-0.04, b=0.04)
+            with torch.no_grad():
+                self.item.weight[0].zero_()
+            self.item.to(getattr(torch, table_dtype))  # initialised in fp32 and rounded: the same draws either way
         nn.init.trunc_normal_(self.position.weight, std=math.sqrt(1.0 / embedding_dim))
-        with torch.no_grad():
-            self.item.weight[0].zero_()
-        self.item.to(getattr(torch, table_dtype))  # initialised in fp32 and rounded: the same draws either way
 
     def forward(self, item_ids: torch.Tensor, seq_offsets: torch.Tensor,
                 num_targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -58,8 +114,11 @@ class InputEmbedding(nn.Module):
         return self.items(item_ids) * self.scale + self.position(positions)
 
     def items(self, item_ids: torch.Tensor) -> torch.Tensor:
-        """[*ids, D] fp32 rows of the item table, whatever its storage."""
-        return self.item(item_ids).float()
+        """[*ids, D] fp32 item embeddings (rows of the item table, whatever its storage, and/or content rows)."""
+        if self.content is None:
+            return self.item(item_ids).float()
+        content = self.content(item_ids)
+        return content if self.item is None else self.item(item_ids).float() + content
 
     def normalized_items(self, item_ids: torch.Tensor | None = None, own_rows: bool = False) -> torch.Tensor:
         """l2-normalised item embeddings ([num_items + 1, D] for the whole table), fp32. own_rows: a table
@@ -67,8 +126,12 @@ class InputEmbedding(nn.Module):
         message."""
         if own_rows:
             table = self.item.own_rows(item_ids).float()
+        elif item_ids is not None:
+            table = self.items(item_ids)
+        elif self.content is None:
+            table = self.item.weight.float()
         else:
-            table = self.item.weight.float() if item_ids is None else self.items(item_ids)
+            table = self.items(torch.arange(self.content.num_rows, device=self.content.codes.device))
         return F.normalize(table, dim=-1)
 
 
@@ -108,3 +171,35 @@ def prepend_context(x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torc
         first = timestamps[seq_offsets[:-1].clamp(max=max(timestamps.numel() - 1, 0))]
         timestamps = prepend_prefix(timestamps, seq_offsets, first[:, None].expand(-1, context_tokens.shape[1]))[0]
     return x, offsets, timestamps, rows
+
+
+class UserSeriesEmbedding(nn.Module):
+    """One token per change of a slow-changing user feature (genrec.data.user_series): code c becomes row c,
+    scaled like the item embeddings. codes [S] -> [S, D]."""
+
+    def __init__(self, cardinality: int, embedding_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.table = nn.Embedding(cardinality + 1, embedding_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.scale = math.sqrt(embedding_dim)
+        nn.init.trunc_normal_(self.table.weight, std=0.02, a=-0.04, b=0.04)
+
+    def forward(self, codes: torch.Tensor | None, num_targets: torch.Tensor | None = None) -> torch.Tensor:
+        if codes is None:
+            raise ValueError("this model reads a user feature's changes as tokens: the batch has none")
+        if num_targets is not None:
+            raise ValueError("candidates (num_targets) among user-feature change tokens are not supported")
+        return self.dropout(self.table(codes) * self.scale)
+
+
+def merge_series(x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor, series_tokens: torch.Tensor,
+                 series_offsets: torch.Tensor, series_timestamps: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merges each sequence's change tokens [S, D] into its tokens x [T, D] by time, a change before an event of
+    the same time. Returns the encoder's input [T + S, D], its seq_offsets and timestamps, and rows [T]: where
+    each token of x went."""
+    order, offsets = merge_by_time(series_offsets, series_timestamps, seq_offsets, timestamps)
+    rows = torch.empty_like(order)
+    rows[order] = torch.arange(order.numel(), device=order.device)
+    merged_times = torch.cat([series_timestamps, timestamps])[order]
+    return torch.cat([series_tokens.to(x.dtype), x])[order], offsets, merged_times, rows[series_tokens.shape[0]:]

@@ -6,6 +6,10 @@ under the plain causal mask: every event sees them, and each sees only itself an
 it. (The attention's `contextual_seq_len` mask would also let them see the whole history, which
 with a next-item loss at every position leaks each target into the positions before it.)
 
+With a sequentialized user feature (HSTU only), each of its changes is a token merged into the sequence by
+time; the embedding that predicts the next event is read off the last token before it (an event or a change),
+so a change that precedes an event informs its prediction.
+
 Shapes: T tokens, B sequences, F user features, D embedding dim, I items (+1 for padding id 0).
 """
 
@@ -17,27 +21,37 @@ from torch import nn
 
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
-from genrec.model.embeddings import InputEmbedding, UserContextEmbedding, prepend_context
+from genrec.model.embeddings import (InputEmbedding, ItemContent, UserContextEmbedding, UserSeriesEmbedding,
+                                     merge_series, prepend_context)
 from genrec.model.hstu import HSTUEncoder
 from genrec.model.sasrec import SASRecEncoder
 from genrec.model.similarity import build_similarity
+from genrec.ops.jagged import rows_before_next
 
 
 class SequentialRetriever(nn.Module):
     def __init__(self, config: ModelConfig, num_items: int, max_seq_len: int, use_time: bool,
-                 context_cardinalities: tuple[int, ...] = ()) -> None:
-        """context_cardinalities: the number of values of each user feature (none: no prefix)."""
+                 context_cardinalities: tuple[int, ...] = (), item_content: ItemContent | None = None,
+                 series_cardinality: int = 0, max_series_len: int = 0) -> None:
+        """context_cardinalities: the number of values of each user feature (none: no prefix); item_content: the
+        items' content codes, which config.item_representation content or id+content reads; series_cardinality:
+        the values of a sequentialized user feature (0: none), at most max_series_len changes a sequence."""
         super().__init__()
         self.num_items = num_items
         self.max_seq_len = max_seq_len
         self.embedding = InputEmbedding(num_items, config.embedding_dim, max_seq_len, config.dropout,
-                                        config.item_table_dtype)
+                                        config.item_table_dtype, config.item_representation, item_content)
         self.context = (UserContextEmbedding(context_cardinalities, config.embedding_dim, config.dropout)
                         if context_cardinalities else None)
-        if self.context is not None and config.architecture != "hstu":
-            raise ValueError("user-context prefix tokens need the HSTU encoder")
+        self.series = (UserSeriesEmbedding(series_cardinality, config.embedding_dim, config.dropout)
+                       if series_cardinality else None)
+        if (self.context is not None or self.series is not None) and config.architecture != "hstu":
+            raise ValueError("user-context prefix tokens and user-feature change tokens need the HSTU encoder")
+        if self.context is not None and self.series is not None:
+            raise ValueError("user-context prefix tokens and user-feature change tokens do not go together yet")
         if config.architecture == "hstu":
-            self.encoder: nn.Module = HSTUEncoder(config, max_seq_len + len(context_cardinalities), use_time)
+            max_len = max_seq_len + len(context_cardinalities) + (max_series_len if self.series is not None else 0)
+            self.encoder: nn.Module = HSTUEncoder(config, max_len, use_time)
         elif config.architecture == "sasrec":
             self.encoder = SASRecEncoder(config, max_seq_len)
         else:
@@ -48,6 +62,14 @@ class SequentialRetriever(nn.Module):
         """User embedding after every token: [T, D], l2-normalised. With num_targets, the last
         num_targets[b] tokens of each sequence are candidates (see genrec.ops.hstu_attention)."""
         x = self.embedding(batch.item_ids, batch.seq_offsets, num_targets)
+        if self.series is not None:
+            x, seq_offsets, timestamps, rows = merge_series(x, batch.seq_offsets, batch.timestamps,
+                                                            self.series(batch.series_codes, num_targets),
+                                                            batch.series_offsets, batch.series_timestamps)
+            encoded = self.encoder(x, seq_offsets, timestamps, sorted_timestamps=batch.timestamps_sorted,
+                                   query_times=batch.query_times)
+            return F.normalize(encoded.index_select(0, rows_before_next(rows, batch.seq_offsets, seq_offsets)),
+                               dim=-1)
         if self.context is None:
             return F.normalize(self.encoder(x, batch.seq_offsets, batch.timestamps, num_targets,
                                             sorted_timestamps=batch.timestamps_sorted, query_times=batch.query_times),
@@ -82,6 +104,6 @@ class SequentialRetriever(nn.Module):
 
     @property
     def item_table(self) -> nn.Module:
-        """The item embedding table: an nn.Embedding, or a table sharded by rows across ranks (its own_ids, own_rows
-        and combine let evaluation score each item where its row lives)."""
+        """The item embedding table: an nn.Embedding, a table sharded by rows across ranks (its own_ids, own_rows
+        and combine let evaluation score each item where its row lives), or None (items embedded by content only)."""
         return self.embedding.item

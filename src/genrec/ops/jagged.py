@@ -84,3 +84,24 @@ def prepend_prefix(values: torch.Tensor, seq_offsets: torch.Tensor,
     out = values.new_empty((num_tokens + num_sequences * num_prefix, *values.shape[1:]))
     out = out.index_copy(0, rows, values).index_copy(0, prefix_rows, prefix.reshape(-1, *values.shape[1:]))
     return out, new_offsets, rows
+
+
+def merge_by_time(first_offsets: torch.Tensor, first_times: torch.Tensor, second_offsets: torch.Tensor,
+                  second_times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merges two jagged sets of the same B sequences, each sorted by time within a sequence, into one:
+    (order [T1 + T2]: rows of cat([first, second]) in merged order, first's before second's at equal times;
+    the merged seq_offsets [B+1])."""
+    times = torch.cat([first_times, second_times])
+    sequence = torch.cat([sequence_ids(first_offsets, first_times.numel()),
+                          sequence_ids(second_offsets, second_times.numel())])
+    order = torch.argsort(times, stable=True)  # then by sequence, stably: (sequence, time, first/second, row)
+    return order[torch.argsort(sequence[order], stable=True)], first_offsets + second_offsets
+
+
+def rows_before_next(rows: torch.Tensor, seq_offsets: torch.Tensor, merged_offsets: torch.Tensor) -> torch.Tensor:
+    """For sequences whose tokens went to `rows` [T] of a merged sequence (merge_by_time), each token's last
+    merged row before its sequence's next token, and the merged sequence's last row after its last token."""
+    read = torch.roll(rows, -1) - 1
+    nonempty = seq_offsets[1:] > seq_offsets[:-1]
+    read[last_positions(seq_offsets)[nonempty]] = last_positions(merged_offsets)[nonempty]
+    return read

@@ -13,9 +13,12 @@ from genrec.config import Config, DataConfig
 from genrec.data import (Events, ProtocolSplit, SequenceData, SyntheticSpec, build_sequences, leave_one_out,
                          load_events, min_length_for)
 from genrec.data.actions import action_labels
+from genrec.data.item_features import read_item_features
 from genrec.data.user_features import read_user_features
+from genrec.data.user_series import UserSeries, read_user_changes
 from genrec.devices import memory_of
 from genrec.model import SequentialRetriever
+from genrec.model.embeddings import ItemContent
 from genrec.train.optimizers import item_tables
 
 
@@ -27,6 +30,8 @@ class PreparedData:
     item_vocab: np.ndarray  # dense id k -> source id item_vocab[k - 1]
     summary: dict[str, int | str]
     context_cardinalities: tuple[int, ...] = ()  # per user feature (data.user_features); () = none
+    item_content: ItemContent | None = None  # the items' content codes (data.item_features); None = none
+    series_cardinality: int = 0  # the values of the sequentialized user feature (data.user_series); 0 = none
 
 
 def read_events(data_config: DataConfig) -> Events:
@@ -49,6 +54,8 @@ class LoadedSequences:
     has_timestamps: bool
     context_cardinalities: tuple[int, ...]  # per user feature (data.user_features); () = none
     task_names: list[str]  # action signals (labels of data.sequences) when asked for; [] otherwise
+    item_content: ItemContent | None  # the items' content codes (data.item_features); None = none
+    series_cardinality: int  # the values of the sequentialized user feature (data.user_series); 0 = none
 
 
 def load_sequences(config: Config, min_length: int, with_actions: bool = False) -> LoadedSequences:
@@ -66,7 +73,9 @@ def load_sequences(config: Config, min_length: int, with_actions: bool = False) 
         **({"tasks": task_names} if with_actions else {}),
     }
     cardinalities = attach_user_features(data_config, data, summary)
-    return LoadedSequences(data, summary, events.timestamps is not None, cardinalities, task_names)
+    return LoadedSequences(data, summary, events.timestamps is not None, cardinalities, task_names,
+                           item_content(data_config, data, summary),
+                           attach_user_series(data_config, data, events, summary))
 
 
 def _store_sequences(config: Config, min_length: int, with_actions: bool) -> LoadedSequences:
@@ -89,14 +98,17 @@ def _store_sequences(config: Config, min_length: int, with_actions: bool) -> Loa
                "users": data.sequences.num_users, "dropped_users": data.dropped_users, "items": data.num_items,
                **({"tasks": task_names} if with_actions else {})}
     cardinalities = attach_user_features(config.data, data, summary)
-    return LoadedSequences(data, summary, store.has_timestamps, cardinalities, task_names)
+    return LoadedSequences(data, summary, store.has_timestamps, cardinalities, task_names,
+                           item_content(config.data, data, summary),
+                           attach_user_series(config.data, data, None, summary))
 
 
 def prepare_data(config: Config) -> PreparedData:
     """Sequences and their leave-one-out split (retrieval)."""
     loaded = load_sequences(config, min_length_for(config.data.mode))
     return PreparedData(leave_one_out(loaded.data, config.data.mode), loaded.data.num_items, loaded.has_timestamps,
-                        loaded.data.item_vocab, loaded.summary, loaded.context_cardinalities)
+                        loaded.data.item_vocab, loaded.summary, loaded.context_cardinalities, loaded.item_content,
+                        loaded.series_cardinality)
 
 
 def attach_user_features(data_config: DataConfig, data: SequenceData, summary: dict) -> tuple[int, ...]:
@@ -108,6 +120,33 @@ def attach_user_features(data_config: DataConfig, data: SequenceData, summary: d
     data.sequences.context, missing = features.align(data.user_vocab)
     summary.update({"user_features": ",".join(features.names), "users_without_features": missing})
     return features.cardinalities
+
+
+def attach_user_series(data_config: DataConfig, data: SequenceData, events: Events | None, summary: dict) -> int:
+    """Puts data.user_series's changes (when set) beside data.sequences and notes them in `summary`; returns the
+    feature's number of values (0 without). events: the log the sequences came from (its own changes)."""
+    if data_config.user_series is None:
+        return 0
+    if data.sequences.timestamps is None:
+        raise ValueError(f"{data.source}: data.user_series merges changes in by time, and the events have none")
+    if data_config.user_series == "followed_topics":
+        changes = events.user_changes
+    else:
+        changes = read_user_changes(data_config.user_series, data_config.skip_bad_rows)
+    series = UserSeries.of_users(changes, data.user_vocab, data_config.max_series_len)
+    data.sequences.series = series
+    summary.update({"user_series": changes.name, "user_series_changes": int((series.ends - series.starts).sum())})
+    return changes.cardinality
+
+
+def item_content(data_config: DataConfig, data: SequenceData, summary: dict) -> ItemContent | None:
+    """The content codes of data.item_features (when set) for the sequences' items, noted in `summary`."""
+    if data_config.item_features is None:
+        return None
+    features = read_item_features(data_config.dataset, data_config.item_features, data_config.skip_bad_rows)
+    codes, weights, missing = features.align(data.item_vocab)
+    summary.update({"item_features": ",".join(features.names), "items_without_features": missing})
+    return ItemContent(torch.from_numpy(codes), torch.from_numpy(weights), features.num_codes)
 
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (training runs under bf16 autocast on
@@ -125,7 +164,10 @@ def peak_tflops(device: torch.device) -> float | None:
 def build_model(config: Config, data: PreparedData, device: torch.device) -> SequentialRetriever:
     return build_checked(lambda: SequentialRetriever(config.model, data.num_items, config.data.max_seq_len,
                                                      use_time=data.has_timestamps,
-                                                     context_cardinalities=data.context_cardinalities),
+                                                     context_cardinalities=data.context_cardinalities,
+                                                     item_content=data.item_content,
+                                                     series_cardinality=data.series_cardinality,
+                                                     max_series_len=config.data.max_series_len),
                          config, device, data.split.train.num_events)
 
 

@@ -158,7 +158,7 @@ class CombinedOptimizer:
 
 def item_tables(module: nn.Module) -> list[nn.Embedding | RowShardedEmbedding]:
     """The item embedding tables of a model (its InputEmbeddings'), the rows a row-wise optimiser takes."""
-    return [child.item for child in module.modules() if isinstance(child, InputEmbedding)]
+    return [child.item for child in module.modules() if isinstance(child, InputEmbedding) and child.item is not None]
 
 
 def build_optimizer(train: TrainConfig, module: nn.Module, sparse_tables: bool

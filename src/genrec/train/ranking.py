@@ -77,7 +77,7 @@ class RankingTrainer:
         num_tasks = len(self.task_names)
         self.model = build_checked(lambda: GenerativeRanker(config.model, self.num_items, num_tasks,
                                                             data_config.max_seq_len, loaded.has_timestamps,
-                                                            cardinalities), config, self.device,
+                                                            cardinalities, loaded.item_content), config, self.device,
                                    2 * int(loaded.summary["events"]))
         if config.train.item_table_sharding == "rows":
             shard_item_tables(self.model, self.ranks)

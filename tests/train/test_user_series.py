@@ -1,0 +1,60 @@
+"""Sequentialized user features end to end: the synthetic stream's followed topics and a CSV of changes."""
+
+import math
+
+import pytest
+
+from genrec.checkpoint import load_checkpoint
+from genrec.inference.engine import RetrievalRun
+from genrec.train.trainer import Trainer, evaluate_checkpoint
+from tests.tiny import tiny_config
+from tests.train.test_user_context import write_ml100k
+
+
+def stream_config(epochs=2):
+    config = tiny_config(mode="validated", epochs=epochs)
+    config.data.dataset, config.data.user_series = "synthetic-stream", "followed_topics"
+    config.data.synthetic_users, config.data.synthetic_items = 60, 40
+    return config
+
+
+def test_followed_topics_train_evaluate_and_reload(tmp_path):
+    trainer = Trainer(stream_config(), tmp_path / "run", progress=False, log=lambda _: None)
+    assert trainer.data.summary["user_series"] == "followed_topic"
+    assert trainer.data.summary["user_series_changes"] >= 60  # every user follows a topic from the start
+    first = trainer.train_epoch()["loss"]
+    assert math.isfinite(first) and trainer.train_epoch()["loss"] < first
+    summary = Trainer(stream_config(), tmp_path / "run", progress=False, log=lambda _: None).fit()
+    assert "series.table.weight" in load_checkpoint(tmp_path / "run/last.safetensors").model
+    again = evaluate_checkpoint(tmp_path / "run", "test", log=lambda _: None)
+    assert again["metrics"]["ndcg@10"] == pytest.approx(summary["metrics"]["ndcg@10"])
+    with pytest.raises(ValueError, match="user-feature change tokens is not supported yet"):
+        RetrievalRun(tmp_path / "run")
+
+
+def test_changes_from_a_csv(tmp_path):
+    write_ml100k(tmp_path)  # events at 1,000,000 + 3600 k + user
+    rows = [f"{user},{1_000_000 + 3600 * 5 * step},{'abc'[(user + step) % 3]}" for user in range(1, 41)
+            for step in range(3)]
+    (tmp_path / "tiers.csv").write_text("user_id,timestamp,tier\n" + "\n".join(rows) + "\n")
+    config = tiny_config(mode="validated", epochs=1)
+    config.data.dataset, config.data.path = "ml-100k", str(tmp_path)
+    config.data.user_series = str(tmp_path / "tiers.csv")
+    trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda _: None)
+    assert trainer.data.summary["user_series"] == "tier" and trainer.data.summary["user_series_changes"] == 120
+    summary = trainer.fit()
+    assert all(math.isfinite(value) for value in summary["metrics"].values())
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: setattr(c.data, "dataset", "synthetic"), "followed_topics is the synthetic stream's"),
+    (lambda c: setattr(c.train, "task", "ranking"), "needs model.architecture = hstu and train.task = retrieval"),
+    (lambda c: setattr(c.model, "architecture", "sasrec"), "needs model.architecture = hstu"),
+    (lambda c: setattr(c.data, "mode", "stream"), "outside stream mode"),
+    (lambda c: setattr(c.data, "max_series_len", 0), "data.max_series_len must be positive"),
+])
+def test_bad_series_configs_are_refused(change, message):
+    config = stream_config()
+    change(config)
+    with pytest.raises(ValueError, match=message):
+        config.validate()
