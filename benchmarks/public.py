@@ -47,9 +47,11 @@ DATASETS = {  # name: (reader, path under --data-root)
     "sports": ("s3rec", "s3rec/Sports_and_Outdoors.txt"),
     "toys": ("s3rec", "s3rec/Toys_and_Games.txt"),
     "games": ("sasrec", "sasrec/Video.txt"),
+    "synthetic-stream": ("synthetic-stream", ""),  # generated (2,000 users, 80,000 events), not read
 }
-# name: item content features under --data-root (genrec.data.item_features), for model.item_representation != id
-ITEM_FEATURES = {"ml-1m-3k": "ml-1m", "ml-1m": "ml-1m", "ml-100k": "ml-100k",
+# name: item content features under --data-root (genrec.data.item_features), for model.item_representation != id;
+# the synthetic stream generates its own
+ITEM_FEATURES = {"ml-1m-3k": "ml-1m", "ml-1m": "ml-1m", "ml-100k": "ml-100k", "synthetic-stream": "topics",
                  "beauty": "s3rec/Beauty_item2attributes.json", "toys": "s3rec/Toys_and_Games_item2attributes.json",
                  "sports": "s3rec/Sports_and_Outdoors_item2attributes.json"}
 METRICS = ("hr@10", "ndcg@10", "hr@50", "hr@200", "ndcg@200", "mrr")
@@ -70,7 +72,8 @@ def build_config(data_root: Path, dataset: str, model: str, mode: str, epochs: i
     if config.model.item_representation != "id":
         if dataset not in ITEM_FEATURES:
             raise ValueError(f"{dataset} has no item features: {model} cannot run on it")
-        config.data.item_features = str(data_root / ITEM_FEATURES[dataset])
+        features = ITEM_FEATURES[dataset]
+        config.data.item_features = features if reader == "synthetic-stream" else str(data_root / features)
     return config, overrides
 
 

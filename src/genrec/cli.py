@@ -128,7 +128,7 @@ def _train_config(args: argparse.Namespace) -> Config:
     config = _apply_flags(preset(args.model or "hstu"), args)
     # stored absolute, so that the run evaluates from any working directory
     for field in ("path", "user_features", "item_features", "user_series"):
-        if getattr(config.data, field) not in (None, "followed_topics"):
+        if getattr(config.data, field) not in (None, "followed_topics", "topics"):
             setattr(config.data, field, str(Path(getattr(config.data, field)).resolve()))
     explicit_epochs = args.epochs is not None or args.config is not None or any(
         a.strip().startswith("train.epochs") for a in args.assignments)

@@ -35,8 +35,8 @@ class DataConfig:
     # become user-context prefix tokens (genrec.data.user_features); None = no prefix
     user_features: str | None = None
     # item content (ml-1m movies.dat, ml-100k u.item, or the directory holding it; s3rec: its
-    # *_item2attributes.json): features added to item tokens (genrec.data.item_features) as
-    # model.item_representation says; None = no content
+    # *_item2attributes.json; "topics": the synthetic stream's): features added to item tokens
+    # (genrec.data.item_features) as model.item_representation says; None = no content
     item_features: str | None = None
     # a slow-changing user feature sequentialized (genrec.data.user_series): a CSV of its changes
     # (user_id,timestamp,<feature>), or "followed_topics" (the synthetic stream's); each change becomes a token
@@ -192,9 +192,13 @@ class Config:
             ((self.data.item_features is None) == (self.model.item_representation == "id"),
              "model.item_representation = content or id+content reads data.item_features, which nothing else reads: "
              "set both or neither"),
-            (self.data.item_features is None or (self.data.dataset in ("ml-1m", "ml-100k", "s3rec")
+            (self.data.item_features is None or (self.data.dataset in ("ml-1m", "ml-100k", "s3rec", "synthetic-stream")
                                                  and self.data.mode != "stream"),
-             "data.item_features (item content) needs data.dataset = ml-1m, ml-100k or s3rec, outside stream mode"),
+             "data.item_features (item content) needs data.dataset = ml-1m, ml-100k, s3rec or synthetic-stream, "
+             "outside stream mode"),
+            ((self.data.item_features == "topics") == (self.data.item_features is not None
+                                                       and self.data.dataset == "synthetic-stream"),
+             "data.item_features = topics is the synthetic stream's, and the synthetic stream's items have no other"),
             (self.model.item_representation != "content" or self.train.embedding_optimizer == "adamw",
              "model.item_representation = content has no item table for train.embedding_optimizer to train"),
             (self.data.max_series_len > 0, "data.max_series_len must be positive"),

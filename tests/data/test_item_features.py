@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from genrec.data.item_features import read_item_features
+from genrec.data.synthetic_stream import StreamSpec, generate_stream
 
 
 def test_real_item_files(shared_data):
@@ -83,3 +84,12 @@ def test_unsupported_dataset_missing_file_and_empty_file(tmp_path):
     (tmp_path / "u.item").write_text(bad_flag + "\n")
     with pytest.raises(ValueError, match="u.item:1: a genre flag is not 0 or 1"):
         read_item_features("ml-100k", tmp_path)
+
+
+def test_the_synthetic_streams_item_content_is_each_items_topic():
+    events = generate_stream(StreamSpec(num_users=100, num_events=2_000, num_days=5, initial_items=50, num_topics=7))
+    features = events.item_features
+    assert features.names == ("topic",) and features.num_codes == 7
+    assert features.item_ids.tolist() == list(range(1, len(features.item_ids) + 1))
+    assert set(np.unique(features.codes).tolist()) <= set(range(1, 8)) and np.all(features.weights == 1)
+    assert events.item_ids.max() <= len(features.item_ids)

@@ -80,3 +80,4 @@ def test_the_synthetic_stream_follows_topics_from_the_start_and_changes_them_at_
     assert np.all((later - START) % DAY == 0) and later.max() < START + spec.num_days * DAY
     # each user's drifting mixture is redrawn on ~1 day in drift_days
     assert len(later) == pytest.approx(500 * (spec.num_days - 1) / spec.drift_days, rel=0.1)
+

@@ -87,6 +87,15 @@ def test_ranking_reads_item_content_too(data_dir):
     assert probabilities.shape == (2, len(served.tasks)) and np.isfinite(probabilities).all()
 
 
+def test_the_synthetic_streams_topics_are_its_items_content(tmp_path):
+    config = tiny_config(mode="paper", epochs=1)
+    config.data.dataset, config.data.synthetic_users, config.data.synthetic_items = "synthetic-stream", 60, 40
+    config.data.item_features, config.model.item_representation = "topics", "content"
+    trainer = Trainer(config, tmp_path / "run", progress=False, log=lambda _: None)
+    assert trainer.data.summary["item_features"] == "topic" and trainer.data.summary["items_without_features"] == 0
+    assert all(math.isfinite(value) for value in trainer.fit()["metrics"].values())
+
+
 def test_the_cli_flag_adds_content_to_ids(data_dir):
     out = data_dir / "cli-run"
     result = subprocess.run([sys.executable, "-m", "genrec", "train", "--dataset", "ml-100k", "--data-dir",
@@ -101,8 +110,9 @@ def test_the_cli_flag_adds_content_to_ids(data_dir):
 @pytest.mark.parametrize("change, message", [
     (lambda c: setattr(c.model, "item_representation", "id"), "set both or neither"),
     (lambda c: setattr(c.data, "item_features", None), "set both or neither"),
-    (lambda c: setattr(c.data, "dataset", "events"), "needs data.dataset = ml-1m, ml-100k or s3rec"),
+    (lambda c: setattr(c.data, "dataset", "events"), "needs data.dataset = ml-1m, ml-100k, s3rec or synthetic-stream"),
     (lambda c: setattr(c.data, "mode", "stream"), "outside stream mode"),
+    (lambda c: setattr(c.data, "item_features", "topics"), "topics is the synthetic stream's"),
     (lambda c: (setattr(c.model, "item_representation", "content"),
                 setattr(c.train, "embedding_optimizer", "rowwise_adagrad")), "has no item table"),
     (lambda c: (setattr(c.train, "embedding_optimizer", "rowwise_adagrad"),

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 if TYPE_CHECKING:
+    from genrec.data.item_features import ItemFeatures
     from genrec.data.user_series import UserChanges
 
 
@@ -21,7 +22,8 @@ class Events:
 
     timestamps is None for sources without time (the time bias is then off); ratings holds the
     explicit rating where the source has one; actions holds extra per-event signal columns; user_changes, a
-    slow-changing user feature's changes where the source has one (genrec.data.user_series).
+    slow-changing user feature's changes, and item_features, the items' content, where the source generates them
+    (genrec.data.user_series, genrec.data.item_features).
     """
 
     user_ids: np.ndarray
@@ -32,6 +34,7 @@ class Events:
     source: str = ""
     skipped_rows: int = 0
     user_changes: UserChanges | None = None
+    item_features: ItemFeatures | None = None
 
     def __post_init__(self) -> None:
         n = len(self.user_ids)

@@ -18,6 +18,7 @@ What it models, day by day (one day = 86,400 s of timestamps):
   stream's start and changed at the start of each day the mixture is redrawn (Events.user_changes,
   "followed_topic"; sequentialized by data.user_series = "followed_topics"). It costs no random draws: the
   events are the same with it or without.
+- Item content: each item's topic (Events.item_features; data.item_features = "topics").
 What it does not model: sessions within a day, repeat consumption being special, item content beyond a
 topic, user attributes other than the followed topic, and feedback from a recommender into what users see.
 
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from genrec.data.events import Events
+from genrec.data.item_features import ItemFeatures
 from genrec.data.user_series import UserChanges
 
 DAY = 86_400
@@ -125,7 +127,9 @@ def generate_stream(spec: StreamSpec = StreamSpec()) -> Events:
                   actions={name: values[order] for name, values in actions.items()},
                   source=f"synthetic-stream(seed={spec.seed}, events={spec.num_events})",
                   user_changes=UserChanges(changes_user + 1, START + changes_second, changes_topic + 1,
-                                           "followed_topic", spec.num_topics))
+                                           "followed_topic", spec.num_topics),
+                  item_features=ItemFeatures(np.arange(1, num_items + 1), (topic + 1)[:, None],
+                                             np.ones((num_items, 1), np.float32), ("topic",), spec.num_topics))
 
 
 def _largest_topic(cumulative: np.ndarray) -> np.ndarray:

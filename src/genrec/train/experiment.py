@@ -74,7 +74,7 @@ def load_sequences(config: Config, min_length: int, with_actions: bool = False) 
     }
     cardinalities = attach_user_features(data_config, data, summary)
     return LoadedSequences(data, summary, events.timestamps is not None, cardinalities, task_names,
-                           item_content(data_config, data, summary),
+                           item_content(data_config, data, events, summary),
                            attach_user_series(data_config, data, events, summary))
 
 
@@ -99,7 +99,7 @@ def _store_sequences(config: Config, min_length: int, with_actions: bool) -> Loa
                **({"tasks": task_names} if with_actions else {})}
     cardinalities = attach_user_features(config.data, data, summary)
     return LoadedSequences(data, summary, store.has_timestamps, cardinalities, task_names,
-                           item_content(config.data, data, summary),
+                           item_content(config.data, data, None, summary),
                            attach_user_series(config.data, data, None, summary))
 
 
@@ -139,11 +139,16 @@ def attach_user_series(data_config: DataConfig, data: SequenceData, events: Even
     return changes.cardinality
 
 
-def item_content(data_config: DataConfig, data: SequenceData, summary: dict) -> ItemContent | None:
-    """The content codes of data.item_features (when set) for the sequences' items, noted in `summary`."""
+def item_content(data_config: DataConfig, data: SequenceData, events: Events | None, summary: dict
+                 ) -> ItemContent | None:
+    """The content codes of data.item_features (when set) for the sequences' items, noted in `summary`. events: the
+    log the sequences came from (its own item features)."""
     if data_config.item_features is None:
         return None
-    features = read_item_features(data_config.dataset, data_config.item_features, data_config.skip_bad_rows)
+    if data_config.item_features == "topics":
+        features = events.item_features
+    else:
+        features = read_item_features(data_config.dataset, data_config.item_features, data_config.skip_bad_rows)
     codes, weights, missing = features.align(data.item_vocab)
     summary.update({"item_features": ",".join(features.names), "items_without_features": missing})
     return ItemContent(torch.from_numpy(codes), torch.from_numpy(weights), features.num_codes)
