@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from genrec.checkpoint import load_checkpoint
-from genrec.train.parallel import Distributed, num_batches, own_rng, rank_slice
+from genrec.train.parallel import Distributed, num_batches, own_rng, rank_slice, shared_shuffle
 
 TINY = Path(__file__).resolve().parents[1] / "tiny.toml"
 
@@ -25,19 +25,23 @@ def test_every_rank_gets_a_share_of_every_step():
     assert num_batches(129, 32, Distributed()) == 5
 
 
-def test_resume_needs_the_same_number_of_ranks():
-    saved = {"torch.0": torch.zeros(1), "torch.1": torch.ones(1)}
+def test_a_rank_finds_its_streams_only_in_a_checkpoint_of_as_many_ranks():
+    saved = {"torch.0": torch.zeros(1), "torch.1": torch.ones(1), "shuffle.0": torch.full((1,), 7),
+             "shuffle.1": torch.full((1,), 7)}
     assert torch.equal(own_rng(saved, Distributed(1, 2))["torch"], torch.ones(1))
-    with pytest.raises(ValueError, match="same number of processes"):
-        own_rng(saved, Distributed(2, 3))
+    assert own_rng(saved, Distributed(2, 3)) is None and own_rng(saved, Distributed()) is None
+    assert own_rng({"torch": torch.zeros(1)}, Distributed(0, 2)) is None
+    assert torch.equal(shared_shuffle(saved), torch.full((1,), 7))
 
 
-def torchrun(out: Path, *args: str) -> subprocess.CompletedProcess:
+def torchrun(out: Path, *args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """genrec train on the tiny config: under torchrun with `processes` ranks, or as one plain process (1)."""
     if shutil.which("torchrun") is None:
         pytest.skip("torchrun not on PATH")
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "genrec", "train", "--config", str(TINY), "--device", "cpu", "--out", str(out),
-               "--no-progress", "--mode", "validated", *args]
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 \
+        else []
+    command = [sys.executable, *launcher, "-m", "genrec", "train", "--config", str(TINY), "--device", "cpu", "--out",
+               str(out), "--no-progress", "--mode", "validated", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600)
 
 
@@ -145,3 +149,25 @@ def test_sharded_training_matches_replicas_and_resumes_exactly(tmp_path, task, o
             torch.testing.assert_close(tensor, getattr(replicated, weights)[name], rtol=0, atol=1e-6)
             assert torch.equal(tensor, getattr(resumed, weights)[name]), name
     assert sharded.optimizer["state"].keys() == replicated.optimizer["state"].keys()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 4)])
+def test_a_run_resumes_on_another_number_of_processes(tmp_path, before, after):
+    """Whole tensors in the checkpoint (a row-sharded table's too): a run resumes on any number of processes; the
+    batch order continues (the shuffle stream), each rank's own streams start afresh."""
+    sharded = ("--set", "train.embedding_optimizer=rowwise_adagrad", "--set", "train.item_table_sharding=rows")
+    first = torchrun(tmp_path / "run", "--epochs", "1", *sharded, processes=before)
+    assert first.returncode == 0, first.stderr[-3000:]
+    after_one = load_checkpoint(tmp_path / "run/last.safetensors")
+    resumed = torchrun(tmp_path / "run", "--epochs", "2", "--resume", processes=after)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "was written by another number of processes" in resumed.stdout
+    straight = torchrun(tmp_path / "straight", "--epochs", "2", *sharded, processes=before)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    after_two, unbroken = (load_checkpoint(tmp_path / name / "last.safetensors") for name in ("run", "straight"))
+    assert after_two.state["epoch"] == 2
+    assert torch.equal(shared_shuffle(after_two.rng), shared_shuffle(unbroken.rng))
+    assert not torch.equal(after_two.model["embedding.item.weight"], after_one.model["embedding.item.weight"])
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert all(np.isfinite(value) for value in metrics.values())

@@ -151,16 +151,22 @@ def gather_rng(rng: dict[str, torch.Tensor], ranks: Distributed) -> dict[str, to
     return {f"{name}.{rank}": state for rank, states in enumerate(everyone) for name, state in states.items()}
 
 
-def own_rng(rng: dict[str, torch.Tensor], ranks: Distributed) -> dict[str, torch.Tensor]:
-    """This rank's streams out of a checkpoint written by `gather_rng`."""
+def own_rng(rng: dict[str, torch.Tensor], ranks: Distributed) -> dict[str, torch.Tensor] | None:
+    """This rank's streams out of a checkpoint written by `gather_rng`, or None when another number of processes
+    wrote it (see shared_shuffle)."""
+    written_by = len({key.rpartition(".")[2] for key in rng if "." in key}) or 1
+    if written_by != ranks.world_size:
+        return None
     if not ranks.enabled:
         return rng
     suffix = f".{ranks.rank}"
-    mine = {k[:-len(suffix)]: v for k, v in rng.items() if k.endswith(suffix)}
-    if not mine:
-        raise ValueError(f"checkpoint holds no random state for rank {ranks.rank}: resume with the same "
-                         "number of processes it was written with")
-    return mine
+    return {k[:-len(suffix)]: v for k, v in rng.items() if k.endswith(suffix)}
+
+
+def shared_shuffle(rng: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The batch-order stream of a checkpoint, which every rank holds alike: a run resumed on another number of
+    processes continues the same order of global batches."""
+    return rng["shuffle"] if "shuffle" in rng else rng["shuffle.0"]
 
 
 def barrier(ranks: Distributed) -> None:

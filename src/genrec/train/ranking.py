@@ -161,7 +161,7 @@ class RankingTrainer:
 
     def resume(self) -> None:
         self.state = resume_run(self.out_dir / "last.safetensors", self.modules, self.optimizer, self.streams,
-                                self.device, self.ranks, self.average)
+                                self.device, self.ranks, self.average, self.log)
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 
     # ---- what the shared epoch loop (run_state.run_epochs) asks of a trainer --------------------

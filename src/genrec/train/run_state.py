@@ -5,8 +5,9 @@ puts them, the model, the optimiser and the trainer state into one checkpoint.""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -16,7 +17,7 @@ from genrec.config import Config, config_to_json
 from genrec.train.averaging import WeightAverage
 from genrec.train.divergence import failure_recorded
 from genrec.train.parallel import (Distributed, barrier, full_tensors, gather_rng, load_optimizer, load_weights,
-                                   own_rng)
+                                   own_rng, shared_shuffle)
 from genrec.train.run_log import RunLog, epoch_line
 
 
@@ -26,10 +27,20 @@ class RandomStreams:
     Stochastic Length is on, so runs without it keep their checkpoint layout."""
 
     def __init__(self, seed: int, rank: int, sample_device: torch.device | str, stochastic_length: bool) -> None:
+        self.seed, self.rank = seed, rank
         self.shuffle = torch.Generator().manual_seed(seed)
         self.sample = torch.Generator(sample_device).manual_seed(seed + 1 + rank)
         self.length = torch.Generator().manual_seed(seed + 1000 + rank)
         self.stochastic_length = stochastic_length
+
+    def rederive(self, step: int) -> None:
+        """This rank's own streams (dropout through torch's global generator, negatives, Stochastic Length) seeded
+        from (seed, rank, step), for a run resumed on another number of processes than wrote its checkpoint:
+        reproducible, though not the streams an unchanged number of processes would have drawn."""
+        seeds = np.random.SeedSequence([self.seed, self.rank, step]).generate_state(3, np.uint64)
+        torch.manual_seed(int(seeds[0]))
+        self.sample.manual_seed(int(seeds[1]))
+        self.length.manual_seed(int(seeds[2]))
 
     def named(self) -> dict[str, torch.Generator]:
         streams = {"shuffle": self.shuffle, "sample": self.sample}
@@ -52,12 +63,22 @@ def save_run(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, st
 
 
 def resume_run(path: Path, module: nn.Module, optimizer: torch.optim.Optimizer, streams: RandomStreams,
-               device: torch.device, ranks: Distributed, average: WeightAverage | None = None) -> dict[str, Any]:
-    """Restores weights, their average, optimiser and this rank's random streams; returns the trainer
-    state."""
+               device: torch.device, ranks: Distributed, average: WeightAverage | None = None,
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Restores weights, their average, optimiser and this rank's random streams; returns the trainer state. A
+    checkpoint of another number of processes resumes too (its tensors are whole): the batch order continues,
+    and each rank's own streams are derived afresh (RandomStreams.rederive), so the run is not the one an
+    unchanged number of processes would have made."""
     checkpoint = load_run_weights(path, module, average)
     load_optimizer(optimizer, checkpoint.optimizer)
-    restore_rng(own_rng(checkpoint.rng, ranks), streams.named(), device)
+    mine = own_rng(checkpoint.rng, ranks)
+    if mine is not None:
+        restore_rng(mine, streams.named(), device)
+    else:
+        streams.shuffle.set_state(shared_shuffle(checkpoint.rng))
+        streams.rederive(checkpoint.state["step"])
+        log(f"{path} was written by another number of processes than {ranks.world_size}: the batch order continues, "
+            "each process's random streams (dropout, negatives, Stochastic Length) start afresh")
     return checkpoint.state
 
 

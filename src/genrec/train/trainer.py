@@ -143,7 +143,7 @@ class Trainer:
 
     def resume(self) -> None:
         self.state = resume_run(self.out_dir / "last.safetensors", self.model, self.optimizer, self.streams,
-                                self.device, self.ranks, self.average)
+                                self.device, self.ranks, self.average, self.log)
         self.log(f"resumed from {self.out_dir / 'last.safetensors'} after epoch {self.state['epoch']}")
 
     # ---- the run ---------------------------------------------------------------------------
