@@ -230,9 +230,10 @@ class Config:
             (self.train.item_table_sharding == "replicated" or self.train.ema_decay == 0,
              "train.item_table_sharding = rows cannot keep a weight average (train.ema_decay): it would hold only "
              "each rank's rows"),
-            (self.train.embedding_optimizer == "adamw" or self.train.data_parallel == "ddp",
-             "train.embedding_optimizer = rowwise_adagrad needs train.data_parallel = ddp (FSDP2 would shard the "
-             "table's rows under the optimiser)"),
+            (self.train.embedding_optimizer == "adamw" or self.train.data_parallel == "ddp"
+             or self.train.item_table_sharding == "rows",
+             "train.embedding_optimizer = rowwise_adagrad under train.data_parallel = fsdp needs "
+             "train.item_table_sharding = rows (FSDP2 would shard a replicated table's rows under the optimiser)"),
             (self.data.synthetic_users > 0 and self.data.synthetic_items > 0,
              "data.synthetic_users and synthetic_items must be positive"),
             (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),

@@ -127,12 +127,15 @@ def test_ranks_hold_the_same_weights_after_training(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task, options", [("retrieval", ("--set", "train.ema_decay=0.9")), ("ranking", ())],
-                         ids=["retrieval-weight-average", "ranking"])
+@pytest.mark.parametrize("task, options", [
+    ("retrieval", ("--set", "train.ema_decay=0.9")), ("ranking", ()),
+    ("retrieval", ("--set", "train.embedding_optimizer=rowwise_adagrad", "--set", "train.item_table_sharding=rows")),
+], ids=["retrieval-weight-average", "ranking", "retrieval-row-sharded-table"])
 def test_sharded_training_matches_replicas_and_resumes_exactly(tmp_path, task, options):
-    """FSDP2 shards every parameter (the item table by rows) and the optimiser state; its checkpoints
-    hold whole tensors, so they equal DDP's (two ranks average gradients exactly alike) and resume.
-    The retrieval runs keep a weight average, sharded like the weights."""
+    """FSDP2 shards every parameter (the item table by rows, unless it is a row-sharded table, which it leaves
+    alone) and the optimiser state; its checkpoints hold whole tensors, so they equal DDP's (two ranks average
+    gradients exactly alike) and resume. The first retrieval runs keep a weight average, sharded like the
+    weights."""
     fsdp = ("--set", "train.data_parallel=fsdp", *options)
     runs = [torchrun(tmp_path / "fsdp", "--epochs", "2", "--task", task, *fsdp),
             torchrun(tmp_path / "ddp", "--epochs", "2", "--task", task, *options),
@@ -140,9 +143,10 @@ def test_sharded_training_matches_replicas_and_resumes_exactly(tmp_path, task, o
             torchrun(tmp_path / "resumed", "--epochs", "2", "--resume", *fsdp)]
     for run in runs:
         assert run.returncode == 0, run.stderr[-3000:]
+    assert ("item table sharded by rows" in runs[0].stdout) == ("train.item_table_sharding=rows" in options)
     sharded, replicated, resumed = (load_checkpoint(tmp_path / name / "last.safetensors")
                                     for name in ("fsdp", "ddp", "resumed"))
-    assert (sharded.averaged is not None) == (replicated.averaged is not None) == bool(options)
+    assert (sharded.averaged is not None) == (replicated.averaged is not None) == ("train.ema_decay=0.9" in options)
     for weights in ("model", "averaged"):
         for name, tensor in (getattr(sharded, weights) or {}).items():
             assert tensor.shape == getattr(replicated, weights)[name].shape, name  # whole tensors, not shards

@@ -11,8 +11,9 @@ layer's weights for its forward and backward, and reduce-scatters the gradients.
 (identical weights give identical numbers, so early stopping and epoch selection agree without
 messages); rank 0 alone writes files. Checkpoints hold full (unsharded) tensors and every rank's random
 streams, so --resume stays exact, and a checkpoint does not depend on the strategy that wrote it.
-Under DDP, train.item_table_sharding = rows keeps 1/world of every item table's rows per rank instead of a
-replica, with lookups answered where the rows live (genrec.train.sharded_embedding; shard_item_tables).
+train.item_table_sharding = rows keeps 1/world of every item table's rows per rank instead of a replica, with
+lookups answered where the rows live (genrec.train.sharded_embedding; shard_item_tables); DDP or FSDP2 then
+takes the dense part and leaves those rows alone.
 Without torchrun's environment (WORLD_SIZE unset or 1) all of this is a no-op.
 """
 
@@ -86,18 +87,18 @@ def shard_item_tables(model: nn.Module, ranks: Distributed) -> bool:
 def data_parallel(model: nn.Module, ranks: Distributed, device: torch.device, strategy: str = "ddp") -> nn.Module:
     """The module to run training forwards through: a DDP wrapper, or `model` itself sharded in place
     by FSDP2 (build the optimiser after this call: it must see the sharded parameters). Rows of tables sharded
-    by shard_item_tables are left out of DDP: each rank's are its own, and their gradients arrive complete."""
+    by shard_item_tables are left out of either: each rank's are its own, and their gradients arrive complete."""
     if not ranks.enabled:
         return model
+    tables = {name: child for name, child in model.named_modules() if isinstance(child, RowShardedEmbedding)}
     if strategy == "fsdp":
         for layer in getattr(getattr(model, "encoder", None), "layers", []):
             fully_shard(layer)
         # the root keeps its weights gathered from forward to backward (FSDP2's default for the root),
         # so the loss may read the item table outside forward
-        fully_shard(model)
+        fully_shard(model, ignored_params={table.weight for table in tables.values()})
         return model
-    own_rows = [f"{name}.{part}" for name, child in model.named_modules() if isinstance(child, RowShardedEmbedding)
-                for part in ("weight", "bounds")]
+    own_rows = [f"{name}.{part}" for name in tables for part in ("weight", "bounds")]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, own_rows)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
