@@ -203,9 +203,9 @@ class Config:
              "model.item_representation = content has no item table for train.embedding_optimizer to train"),
             (self.data.max_series_len > 0, "data.max_series_len must be positive"),
             (self.data.user_series is None or (self.model.architecture == "hstu" and self.train.task == "retrieval"
-                                               and self.data.mode != "stream" and self.data.user_features is None),
+                                               and self.data.user_features is None),
              "data.user_series (user-feature change tokens) needs model.architecture = hstu and train.task = "
-             "retrieval, outside stream mode and without data.user_features"),
+             "retrieval, without data.user_features"),
             (self.data.user_series != "followed_topics" or self.data.dataset == "synthetic-stream",
              "data.user_series = followed_topics is the synthetic stream's: it needs data.dataset = synthetic-stream"),
             (self.train.epochs >= 0, "train.epochs must be >= 0"),

@@ -95,7 +95,13 @@ def test_a_stream_from_an_event_store_equals_the_stream_from_its_log(tmp_path):
     assert torch.equal(a.item_vocab, b.item_vocab)  # rows hold the same source ids
 
 
-@pytest.mark.parametrize("table", [lambda config: config, rowwise], ids=["adamw", "rowwise-bf16-table"])
+def followed_topics(config):
+    config.data.user_series = "followed_topics"
+    return config
+
+
+@pytest.mark.parametrize("table", [lambda config: config, rowwise, followed_topics],
+                         ids=["adamw", "rowwise-bf16-table", "followed-topic-tokens"])
 def test_resume_is_exact(tmp_path, deterministic, table):
     straight = run(table(stream_config()), tmp_path / "a")
     run(table(stream_config(max_windows=2)), tmp_path / "b")
@@ -106,6 +112,7 @@ def test_resume_is_exact(tmp_path, deterministic, table):
                                                                    b.extra["vocab_last_seen"])
     for name, tensor in a.model.items():
         assert torch.equal(tensor, b.model[name]), name
+    assert ("series.table.weight" in a.model) == (table is followed_topics)
 
 
 def test_new_owners_of_rows_start_without_row_wise_history(tmp_path):

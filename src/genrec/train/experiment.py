@@ -15,7 +15,7 @@ from genrec.data import (Events, ProtocolSplit, SequenceData, SyntheticSpec, bui
 from genrec.data.actions import action_labels
 from genrec.data.item_features import read_item_features
 from genrec.data.user_features import read_user_features
-from genrec.data.user_series import UserSeries, read_user_changes
+from genrec.data.user_series import UserChanges, UserSeries, read_user_changes
 from genrec.devices import memory_of
 from genrec.model import SequentialRetriever
 from genrec.model.embeddings import ItemContent
@@ -129,14 +129,18 @@ def attach_user_series(data_config: DataConfig, data: SequenceData, events: Even
         return 0
     if data.sequences.timestamps is None:
         raise ValueError(f"{data.source}: data.user_series merges changes in by time, and the events have none")
-    if data_config.user_series == "followed_topics":
-        changes = events.user_changes
-    else:
-        changes = read_user_changes(data_config.user_series, data_config.skip_bad_rows)
+    changes = changes_of(data_config, events)
     series = UserSeries.of_users(changes, data.user_vocab, data_config.max_series_len)
     data.sequences.series = series
     summary.update({"user_series": changes.name, "user_series_changes": int((series.ends - series.starts).sum())})
     return changes.cardinality
+
+
+def changes_of(data_config: DataConfig, events: Events | None) -> UserChanges:
+    """The changes data.user_series names: the synthetic stream's own (of `events`), or a CSV's."""
+    if data_config.user_series == "followed_topics":
+        return events.user_changes
+    return read_user_changes(data_config.user_series, data_config.skip_bad_rows)
 
 
 def item_content(data_config: DataConfig, data: SequenceData, events: Events | None, summary: dict

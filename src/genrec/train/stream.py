@@ -12,6 +12,8 @@ evaluated and then trained on:
   to new items are re-initialised and their optimiser state cleared), then one pass over the window's
   users: each user's last max_seq_len events up to the window's end, the next-item loss at the positions
   whose targets fall in the window, negatives drawn from the held items.
+With data.user_series, each batch also carries its users' changes of that feature up to their last event
+(genrec.data.user_series), merged into the sequences by the model.
 Metrics per window and overall (event-weighted) go to metrics.json and stream.png; a checkpoint after each
 window (weights, optimiser, random streams, vocabulary) resumes exactly. One process (no torchrun).
 
@@ -32,6 +34,7 @@ from genrec.checkpoint import atomic_write_json, load_checkpoint, restore_rng, r
 from genrec.config import Config, config_to_dict
 from genrec.data.batch import SequenceBatch
 from genrec.data.item_vocabulary import UNKNOWN_ROW, ItemVocabulary
+from genrec.data.user_series import UserSeries
 from genrec.devices import resolve_device
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import target_ranks
@@ -39,7 +42,7 @@ from genrec.model import SequentialRetriever
 from genrec.ops.jagged import offsets_from_lengths
 from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import StepLoss, train_epoch
-from genrec.train.experiment import peak_tflops, read_events
+from genrec.train.experiment import changes_of, peak_tflops, read_events
 from genrec.train.losses import loss_flops, sampled_softmax_loss
 from genrec.train.optimizers import build_optimizer
 from genrec.train.parallel import Distributed, load_optimizer, num_batches
@@ -63,13 +66,18 @@ class StreamTrainer:
         self.out_dir, self.log, self.progress = out_dir, log, progress
         self.ranks = Distributed()
         self.device = resolve_device(config.train.device)
-        self.stream = StreamEvents(read_events(config.data), config.stream.window_days)
+        events = read_events(config.data)
+        self.stream = StreamEvents(events, config.stream.window_days)
+        self.series = None if config.data.user_series is None else UserSeries.of_users(
+            changes_of(config.data, events), self.stream.user_vocab, config.data.max_series_len)
         capacity = config.stream.item_capacity or self.stream.num_items
         self.vocabulary = ItemVocabulary(capacity, round(config.stream.evict_after_days * DAY))
         self.cold_rank = max(capacity, *KS) + 1
         torch.manual_seed(config.train.seed)
         self.model = SequentialRetriever(config.model, self.vocabulary.num_rows - 1, config.data.max_seq_len,
-                                         use_time=True).to(self.device)
+                                         use_time=True, series_cardinality=0 if self.series is None else
+                                         self.series.cardinality,
+                                         max_series_len=config.data.max_series_len).to(self.device)
         self.optimizer = build_optimizer(config.train, self.model, sparse_tables=True)
         self.streams = RandomStreams(config.train.seed, 0, self.device, stochastic_length=False)
         self.guard = DivergenceGuard(self.device)
@@ -191,8 +199,16 @@ class StreamTrainer:
         predicted = in_window & ~first_in_sequence
         target_index = np.flatnonzero(predicted)
         rows = self.vocabulary.lookup(self.stream.items[events])
+        times = self.stream.timestamps[events]
+        series = {}
+        if self.series is not None:  # each user's changes up to its last event (every window user has one)
+            ends = offsets[1:].numpy()
+            codes, change_times, change_offsets = self.series.select(users).window(times[ends - lengths],
+                                                                                   times[ends - 1])
+            series = {"series_codes": torch.from_numpy(codes), "series_timestamps": torch.from_numpy(change_times),
+                      "series_offsets": torch.from_numpy(change_offsets)}
         batch = SequenceBatch(torch.from_numpy(rows), offsets, self.config.data.max_seq_len,
-                              timestamps=torch.from_numpy(self.stream.timestamps[events]))
+                              timestamps=torch.from_numpy(times), **series)
         return (batch, torch.from_numpy(target_index - 1), torch.from_numpy(rows[target_index]),
                 int((in_window & first_in_sequence).sum()))
 
@@ -263,7 +279,7 @@ class StreamEvents:
         order = np.argsort(events.timestamps, kind="stable")
         self.items = np.asarray(events.item_ids)[order].astype(np.int64)
         self.timestamps = np.asarray(events.timestamps)[order].astype(np.int64)
-        _, self.users = np.unique(np.asarray(events.user_ids)[order], return_inverse=True)
+        self.user_vocab, self.users = np.unique(np.asarray(events.user_ids)[order], return_inverse=True)
         self.num_items = int(np.unique(self.items).size)
         self.by_user = np.argsort(self.users, kind="stable")  # each user's events, in time order
         counts = np.bincount(self.users)
