@@ -192,10 +192,8 @@ class Config:
             ((self.data.item_features is None) == (self.model.item_representation == "id"),
              "model.item_representation = content or id+content reads data.item_features, which nothing else reads: "
              "set both or neither"),
-            (self.data.item_features is None or (self.data.dataset in ("ml-1m", "ml-100k", "s3rec", "synthetic-stream")
-                                                 and self.data.mode != "stream"),
-             "data.item_features (item content) needs data.dataset = ml-1m, ml-100k, s3rec or synthetic-stream, "
-             "outside stream mode"),
+            (self.data.item_features is None or self.data.dataset in ("ml-1m", "ml-100k", "s3rec", "synthetic-stream"),
+             "data.item_features (item content) needs data.dataset = ml-1m, ml-100k, s3rec or synthetic-stream"),
             ((self.data.item_features == "topics") == (self.data.item_features is not None
                                                        and self.data.dataset == "synthetic-stream"),
              "data.item_features = topics is the synthetic stream's, and the synthetic stream's items have no other"),

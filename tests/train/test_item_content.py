@@ -111,7 +111,6 @@ def test_the_cli_flag_adds_content_to_ids(data_dir):
     (lambda c: setattr(c.model, "item_representation", "id"), "set both or neither"),
     (lambda c: setattr(c.data, "item_features", None), "set both or neither"),
     (lambda c: setattr(c.data, "dataset", "events"), "needs data.dataset = ml-1m, ml-100k, s3rec or synthetic-stream"),
-    (lambda c: setattr(c.data, "mode", "stream"), "outside stream mode"),
     (lambda c: setattr(c.data, "item_features", "topics"), "topics is the synthetic stream's"),
     (lambda c: (setattr(c.model, "item_representation", "content"),
                 setattr(c.train, "embedding_optimizer", "rowwise_adagrad")), "has no item table"),

@@ -100,8 +100,13 @@ def followed_topics(config):
     return config
 
 
-@pytest.mark.parametrize("table", [lambda config: config, rowwise, followed_topics],
-                         ids=["adamw", "rowwise-bf16-table", "followed-topic-tokens"])
+def topics_as_content(config):
+    config.data.item_features, config.model.item_representation = "topics", "id+content"
+    return config
+
+
+@pytest.mark.parametrize("table", [lambda config: config, rowwise, followed_topics, topics_as_content],
+                         ids=["adamw", "rowwise-bf16-table", "followed-topic-tokens", "topics-as-item-content"])
 def test_resume_is_exact(tmp_path, deterministic, table):
     straight = run(table(stream_config()), tmp_path / "a")
     run(table(stream_config(max_windows=2)), tmp_path / "b")
@@ -113,6 +118,20 @@ def test_resume_is_exact(tmp_path, deterministic, table):
     for name, tensor in a.model.items():
         assert torch.equal(tensor, b.model[name]), name
     assert ("series.table.weight" in a.model) == (table is followed_topics)
+
+
+@pytest.mark.parametrize("representation", ["id+content", "content"])
+def test_rows_take_the_content_of_the_items_they_are_handed_to(tmp_path, representation):
+    config = topics_as_content(stream_config(max_windows=3))
+    config.model.item_representation = representation
+    config.stream.item_capacity, config.stream.evict_after_days = 600, 5.0  # rows change owners
+    trainer = StreamTrainer(config, tmp_path, log=lambda _: None, progress=False)
+    trainer.fit()
+    assert trainer.vocabulary.evicted > 0
+    held = np.flatnonzero(trainer.vocabulary.sources >= 0)
+    codes, _, known = trainer.item_features.lookup(trainer.vocabulary.sources[held])
+    assert known.all()
+    assert torch.equal(trainer.model.embedding.content.codes[torch.from_numpy(held)], torch.from_numpy(codes))
 
 
 def test_new_owners_of_rows_start_without_row_wise_history(tmp_path):

@@ -32,17 +32,23 @@ class ItemFeatures:
     names: tuple[str, ...]  # the features
     num_codes: int  # codes run 1..num_codes, so a table needs num_codes + 1 rows
 
+    def lookup(self, source_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(codes [n, S], weights [n, S], known [n]) of these source item ids; ids the file lacks get empty rows."""
+        order = np.argsort(self.item_ids)
+        found = np.minimum(np.searchsorted(self.item_ids, source_ids, sorter=order), len(order) - 1)
+        rows = order[found]
+        known = self.item_ids[rows] == source_ids
+        codes = np.zeros((len(source_ids), self.codes.shape[1]), np.int64)
+        weights = np.zeros(codes.shape, np.float32)
+        codes[known], weights[known] = self.codes[rows[known]], self.weights[rows[known]]
+        return codes, weights, known
+
     def align(self, item_vocab: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """(codes [I + 1, S], weights [I + 1, S]) of the dense items whose source ids item_vocab lists (row 0 and
         the rows of items the file lacks stay empty), and how many items it lacks."""
-        order = np.argsort(self.item_ids)
-        found = np.minimum(np.searchsorted(self.item_ids, item_vocab, sorter=order), len(order) - 1)
-        rows = order[found]
-        known = self.item_ids[rows] == item_vocab
-        codes = np.zeros((len(item_vocab) + 1, self.codes.shape[1]), np.int64)
-        weights = np.zeros(codes.shape, np.float32)
-        codes[1:][known], weights[1:][known] = self.codes[rows[known]], self.weights[rows[known]]
-        return codes, weights, int((~known).sum())
+        codes, weights, known = self.lookup(np.concatenate([[0], item_vocab]))
+        codes[0], weights[0] = 0, 0.0  # padding
+        return codes, weights, int((~known[1:]).sum())
 
 
 def encode_features(item_ids: list[int], values: dict[str, list[list[str]]]) -> ItemFeatures:

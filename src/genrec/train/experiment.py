@@ -13,7 +13,7 @@ from genrec.config import Config, DataConfig
 from genrec.data import (Events, ProtocolSplit, SequenceData, SyntheticSpec, build_sequences, leave_one_out,
                          load_events, min_length_for)
 from genrec.data.actions import action_labels
-from genrec.data.item_features import read_item_features
+from genrec.data.item_features import ItemFeatures, read_item_features
 from genrec.data.user_features import read_user_features
 from genrec.data.user_series import UserChanges, UserSeries, read_user_changes
 from genrec.devices import memory_of
@@ -143,16 +143,20 @@ def changes_of(data_config: DataConfig, events: Events | None) -> UserChanges:
     return read_user_changes(data_config.user_series, data_config.skip_bad_rows)
 
 
+def item_features_of(data_config: DataConfig, events: Events | None) -> ItemFeatures:
+    """The item features data.item_features names: the synthetic stream's topics (of `events`), or a file's."""
+    if data_config.item_features == "topics":
+        return events.item_features
+    return read_item_features(data_config.dataset, data_config.item_features, data_config.skip_bad_rows)
+
+
 def item_content(data_config: DataConfig, data: SequenceData, events: Events | None, summary: dict
                  ) -> ItemContent | None:
     """The content codes of data.item_features (when set) for the sequences' items, noted in `summary`. events: the
     log the sequences came from (its own item features)."""
     if data_config.item_features is None:
         return None
-    if data_config.item_features == "topics":
-        features = events.item_features
-    else:
-        features = read_item_features(data_config.dataset, data_config.item_features, data_config.skip_bad_rows)
+    features = item_features_of(data_config, events)
     codes, weights, missing = features.align(data.item_vocab)
     summary.update({"item_features": ",".join(features.names), "items_without_features": missing})
     return ItemContent(torch.from_numpy(codes), torch.from_numpy(weights), features.num_codes)

@@ -13,7 +13,8 @@ evaluated and then trained on:
   users: each user's last max_seq_len events up to the window's end, the next-item loss at the positions
   whose targets fall in the window, negatives drawn from the held items.
 With data.user_series, each batch also carries its users' changes of that feature up to their last event
-(genrec.data.user_series), merged into the sequences by the model.
+(genrec.data.user_series), merged into the sequences by the model. With item content (data.item_features), a
+row handed to a new item takes that item's content codes.
 Metrics per window and overall (event-weighted) go to metrics.json and stream.png; a checkpoint after each
 window (weights, optimiser, random streams, vocabulary) resumes exactly. One process (no torchrun).
 
@@ -39,10 +40,11 @@ from genrec.devices import resolve_device
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import target_ranks
 from genrec.model import SequentialRetriever
+from genrec.model.embeddings import ItemContent
 from genrec.ops.jagged import offsets_from_lengths
 from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import StepLoss, train_epoch
-from genrec.train.experiment import changes_of, peak_tflops, read_events
+from genrec.train.experiment import changes_of, item_features_of, peak_tflops, read_events
 from genrec.train.losses import loss_flops, sampled_softmax_loss
 from genrec.train.optimizers import build_optimizer
 from genrec.train.parallel import Distributed, load_optimizer, num_batches
@@ -74,9 +76,15 @@ class StreamTrainer:
         self.vocabulary = ItemVocabulary(capacity, round(config.stream.evict_after_days * DAY))
         self.cold_rank = max(capacity, *KS) + 1
         torch.manual_seed(config.train.seed)
+        self.item_features = None if config.data.item_features is None else item_features_of(config.data, events)
+        content = None
+        if self.item_features is not None:  # rows hold no item yet: empty codes, set as items arrive
+            slots = (self.vocabulary.num_rows, self.item_features.codes.shape[1])
+            content = ItemContent(torch.zeros(slots, dtype=torch.int64), torch.zeros(slots),
+                                  self.item_features.num_codes)
         self.model = SequentialRetriever(config.model, self.vocabulary.num_rows - 1, config.data.max_seq_len,
-                                         use_time=True, series_cardinality=0 if self.series is None else
-                                         self.series.cardinality,
+                                         use_time=True, item_content=content,
+                                         series_cardinality=0 if self.series is None else self.series.cardinality,
                                          max_series_len=config.data.max_series_len).to(self.device)
         self.optimizer = build_optimizer(config.train, self.model, sparse_tables=True)
         self.streams = RandomStreams(config.train.seed, 0, self.device, stochastic_length=False)
@@ -213,11 +221,18 @@ class StreamTrainer:
                 int((in_window & first_in_sequence).sum()))
 
     def _reset_rows(self, rows: np.ndarray) -> None:
-        """New owners of rows start from a fresh embedding and no optimiser history."""
+        """New owners of rows start from a fresh embedding (their own content) and no optimiser history."""
         if rows.size == 0:
             return
-        weight = self.model.embedding.item.weight
         index = torch.from_numpy(rows).to(self.device)
+        content = self.model.embedding.content
+        if content is not None:
+            codes, weights, _ = self.item_features.lookup(self.vocabulary.sources[rows])
+            content.codes.index_copy_(0, index, torch.from_numpy(codes).to(self.device))
+            content.weights.index_copy_(0, index, torch.from_numpy(weights).to(self.device))
+        if self.model.embedding.item is None:
+            return
+        weight = self.model.embedding.item.weight
         with torch.no_grad():
             fresh = torch.empty(rows.size, weight.shape[1], dtype=weight.dtype, device=self.device)
             torch.nn.init.trunc_normal_(fresh, std=0.02, a=-0.04, b=0.04)
