@@ -30,8 +30,10 @@ from genrec.train.stream import StreamTrainer  # noqa: E402
 NO_RAB = "model.rab.position=false:model.rab.time=false"
 MODELS = {"Transformer (SASRec)": "sasrec", "HSTU softmax without rab": f"hstu:model.attention=softmax:{NO_RAB}",
           "HSTU without rab": f"hstu:{NO_RAB}", "HSTU": "hstu",
-          # beyond Table 2: HSTU reading the stream's followed topics as change tokens (genrec.data.user_series)
-          "HSTU + followed topics": "hstu:data.user_series=followed_topics"}
+          # beyond Table 2: HSTU reading the stream's followed topics as change tokens (genrec.data.user_series),
+          # and its items' topics as content (genrec.data.item_features)
+          "HSTU + followed topics": "hstu:data.user_series=followed_topics",
+          "HSTU + item topics": "hstu:data.item_features=topics:model.item_representation=id+content"}
 PAPER = {"Transformer (SASRec)": (0.0442, 0.2025), "HSTU softmax without rab": (0.0617, 0.2496),
          "HSTU without rab": (0.0893, 0.3170)}
 METRICS = ("hr@10", "hr@50", "ndcg@10")
