@@ -45,11 +45,15 @@ def test_bad_alpha():
         stochastic_length(batch_of([3]), 2.5, torch.Generator())
 
 
-def test_per_user_context_travels_unchanged():
+def test_per_user_context_and_change_tokens_travel_unchanged():
     batch = batch_of([60, 3])
     batch.context = torch.tensor([[1, 2], [3, 4]])
+    batch.series_codes, batch.series_timestamps = torch.tensor([2, 1, 3]), torch.tensor([0, 100, 5])
+    batch.series_offsets = torch.tensor([0, 2, 3])
     out = stochastic_length(batch, 1.0, torch.Generator().manual_seed(0))
-    assert out.lengths.tolist()[1] == 3 and torch.equal(out.context, batch.context)
+    assert out.lengths.tolist() == [10, 3] and torch.equal(out.context, batch.context)
+    for name in ("series_codes", "series_timestamps", "series_offsets"):
+        assert torch.equal(getattr(out, name), getattr(batch, name)), name
 
 
 @pytest.mark.parametrize("alpha", [1.6, 1.8])

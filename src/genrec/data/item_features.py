@@ -136,7 +136,8 @@ def _read_ml_100k(path: Path, skip_bad_rows: bool) -> ItemFeatures:
 
 
 def _read_item2attributes(path: Path, skip_bad_rows: bool) -> ItemFeatures:
-    """S3-Rec's JSON object; one entry that is not `"id": [integer, ...]` is a bad row (counted as one line)."""
+    """S3-Rec's JSON object; an entry that is not `"id": [integer, ...]` is a bad row, named by its position in the
+    object where a text file names a line."""
     if path.is_dir():
         raise ValueError(f"{path}: s3rec item features need the *_item2attributes.json file, not a directory")
     try:
