@@ -86,8 +86,9 @@ def worker(args) -> None:
     config.train.embedding_optimizer, config.train.item_table_sharding = "rowwise_adagrad", "rows"
     config.validate()
     torch.manual_seed(0)
-    with torch.device(device):  # built where it trains: a whole table may not fit the host twice
-        model = SequentialRetriever(config.model, args.rows - 1, MAX_LEN, use_time=True)
+    with torch.device(device):  # built where it trains; a sharded table never whole: each rank draws its rows
+        model = SequentialRetriever(config.model, args.rows - 1, MAX_LEN, use_time=True,
+                                    build_item_table=not ranks.enabled)
     sharded = shard_item_tables(model, ranks)
     train_model = data_parallel(model, ranks, device)
     optimizer = build_optimizer(config.train, model, sparse_tables=not ranks.enabled)

@@ -86,7 +86,8 @@ def test_row_sharded_item_tables_train_as_replicated_ones_resume_and_evaluate_al
     table = sharded.model["embedding.item.weight"]
     for name, tensor in sharded.model.items():
         assert tensor.shape == replicated.model[name].shape, name  # whole tensors, not one rank's rows
-        torch.testing.assert_close(tensor, replicated.model[name], rtol=0, atol=1e-6)
+        # gradients summed in another order: two epochs of AdamW leave differences of a few 1e-6
+        torch.testing.assert_close(tensor, replicated.model[name], rtol=0, atol=1e-5, msg=name)
     assert f"item table sharded by rows: rank 0 holds {-(-table.shape[0] // 2):,} of {table.shape[0]:,}" in \
         runs[0].stdout
     row_sums, replicated_sums = ([state["sum"] for state in checkpoint.optimizer["state"].values() if "sum" in state]

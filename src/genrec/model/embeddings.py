@@ -16,6 +16,33 @@ from torch import nn
 from genrec.ops.jagged import merge_by_time, positions_in_sequence, prepend_prefix
 
 
+ITEM_INIT_BLOCK = 1 << 16  # item-table rows drawn from one generator (see item_rows)
+
+
+def item_rows(seed: int, lo: int, hi: int, dim: int) -> torch.Tensor:
+    """Rows [lo, hi) [hi - lo, D] of an item table initialised under `seed`, on the default device: truncated normal
+    (std 0.02, cut at +-0.04) drawn on the CPU block by block of ITEM_INIT_BLOCK rows, each block from its own
+    generator, so that any range is drawn without the others (a rank builds only the rows it holds) and equals
+    that slice of the whole table; one block at a time is on the host. Row 0 (padding) is zero. Under the meta
+    device (a size check): meta rows, nothing drawn."""
+    out = torch.empty(hi - lo, dim)
+    if _under_meta():
+        return out
+    for block in range(lo // ITEM_INIT_BLOCK, -(-hi // ITEM_INIT_BLOCK)):
+        rows = torch.empty(ITEM_INIT_BLOCK, dim, device="cpu")
+        nn.init.trunc_normal_(rows, std=0.02, a=-0.04, b=0.04, generator=torch.Generator().manual_seed(seed + block))
+        first, last = max(lo, block * ITEM_INIT_BLOCK), min(hi, (block + 1) * ITEM_INIT_BLOCK)
+        out[first - lo:last - lo] = rows[first - block * ITEM_INIT_BLOCK:last - block * ITEM_INIT_BLOCK]
+    if lo == 0 < hi:
+        out[0] = 0.0
+    return out
+
+
+def _under_meta() -> bool:
+    """Whether tensors are being made on the meta device (a size check that allocates and draws nothing)."""
+    return torch.empty(0).device.type == "meta"
+
+
 @dataclass
 class ItemContent:
     """Each item's content codes: codes int64 [I + 1, S] (0: an empty slot) into a table of num_codes + 1 rows,
@@ -60,11 +87,13 @@ class ItemContentEmbedding(nn.Module):
 
 class InputEmbedding(nn.Module):
     def __init__(self, num_items: int, embedding_dim: int, max_seq_len: int, dropout: float,
-                 table_dtype: str = "float32", representation: str = "id", content: ItemContent | None = None
-                 ) -> None:
+                 table_dtype: str = "float32", representation: str = "id", content: ItemContent | None = None,
+                 build_item_table: bool = True) -> None:
         """table_dtype: how the item table is stored (float32 | bfloat16); its rows are computed with in fp32.
         representation: an item's embedding is its learned row (id), its content's (content, needs `content`
-        for items 0..num_items) or their sum (id+content)."""
+        for items 0..num_items) or their sum (id+content). build_item_table = False leaves the table on the meta
+        device, for whoever places its rows (genrec.train.parallel.shard_item_tables) to draw them with
+        item_rows(item_seed, ...)."""
         super().__init__()
         if representation not in ("id", "content", "id+content"):
             raise ValueError(f"item representation must be id, content or id+content, not {representation!r}")
@@ -73,16 +102,20 @@ class InputEmbedding(nn.Module):
                              f"{'needs' if content is None else 'reads no'} item content")
         if content is not None and content.codes.shape[0] != num_items + 1:
             raise ValueError(f"item content covers {content.codes.shape[0] - 1} items, not {num_items}")
-        self.item = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0) if "id" in representation else None
+        # one draw of the global generator whatever the table's size: the rest of the model gets the same draws
+        # whether the table is built here, in ranks' shards, or not at all
+        self.item_seed = 0 if _under_meta() else int(torch.randint(0, 1 << 62, ()))
+        self.table_dtype = getattr(torch, table_dtype)  # rows initialised in fp32 and rounded: the same draws
+        self.item = None
+        if "id" in representation:
+            self.item = nn.Embedding(num_items + 1, embedding_dim, padding_idx=0, device="meta", dtype=self.table_dtype)
+            if build_item_table:
+                self.item.weight = nn.Parameter(item_rows(self.item_seed, 0, num_items + 1, embedding_dim)
+                                                .to(self.table_dtype))
         self.content = None if content is None else ItemContentEmbedding(content, embedding_dim)
         self.position = nn.Embedding(max_seq_len, embedding_dim)
         self.dropout = nn.Dropout(dropout)
         self.scale = math.sqrt(embedding_dim)
-        if self.item is not None:
-            nn.init.trunc_normal_(self.item.weight, std=0.02, a=-0.04, b=0.04)
-            with torch.no_grad():
-                self.item.weight[0].zero_()
-            self.item.to(getattr(torch, table_dtype))  # initialised in fp32 and rounded: the same draws either way
         nn.init.trunc_normal_(self.position.weight, std=math.sqrt(1.0 / embedding_dim))
 
     def forward(self, item_ids: torch.Tensor, seq_offsets: torch.Tensor,

@@ -19,15 +19,18 @@ from genrec.model.hstu import HSTUEncoder
 
 class GenerativeRanker(nn.Module):
     def __init__(self, config: ModelConfig, num_items: int, num_tasks: int, max_seq_len: int, use_time: bool,
-                 context_cardinalities: tuple[int, ...] = (), item_content: ItemContent | None = None) -> None:
-        """item_content: the items' content codes, which config.item_representation content or id+content reads."""
+                 context_cardinalities: tuple[int, ...] = (), item_content: ItemContent | None = None,
+                 build_item_table: bool = True) -> None:
+        """item_content: the items' content codes, which config.item_representation content or id+content reads;
+        build_item_table: see InputEmbedding."""
         super().__init__()
         if config.architecture != "hstu":
             raise ValueError("the generative ranker is built on HSTU (model.architecture = 'hstu')")
         self.num_items = num_items
         self.max_seq_len = max_seq_len  # in events; the encoder sees 2x as many tokens
         self.embedding = InputEmbedding(num_items, config.embedding_dim, 2 * max_seq_len, config.dropout,
-                                        config.item_table_dtype, config.item_representation, item_content)
+                                        config.item_table_dtype, config.item_representation, item_content,
+                                        build_item_table)
         self.action = nn.Linear(num_tasks, config.embedding_dim)  # an action token embeds its signal bits
         self.context = (UserContextEmbedding(context_cardinalities, config.embedding_dim, config.dropout)
                         if context_cardinalities else None)

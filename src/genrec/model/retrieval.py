@@ -32,15 +32,18 @@ from genrec.ops.jagged import rows_before_next
 class SequentialRetriever(nn.Module):
     def __init__(self, config: ModelConfig, num_items: int, max_seq_len: int, use_time: bool,
                  context_cardinalities: tuple[int, ...] = (), item_content: ItemContent | None = None,
-                 series_cardinality: int = 0, max_series_len: int = 0) -> None:
+                 series_cardinality: int = 0, max_series_len: int = 0,
+                 build_item_table: bool = True) -> None:
         """context_cardinalities: the number of values of each user feature (none: no prefix); item_content: the
         items' content codes, which config.item_representation content or id+content reads; series_cardinality:
-        the values of a sequentialized user feature (0: none), at most max_series_len changes a sequence."""
+        the values of a sequentialized user feature (0: none), at most max_series_len changes a sequence;
+        build_item_table: see InputEmbedding."""
         super().__init__()
         self.num_items = num_items
         self.max_seq_len = max_seq_len
         self.embedding = InputEmbedding(num_items, config.embedding_dim, max_seq_len, config.dropout,
-                                        config.item_table_dtype, config.item_representation, item_content)
+                                        config.item_table_dtype, config.item_representation, item_content,
+                                        build_item_table)
         self.context = (UserContextEmbedding(context_cardinalities, config.embedding_dim, config.dropout)
                         if context_cardinalities else None)
         self.series = (UserSeriesEmbedding(series_cardinality, config.embedding_dim, config.dropout)

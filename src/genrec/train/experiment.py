@@ -20,6 +20,7 @@ from genrec.devices import memory_of
 from genrec.model import SequentialRetriever
 from genrec.model.embeddings import ItemContent
 from genrec.train.optimizers import item_tables
+from genrec.train.parallel import Distributed, shard_item_tables
 
 
 @dataclass
@@ -174,45 +175,52 @@ def peak_tflops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
-def build_model(config: Config, data: PreparedData, device: torch.device) -> SequentialRetriever:
-    return build_checked(lambda: SequentialRetriever(config.model, data.num_items, config.data.max_seq_len,
-                                                     use_time=data.has_timestamps,
-                                                     context_cardinalities=data.context_cardinalities,
-                                                     item_content=data.item_content,
-                                                     series_cardinality=data.series_cardinality,
-                                                     max_series_len=config.data.max_series_len),
-                         config, device, data.split.train.num_events)
+def build_model(config: Config, data: PreparedData, device: torch.device,
+                ranks: Distributed = Distributed()) -> SequentialRetriever:
+    return build_checked(lambda build_item_table: SequentialRetriever(
+        config.model, data.num_items, config.data.max_seq_len, use_time=data.has_timestamps,
+        context_cardinalities=data.context_cardinalities, item_content=data.item_content,
+        series_cardinality=data.series_cardinality, max_series_len=config.data.max_series_len,
+        build_item_table=build_item_table), config, device, data.split.train.num_events, ranks)
 
 
 # fp32 weights, their gradients and AdamW's two moments
 TRAINING_BYTES_PER_PARAMETER = 16
 
 
-def training_bytes(module: torch.nn.Module, embedding_optimizer: str) -> int:
-    """A lower bound of the bytes that training `module`'s parameters holds: AdamW's 16 per parameter, but only the
-    weights themselves for row-wise item tables (sparse gradients, one number of state per row)."""
+def training_bytes(module: torch.nn.Module, embedding_optimizer: str, table_share: float = 1.0) -> int:
+    """A lower bound of the bytes that training `module`'s parameters holds on one device: AdamW's 16 per
+    parameter, but only the weights themselves for row-wise item tables (sparse gradients, one number of state per
+    row), of which a device holds table_share (1 / ranks when sharded by rows)."""
     rowwise = {id(table.weight) for table in item_tables(module)} if embedding_optimizer == "rowwise_adagrad" else set()
-    return sum(p.numel() * (p.element_size() if id(p) in rowwise else TRAINING_BYTES_PER_PARAMETER)
-               for p in module.parameters())
+    return sum(int(p.numel() * p.element_size() * table_share) if id(p) in rowwise
+               else p.numel() * TRAINING_BYTES_PER_PARAMETER for p in module.parameters())
 
 
-def build_checked(factory: Callable[[], torch.nn.Module], config: Config, device: torch.device,
-                  num_events: int) -> torch.nn.Module:
-    """factory() on `device`, after checking on the meta device (no memory) that training it fits: a config
-    with absurd sizes is an error before anything is allocated, not an out-of-memory crash (or a swap storm).
-    A lower bound: the parameters' training state and each layer's saved activations of one full batch (of at
-    most `num_events`, the training events)."""
+def build_checked(factory: Callable[[bool], torch.nn.Module], config: Config, device: torch.device,
+                  num_events: int, ranks: Distributed = Distributed()) -> torch.nn.Module:
+    """factory(build_item_table) on `device`, after checking on the meta device (no memory) that training it fits: a
+    config with absurd sizes is an error before anything is allocated, not an out-of-memory crash (or a swap
+    storm). A lower bound: the parameters' training state and each layer's saved activations of one full batch (of
+    at most `num_events`, the training events). Under torchrun with train.item_table_sharding = rows the item
+    tables are never built whole: each rank draws its rows alone (genrec.train.parallel.shard_item_tables)."""
+    sharded = config.train.item_table_sharding == "rows" and ranks.enabled
     with torch.device("meta"):
-        skeleton = factory()
+        skeleton = factory(True)
     num_parameters = sum(p.numel() for p in skeleton.parameters())
     model = config.model
     per_token = 3 * model.embedding_dim + 2 * model.num_heads * (model.qk_dim + model.v_dim)  # fp32, per layer
     batch_tokens = min(config.train.batch_size * config.data.max_seq_len, num_events)
     activations = 4 * batch_tokens * model.num_layers * per_token
-    needed, available = training_bytes(skeleton, config.train.embedding_optimizer) + activations, memory_of(device)
+    table_share = 1.0 / ranks.world_size if sharded else 1.0
+    needed = training_bytes(skeleton, config.train.embedding_optimizer, table_share) + activations
+    available = memory_of(device)
     if needed > available:
         raise ValueError(f"bad config: training this model ({num_parameters:,} parameters, batches of up to "
                          f"{batch_tokens:,} tokens) needs at least "
                          f"{needed / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB of {device}; lower "
                          "model.embedding_dim, num_layers, qk_dim / v_dim, data.max_seq_len or train.batch_size")
-    return factory().to(device)
+    model = factory(not sharded)
+    if sharded:
+        shard_item_tables(model, ranks)
+    return model.to(device)

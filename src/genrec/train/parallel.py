@@ -31,7 +31,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
-from genrec.model.embeddings import InputEmbedding
+from genrec.model.embeddings import InputEmbedding, item_rows
 from genrec.train.sharded_embedding import RowShardedEmbedding
 
 
@@ -70,13 +70,21 @@ def init_distributed(device_name: str) -> tuple[Distributed, torch.device | None
 
 def shard_item_tables(model: nn.Module, ranks: Distributed) -> bool:
     """Replaces each item table of `model` (its InputEmbeddings') by a RowShardedEmbedding holding this rank's
-    rows of it (every rank built the same table under one seed); before data_parallel, which then leaves those
-    rows out of DDP. Returns whether it sharded anything (not outside torchrun)."""
+    rows of it: a table left unbuilt (on the meta device; InputEmbedding(build_item_table=False)) has them drawn
+    here, a rank's rows only, as the whole table would have drawn them; a built one gives its rows. Before
+    data_parallel, which then leaves those rows out of DDP / FSDP2. Returns whether it sharded anything (not
+    outside torchrun)."""
     if not ranks.enabled:
         return False
-    for embedding in (child for child in model.modules() if isinstance(child, InputEmbedding)):
-        table = RowShardedEmbedding(embedding.item.num_embeddings, embedding.item.embedding_dim,
-                                    full_weight=embedding.item.weight.detach())
+    for embedding in (child for child in model.modules() if isinstance(child, InputEmbedding)
+                      and child.item is not None):
+        weight, dim = embedding.item.weight, embedding.item.embedding_dim
+        if weight.is_meta:
+            rows = (lambda lo, hi, embedding=embedding, dim=dim:
+                    item_rows(embedding.item_seed, lo, hi, dim).to(embedding.table_dtype))
+        else:
+            rows = (lambda lo, hi, weight=weight: weight.detach()[lo:hi])
+        table = RowShardedEmbedding(embedding.item.num_embeddings, dim, init_rows=rows)
         # DDP averages the replicated weights' gradients over ranks; a shard's gradient arrives summed over the
         # ranks' lookups, so the same mean takes a division
         table.weight.register_hook(lambda grad: grad / ranks.world_size)

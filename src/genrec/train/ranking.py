@@ -41,7 +41,7 @@ from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import StepLoss, train_epoch
 from genrec.train.experiment import build_checked, load_sequences, peak_tflops
 from genrec.train.optimizers import build_optimizer
-from genrec.train.parallel import data_parallel, init_distributed, num_batches, shard_item_tables
+from genrec.train.parallel import data_parallel, init_distributed, num_batches
 from genrec.train.run_log import RunLog, print_line
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
 
@@ -75,12 +75,9 @@ class RankingTrainer:
         cardinalities = loaded.context_cardinalities
         torch.manual_seed(config.train.seed)
         num_tasks = len(self.task_names)
-        self.model = build_checked(lambda: GenerativeRanker(config.model, self.num_items, num_tasks,
-                                                            data_config.max_seq_len, loaded.has_timestamps,
-                                                            cardinalities, loaded.item_content), config, self.device,
-                                   2 * int(loaded.summary["events"]))
-        if config.train.item_table_sharding == "rows":
-            shard_item_tables(self.model, self.ranks)
+        self.model = build_checked(lambda build_item_table: GenerativeRanker(
+            config.model, self.num_items, num_tasks, data_config.max_seq_len, loaded.has_timestamps, cardinalities,
+            loaded.item_content, build_item_table), config, self.device, 2 * int(loaded.summary["events"]), self.ranks)
         self.baseline = DIN(self.num_items, config.model.embedding_dim, num_tasks).to(self.device)
         self.modules = nn.ModuleDict({"ranker": self.model, "din": self.baseline})
         # before the optimiser: FSDP2 replaces the parameters with their shards

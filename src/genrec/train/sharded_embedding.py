@@ -14,9 +14,14 @@ of this shard.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 from torch import nn
+
+
+GATHER_ROWS = 1 << 20  # rows of each rank per all-gather when a shard is gathered whole (gather_rows)
 
 
 def row_bounds(num_rows: int, world_size: int) -> torch.Tensor:
@@ -28,16 +33,16 @@ def row_bounds(num_rows: int, world_size: int) -> torch.Tensor:
 
 class RowShardedEmbedding(nn.Module):
     def __init__(self, num_rows: int, dim: int, group: dist.ProcessGroup | None = None,
-                 full_weight: torch.Tensor | None = None) -> None:
-        """full_weight [num_rows, D]: the whole table to take this rank's rows from (the same on every rank,
-        e.g. initialised under one seed); None: normal(0, 1) rows, like nn.Embedding."""
+                 init_rows: Callable[[int, int], torch.Tensor] | None = None) -> None:
+        """init_rows(lo, hi) -> [hi - lo, D]: rows lo..hi of the table, this rank's (the same table on every rank,
+        e.g. drawn under one seed; no rank needs the whole); None: normal(0, 1) rows, like nn.Embedding."""
         super().__init__()
         self.group = group
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         self.num_rows, self.dim = num_rows, dim
         self.register_buffer("bounds", row_bounds(num_rows, self.world_size), persistent=False)
         lo, hi = (int(b) for b in self.bounds[self.rank:self.rank + 2])
-        rows = full_weight[lo:hi].detach().clone() if full_weight is not None else torch.randn(hi - lo, dim)
+        rows = init_rows(lo, hi).detach().clone() if init_rows is not None else torch.randn(hi - lo, dim)
         self.bounds = self.bounds.to(rows.device)
         self.weight = nn.Parameter(rows)  # [R, D], this rank's rows
         self._register_state_dict_hook(_whole_weight)
@@ -69,18 +74,27 @@ class RowShardedEmbedding(nn.Module):
         dist.all_reduce(values, dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX, group=self.group)
 
     def full_weight(self) -> torch.Tensor:
-        """The whole table [num_rows, D] on every rank (a collective: for checkpoints and evaluation)."""
+        """The whole table [num_rows, D] in every rank's host memory (a collective: for checkpoints)."""
         return self.gather_rows(self.weight.detach())
 
     def gather_rows(self, local: torch.Tensor) -> torch.Tensor:
-        """[R, *] per-row values of this shard (its weights, an optimiser's row state) -> [num_rows, *] on every
-        rank (a collective)."""
+        """[R, *] per-row values of this shard (its weights, an optimiser's row state) -> [num_rows, *] in every
+        rank's host memory (a collective). Gathered GATHER_ROWS rows of each rank at a time, so that a device holds
+        at most world x that beside its shard: a table larger than one device still checkpoints."""
         sizes = (self.bounds[1:] - self.bounds[:-1]).tolist()
-        padded = local.new_zeros(max(sizes), *local.shape[1:])  # Gloo gathers equal sizes only
-        padded[: local.shape[0]] = local
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(parts, padded, group=self.group)
-        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+        whole = torch.empty(self.num_rows, *local.shape[1:], dtype=local.dtype)
+        for start in range(0, max(sizes), GATHER_ROWS):
+            count = min(GATHER_ROWS, max(sizes) - start)
+            piece = local.new_zeros(count, *local.shape[1:])  # equal sizes on every rank: Gloo gathers no others
+            mine = local[start:start + count]
+            piece[: mine.shape[0]] = mine
+            parts = [torch.empty_like(piece) for _ in range(self.world_size)]
+            dist.all_gather(parts, piece, group=self.group)
+            for rank, (part, size) in enumerate(zip(parts, sizes)):
+                kept = max(0, min(count, size - start))
+                first = int(self.bounds[rank]) + start
+                whole[first:first + kept] = part[:kept].cpu()
+        return whole
 
     def local_rows(self, whole: torch.Tensor) -> torch.Tensor:
         """[num_rows, *] -> this shard's rows [R, *]."""

@@ -34,7 +34,7 @@ from genrec.train.epoch import StepLoss, train_epoch
 from genrec.train.experiment import build_model, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 from genrec.train.optimizers import build_optimizer
-from genrec.train.parallel import data_parallel, init_distributed, num_batches, shard_item_tables
+from genrec.train.parallel import data_parallel, init_distributed, num_batches
 from genrec.train.run_log import RunLog, print_line
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
 
@@ -54,8 +54,8 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         self.peak_tflops = peak_tflops(self.device)
         torch.manual_seed(config.train.seed)
-        self.model = build_model(config, self.data, self.device)
-        self.sharded_tables = config.train.item_table_sharding == "rows" and shard_item_tables(self.model, self.ranks)
+        self.model = build_model(config, self.data, self.device, self.ranks)
+        self.sharded_tables = config.train.item_table_sharding == "rows" and self.ranks.enabled
         if self.sharded_tables:
             self.log(f"item table sharded by rows: rank 0 holds {self.model.embedding.item.weight.shape[0]:,} of "
                      f"{self.model.embedding.item.num_rows:,}")
