@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,14 @@ class ItemFeatures:
     names: tuple[str, ...]  # the features
     num_codes: int  # codes run 1..num_codes, so a table needs num_codes + 1 rows
 
+    @cached_property
+    def _id_order(self) -> np.ndarray:
+        """item_ids' sorting order, found once: a stream looks items up every window."""
+        return np.argsort(self.item_ids)
+
     def lookup(self, source_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(codes [n, S], weights [n, S], known [n]) of these source item ids; ids the file lacks get empty rows."""
-        order = np.argsort(self.item_ids)
+        order = self._id_order
         found = np.minimum(np.searchsorted(self.item_ids, source_ids, sorter=order), len(order) - 1)
         rows = order[found]
         known = self.item_ids[rows] == source_ids
