@@ -42,6 +42,10 @@ def test_validation_and_files(tmp_path):
     config.train.ema_decay = 1.0
     with pytest.raises(ValueError, match="ema_decay must be in"):
         config.validate()
+    config = Config()
+    config.train.loader_workers = -1
+    with pytest.raises(ValueError, match="loader_workers must be >= 0"):
+        config.validate()
     bad = tmp_path / "bad.toml"
     bad.write_text("[model\n")
     with pytest.raises(ValueError, match="not valid TOML"):

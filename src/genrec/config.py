@@ -113,6 +113,7 @@ class TrainConfig:
     item_table_sharding: str = "replicated"
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
+    loader_workers: int = 0  # processes making the next batches during the step (genrec.data.loader); 0 = none
     data_parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters and optimiser sharded)
     eval_every: int = 1  # epochs between validation passes (validated mode)
     patience: int = 0  # validated mode: stop after this many passes without improvement; 0 = never
@@ -208,6 +209,7 @@ class Config:
              "data.user_series = followed_topics is the synthetic stream's: it needs data.dataset = synthetic-stream"),
             (self.train.epochs >= 0, "train.epochs must be >= 0"),
             (self.train.batch_size > 0 and self.train.eval_batch_size > 0, "batch sizes must be positive"),
+            (self.train.loader_workers >= 0, "train.loader_workers must be >= 0"),
             (self.train.learning_rate > 0, "train.learning_rate must be positive"),
             (all(0.0 <= beta < 1.0 for beta in self.train.betas), "train.betas must be in [0, 1)"),
             (self.train.weight_decay >= 0, "train.weight_decay must be >= 0"),

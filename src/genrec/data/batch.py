@@ -86,11 +86,18 @@ class SequenceBatch:
 
     def to(self, device: torch.device | str) -> "SequenceBatch":
         """A copy on `device`; not re-validated (that would read device tensors back: a sync per batch)."""
+        return self._map_tensors(lambda tensor: tensor.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "SequenceBatch":
+        """A copy in page-locked host memory, whose copies to a GPU overlap its work (torch's DataLoader calls it)."""
+        return self._map_tensors(torch.Tensor.pin_memory)
+
+    def _map_tensors(self, apply) -> "SequenceBatch":
         moved = copy.copy(self)
         for item in fields(self):
             value = getattr(self, item.name)
             if isinstance(value, torch.Tensor):
-                setattr(moved, item.name, value.to(device, non_blocking=True))
+                setattr(moved, item.name, apply(value))
         return moved
 
 

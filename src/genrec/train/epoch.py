@@ -1,5 +1,6 @@
-"""One training epoch, the same for every task: the trainer turns a slice of users into a loss
-(`batch_loss(users) -> StepLoss`, under bf16 autocast on CUDA); this loop shuffles the users (split across
+"""One training epoch, the same for every task: the trainer turns a slice of users into a host batch
+(`host_batch(users)`, deterministic, made ahead by train.loader_workers processes: genrec.data.loader) and a host
+batch into a loss (`batch_loss(batch) -> StepLoss`, under bf16 autocast on CUDA); this loop shuffles the users (split across
 ranks under torchrun), runs the optimiser step with the learning rate as a pure function of the step (so a
 resumed run follows the same curve), the weight average, the divergence guard and the progress log, and
 sums the epoch's loss and throughput without reading anything back from the GPU per step."""
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from genrec.config import TrainConfig
+from genrec.data.loader import host_batches
 from genrec.train.parallel import num_batches, rank_slice
 
 
@@ -28,7 +30,8 @@ class StepLoss:
 
 def train_epoch(trainer, num_users: int) -> dict[str, float]:
     """The trainer provides modules, optimizer, average (or None), guard, run_log, streams, ranks, state,
-    config, device, autocast_dtype, peak_tflops and batch_loss(users) -> StepLoss | None (None: skip)."""
+    config, device, autocast_dtype, peak_tflops, host_batch(users) and batch_loss(host batch) -> StepLoss | None
+    (None: skip)."""
     trainer.modules.train()
     trainer.state.setdefault("step", 0)  # runs saved before steps were counted lack it
     train_config = trainer.config.train
@@ -38,10 +41,12 @@ def train_epoch(trainer, num_users: int) -> dict[str, float]:
     total_weight, total_tokens, total_flops, names = 0, 0, 0.0, []
     started = time.perf_counter()
     autocast = trainer.autocast_dtype is not None
-    for index in range(num_batches(num_users, train_config.batch_size, trainer.ranks)):
-        users = rank_slice(order[index * train_config.batch_size:(index + 1) * train_config.batch_size], trainer.ranks)
+    slices = [rank_slice(order[index * train_config.batch_size:(index + 1) * train_config.batch_size], trainer.ranks)
+              for index in range(num_batches(num_users, train_config.batch_size, trainer.ranks))]
+    batches = host_batches(trainer.host_batch, slices, train_config.loader_workers, trainer.device.type == "cuda")
+    for index, batch in enumerate(batches):
         with torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype, enabled=autocast):
-            step = trainer.batch_loss(users)
+            step = trainer.batch_loss(batch)
         if step is None:
             continue
         trainer.optimizer.zero_grad(set_to_none=True)

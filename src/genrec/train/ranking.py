@@ -101,9 +101,11 @@ class RankingTrainer:
     def train_epoch(self) -> dict[str, float]:
         return train_epoch(self, self.sequences.num_users)
 
-    def batch_loss(self, users: np.ndarray) -> StepLoss:
+    def host_batch(self, users: np.ndarray) -> SequenceBatch:
+        return make_batch(self.sequences, users, self.config.data.max_seq_len, self.held_out)
+
+    def batch_loss(self, host_batch: SequenceBatch) -> StepLoss:
         """The ranker's multi-task loss at every event, plus DIN's at one impression per user."""
-        host_batch = make_batch(self.sequences, users, self.config.data.max_seq_len, self.held_out)
         if self.config.train.stochastic_length_alpha > 0:
             host_batch = stochastic_length(host_batch, self.config.train.stochastic_length_alpha, self.streams.length)
         token_lengths = 2 * lengths_from_offsets(host_batch.seq_offsets)  # item and action tokens; no sync

@@ -177,9 +177,12 @@ class StreamTrainer:
         self.run_log.scalars("train", stats, window + 1)  # throughput goes there, not into the (reproducible) rows
         return {"loss": stats["loss"], "new_items": int(new_rows.size), "evicted_so_far": self.vocabulary.evicted}
 
-    def batch_loss(self, indices: np.ndarray) -> StepLoss | None:
+    def host_batch(self, indices: np.ndarray) -> tuple[SequenceBatch, torch.Tensor, torch.Tensor, int]:
+        return self._batch(self._window, self._users[indices])
+
+    def batch_loss(self, host_batch: tuple[SequenceBatch, torch.Tensor, torch.Tensor, int]) -> StepLoss | None:
         """Next-item loss at the positions whose targets fall in the window, negatives from the held items."""
-        batch, positions, targets, _ = self._batch(self._window, self._users[indices])
+        batch, positions, targets, _ = host_batch
         if positions.numel() == 0:
             return None
         loss_config = self.config.train.loss

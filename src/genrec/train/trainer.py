@@ -20,7 +20,7 @@ import torch
 
 from genrec.checkpoint import atomic_write_json, locate_checkpoint
 from genrec.config import Config, config_to_dict, load_run_config
-from genrec.data import EvalSplit, make_batch
+from genrec.data import EvalSplit, SequenceBatch, make_batch
 from genrec.data.splits import sample_users
 from genrec.data.stochastic_length import stochastic_length
 from genrec.devices import resolve_device
@@ -77,10 +77,12 @@ class Trainer:
     def train_epoch(self) -> dict[str, float]:
         return train_epoch(self, self.data.split.train.num_users)
 
-    def batch_loss(self, users: np.ndarray) -> StepLoss | None:
+    def host_batch(self, users: np.ndarray) -> SequenceBatch:
+        return make_batch(self.data.split.train, users, self.config.data.max_seq_len)
+
+    def batch_loss(self, batch: SequenceBatch) -> StepLoss | None:
         """Next-item loss of these users' histories at every position that has a successor."""
         loss_config = self.config.train.loss
-        batch = make_batch(self.data.split.train, users, self.config.data.max_seq_len)
         if self.config.train.stochastic_length_alpha > 0:
             batch = stochastic_length(batch, self.config.train.stochastic_length_alpha, self.streams.length)
         # each token predicts its successor; found on the host so the step never waits on the GPU
