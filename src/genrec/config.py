@@ -114,6 +114,8 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     loader_workers: int = 0  # processes making the next batches during the step (genrec.data.loader); 0 = none
+    # run training forwards through torch.compile (genrec.train.experiment.compiled): fewer, fused kernels
+    compile: bool = False
     data_parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters and optimiser sharded)
     eval_every: int = 1  # epochs between validation passes (validated mode)
     patience: int = 0  # validated mode: stop after this many passes without improvement; 0 = never

@@ -184,6 +184,13 @@ def build_model(config: Config, data: PreparedData, device: torch.device,
         build_item_table=build_item_table), config, device, data.split.train.num_events, ranks)
 
 
+def compiled(module: torch.nn.Module, config: Config) -> torch.nn.Module:
+    """With train.compile, `module` (as trained: wrapped or sharded) through torch.compile, which fuses the small
+    kernels between the matrix multiplies (norms, SiLU gates, dropout). Shapes are dynamic: a jagged batch's token
+    count differs every step and must not recompile. The fused attention is a registered op, traced whole."""
+    return torch.compile(module, dynamic=True) if config.train.compile else module
+
+
 # fp32 weights, their gradients and AdamW's two moments
 TRAINING_BYTES_PER_PARAMETER = 16
 

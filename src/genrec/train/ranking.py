@@ -39,7 +39,7 @@ from genrec.train.averaging import WeightAverage
 from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import StepLoss, train_epoch
-from genrec.train.experiment import build_checked, load_sequences, peak_tflops
+from genrec.train.experiment import build_checked, compiled, load_sequences, peak_tflops
 from genrec.train.optimizers import build_optimizer
 from genrec.train.parallel import data_parallel, init_distributed, num_batches
 from genrec.train.run_log import RunLog, print_line
@@ -81,8 +81,10 @@ class RankingTrainer:
         self.baseline = DIN(self.num_items, config.model.embedding_dim, num_tasks).to(self.device)
         self.modules = nn.ModuleDict({"ranker": self.model, "din": self.baseline})
         # before the optimiser: FSDP2 replaces the parameters with their shards
-        self.train_ranker = data_parallel(self.model, self.ranks, self.device, config.train.data_parallel)
-        self.train_baseline = data_parallel(self.baseline, self.ranks, self.device, config.train.data_parallel)
+        self.train_ranker = compiled(data_parallel(self.model, self.ranks, self.device, config.train.data_parallel),
+                                     config)
+        self.train_baseline = compiled(data_parallel(self.baseline, self.ranks, self.device,
+                                                     config.train.data_parallel), config)
         self.average = WeightAverage(self.modules, config.train.ema_decay) if config.train.ema_decay > 0 else None
         self.optimizer = build_optimizer(config.train, self.modules, sparse_tables=not self.ranks.enabled)
         self.streams = RandomStreams(config.train.seed, self.ranks.rank, "cpu",

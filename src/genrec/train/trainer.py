@@ -31,7 +31,7 @@ from genrec.train.averaging import WeightAverage
 from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import StepLoss, train_epoch
-from genrec.train.experiment import build_model, peak_tflops, prepare_data
+from genrec.train.experiment import build_model, compiled, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 from genrec.train.optimizers import build_optimizer
 from genrec.train.parallel import data_parallel, init_distributed, num_batches
@@ -61,7 +61,8 @@ class Trainer:
                      f"{self.model.embedding.item.num_rows:,}")
         self.modules = self.model  # what is trained, checked for finite weights each epoch
         # before the optimiser: FSDP2 replaces the parameters with their shards
-        self.train_model = data_parallel(self.model, self.ranks, self.device, config.train.data_parallel)
+        self.train_model = compiled(data_parallel(self.model, self.ranks, self.device, config.train.data_parallel),
+                                    config)
         self.average = WeightAverage(self.model, config.train.ema_decay) if config.train.ema_decay > 0 else None
         if self.ranks.enabled:  # same initial weights everywhere, then rank-specific dropout
             torch.manual_seed(config.train.seed + self.ranks.rank)
