@@ -1,16 +1,15 @@
 """Where does a training epoch's time go? Trains one warm-up epoch (compilation, autotuning), times
 one epoch, then profiles one more and prints the GPU kernels by total time next to the wall time, so
-a launch-bound step (GPU busy for a small part of the wall time) shows at once. Runs on a CPU too
-(no kernel table there).
+a launch-bound step (GPU busy for a small part of the wall time) shows at once. The first model is the
+baseline of the others' speedups. Runs on a CPU too (no kernel table there). JSON + PNG beside it.
 
     python benchmarks/train_step.py --data-root ../shared/data --dataset ml-1m-sas \
-        --models hstu-large,hstu-large:model.rab.position=false --out benchmarks/results/train_step.json
+        --models hstu-large,hstu-large:train.compile=true --out benchmarks/results/train_step.json
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from public import DATASETS, build_config  # noqa: E402
+from report import environment, pyplot, save_chart  # noqa: E402
 
 from genrec.train.trainer import Trainer  # noqa: E402
 
@@ -67,17 +67,35 @@ def main() -> None:
                         help="config assignment applied to every run")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_step.json"))
     args = parser.parse_args()
-    result = {"device": torch.cuda.get_device_name() if CUDA else "cpu", "torch": torch.__version__,
-              "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "rows": []}
+    result = {**environment("cuda" if CUDA else "cpu"), "rows": []}
     for model in args.models.split(","):
         row = measure(args.data_root, args.dataset, model, args.common)
+        row["speedup"] = round(result["rows"][0]["epoch_seconds"] / row["epoch_seconds"], 2) if result["rows"] else 1.0
         result["rows"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
-        print(f"\n{model}: epoch {row['epoch_seconds']:.2f} s wall, GPU busy {row['gpu_busy_seconds']:.2f} s, "
-              f"{row['launches']} launches, {row['tflops']:.2f} TFLOP/s")
+        print(f"\n{model}: epoch {row['epoch_seconds']:.2f} s wall ({row['speedup']:.2f}x the first), GPU busy "
+              f"{row['gpu_busy_seconds']:.2f} s, {row['launches']} launches, {row['tflops']:.2f} TFLOP/s")
         for kernel in row["top_kernels"]:
             print(f"  {kernel['seconds']:8.4f} s {kernel['count']:>7}  {kernel['name']}")
+    chart(result, args.out.with_suffix(".png"))
+
+
+def chart(result: dict, path: Path) -> None:
+    """Epoch wall time per model beside the time the GPU was busy."""
+    plt = pyplot()
+    if plt is None:
+        return
+    rows = result["rows"]
+    figure, axis = plt.subplots(figsize=(max(5, 1.6 * len(rows)), 3.5))
+    places = range(len(rows))
+    axis.bar([p - 0.2 for p in places], [r["epoch_seconds"] for r in rows], 0.4, label="epoch, wall")
+    if CUDA:
+        axis.bar([p + 0.2 for p in places], [r["gpu_busy_seconds"] for r in rows], 0.4, label="GPU busy")
+    axis.set_xticks(list(places), [r["model"].replace(":", "\n") for r in rows], fontsize=7)
+    axis.set_ylabel("seconds per epoch")
+    axis.legend()
+    save_chart(figure, f"{rows[0]['dataset']} training epoch, {result['device']}", path)
 
 
 if __name__ == "__main__":

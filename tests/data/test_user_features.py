@@ -18,6 +18,7 @@ def test_codes_alignment_and_unknown_users(tmp_path):
     path.write_text("1|24|M|technician|85711\n2|53|F|other|94043\n3|24|M|writer|02067\n")
     features = read_user_features("ml-100k", path)
     assert features.cardinalities == (2, 2, 3, 3)
+    assert features.values[2] == ("other", "technician", "writer")
     # ages 24 < 53, genders F < M, occupations other < technician < writer, zip regions 0 < 8 < 9
     np.testing.assert_array_equal(features.codes, [[1, 2, 2, 2], [2, 1, 1, 3], [1, 2, 3, 1]])
     context, missing = features.align(np.array([3, 7, 1]))

@@ -8,7 +8,7 @@ from genrec.data.user_series import UserChanges, UserSeries, read_user_changes
 
 # source users 10 and 30 (20 has no changes; 40 is not in the sequences)
 CHANGES = UserChanges(user_ids=np.array([30, 10, 10, 40, 10, 30]), timestamps=np.array([5, 100, 50, 1, 200, 5]),
-                      codes=np.array([1, 2, 3, 1, 4, 2]), name="tier", cardinality=4)
+                      codes=np.array([1, 2, 3, 1, 4, 2]), name="tier", values=("a", "b", "c", "d"))
 
 
 def test_changes_are_grouped_by_user_in_time_order():
@@ -54,7 +54,7 @@ def test_csv_changes_and_bad_rows(tmp_path):
     path = tmp_path / "tiers.csv"
     path.write_text("user_id,timestamp,tier\n1,10,gold\n2,5,silver\n1,20,silver\n")
     changes = read_user_changes(path)
-    assert changes.name == "tier" and changes.cardinality == 2
+    assert changes.name == "tier" and changes.values == ("gold", "silver")
     assert changes.codes.tolist() == [1, 2, 2]  # gold < silver
     path.write_text("user_id,timestamp,tier\n1,10,gold\n1,x,gold\n1,2\n")
     with pytest.raises(ValueError, match="tiers.csv:3: timestamp 'x' is not an integer"):

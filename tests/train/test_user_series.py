@@ -28,8 +28,8 @@ def test_followed_topics_train_evaluate_and_reload(tmp_path):
     assert "series.table.weight" in load_checkpoint(tmp_path / "run/last.safetensors").model
     again = evaluate_checkpoint(tmp_path / "run", "test", log=lambda _: None)
     assert again["metrics"]["ndcg@10"] == pytest.approx(summary["metrics"]["ndcg@10"])
-    with pytest.raises(ValueError, match="user-feature change tokens is not supported yet"):
-        RetrievalRun(tmp_path / "run")
+    served = RetrievalRun(tmp_path / "run")  # serving reads the values behind the codes off the checkpoint
+    assert served.inputs.series_values == [str(topic) for topic in range(trainer.data.series_cardinality)]
 
 
 def test_changes_from_a_csv(tmp_path):

@@ -127,7 +127,7 @@ def generate_stream(spec: StreamSpec = StreamSpec()) -> Events:
                   actions={name: values[order] for name, values in actions.items()},
                   source=f"synthetic-stream(seed={spec.seed}, events={spec.num_events})",
                   user_changes=UserChanges(changes_user + 1, START + changes_second, changes_topic + 1,
-                                           "followed_topic", spec.num_topics),
+                                           "followed_topic", tuple(str(topic) for topic in range(spec.num_topics))),
                   item_features=ItemFeatures(np.arange(1, num_items + 1), (topic + 1)[:, None],
                                              np.ones((num_items, 1), np.float32), ("topic",), spec.num_topics))
 

@@ -30,7 +30,12 @@ class UserFeatures:
     user_ids: np.ndarray  # [N] source user ids
     codes: np.ndarray  # [N, F] int64 in 1..V_f
     names: tuple[str, ...]  # [F]
-    cardinalities: tuple[int, ...]  # [F]: V_f, so a table needs V_f + 1 rows (0 = unknown)
+    values: tuple[tuple[str, ...], ...]  # [F][V_f]: code c of feature f is values[f][c - 1]
+
+    @property
+    def cardinalities(self) -> tuple[int, ...]:
+        """[F]: V_f, so a table needs V_f + 1 rows (0 = unknown)."""
+        return tuple(len(values) for values in self.values)
 
     def align(self, user_vocab: np.ndarray) -> tuple[np.ndarray, int]:
         """Codes of the given source user ids, [U, F] (rows of 0 for users the file lacks), and how
@@ -70,10 +75,10 @@ def read_user_features(dataset: str, path: str | Path, skip_bad_rows: bool = Fal
                        for name, i in columns.items()])
     if not user_ids:
         raise ValueError(f"{features_file}: no users")
-    codes, cardinalities = [], []
+    codes, vocabularies = [], []
     for column in zip(*values):
         vocabulary, dense = np.unique(np.asarray(column), return_inverse=True)
         codes.append(dense + 1)
-        cardinalities.append(len(vocabulary))
+        vocabularies.append(tuple(vocabulary.tolist()))
     return UserFeatures(np.asarray(user_ids, np.int64), np.stack(codes, axis=1).astype(np.int64),
-                        tuple(columns), tuple(cardinalities))
+                        tuple(columns), tuple(vocabularies))

@@ -21,14 +21,19 @@ from genrec.data.events import BadRows, numbered_lines, parse_int
 
 @dataclass
 class UserChanges:
-    """A feature's changes as a source lists them: user_ids, timestamps, codes [M] (codes in 1..cardinality)."""
+    """A feature's changes as a source lists them: user_ids, timestamps, codes [M] (codes in 1..cardinality; code c
+    is the value values[c - 1])."""
 
     user_ids: np.ndarray
     timestamps: np.ndarray
     codes: np.ndarray
     name: str
-    cardinality: int
+    values: tuple[str, ...]
     skipped_rows: int = 0
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.values)
 
 
 @dataclass
@@ -106,4 +111,4 @@ def read_user_changes(path: str | Path, skip_bad_rows: bool = False) -> UserChan
         raise ValueError(f"{path}: no changes")
     vocabulary, codes = np.unique(np.asarray(values), return_inverse=True)
     return UserChanges(np.asarray(users, np.int64), np.asarray(times, np.int64), codes.astype(np.int64) + 1,
-                       header[2], len(vocabulary), bad.count)
+                       header[2], tuple(vocabulary.tolist()), bad.count)

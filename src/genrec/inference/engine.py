@@ -22,6 +22,7 @@ from genrec.data.item_vocabulary import UNKNOWN_ROW
 from genrec.devices import resolve_device
 from genrec.inference.mfalcon import MFalcon
 from genrec.inference.retrieval import top_k_exact
+from genrec.inference.user_inputs import Changes, Features, UserInputs
 from genrec.model import SequentialRetriever
 from genrec.model.embeddings import ItemContent
 from genrec.model.ranking import GenerativeRanker
@@ -43,10 +44,6 @@ class LoadedRun:
         self.config = load_run_config(run_dir)
         if self.config.train.task != self.task:
             raise ValueError(f"{run_dir}: a {self.config.train.task} run, where a {self.task} run is needed")
-        if self.config.data.user_features is not None:
-            raise ValueError(f"{run_dir}: serving a model with user-context prefix tokens is not supported yet")
-        if self.config.data.user_series is not None:
-            raise ValueError(f"{run_dir}: serving a model with user-feature change tokens is not supported yet")
         self.checkpoint = load_checkpoint(checkpoint)
         self.name = str(run_dir)
         broken = [k for k, v in self.checkpoint.inference_weights().items()
@@ -62,6 +59,8 @@ class LoadedRun:
         # stream runs read an id they never saw (or evicted) through their unknown row; other runs refuse it
         self.unknown_row = UNKNOWN_ROW if self.config.data.mode == "stream" else None
         self.uses_time = any(k.endswith("time_weights") for k in self.checkpoint.model)
+        # change tokens are merged in by time, with or without a time bias
+        self.takes_time = self.uses_time or self.config.data.user_series is not None
         self.device = resolve_device(device)
         self.max_history = self.config.data.max_seq_len - (1 if self.task == "ranking" else 0)
 
@@ -87,14 +86,14 @@ class LoadedRun:
             raise ValueError(f"{what} has {len(history)} items; at most {self.max_history} are accepted")
         if timestamps is not None and len(timestamps) != len(history):
             raise ValueError(f"{what}: timestamps must have one entry per history item")
-        if self.uses_time and timestamps is None:
+        if self.takes_time and timestamps is None:
             raise ValueError(f"{what}: this model uses time: send timestamps with the history")
-        stamps = torch.tensor(list(timestamps), dtype=torch.int64, device=self.device) if self.uses_time else None
+        stamps = torch.tensor(list(timestamps), dtype=torch.int64, device=self.device) if self.takes_time else None
         return self.dense_ids(history, what, self.unknown_row), stamps
 
     def query_time(self, requested: int | None, timestamps: Sequence[int] | None) -> int | None:
-        """The request's time (now by default), which may not precede its history; None without a time bias."""
-        if not self.uses_time:
+        """The request's time (now by default), which may not precede its history; None for a model without time."""
+        if not self.takes_time:
             return None
         now = int(time.time()) if requested is None else int(requested)
         if timestamps is not None and len(timestamps) and now < timestamps[-1]:
@@ -113,15 +112,25 @@ class RetrievalRun(LoadedRun):
     def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
         super().__init__(run_dir, device)
         weights = self.checkpoint.inference_weights()
+        self.inputs = UserInputs(self.checkpoint.state.get("input_values", {}), self.config.data.max_series_len)
+        if ((self.config.data.user_features is None) != (self.inputs.feature_values is None)
+                or (self.config.data.user_series is None) != (self.inputs.series_values is None)):
+            raise ValueError(f"{self.name}: the checkpoint lacks the values of its user features (retrain with this "
+                             "genrec)")
         self.model = SequentialRetriever(self.config.model, len(self.source_ids), self.config.data.max_seq_len,
-                                         use_time=self.uses_time, item_content=ItemContent.in_weights(weights))
+                                         use_time=self.uses_time,
+                                         context_cardinalities=self.inputs.context_cardinalities,
+                                         item_content=ItemContent.in_weights(weights),
+                                         series_cardinality=self.inputs.series_cardinality,
+                                         max_series_len=self.config.data.max_series_len)
         self.model.load_state_dict(weights)
         self.model.to(self.device).eval()
         with torch.no_grad():
             self._items = self.model.item_embeddings()  # prepared once, not per request
 
     def _batch(self, histories: Sequence[Sequence[int]], timestamps: Sequence[Sequence[int]] | None,
-               query_times: Sequence[int | None] | None) -> SequenceBatch:
+               query_times: Sequence[int | None] | None, user_features: Sequence[Features | None] | None = None,
+               changes: Sequence[Changes | None] | None = None) -> SequenceBatch:
         if len(histories) == 0:
             raise ValueError("no histories given")
         if timestamps is not None and len(timestamps) != len(histories):
@@ -136,15 +145,24 @@ class RetrievalRun(LoadedRun):
             stamps.append(stamp)
             queries.append(self.query_time(None if query_times is None else query_times[index], times))
         lengths = torch.tensor([len(h) for h in ids], device=self.device)
+        context = self.inputs.context(user_features, len(histories))
+        first_and_query = (np.array([[timestamps[b][0], queries[b]] for b in range(len(histories))], np.int64)
+                           if self.takes_time else np.zeros((len(histories), 2), np.int64))
+        series = self.inputs.changes(changes, first_and_query[:, 0], first_and_query[:, 1])
         return SequenceBatch(torch.cat(ids), offsets_from_lengths(lengths), self.config.data.max_seq_len,
-                             timestamps=torch.cat(stamps) if self.uses_time else None,
-                             query_times=torch.tensor(queries, device=self.device) if self.uses_time else None)
+                             timestamps=torch.cat(stamps) if self.takes_time else None,
+                             query_times=torch.tensor(queries, device=self.device) if self.takes_time else None,
+                             context=None if context is None else context.to(self.device),
+                             **{name: part.to(self.device) for name, part in series.items()})
 
     @torch.no_grad()
     def embed_users(self, histories: Sequence[Sequence[int]], timestamps: Sequence[Sequence[int]] | None = None,
-                    query_times: Sequence[int | None] | None = None) -> torch.Tensor:
-        """[B, D] l2-normalised user embeddings after each history (source ids, oldest first)."""
-        return self._encode(self._batch(histories, timestamps, query_times))
+                    query_times: Sequence[int | None] | None = None,
+                    user_features: Sequence[Features | None] | None = None,
+                    changes: Sequence[Changes | None] | None = None) -> torch.Tensor:
+        """[B, D] l2-normalised user embeddings after each history (source ids, oldest first); user_features and
+        changes: per history, for a model trained with them (genrec.inference.user_inputs)."""
+        return self._encode(self._batch(histories, timestamps, query_times, user_features, changes))
 
     def _encode(self, batch: SequenceBatch) -> torch.Tensor:
         return self.finite(self.model(batch)[batch.seq_offsets[1:] - 1])
@@ -157,12 +175,15 @@ class RetrievalRun(LoadedRun):
     @torch.no_grad()
     def recommend(self, histories: Sequence[Sequence[int]], k: int = 10,
                   timestamps: Sequence[Sequence[int]] | None = None, exclude_seen: bool = True,
-                  query_times: Sequence[int | None] | None = None) -> tuple[list[list[int]], list[list[float]]]:
+                  query_times: Sequence[int | None] | None = None,
+                  user_features: Sequence[Features | None] | None = None,
+                  changes: Sequence[Changes | None] | None = None) -> tuple[list[list[int]], list[list[float]]]:
         """Top-k source item ids and their scores per history, best first (exact search over the catalogue;
-        with exclude_seen, never an item of the history, so fewer than k when the rest runs out)."""
+        with exclude_seen, never an item of the history, so fewer than k when the rest runs out). user_features,
+        changes: as embed_users."""
         if not 1 <= k <= self.num_items:
             raise ValueError(f"k must be in [1, {self.num_items}], got {k}")
-        batch = self._batch(histories, timestamps, query_times)
+        batch = self._batch(histories, timestamps, query_times, user_features, changes)
         users = self._encode(batch)
         exclude, offsets = (batch.item_ids, batch.seq_offsets) if exclude_seen else (None, None)  # dense ids
         no_item = len(self.source_ids) - self.num_items  # rows a stream run holds no item in: searched, dropped
@@ -185,6 +206,9 @@ class RankingRun(LoadedRun):
 
     def __init__(self, run_dir: str | Path, device: str = "cpu", cache_capacity: int = 1024) -> None:
         super().__init__(run_dir, device)
+        if self.config.data.user_features is not None:
+            raise ValueError(f"{self.name}: serving a ranking model with user-context prefix tokens is not supported "
+                             "yet")
         self.tasks = list(self.checkpoint.state["tasks"])
         weights = ranker_weights(self.checkpoint.inference_weights())
         model = GenerativeRanker(self.config.model, self.num_items, len(self.tasks), self.config.data.max_seq_len,

@@ -28,12 +28,21 @@ from genrec.inference.engine import NonFiniteOutput, RankingRun, RetrievalRun
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]  # ids and times the model's int64 tensors can hold
 
 
+class Change(BaseModel):
+    timestamp: Int64 = Field(description="when the user feature took this value (Unix time)")
+    value: str | Int64 = Field(description="its new value")
+
+
 class RetrieveRequest(BaseModel):
     history: list[Int64] = Field(description="the user's item ids (source ids), oldest first")
     timestamps: list[Int64] | None = Field(default=None, description="one Unix time per history item")
     query_time: Int64 | None = Field(default=None, description="the request's Unix time (default: now)")
     k: Int64 = Field(default=10, description="how many items to return")
     exclude_history: bool = Field(default=True, description="never return items already in the history")
+    user_features: dict[str, str | Int64] | None = Field(
+        default=None, description="every user feature of a model trained with them (default: the user is unknown)")
+    changes: list[Change] | None = Field(
+        default=None, description="the changes of a model's sequentialized user feature, up to query_time")
 
 
 class ScoredItems(BaseModel):
@@ -97,9 +106,11 @@ def create_app(run_dir: Path, device: str = "cpu", limits: Limits | None = None,
         max_k = min(limits.max_k, retriever.num_items)
         if not 1 <= request.k <= max_k:
             raise ValueError(f"k must be in [1, {max_k}], got {request.k}")
+        changes = None if request.changes is None else [[(c.timestamp, c.value) for c in request.changes]]
         items, scores = retriever.recommend([request.history], request.k,
                                             None if request.timestamps is None else [request.timestamps],
-                                            request.exclude_history, [request.query_time])
+                                            request.exclude_history, [request.query_time], [request.user_features],
+                                            changes)
         return ScoredItems(items=items[0], scores=scores[0])
 
     @app.post("/v1/rank", response_model=RankResponse)

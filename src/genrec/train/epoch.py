@@ -1,9 +1,9 @@
 """One training epoch, the same for every task: the trainer turns a slice of users into a host batch
-(`host_batch(users)`, deterministic, made ahead by train.loader_workers processes: genrec.data.loader) and a host
-batch into a loss (`batch_loss(batch) -> StepLoss`, under bf16 autocast on CUDA); this loop shuffles the users (split across
-ranks under torchrun), runs the optimiser step with the learning rate as a pure function of the step (so a
-resumed run follows the same curve), the weight average, the divergence guard and the progress log, and
-sums the epoch's loss and throughput without reading anything back from the GPU per step."""
+(`host_batch(users)`, deterministic, made ahead by train.loader_workers processes: genrec.data.loader) and a
+host batch into a loss (`batch_loss(batch) -> StepLoss`, under bf16 autocast on CUDA); this loop shuffles the
+users (split across ranks under torchrun), runs the optimiser step with the learning rate as a pure function of
+the step (so a resumed run follows the same curve), the weight average, the divergence guard and the progress
+log, and sums the epoch's loss and throughput without reading anything back from the GPU per step."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ protocol split, the model and the device."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -33,6 +33,7 @@ class PreparedData:
     context_cardinalities: tuple[int, ...] = ()  # per user feature (data.user_features); () = none
     item_content: ItemContent | None = None  # the items' content codes (data.item_features); None = none
     series_cardinality: int = 0  # the values of the sequentialized user feature (data.user_series); 0 = none
+    input_values: dict = field(default_factory=dict)  # see LoadedSequences
 
 
 def read_events(data_config: DataConfig) -> Events:
@@ -57,6 +58,9 @@ class LoadedSequences:
     task_names: list[str]  # action signals (labels of data.sequences) when asked for; [] otherwise
     item_content: ItemContent | None  # the items' content codes (data.item_features); None = none
     series_cardinality: int  # the values of the sequentialized user feature (data.user_series); 0 = none
+    # the user inputs' values, as serving maps a request's to codes (code c is values[c - 1]):
+    # {"user_features": {name: [value, ...]}, "user_series": [value, ...]}, each only when used
+    input_values: dict = field(default_factory=dict)
 
 
 def load_sequences(config: Config, min_length: int, with_actions: bool = False) -> LoadedSequences:
@@ -73,10 +77,11 @@ def load_sequences(config: Config, min_length: int, with_actions: bool = False) 
         "users": data.sequences.num_users, "dropped_users": data.dropped_users, "items": data.num_items,
         **({"tasks": task_names} if with_actions else {}),
     }
-    cardinalities = attach_user_features(data_config, data, summary)
+    values: dict = {}
+    cardinalities = attach_user_features(data_config, data, summary, values)
     return LoadedSequences(data, summary, events.timestamps is not None, cardinalities, task_names,
                            item_content(data_config, data, events, summary),
-                           attach_user_series(data_config, data, events, summary))
+                           attach_user_series(data_config, data, events, summary, values), values)
 
 
 def _store_sequences(config: Config, min_length: int, with_actions: bool) -> LoadedSequences:
@@ -98,10 +103,11 @@ def _store_sequences(config: Config, min_length: int, with_actions: bool) -> Loa
                "events": manifest["events"], "skipped_rows": manifest["skipped_rows"],
                "users": data.sequences.num_users, "dropped_users": data.dropped_users, "items": data.num_items,
                **({"tasks": task_names} if with_actions else {})}
-    cardinalities = attach_user_features(config.data, data, summary)
+    values: dict = {}
+    cardinalities = attach_user_features(config.data, data, summary, values)
     return LoadedSequences(data, summary, store.has_timestamps, cardinalities, task_names,
                            item_content(config.data, data, None, summary),
-                           attach_user_series(config.data, data, None, summary))
+                           attach_user_series(config.data, data, None, summary, values), values)
 
 
 def prepare_data(config: Config) -> PreparedData:
@@ -109,23 +115,26 @@ def prepare_data(config: Config) -> PreparedData:
     loaded = load_sequences(config, min_length_for(config.data.mode))
     return PreparedData(leave_one_out(loaded.data, config.data.mode), loaded.data.num_items, loaded.has_timestamps,
                         loaded.data.item_vocab, loaded.summary, loaded.context_cardinalities, loaded.item_content,
-                        loaded.series_cardinality)
+                        loaded.series_cardinality, loaded.input_values)
 
 
-def attach_user_features(data_config: DataConfig, data: SequenceData, summary: dict) -> tuple[int, ...]:
-    """Reads data.user_features (when set) into data.sequences.context and notes it in `summary`;
-    returns each feature's number of values (() without user features)."""
+def attach_user_features(data_config: DataConfig, data: SequenceData, summary: dict, values: dict) -> tuple[int, ...]:
+    """Reads data.user_features (when set) into data.sequences.context, notes it in `summary` and its values in
+    `values` (LoadedSequences.input_values); returns each feature's number of values (() without user features)."""
     if data_config.user_features is None:
         return ()
     features = read_user_features(data_config.dataset, data_config.user_features, data_config.skip_bad_rows)
     data.sequences.context, missing = features.align(data.user_vocab)
     summary.update({"user_features": ",".join(features.names), "users_without_features": missing})
+    values["user_features"] = {name: list(known) for name, known in zip(features.names, features.values)}
     return features.cardinalities
 
 
-def attach_user_series(data_config: DataConfig, data: SequenceData, events: Events | None, summary: dict) -> int:
-    """Puts data.user_series's changes (when set) beside data.sequences and notes them in `summary`; returns the
-    feature's number of values (0 without). events: the log the sequences came from (its own changes)."""
+def attach_user_series(data_config: DataConfig, data: SequenceData, events: Events | None, summary: dict,
+                       values: dict) -> int:
+    """Puts data.user_series's changes (when set) beside data.sequences, notes them in `summary` and their values in
+    `values`; returns the feature's number of values (0 without). events: the log the sequences came from (its
+    own changes)."""
     if data_config.user_series is None:
         return 0
     if data.sequences.timestamps is None:
@@ -134,6 +143,7 @@ def attach_user_series(data_config: DataConfig, data: SequenceData, events: Even
     series = UserSeries.of_users(changes, data.user_vocab, data_config.max_series_len)
     data.sequences.series = series
     summary.update({"user_series": changes.name, "user_series_changes": int((series.ends - series.starts).sum())})
+    values["user_series"] = list(changes.values)
     return changes.cardinality
 
 

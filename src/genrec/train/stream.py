@@ -70,8 +70,9 @@ class StreamTrainer:
         self.device = resolve_device(config.train.device)
         events = read_events(config.data)
         self.stream = StreamEvents(events, config.stream.window_days)
-        self.series = None if config.data.user_series is None else UserSeries.of_users(
-            changes_of(config.data, events), self.stream.user_vocab, config.data.max_series_len)
+        changes = None if config.data.user_series is None else changes_of(config.data, events)
+        self.series = None if changes is None else UserSeries.of_users(changes, self.stream.user_vocab,
+                                                                       config.data.max_series_len)
         capacity = config.stream.item_capacity or self.stream.num_items
         self.vocabulary = ItemVocabulary(capacity, round(config.stream.evict_after_days * DAY))
         self.cold_rank = max(capacity, *KS) + 1
@@ -94,6 +95,8 @@ class StreamTrainer:
         self.modules, self.average, self.autocast_dtype = self.model, None, None
         self.peak_tflops = peak_tflops(self.device)
         self.state = {"epoch": 0, "step": 0, "windows": []}  # "epoch": windows done (the run frame reads it)
+        if changes is not None:  # what serving maps a request's changes to codes by
+            self.state["input_values"] = {"user_series": list(changes.values)}
         self.run_log = None  # opened by run_fit
 
     # ---- the run ---------------------------------------------------------------------------
@@ -263,7 +266,7 @@ class StreamTrainer:
         self.vocabulary = ItemVocabulary.from_state(
             {"sources": sources, "last_seen": checkpoint.extra["vocab_last_seen"].numpy(),
              "evicted": checkpoint.state["evicted"]}, self.vocabulary.evict_after)
-        self.state = {key: checkpoint.state[key] for key in ("epoch", "step", "windows")}
+        self.state.update({key: checkpoint.state[key] for key in ("epoch", "step", "windows")})
         self.log(f"resumed after window {self.state['epoch']}")
 
 

@@ -71,6 +71,8 @@ class Trainer:
                                      config.train.stochastic_length_alpha > 0)
         self.state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "valid": [],
                       "epoch_seconds": []}
+        if self.data.input_values:  # what serving maps a request's user features to codes by
+            self.state["input_values"] = self.data.input_values
         self.run_log: RunLog | None = None  # opened by fit
         self.guard = DivergenceGuard(self.device)
 
