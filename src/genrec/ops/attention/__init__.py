@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from genrec.ops.attention.length_groups import hstu_attention_grouped
 from genrec.ops.attention.rab import BucketedBias, dense_bias, time_buckets
 from genrec.ops.attention.reference import (attention_mask, candidate_attention_reference,
                                             hstu_attention_reference)
@@ -68,7 +69,8 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offset
         max_seq_len: N, the bound on every length and the attention's normaliser.
         rab: a BucketedBias (position + time-gap bucket weights, fused in-kernel) or a dense
             bias [B, H or 1, N, N] indexed by position in sequence (reference backend only).
-        backend: "torch" (reference), "triton" (fused kernel) or "auto" (triton on CUDA).
+        backend: "torch" (the reference, over groups of like lengths: length_groups), "triton" (fused
+            kernel) or "auto" (triton on CUDA).
     Returns:
         [T, H, Dv] in q's dtype.
     """
@@ -78,7 +80,7 @@ def hstu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offset
     if _pick_backend(backend, q, rab) == "triton":
         from genrec.ops.attention.op import hstu_attention_triton
         return hstu_attention_triton(q, k, v, seq_offsets, **arguments)
-    return hstu_attention_reference(q, k, v, seq_offsets, **arguments)
+    return hstu_attention_grouped(q, k, v, seq_offsets, **arguments)
 
 
 def candidate_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, history_k: torch.Tensor,
