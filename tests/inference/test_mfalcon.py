@@ -11,13 +11,18 @@ from genrec.model import SequentialRetriever
 NUM_ITEMS, MAX_LEN = 40, 32
 
 
-def make_model(use_time=True, seed=0, backend="auto"):
+CONTEXT_CARDINALITIES = (3, 5)  # models with a user-context prefix read two features
+CONTEXT = torch.tensor([2, 4])
+
+
+def make_model(use_time=True, seed=0, backend="auto", context=False):
     config = preset("hstu-large")
     config.model.embedding_dim, config.model.num_layers = 16, 3
     config.model.qk_dim = config.model.v_dim = 8
     config.model.attention_backend = backend
     torch.manual_seed(seed)
-    return SequentialRetriever(config.model, NUM_ITEMS, MAX_LEN, use_time=use_time).eval()
+    return SequentialRetriever(config.model, NUM_ITEMS, MAX_LEN, use_time=use_time,
+                               context_cardinalities=CONTEXT_CARDINALITIES if context else ()).eval()
 
 
 def inputs(num_history=9, num_candidates=7, seed=1):
@@ -32,19 +37,36 @@ def inputs(num_history=9, num_candidates=7, seed=1):
 @pytest.mark.parametrize("use_time", [True, False])
 @pytest.mark.parametrize("micro_batch", [1, 3, 7, 100])
 @pytest.mark.parametrize("query_time", [None, 123_456_789], ids=["own-time", "query-time"])
-def test_cached_equals_uncached_and_one_by_one(use_time, micro_batch, query_time):
-    model = make_model(use_time)
+@pytest.mark.parametrize("context", [None, CONTEXT], ids=["no-context", "context"])
+def test_cached_equals_uncached_and_one_by_one(use_time, micro_batch, query_time, context):
+    model = make_model(use_time, context=context is not None)
     history, stamps, candidates, candidate_stamps = inputs()
     if not use_time:
         stamps = candidate_stamps = None
     scorer = MFalcon(model, micro_batch_size=micro_batch)
-    cached = scorer.encode_candidates(history, stamps, candidates, candidate_stamps, query_time=query_time)
+    cached = scorer.encode_candidates(history, stamps, candidates, candidate_stamps, query_time=query_time,
+                                      context=context)
     uncached = scorer.encode_candidates_uncached(history, stamps, candidates, candidate_stamps,
-                                                 query_time=query_time)
-    alone = MFalcon(model, micro_batch_size=1).encode_candidates_uncached(history, stamps, candidates,
-                                                                          candidate_stamps, query_time=query_time)
+                                                 query_time=query_time, context=context)
+    alone = MFalcon(model, micro_batch_size=1).encode_candidates_uncached(
+        history, stamps, candidates, candidate_stamps, query_time=query_time, context=context)
     torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(uncached, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_the_context_shapes_the_scores_and_keys_the_cache():
+    scorer = MFalcon(make_model(context=True))
+    history, stamps, candidates, candidate_stamps = inputs()
+    first = scorer.encode_candidates(history, stamps, candidates, candidate_stamps, user="a", context=CONTEXT)
+    other = scorer.encode_candidates(history, stamps, candidates, candidate_stamps, user="a",
+                                     context=torch.tensor([1, 4]))
+    assert not torch.allclose(first, other)  # a stale cache would have returned the first scores
+    torch.testing.assert_close(other, scorer.encode_candidates(history, stamps, candidates, candidate_stamps,
+                                                               context=torch.tensor([1, 4])))
+    with pytest.raises(ValueError, match="the batch has no context"):
+        scorer.encode_candidates(history, stamps, candidates, candidate_stamps)
+    with pytest.raises(ValueError, match="reads no user context"):
+        MFalcon(make_model()).encode_candidates(history, stamps, candidates, candidate_stamps, context=CONTEXT)
 
 
 @pytest.mark.parametrize("query_time", [None, 123_456_789], ids=["own-time", "query-time"])
@@ -117,44 +139,53 @@ def test_bad_requests():
                                  candidate_stamps)
 
 
-def _ranker(backend: str):
+def _ranker(backend: str, context: bool = False):
     from genrec.model.ranking import GenerativeRanker
 
     config = preset("hstu")
     config.model.embedding_dim, config.model.qk_dim, config.model.v_dim = 16, 8, 8
     config.model.attention_backend = backend
     torch.manual_seed(0)
-    return GenerativeRanker(config.model, NUM_ITEMS, num_tasks=2, max_seq_len=MAX_LEN, use_time=True).eval()
+    return GenerativeRanker(config.model, NUM_ITEMS, num_tasks=2, max_seq_len=MAX_LEN, use_time=True,
+                            context_cardinalities=CONTEXT_CARDINALITIES if context else ()).eval()
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("query_time", [None, 987_654_321], ids=["own-time", "query-time"])
-def test_ranker_candidates_cached_equal_full_passes(backend, query_time):
+@pytest.mark.parametrize("context", [None, CONTEXT], ids=["no-context", "context"])
+def test_ranker_candidates_cached_equal_full_passes(backend, query_time, context):
     """For the ranker, a candidate scored through the cache equals appending it as the next event, alone or
-    with four other candidates in the same pass (one candidate-position rule on every path)."""
+    with four other candidates in the same pass (one candidate-position rule on every path), and equals the
+    training pass's prediction of that event."""
     from genrec.data.batch import SequenceBatch
     from genrec.ops.jagged import offsets_from_lengths
 
     if backend == "triton":
         pytest.importorskip("triton")
-    ranker = _ranker(backend)
+    ranker = _ranker(backend, context is not None)
     history, stamps, candidates, candidate_stamps = inputs(num_history=6, num_candidates=5)
     labels = torch.randint(0, 2, (6, 2), generator=torch.Generator().manual_seed(2)).float()
     scores = MFalcon(ranker, micro_batch_size=2).encode_candidates(history, stamps, candidates, candidate_stamps,
-                                                                    history_labels=labels, query_time=query_time)
+                                                                    history_labels=labels, query_time=query_time,
+                                                                    context=context)
     assert scores.shape == (5, 2) and ((scores > 0) & (scores < 1)).all()
     query_times = None if query_time is None else torch.tensor([query_time])
+    batch_context = None if context is None else context.view(1, -1)
     for c in range(5):  # the full pass: the candidate appended as a target event (its action unseen)
         batch = SequenceBatch(torch.cat([history, candidates[c:c + 1]]), offsets_from_lengths(torch.tensor([7])),
                               MAX_LEN, torch.cat([stamps, candidate_stamps[c:c + 1]]),
-                              labels=torch.cat([labels, torch.zeros(1, 2)]), query_times=query_times)
+                              labels=torch.cat([labels, torch.zeros(1, 2)]), query_times=query_times,
+                              context=batch_context)
         full = ranker(batch, num_targets=torch.tensor([1]))[-1]
         torch.testing.assert_close(torch.sigmoid(full), scores[c], atol=1e-5, rtol=1e-5)
+        if query_time is None:  # training's pass predicts the last event the same way
+            torch.testing.assert_close(ranker(batch)[-1], full, atol=1e-5, rtol=1e-5)
     together = SequenceBatch(torch.cat([history, candidates]), offsets_from_lengths(torch.tensor([11])), MAX_LEN,
                              torch.cat([stamps, candidate_stamps]), labels=torch.cat([labels, torch.zeros(5, 2)]),
-                             query_times=query_times)
+                             query_times=query_times, context=batch_context)
     torch.testing.assert_close(torch.sigmoid(ranker(together, num_targets=torch.tensor([5]))[6:]), scores,
                                atol=1e-5, rtol=1e-5)
     uncached = MFalcon(ranker, micro_batch_size=3).encode_candidates_uncached(
-        history, stamps, candidates, candidate_stamps, history_labels=labels, query_time=query_time)
+        history, stamps, candidates, candidate_stamps, history_labels=labels, query_time=query_time,
+        context=context)
     torch.testing.assert_close(uncached, scores, atol=1e-5, rtol=1e-5)

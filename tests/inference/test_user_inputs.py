@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from genrec.data import make_batch
-from genrec.inference.engine import RetrievalRun
+from genrec.inference.engine import RankingRun, RetrievalRun
+from genrec.train.ranking import RankingTrainer
 from genrec.train.trainer import Trainer
 from tests.train.test_user_context import context_config, write_ml100k
 
@@ -47,6 +48,17 @@ def context_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def ranking_context_run(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ranking")
+    write_ml100k(directory)
+    config = context_config(directory, epochs=1)
+    config.train.task = "ranking"
+    trainer = RankingTrainer(config, directory / "run", log=lambda _: None, progress=False)
+    trainer.fit()
+    return trainer, RankingRun(directory / "run")
+
+
+@pytest.fixture(scope="module")
 def series_run(tmp_path_factory):
     directory = tmp_path_factory.mktemp("series")
     write_ml100k(directory)
@@ -81,6 +93,24 @@ def test_served_changes_are_the_trained_ones(series_run):
     assert not torch.allclose(other[0], expected[0])
 
 
+@pytest.mark.parametrize("user", [0, 39], ids=["features", "unknown-user"])
+def test_a_ranked_candidate_is_the_trained_prediction_of_that_event(ranking_context_run, user):
+    trainer, run = ranking_context_run
+    batch = make_batch(trainer.sequences, np.array([user]), trainer.config.data.max_seq_len, drop_last=2)
+    with torch.no_grad():
+        expected = torch.sigmoid(run.scorer.model(batch)[-1])  # training's pass: the last event, its actions unseen
+    ids = run.source_ids[batch.item_ids - 1].tolist()
+    stamps = batch.timestamps.tolist()
+    actions = batch.labels[:-1].long().tolist()
+    scores = run.rank(ids[:-1], actions, ids[-1:], stamps[:-1], query_time=stamps[-1],
+                      user_features=None if user == 39 else features_of(user + 1))
+    torch.testing.assert_close(torch.from_numpy(scores[0]), expected, atol=1e-5, rtol=1e-5)
+    if user == 0:
+        other = run.rank(ids[:-1], actions, ids[-1:], stamps[:-1], query_time=stamps[-1],
+                         user_features=features_of(2))
+        assert not np.allclose(other, scores)
+
+
 @pytest.mark.parametrize("requests, message", [
     ({"user_features": [{"age": 21, "gender": "F", "occupation": "artist", "zip_region": "x"}]},
      r"user_features.zip_region: unknown value 'x' \(known: 0, 1,"),
@@ -107,7 +137,7 @@ def test_bad_changes_are_refused(series_run, requests, message):
         run.recommend([[1, 2]], 3)
 
 
-def test_the_service_takes_user_features_and_changes(context_run, series_run):
+def test_the_service_takes_user_features_and_changes(context_run, series_run, ranking_context_run):
     pytest.importorskip("fastapi")
     from fastapi.testclient import TestClient
 
@@ -122,3 +152,10 @@ def test_the_service_takes_user_features_and_changes(context_run, series_run):
         wrong = {key: ({"age": 21} if key == "user_features" else [{"timestamp": 1, "value": "z"}]) for key in extra}
         answer = client.post("/v1/retrieve", json={**request, **wrong})
         assert answer.status_code == 422 and ("user_features" in answer.text or "changes" in answer.text)
+    ranking = TestClient(create_app(context_run[0].out_dir, ranker_dir=ranking_context_run[0].out_dir))
+    request = {"history": [1, 2], "actions": [[1, 0], [0, 1]], "timestamps": [1_000_000, 1_000_001],
+               "candidates": [3, 4], "query_time": 1_000_002}
+    answer = ranking.post("/v1/rank", json={**request, "user_features": features_of(3)})
+    assert answer.status_code == 200 and len(answer.json()["scores"]) == 2
+    answer = ranking.post("/v1/rank", json={**request, "user_features": {"age": 21}})
+    assert answer.status_code == 422 and "user_features" in answer.text

@@ -92,8 +92,6 @@ def test_user_context_prefix_is_read_without_leaking_the_future():
     torch.testing.assert_close(model(changed)[6:12], out[6:12], atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="batch has no context"):
         model(make_batch(lengths))
-    with pytest.raises(ValueError, match="M-FALCON does not support user-context"):
-        MFalcon(model)
     with pytest.raises(ValueError, match="need the HSTU encoder"):
         SequentialRetriever(preset("sasrec").model, 30, 12, use_time=False, context_cardinalities=(2,))
 

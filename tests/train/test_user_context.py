@@ -55,8 +55,7 @@ def test_ranking_reads_user_features_too(tmp_path):
     assert again["metrics"] == pytest.approx(summary["metrics"])
     checkpoint = load_checkpoint(tmp_path / "run/last.safetensors")
     assert sum(name.startswith("ranker.context.tables.") for name in checkpoint.model) == 4
-    with pytest.raises(ValueError, match="ranking model with user-context prefix tokens is not supported yet"):
-        RankingRun(tmp_path / "run")
+    assert RankingRun(tmp_path / "run").inputs.context_cardinalities == (30, 2, 3, 10)
 
 
 def test_user_features_need_hstu_and_movielens(tmp_path):

@@ -74,7 +74,7 @@ class _CandidateGraph:
         if self.cache.token_timestamps is not None:
             self.cache.token_timestamps[:length].copy_(history.token_timestamps)
         self.cache.history_offsets.copy_(torch.tensor([0, length]))
-        self.position.fill_(length)
+        self.position.fill_(history.candidate_position)
         self.loaded = history
 
     def run(self, history: HistoryCache, ids: torch.Tensor, times: torch.Tensor | None) -> torch.Tensor:

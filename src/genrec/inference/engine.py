@@ -63,6 +63,11 @@ class LoadedRun:
         self.takes_time = self.uses_time or self.config.data.user_series is not None
         self.device = resolve_device(device)
         self.max_history = self.config.data.max_seq_len - (1 if self.task == "ranking" else 0)
+        self.inputs = UserInputs(self.checkpoint.state.get("input_values", {}), self.config.data.max_series_len)
+        if ((self.config.data.user_features is None) != (self.inputs.feature_values is None)
+                or (self.config.data.user_series is None) != (self.inputs.series_values is None)):
+            raise ValueError(f"{self.name}: the checkpoint lacks the values of its user features (retrain with this "
+                             "genrec)")
 
     @property
     def num_items(self) -> int:
@@ -112,11 +117,6 @@ class RetrievalRun(LoadedRun):
     def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
         super().__init__(run_dir, device)
         weights = self.checkpoint.inference_weights()
-        self.inputs = UserInputs(self.checkpoint.state.get("input_values", {}), self.config.data.max_series_len)
-        if ((self.config.data.user_features is None) != (self.inputs.feature_values is None)
-                or (self.config.data.user_series is None) != (self.inputs.series_values is None)):
-            raise ValueError(f"{self.name}: the checkpoint lacks the values of its user features (retrain with this "
-                             "genrec)")
         self.model = SequentialRetriever(self.config.model, len(self.source_ids), self.config.data.max_seq_len,
                                          use_time=self.uses_time,
                                          context_cardinalities=self.inputs.context_cardinalities,
@@ -206,21 +206,20 @@ class RankingRun(LoadedRun):
 
     def __init__(self, run_dir: str | Path, device: str = "cpu", cache_capacity: int = 1024) -> None:
         super().__init__(run_dir, device)
-        if self.config.data.user_features is not None:
-            raise ValueError(f"{self.name}: serving a ranking model with user-context prefix tokens is not supported "
-                             "yet")
         self.tasks = list(self.checkpoint.state["tasks"])
         weights = ranker_weights(self.checkpoint.inference_weights())
         model = GenerativeRanker(self.config.model, self.num_items, len(self.tasks), self.config.data.max_seq_len,
-                                 use_time=self.uses_time, item_content=ItemContent.in_weights(weights))
+                                 use_time=self.uses_time, context_cardinalities=self.inputs.context_cardinalities,
+                                 item_content=ItemContent.in_weights(weights))
         model.load_state_dict(weights)
         self.scorer = MFalcon(model.to(self.device).eval(), cache_capacity=cache_capacity)
 
     def rank(self, history: Sequence[int], actions: Sequence[Sequence[int]], candidates: Sequence[int],
              timestamps: Sequence[int] | None = None, query_time: int | None = None,
-             user: Hashable | None = None, max_candidates: int | None = None) -> np.ndarray:
+             user: Hashable | None = None, max_candidates: int | None = None,
+             user_features: Features | None = None) -> np.ndarray:
         """[C, A] probabilities, one per candidate and task (self.tasks); actions: per history item, one 0/1
-        per task."""
+        per task; user_features: for a model trained with them (genrec.inference.user_inputs)."""
         ids, stamps = self.history(history, timestamps)
         if len(candidates) == 0:
             raise ValueError("no candidates to rank")
@@ -232,9 +231,11 @@ class RankingRun(LoadedRun):
         if any(value not in (0, 1) for row in actions for value in row):
             raise ValueError("actions must be 0 or 1")
         labels = torch.tensor([list(a) for a in actions], dtype=torch.float32, device=self.device)
+        context = self.inputs.context(None if user_features is None else [user_features], 1)
         scores = self.scorer.encode_candidates(ids, stamps, self.dense_ids(candidates, "candidate"), user=user,
                                                history_labels=labels,
-                                               query_time=self.query_time(query_time, timestamps))
+                                               query_time=self.query_time(query_time, timestamps),
+                                               context=None if context is None else context[0].to(self.device))
         return self.finite(scores.float()).cpu().numpy()
 
 

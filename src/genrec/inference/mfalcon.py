@@ -40,8 +40,10 @@ class CandidateModel(Protocol):
     num_items: int
 
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,
-                       labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One user's history as encoder input: ([tokens, D], per-token timestamps)."""
+                       labels: torch.Tensor | None = None,
+                       context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One user's history as encoder input: ([tokens, D], per-token timestamps), behind the prefix tokens of
+        its user-context codes [F] when the model reads them."""
 
     def candidate_tokens(self, item_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         """[C, D] encoder input of the candidates, all at token position `position` (an int or a one-element
@@ -68,8 +70,6 @@ class MFalcon:
             raise ValueError("M-FALCON needs an HSTU encoder (candidates attend through num_targets)")
         if any(layer.softmax for layer in model.encoder.layers):
             raise ValueError("M-FALCON needs pointwise attention (model.attention = softmax has no candidate path)")
-        if getattr(model, "context", None) is not None:
-            raise ValueError("M-FALCON does not support user-context prefix tokens yet")
         if micro_batch_size <= 0 or cache_capacity < 0:
             raise ValueError("micro_batch_size must be positive and cache_capacity >= 0")
         self.model = model.eval()
@@ -91,11 +91,14 @@ class MFalcon:
 
     @torch.no_grad()
     def prefill(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
-                history_labels: torch.Tensor | None = None, query_time: int | None = None) -> HistoryCache:
+                history_labels: torch.Tensor | None = None, query_time: int | None = None,
+                context: torch.Tensor | None = None) -> HistoryCache:
         """Runs the history once and keeps every layer's keys/values; query_time: see the module docstring
-        (None: the last history event's own time)."""
-        x, token_stamps = self.model.history_tokens(history_ids, history_timestamps, history_labels)
-        cache = HistoryCache(history_ids, history_timestamps, history_labels, token_stamps, query_time)
+        (None: the last history event's own time); context: the user's context codes [F], for a model with a
+        user-context prefix."""
+        x, token_stamps = self.model.history_tokens(history_ids, history_timestamps, history_labels, context)
+        cache = HistoryCache(history_ids, history_timestamps, history_labels, token_stamps, query_time,
+                             context=context)
         offsets = offsets_from_lengths(torch.tensor([x.shape[0]], device=x.device))
         query_times = None
         if token_stamps is not None and query_time is not None:
@@ -104,13 +107,14 @@ class MFalcon:
         return cache
 
     def cached_history(self, user: Hashable, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
-                       history_labels: torch.Tensor | None = None, query_time: int | None = None) -> HistoryCache:
-        """The user's cache, rebuilt when the history (or the query time) changed; least recently used ones are
-        evicted. Safe to call from several threads."""
+                       history_labels: torch.Tensor | None = None, query_time: int | None = None,
+                       context: torch.Tensor | None = None) -> HistoryCache:
+        """The user's cache, rebuilt when the history (or the query time, or the context) changed; least recently
+        used ones are evicted. Safe to call from several threads."""
         with self._lock:
             cache = self._caches.get(user)
-        if cache is None or not cache.matches(history_ids, history_timestamps, history_labels, query_time):
-            cache = self.prefill(history_ids, history_timestamps, history_labels, query_time)
+        if cache is None or not cache.matches(history_ids, history_timestamps, history_labels, query_time, context):
+            cache = self.prefill(history_ids, history_timestamps, history_labels, query_time, context)
         with self._lock:
             self._caches[user] = cache
             self._caches.move_to_end(user)
@@ -127,17 +131,18 @@ class MFalcon:
     def encode_candidates(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
                           candidate_ids: torch.Tensor, candidate_timestamps: torch.Tensor | None = None,
                           user: Hashable | None = None, history_labels: torch.Tensor | None = None,
-                          query_time: int | None = None) -> torch.Tensor:
-        """Candidate outputs via the cached history (cached across calls when `user` is given)."""
+                          query_time: int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+        """Candidate outputs via the cached history (cached across calls when `user` is given); context: the
+        user's context codes [F] (see prefill)."""
         self._check(history_ids, candidate_ids)
         candidate_timestamps = self._candidate_times(history_timestamps, candidate_ids, candidate_timestamps,
                                                      query_time)
-        cache = (self.cached_history(user, history_ids, history_timestamps, history_labels, query_time)
-                 if user is not None else self.prefill(history_ids, history_timestamps, history_labels, query_time))
+        history = (history_ids, history_timestamps, history_labels, query_time, context)
+        cache = self.cached_history(user, *history) if user is not None else self.prefill(*history)
         if self._graphs is not None:
             with self._graph_lock:
                 return self._graphs.encode(cache, candidate_ids, candidate_timestamps)
-        position = cache.keys[0].shape[0]  # history tokens
+        position = cache.candidate_position
         outputs = []
         for start in range(0, candidate_ids.numel(), self.micro_batch_size):
             ids = candidate_ids[start:start + self.micro_batch_size]
@@ -159,7 +164,7 @@ class MFalcon:
     def encode_candidates_uncached(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
                                    candidate_ids: torch.Tensor, candidate_timestamps: torch.Tensor | None = None,
                                    history_labels: torch.Tensor | None = None,
-                                   query_time: int | None = None) -> torch.Tensor:
+                                   query_time: int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
         """The same through full passes over [history; micro-batch] with num_targets (no cache)."""
         self._check(history_ids, candidate_ids)
         candidate_timestamps = self._candidate_times(history_timestamps, candidate_ids, candidate_timestamps,
@@ -177,7 +182,8 @@ class MFalcon:
                 labels = torch.cat([history_labels, history_labels.new_zeros(ids.numel(), history_labels.shape[1])])
             offsets = offsets_from_lengths(torch.tensor([tokens.numel()], device=tokens.device))
             batch = SequenceBatch(tokens, offsets, max_seq_len=history_ids.numel() + ids.numel(), timestamps=stamps,
-                                  labels=labels, query_times=query_times)
+                                  labels=labels, query_times=query_times,
+                                  context=None if context is None else context.view(1, -1))
             num_targets = torch.tensor([ids.numel()], device=tokens.device)
             out = self.model(batch, num_targets)[history_ids.numel():]
             outputs.append(self.model.forward_candidate_outputs(out))

@@ -180,13 +180,9 @@ class UserContextEmbedding(nn.Module):
         for table in self.tables:
             nn.init.trunc_normal_(table.weight, std=0.02, a=-0.04, b=0.04)
 
-    def forward(self, codes: torch.Tensor | None, num_targets: torch.Tensor | None = None) -> torch.Tensor:
-        """num_targets: the batch's candidates, which cannot follow a prefix yet (M-FALCON does not
-        carry one)."""
+    def forward(self, codes: torch.Tensor | None) -> torch.Tensor:
         if codes is None:
             raise ValueError("this model reads user-context prefix tokens: the batch has no context")
-        if num_targets is not None:
-            raise ValueError("candidates (num_targets) after a user-context prefix are not supported")
         if codes.shape[-1] != len(self.tables):
             raise ValueError(f"context has {codes.shape[-1]} features; this model reads {len(self.tables)}")
         tokens = torch.stack([table(codes[:, f]) for f, table in enumerate(self.tables)], dim=1)
@@ -204,6 +200,20 @@ def prepend_context(x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torc
         first = timestamps[seq_offsets[:-1].clamp(max=max(timestamps.numel() - 1, 0))]
         timestamps = prepend_prefix(timestamps, seq_offsets, first[:, None].expand(-1, context_tokens.shape[1]))[0]
     return x, offsets, timestamps, rows
+
+
+def prefix_history(context: UserContextEmbedding | None, codes: torch.Tensor | None, tokens: torch.Tensor,
+                   timestamps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One user's history tokens [L, D] (and their timestamps [L]) behind its context prefix, as prepend_context
+    puts them (M-FALCON's history); codes [F], or None for a model without context."""
+    if context is None:
+        if codes is not None:
+            raise ValueError("this model reads no user context")
+        return tokens, timestamps
+    prefix = context(None if codes is None else codes.view(1, -1))[0]  # [F, D]
+    if timestamps is not None:
+        timestamps = torch.cat([timestamps[:1].expand(prefix.shape[0]), timestamps])
+    return torch.cat([prefix.to(tokens.dtype), tokens]), timestamps
 
 
 class UserSeriesEmbedding(nn.Module):

@@ -23,17 +23,23 @@ class HistoryCache:
     # [0, L] on the device when keys and values hold rows past the history (a CUDA graph's fixed-size buffers:
     # the fused kernel reads L from here); None: they hold the history exactly
     history_offsets: torch.Tensor | None = None
+    context: torch.Tensor | None = None  # [F] the user-context codes whose prefix tokens lead the keys and values
 
     @property
     def history_len(self) -> int:
         return self.item_ids.shape[0]
 
+    @property
+    def candidate_position(self) -> int:
+        """The candidates' token position (the history's tokens; a context prefix has no position)."""
+        return self.keys[0].shape[0] - (0 if self.context is None else self.context.numel())
+
     def matches(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None, labels: torch.Tensor | None,
-                query_time: int | None = None) -> bool:
-        """True when this cache was built from exactly this history and query time (which shapes the keys and
-        values of the layers after the first, where the model uses time)."""
+                query_time: int | None = None, context: torch.Tensor | None = None) -> bool:
+        """True when this cache was built from exactly this history, context and query time (which shapes the
+        keys and values of the layers after the first, where the model uses time)."""
         return (_same(self.item_ids, item_ids) and _same(self.timestamps, timestamps) and _same(self.labels, labels)
-                and (self.timestamps is None or self.query_time == query_time))
+                and _same(self.context, context) and (self.timestamps is None or self.query_time == query_time))
 
 
 def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:

@@ -13,7 +13,8 @@ from torch import nn
 
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
-from genrec.model.embeddings import InputEmbedding, ItemContent, UserContextEmbedding, prepend_context
+from genrec.model.embeddings import (InputEmbedding, ItemContent, UserContextEmbedding, prefix_history,
+                                     prepend_context)
 from genrec.model.hstu import HSTUEncoder
 
 
@@ -53,8 +54,8 @@ class GenerativeRanker(nn.Module):
         x = self.embedding.dropout(tokens + self.embedding.position(positions))
         stamps = None if batch.timestamps is None else torch.repeat_interleave(batch.timestamps, 2)
         if self.context is not None:
-            x, offsets, stamps, rows = prepend_context(x, offsets, stamps, self.context(batch.context, num_targets))
-            encoded = self.encoder(x, offsets, stamps, sorted_timestamps=batch.timestamps_sorted,
+            x, offsets, stamps, rows = prepend_context(x, offsets, stamps, self.context(batch.context))
+            encoded = self.encoder(x, offsets, stamps, token_targets, sorted_timestamps=batch.timestamps_sorted,
                                    query_times=batch.query_times)
             return self.heads(encoded.index_select(0, rows[0::2]))
         return self.heads(self.encoder(x, offsets, stamps, token_targets, sorted_timestamps=batch.timestamps_sorted,
@@ -62,13 +63,14 @@ class GenerativeRanker(nn.Module):
 
     # --- the M-FALCON interface: candidates are item tokens after the whole interleaved history ---
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,
-                       labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       labels: torch.Tensor | None = None,
+                       context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         if labels is None:
             raise ValueError("ranking histories need each event's action signals")
         tokens = self._tokens(item_ids, labels)
         positions = torch.arange(tokens.shape[0], device=tokens.device)
         stamps = None if timestamps is None else torch.repeat_interleave(timestamps, 2)
-        return tokens + self.embedding.position(positions), stamps
+        return prefix_history(self.context, context, tokens + self.embedding.position(positions), stamps)
 
     def candidate_tokens(self, item_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         return self.embedding.candidates(item_ids, position)

@@ -22,7 +22,7 @@ from torch import nn
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
 from genrec.model.embeddings import (InputEmbedding, ItemContent, UserContextEmbedding, UserSeriesEmbedding,
-                                     merge_series, prepend_context)
+                                     merge_series, prefix_history, prepend_context)
 from genrec.model.hstu import HSTUEncoder
 from genrec.model.sasrec import SASRecEncoder
 from genrec.model.similarity import build_similarity
@@ -78,18 +78,20 @@ class SequentialRetriever(nn.Module):
                                             sorted_timestamps=batch.timestamps_sorted, query_times=batch.query_times),
                                dim=-1)
         x, seq_offsets, timestamps, rows = prepend_context(x, batch.seq_offsets, batch.timestamps,
-                                                           self.context(batch.context, num_targets))
+                                                           self.context(batch.context))
         # the prefix tokens take the first event's time: the order holds
-        encoded = self.encoder(x, seq_offsets, timestamps, sorted_timestamps=batch.timestamps_sorted,
+        encoded = self.encoder(x, seq_offsets, timestamps, num_targets, sorted_timestamps=batch.timestamps_sorted,
                                query_times=batch.query_times)
         return F.normalize(encoded.index_select(0, rows), dim=-1)
 
     # --- the M-FALCON interface (history tokens, candidate tokens, candidate outputs) -------------
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,
-                       labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One user's history as encoder input: ([L, D], per-token timestamps)."""
+                       labels: torch.Tensor | None = None,
+                       context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One user's history as encoder input: ([F + L, D], per-token timestamps), behind its context prefix
+        (codes [F]) when the model reads one."""
         offsets = torch.tensor([0, item_ids.numel()], device=item_ids.device)
-        return self.embedding(item_ids, offsets), timestamps
+        return prefix_history(self.context, context, self.embedding(item_ids, offsets), timestamps)
 
     def candidate_tokens(self, item_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         return self.embedding.candidates(item_ids, position)

@@ -60,6 +60,8 @@ class RankRequest(BaseModel):
                                                                "shown (default: now)")
     user_id: str | None = Field(default=None, max_length=256, description="keys the user's cached history: its "
                                                                           "keys/values are reused while it is unchanged")
+    user_features: dict[str, str | Int64] | None = Field(
+        default=None, description="every user feature of a model trained with them (default: the user is unknown)")
 
 
 class RankResponse(BaseModel):
@@ -118,7 +120,7 @@ def create_app(run_dir: Path, device: str = "cpu", limits: Limits | None = None,
         if ranker is None:
             raise HTTPException(404, "no ranker loaded: start genrec serve with --ranker DIR")
         scores = ranker.rank(request.history, request.actions, request.candidates, request.timestamps,
-                             request.query_time, request.user_id, limits.max_candidates)
+                             request.query_time, request.user_id, limits.max_candidates, request.user_features)
         return RankResponse(tasks=ranker.tasks, scores=scores.tolist())
 
     return app

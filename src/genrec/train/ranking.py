@@ -93,6 +93,8 @@ class RankingTrainer:
             torch.manual_seed(config.train.seed + self.ranks.rank)
         self.state = {"epoch": 0, "step": 0, "tasks": self.task_names, "epochs": [], "best_metric": None,
                       "best_epoch": None}
+        if loaded.input_values:  # what serving maps a request's user features to codes by
+            self.state["input_values"] = loaded.input_values
         self.guard = DivergenceGuard(self.device)
         self.progress = progress and self.ranks.is_main
         self.run_log: RunLog | None = None  # opened by fit
