@@ -58,17 +58,22 @@ def ranking_context_run(tmp_path_factory):
     return trainer, RankingRun(directory / "run")
 
 
-@pytest.fixture(scope="module")
-def series_run(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("series")
+def changes_run(directory, with_features):
     write_ml100k(directory)
     rows = [f"{user},{time},{value}" for user in range(1, 41) for time, value in changes_of(user)]
     (directory / "tiers.csv").write_text("user_id,timestamp,tier\n" + "\n".join(rows) + "\n")
     config = context_config(directory, epochs=1)
-    config.data.user_features, config.data.user_series = None, str(directory / "tiers.csv")
+    config.data.user_series = str(directory / "tiers.csv")
+    if not with_features:
+        config.data.user_features = None
     trainer = Trainer(config, directory / "run", progress=False, log=lambda _: None)
     trainer.fit()
     return trainer, RetrievalRun(directory / "run")
+
+
+@pytest.fixture(scope="module")
+def series_run(tmp_path_factory):
+    return changes_run(tmp_path_factory.mktemp("series"), with_features=False)
 
 
 def test_served_user_features_are_the_trained_ones(context_run):
@@ -91,6 +96,16 @@ def test_served_changes_are_the_trained_ones(series_run):
     torch.testing.assert_close(served, expected)
     other, _, _ = served_and_trained(trainer, run, users, changes=[changes_of(2), changes_of(6), changes_of(13)])
     assert not torch.allclose(other[0], expected[0])
+
+
+def test_served_features_and_changes_together_are_the_trained_ones(tmp_path):
+    trainer, run = changes_run(tmp_path, with_features=True)
+    users = np.array([0, 5, 39])
+    served, expected, batch = served_and_trained(trainer, run, users,
+                                                 user_features=[features_of(1), features_of(6), None],
+                                                 changes=[changes_of(1), changes_of(6), changes_of(40)])
+    assert batch.context is not None and batch.series_codes is not None
+    torch.testing.assert_close(served, expected)
 
 
 @pytest.mark.parametrize("user", [0, 39], ids=["features", "unknown-user"])

@@ -9,20 +9,26 @@ from genrec.model.embeddings import merge_series
 from genrec.model.retrieval import SequentialRetriever
 
 
-def batch(change_codes, change_times, item_times=(10, 20, 30), query_time=None):
+def batch(change_codes, change_times, item_times=(10, 20, 30), query_time=None, context=(1, 2)):
+    """context: the user's codes, read by the model with a context prefix (the other ignores them)."""
     return SequenceBatch(item_ids=torch.tensor([1, 2, 3]), seq_offsets=torch.tensor([0, 3]), max_seq_len=8,
                          timestamps=torch.tensor(item_times),
                          query_times=None if query_time is None else torch.tensor([query_time]),
+                         context=torch.tensor([context]),
                          series_codes=torch.tensor(change_codes), series_timestamps=torch.tensor(change_times),
                          series_offsets=torch.tensor([0, len(change_codes)]))
 
 
-@pytest.fixture
-def model():
+def make_model(context_cardinalities=()):
     torch.manual_seed(0)
     config = ModelConfig(embedding_dim=8, qk_dim=8, v_dim=8, num_heads=2, dropout=0.0)
     return SequentialRetriever(config, num_items=3, max_seq_len=8, use_time=True, series_cardinality=3,
-                               max_series_len=4).eval()
+                               max_series_len=4, context_cardinalities=context_cardinalities).eval()
+
+
+@pytest.fixture(params=[(), (2, 3)], ids=["changes", "changes-and-context"])
+def model(request):
+    return make_model(request.param)
 
 
 @pytest.mark.parametrize("change_times, item_rows", [
@@ -49,6 +55,14 @@ def test_a_change_reaches_the_predictions_after_it_and_none_before(model):
     torch.testing.assert_close(later_changed[0], base[0])
     assert not torch.allclose(later_changed[1], base[1]) and not torch.allclose(later_changed[2], base[2])
     assert not torch.allclose(earlier_changed[0], base[0])
+
+
+def test_the_context_prefix_reaches_every_prediction_beside_the_changes():
+    model = make_model((2, 3))
+    with torch.no_grad():
+        base, other = model(batch([1, 2], [15, 25])), model(batch([1, 2], [15, 25], context=(2, 2)))
+    assert base.shape == (3, 8)
+    assert all(not torch.allclose(other[i], base[i]) for i in range(3))
 
 
 def test_the_last_position_sees_changes_up_to_the_query_time(model):

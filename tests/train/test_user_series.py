@@ -50,8 +50,6 @@ def test_changes_from_a_csv(tmp_path):
     (lambda c: setattr(c.data, "dataset", "synthetic"), "followed_topics is the synthetic stream's"),
     (lambda c: setattr(c.train, "task", "ranking"), "needs model.architecture = hstu and train.task = retrieval"),
     (lambda c: setattr(c.model, "architecture", "sasrec"), "needs model.architecture = hstu"),
-    (lambda c: (setattr(c.data, "dataset", "ml-1m"), setattr(c.data, "user_series", "tiers.csv"),
-                setattr(c.data, "user_features", "users.dat")), "without data.user_features"),
     (lambda c: setattr(c.data, "max_series_len", 0), "data.max_series_len must be positive"),
 ])
 def test_bad_series_configs_are_refused(change, message):

@@ -50,8 +50,6 @@ class SequentialRetriever(nn.Module):
                        if series_cardinality else None)
         if (self.context is not None or self.series is not None) and config.architecture != "hstu":
             raise ValueError("user-context prefix tokens and user-feature change tokens need the HSTU encoder")
-        if self.context is not None and self.series is not None:
-            raise ValueError("user-context prefix tokens and user-feature change tokens do not go together yet")
         if config.architecture == "hstu":
             max_len = max_seq_len + len(context_cardinalities) + (max_series_len if self.series is not None else 0)
             self.encoder: nn.Module = HSTUEncoder(config, max_len, use_time)
@@ -65,24 +63,18 @@ class SequentialRetriever(nn.Module):
         """User embedding after every token: [T, D], l2-normalised. With num_targets, the last
         num_targets[b] tokens of each sequence are candidates (see genrec.ops.hstu_attention)."""
         x = self.embedding(batch.item_ids, batch.seq_offsets, num_targets)
-        if self.series is not None:
-            x, seq_offsets, timestamps, rows = merge_series(x, batch.seq_offsets, batch.timestamps,
-                                                            self.series(batch.series_codes, num_targets),
-                                                            batch.series_offsets, batch.series_timestamps)
-            encoded = self.encoder(x, seq_offsets, timestamps, sorted_timestamps=batch.timestamps_sorted,
-                                   query_times=batch.query_times)
-            return F.normalize(encoded.index_select(0, rows_before_next(rows, batch.seq_offsets, seq_offsets)),
-                               dim=-1)
-        if self.context is None:
-            return F.normalize(self.encoder(x, batch.seq_offsets, batch.timestamps, num_targets,
-                                            sorted_timestamps=batch.timestamps_sorted, query_times=batch.query_times),
-                               dim=-1)
-        x, seq_offsets, timestamps, rows = prepend_context(x, batch.seq_offsets, batch.timestamps,
-                                                           self.context(batch.context))
-        # the prefix tokens take the first event's time: the order holds
-        encoded = self.encoder(x, seq_offsets, timestamps, num_targets, sorted_timestamps=batch.timestamps_sorted,
+        offsets, timestamps, read = batch.seq_offsets, batch.timestamps, None  # read: each event's output row
+        if self.series is not None:  # change tokens merged in by time; an event's output is read before the next
+            x, offsets, timestamps, rows = merge_series(x, offsets, timestamps,
+                                                        self.series(batch.series_codes, num_targets),
+                                                        batch.series_offsets, batch.series_timestamps)
+            read = rows_before_next(rows, batch.seq_offsets, offsets)
+        if self.context is not None:  # the prefix tokens take the first token's time: the order holds
+            x, offsets, timestamps, rows = prepend_context(x, offsets, timestamps, self.context(batch.context))
+            read = rows if read is None else rows[read]
+        encoded = self.encoder(x, offsets, timestamps, num_targets, sorted_timestamps=batch.timestamps_sorted,
                                query_times=batch.query_times)
-        return F.normalize(encoded.index_select(0, rows), dim=-1)
+        return F.normalize(encoded if read is None else encoded.index_select(0, read), dim=-1)
 
     # --- the M-FALCON interface (history tokens, candidate tokens, candidate outputs) -------------
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,
