@@ -51,6 +51,15 @@ def test_faiss_indexes_against_exact():
     _, hnsw_ids = FaissIndex(items, kind="hnsw").search(queries, 20, exclude, offsets)
     assert recall_at_k(hnsw_ids, exact_ids) >= 0.9
     assert not set(hnsw_ids[0].tolist()) & {5, 6, 7}
+    ivf = FaissIndex(items, kind="ivf", breadth=1)
+    assert ivf.index.nlist == 179  # 4 sqrt(2000)
+    _, one_cell = ivf.search(queries, 20, exclude, offsets)
+    ivf.breadth = ivf.index.nlist  # every cell: exact
+    all_scores, all_cells = ivf.search(queries, 20, exclude, offsets)
+    assert recall_at_k(one_cell, exact_ids) < 0.9 and recall_at_k(all_cells, exact_ids) == 1.0
+    torch.testing.assert_close(all_scores, exact_scores, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="'flat', 'hnsw' or 'ivf'"):
+        FaissIndex(items, kind="lsh")
 
 
 def test_exact_top_k_with_a_learned_similarity():

@@ -58,24 +58,49 @@ def recall_at_k(approx_ids: torch.Tensor, exact_ids: torch.Tensor) -> float:
 
 
 class FaissIndex:
-    """Inner-product index over items[1:] ("flat": exact, "hnsw": approximate graph search)."""
+    """Inner-product index over items[1:]: "flat" (exact), "hnsw" (graph search: the best recall per query time,
+    slow to build at millions of items) or "ivf" (inverted lists over k-means cells: built in a fraction of the
+    time, searched in `breadth` cells). breadth: HNSW's efSearch or IVF's nprobe, settable after building."""
 
     def __init__(self, items: torch.Tensor, kind: str = "hnsw", hnsw_neighbors: int = 32,
-                 ef_search: int = 128) -> None:
+                 breadth: int = 128, ivf_cells: int = 0, seed: int = 0) -> None:
+        """ivf_cells: IVF's k-means cells (0: 4 sqrt(items), FAISS's rule of thumb), trained on the items
+        themselves with `seed`."""
         try:
             import faiss
         except ImportError as error:
             raise ValueError("FAISS indexes need faiss (pip install 'genrec[ann]')") from error
         vectors = items[1:].detach().float().cpu().contiguous().numpy()
+        dim = vectors.shape[1]
         if kind == "flat":
-            self.index = faiss.IndexFlatIP(vectors.shape[1])
+            self.index = faiss.IndexFlatIP(dim)
         elif kind == "hnsw":
-            self.index = faiss.IndexHNSWFlat(vectors.shape[1], hnsw_neighbors, faiss.METRIC_INNER_PRODUCT)
-            self.index.hnsw.efSearch = ef_search
+            self.index = faiss.IndexHNSWFlat(dim, hnsw_neighbors, faiss.METRIC_INNER_PRODUCT)
+        elif kind == "ivf":
+            cells = ivf_cells or max(1, min(round(4 * vectors.shape[0] ** 0.5), vectors.shape[0]))
+            self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, cells, faiss.METRIC_INNER_PRODUCT)
+            self.index.cp.seed = seed
+            self.index.train(vectors)
         else:
-            raise ValueError(f"index kind must be 'flat' or 'hnsw', got {kind!r}")
+            raise ValueError(f"index kind must be 'flat', 'hnsw' or 'ivf', got {kind!r}")
+        self.kind = kind
         self.index.add(vectors)
         self.num_items = vectors.shape[0]
+        self.breadth = breadth
+
+    @property
+    def breadth(self) -> int:
+        return self._breadth
+
+    @breadth.setter
+    def breadth(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"the search breadth must be >= 1, got {value}")
+        self._breadth = value
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = value
+        elif self.kind == "ivf":
+            self.index.nprobe = min(value, self.index.nlist)
 
     def search(self, queries: torch.Tensor, k: int, exclude_ids: torch.Tensor | None = None,
                exclude_offsets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
