@@ -77,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-k", type=int, default=1000, help="largest k a request may ask for")
     serve.add_argument("--max-candidates", type=int, default=4096, help="most candidates one /v1/rank may send")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (larger: 413)")
+    serve.add_argument("--index", choices=("exact", "hnsw", "ivf"), default="exact",
+                       help="how /v1/retrieve searches the catalogue: exact, or a FAISS index (needs genrec[ann])")
+    serve.add_argument("--index-breadth", type=int, default=128,
+                       help="the FAISS index's search breadth (HNSW efSearch, IVF nprobe): recall against speed")
     prepare = command("prepare", help="write an on-disk event store of a data set (train it with --dataset store)")
     prepare.add_argument("--dataset", choices=[name for name in DATASETS if name != "store"], default="events",
                          help="events: a CSV/TSV/Parquet log, streamed in chunks (any size); others are read whole")
@@ -277,7 +281,8 @@ def _run_serve(args: argparse.Namespace) -> None:
     from genrec.devices import resolve_device
     resolve_device(args.device)
     limits = Limits(max_k=args.max_k, max_candidates=args.max_candidates, max_body_bytes=args.max_body_bytes)
-    uvicorn.run(create_app(args.checkpoint, args.device, limits, args.ranker), host=args.host, port=args.port)
+    uvicorn.run(create_app(args.checkpoint, args.device, limits, args.ranker, args.index, args.index_breadth),
+                host=args.host, port=args.port)
 
 
 def _run_prepare(args: argparse.Namespace) -> None:

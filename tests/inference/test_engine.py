@@ -42,6 +42,23 @@ def test_recommend_is_batched_and_excludes_the_history(retrieval):
     assert len(seen[0][0]) == retrieval.num_items
 
 
+@pytest.mark.parametrize("index, breadth", [("hnsw", 256), ("ivf", 1000)])
+def test_a_faiss_index_serves_the_exact_top_k(retrieval, index, breadth):
+    """At full breadth (every IVF cell; an HNSW search wider than the 150 items) the index finds the exact top-k,
+    with the history excluded."""
+    pytest.importorskip("faiss")
+    served = genrec.load(retrieval.name, index=index, index_breadth=breadth)
+    assert served.index.kind == index
+    exact_items, exact_scores = retrieval.recommend(HISTORIES, k=10, timestamps=TIMES, query_times=[400, 70, 8])
+    items, scores = served.recommend(HISTORIES, k=10, timestamps=TIMES, query_times=[400, 70, 8])
+    assert items == exact_items
+    np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-5)
+    served.index.breadth = 1  # the search goes through the index: a narrow one misses some of the top-k
+    assert served.recommend(HISTORIES, k=10, timestamps=TIMES, query_times=[400, 70, 8])[0] != exact_items
+    with pytest.raises(ValueError, match="index must be one of exact, hnsw, ivf"):
+        genrec.load(retrieval.name, index="lsh")
+
+
 def test_embeddings_match_the_scores(retrieval):
     users = retrieval.embed_users(HISTORIES, TIMES, query_times=[400, 70, 8])
     ids, table = retrieval.item_embeddings()

@@ -62,6 +62,14 @@ def test_retrieve_returns_ranked_unseen_items(client):
     assert len(with_seen["items"]) == 50
 
 
+def test_retrieve_through_a_faiss_index(run_dir):
+    pytest.importorskip("faiss")
+    indexed = TestClient(create_app(run_dir, index="hnsw", index_breadth=256))
+    assert indexed.get("/healthz").json()["index"] == "hnsw"
+    exact = TestClient(create_app(run_dir)).post("/v1/retrieve", json=history()).json()
+    assert indexed.post("/v1/retrieve", json=history()).json()["items"] == exact["items"]
+
+
 @pytest.mark.parametrize("payload, message", [
     ({"history": [], "timestamps": [], "k": 5}, "history is empty"),
     ({"history": [5, 999_999], "timestamps": [1, 2], "k": 5}, "unknown history item id(s): [999999]"),

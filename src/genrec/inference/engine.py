@@ -21,7 +21,7 @@ from genrec.data.batch import SequenceBatch
 from genrec.data.item_vocabulary import UNKNOWN_ROW
 from genrec.devices import resolve_device
 from genrec.inference.mfalcon import MFalcon
-from genrec.inference.retrieval import top_k_exact
+from genrec.inference.retrieval import FaissIndex, top_k_exact
 from genrec.inference.user_inputs import Changes, Features, UserInputs
 from genrec.model import SequentialRetriever
 from genrec.model.embeddings import ItemContent
@@ -111,10 +111,18 @@ class LoadedRun:
         return values
 
 
+INDEXES = ("exact", "hnsw", "ivf")
+
+
 class RetrievalRun(LoadedRun):
     """A retrieval run: user embeddings, item embeddings and top-K recommendations."""
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu") -> None:
+    def __init__(self, run_dir: str | Path, device: str = "cpu", index: str = "exact",
+                 index_breadth: int = 128) -> None:
+        """index: how recommend searches the catalogue: "exact" (chunked top-K) or a FAISS index built once here
+        ("hnsw", "ivf"; extra `ann`; genrec.inference.retrieval.FaissIndex), searched `index_breadth` wide."""
+        if index not in INDEXES:
+            raise ValueError(f"index must be one of {', '.join(INDEXES)}, got {index!r}")
         super().__init__(run_dir, device)
         weights = self.checkpoint.inference_weights()
         self.model = SequentialRetriever(self.config.model, len(self.source_ids), self.config.data.max_seq_len,
@@ -127,6 +135,12 @@ class RetrievalRun(LoadedRun):
         self.model.to(self.device).eval()
         with torch.no_grad():
             self._items = self.model.item_embeddings()  # prepared once, not per request
+        self.index = None
+        if index != "exact":
+            if self.config.model.similarity != "dot":
+                raise ValueError(f"FAISS indexes search inner products; this run scores by "
+                                 f"model.similarity = {self.config.model.similarity!r}: use index = exact")
+            self.index = FaissIndex(self._items, kind=index, breadth=index_breadth)
 
     def _batch(self, histories: Sequence[Sequence[int]], timestamps: Sequence[Sequence[int]] | None,
                query_times: Sequence[int | None] | None, user_features: Sequence[Features | None] | None = None,
@@ -187,8 +201,11 @@ class RetrievalRun(LoadedRun):
         users = self._encode(batch)
         exclude, offsets = (batch.item_ids, batch.seq_offsets) if exclude_seen else (None, None)  # dense ids
         no_item = len(self.source_ids) - self.num_items  # rows a stream run holds no item in: searched, dropped
-        scores, dense = top_k_exact(users, self._items, k + no_item, exclude, offsets,
-                                    similarity=self.model.similarity.all)
+        if self.index is None:
+            scores, dense = top_k_exact(users, self._items, k + no_item, exclude, offsets,
+                                        similarity=self.model.similarity.all)
+        else:
+            scores, dense = self.index.search(users, k + no_item, exclude, offsets)
         ids, values = [], []
         for row_scores, row_ids in zip(scores.cpu(), dense.cpu()):
             # slots excluded out when k passes the unseen items, and rows that hold no item
@@ -239,7 +256,11 @@ class RankingRun(LoadedRun):
         return self.finite(scores.float()).cpu().numpy()
 
 
-def load(run_dir: str | Path, device: str = "cpu") -> RetrievalRun | RankingRun:
-    """The run in `run_dir` (a `genrec train` output directory), ready for inference."""
+def load(run_dir: str | Path, device: str = "cpu", index: str = "exact", index_breadth: int = 128
+         ) -> RetrievalRun | RankingRun:
+    """The run in `run_dir` (a `genrec train` output directory), ready for inference; index, index_breadth: how a
+    retrieval run searches its catalogue (RetrievalRun)."""
     task = load_run_config(locate_checkpoint(Path(run_dir))[0]).train.task
-    return (RankingRun if task == "ranking" else RetrievalRun)(run_dir, device)
+    if task == "ranking":
+        return RankingRun(run_dir, device)
+    return RetrievalRun(run_dir, device, index, index_breadth)

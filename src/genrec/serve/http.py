@@ -76,8 +76,8 @@ class Limits(BaseModel):
 
 
 def create_app(run_dir: Path, device: str = "cpu", limits: Limits | None = None,
-               ranker_dir: Path | None = None) -> FastAPI:
-    retriever = RetrievalRun(run_dir, device)
+               ranker_dir: Path | None = None, index: str = "exact", index_breadth: int = 128) -> FastAPI:
+    retriever = RetrievalRun(run_dir, device, index, index_breadth)
     ranker = RankingRun(ranker_dir, device) if ranker_dir is not None else None
     limits = limits or Limits()
     app = FastAPI(title="genrec", description="Generative recommender serving (HSTU).")
@@ -93,6 +93,7 @@ def create_app(run_dir: Path, device: str = "cpu", limits: Limits | None = None,
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok", "items": retriever.num_items, "model": retriever.config.model.architecture,
+                "index": "exact" if retriever.index is None else retriever.index.kind,
                 "ranking_tasks": None if ranker is None else ranker.tasks}
 
     @app.exception_handler(ValueError)
