@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from public import DATASETS  # noqa: E402
-from report import environment, pyplot, save_chart  # noqa: E402
+from report import bar_chart, environment  # noqa: E402
 
 from genrec.config import preset  # noqa: E402
 from genrec.data import make_batch  # noqa: E402
@@ -97,19 +97,10 @@ def main() -> None:
 
 
 def chart(result: dict, path: Path) -> None:
-    plt = pyplot()
-    if plt is None:
-        return
     rows = result["rows"]
-    figure, axis = plt.subplots(figsize=(7, 3.8))
-    for index, name in enumerate(PATHS):
-        axis.bar([p + 0.4 * index - 0.2 for p in range(len(rows))], [row["ms"][name] for row in rows], 0.4,
-                 label=name)
-    axis.set_xticks(range(len(rows)), [f"{row['dataset']}\n(padding {row['padding_factor']}x)" for row in rows],
-                    fontsize=8)
-    axis.set_ylabel("ms per batch, forward + backward")
-    axis.legend(fontsize=8)
-    save_chart(figure, f"PyTorch attention over training batches, {result['device']}", path)
+    bar_chart(path, f"PyTorch attention over training batches, {result['device']}",
+              [f"{row['dataset']}\n(padding {row['padding_factor']}x)" for row in rows],
+              {name: [row["ms"][name] for row in rows] for name in PATHS}, "ms per batch, forward + backward")
 
 
 if __name__ == "__main__":

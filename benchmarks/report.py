@@ -43,3 +43,19 @@ def save_chart(figure, title: str, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     print(f"chart: {path}")
+
+
+def bar_chart(path: Path, title: str, ticks: list[str], bars: dict[str, list[float]], ylabel: str) -> None:
+    """Side-by-side bars, one series per entry of `bars` (label -> a value per tick), as a PNG at `path`."""
+    plt = pyplot()
+    if plt is None:
+        return
+    figure, axis = plt.subplots(figsize=(max(5.0, 1.6 * len(ticks)), 3.8))
+    width = 0.8 / len(bars)
+    for index, (label, values) in enumerate(bars.items()):
+        axis.bar([place + width * (index - (len(bars) - 1) / 2) for place in range(len(ticks))], values, width,
+                 label=label)
+    axis.set_xticks(range(len(ticks)), ticks, fontsize=7)
+    axis.set_ylabel(ylabel)
+    axis.legend(fontsize=8)
+    save_chart(figure, title, path)

@@ -22,7 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from public import DATASETS, build_config  # noqa: E402
-from report import environment, pyplot, save_chart  # noqa: E402
+from report import bar_chart, environment  # noqa: E402
 
 from genrec.train.trainer import Trainer  # noqa: E402
 
@@ -83,19 +83,12 @@ def main() -> None:
 
 def chart(result: dict, path: Path) -> None:
     """Epoch wall time per model beside the time the GPU was busy."""
-    plt = pyplot()
-    if plt is None:
-        return
     rows = result["rows"]
-    figure, axis = plt.subplots(figsize=(max(5, 1.6 * len(rows)), 3.5))
-    places = range(len(rows))
-    axis.bar([p - 0.2 for p in places], [r["epoch_seconds"] for r in rows], 0.4, label="epoch, wall")
+    bars = {"epoch, wall": [row["epoch_seconds"] for row in rows]}
     if CUDA:
-        axis.bar([p + 0.2 for p in places], [r["gpu_busy_seconds"] for r in rows], 0.4, label="GPU busy")
-    axis.set_xticks(list(places), [r["model"].replace(":", "\n") for r in rows], fontsize=7)
-    axis.set_ylabel("seconds per epoch")
-    axis.legend()
-    save_chart(figure, f"{rows[0]['dataset']} training epoch, {result['device']}", path)
+        bars["GPU busy"] = [row["gpu_busy_seconds"] for row in rows]
+    bar_chart(path, f"{rows[0]['dataset']} training epoch, {result['device']}",
+              [row["model"].replace(":", "\n") for row in rows], bars, "seconds per epoch")
 
 
 if __name__ == "__main__":
