@@ -190,3 +190,30 @@ def test_options_a_stream_run_would_ignore_are_refused(tmp_path):
     config.train.ema_decay, config.train.lr_schedule = 0.9, "cosine"
     with pytest.raises(ValueError, match=r"does not support train.ema_decay = 0.9, train.lr_schedule = 'cosine'"):
         StreamTrainer(config, tmp_path / "run", progress=False)
+
+
+def test_user_features_read_in_a_stream_and_served(tmp_path, deterministic):
+    """ML-100K-format data in 3-hour windows with its users file: every batch carries each user's features, a
+    stopped run resumes exactly, and the run serves with them."""
+    from genrec.inference.engine import RetrievalRun
+    from tests.train.test_user_context import write_ml100k
+
+    write_ml100k(tmp_path)  # 40 users x 12 hourly events; the last user has no features
+
+    def config(max_windows=0):
+        config = stream_config(max_windows=max_windows)
+        config.data.dataset, config.data.path, config.data.user_features = "ml-100k", str(tmp_path), str(tmp_path)
+        config.stream.window_days = 3 / 24
+        return config
+
+    trainer = StreamTrainer(config(), tmp_path / "a", log=lambda _: None, progress=False)
+    batch = trainer._batch(1, trainer.stream.window_users(1))[0]
+    np.testing.assert_array_equal(batch.context.numpy(), trainer.context[trainer.stream.window_users(1)])
+    assert batch.context[trainer.stream.user_vocab[trainer.stream.window_users(1)] == 40].sum() == 0
+    straight = trainer.fit()
+    run(config(max_windows=2), tmp_path / "b")
+    resumed = run(config(), tmp_path / "b", resume=True)
+    assert resumed["windows"] == straight["windows"] and len(straight["windows"]) == 4
+    served = RetrievalRun(tmp_path / "b")
+    assert served.model.context is not None and list(served.inputs.feature_values) == [
+        "age", "gender", "occupation", "zip_region"]

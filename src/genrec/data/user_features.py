@@ -37,6 +37,10 @@ class UserFeatures:
         """[F]: V_f, so a table needs V_f + 1 rows (0 = unknown)."""
         return tuple(len(values) for values in self.values)
 
+    def vocabulary(self) -> dict[str, list[str]]:
+        """Each feature's values in code order (code c is the (c - 1)-th), as a run keeps them for serving."""
+        return {name: list(values) for name, values in zip(self.names, self.values)}
+
     def align(self, user_vocab: np.ndarray) -> tuple[np.ndarray, int]:
         """Codes of the given source user ids, [U, F] (rows of 0 for users the file lacks), and how
         many users it lacks."""

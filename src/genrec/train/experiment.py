@@ -126,7 +126,7 @@ def attach_user_features(data_config: DataConfig, data: SequenceData, summary: d
     features = read_user_features(data_config.dataset, data_config.user_features, data_config.skip_bad_rows)
     data.sequences.context, missing = features.align(data.user_vocab)
     summary.update({"user_features": ",".join(features.names), "users_without_features": missing})
-    values["user_features"] = {name: list(known) for name, known in zip(features.names, features.values)}
+    values["user_features"] = features.vocabulary()
     return features.cardinalities
 
 

@@ -35,6 +35,7 @@ from genrec.checkpoint import atomic_write_json, load_checkpoint, restore_rng, r
 from genrec.config import Config, config_to_dict
 from genrec.data.batch import SequenceBatch
 from genrec.data.item_vocabulary import UNKNOWN_ROW, ItemVocabulary
+from genrec.data.user_features import read_user_features
 from genrec.data.user_series import UserSeries
 from genrec.devices import resolve_device
 from genrec.eval.metrics import summarize
@@ -73,6 +74,10 @@ class StreamTrainer:
         changes = None if config.data.user_series is None else changes_of(config.data, events)
         self.series = None if changes is None else UserSeries.of_users(changes, self.stream.user_vocab,
                                                                        config.data.max_series_len)
+        features = None
+        if config.data.user_features is not None:  # [users, F] codes, 0 for users the file lacks
+            features = read_user_features(config.data.dataset, config.data.user_features, config.data.skip_bad_rows)
+            self.context, _ = features.align(self.stream.user_vocab)
         capacity = config.stream.item_capacity or self.stream.num_items
         self.vocabulary = ItemVocabulary(capacity, round(config.stream.evict_after_days * DAY))
         self.cold_rank = max(capacity, *KS) + 1
@@ -85,6 +90,7 @@ class StreamTrainer:
                                   self.item_features.num_codes)
         self.model = SequentialRetriever(config.model, self.vocabulary.num_rows - 1, config.data.max_seq_len,
                                          use_time=True, item_content=content,
+                                         context_cardinalities=() if features is None else features.cardinalities,
                                          series_cardinality=0 if self.series is None else self.series.cardinality,
                                          max_series_len=config.data.max_series_len).to(self.device)
         self.train_model = compiled(self.model, config)
@@ -95,8 +101,13 @@ class StreamTrainer:
         self.modules, self.average, self.autocast_dtype = self.model, None, None
         self.peak_tflops = peak_tflops(self.device)
         self.state = {"epoch": 0, "step": 0, "windows": []}  # "epoch": windows done (the run frame reads it)
-        if changes is not None:  # what serving maps a request's changes to codes by
-            self.state["input_values"] = {"user_series": list(changes.values)}
+        input_values = {}  # what serving maps a request's user features and changes to codes by
+        if features is not None:
+            input_values["user_features"] = features.vocabulary()
+        if changes is not None:
+            input_values["user_series"] = list(changes.values)
+        if input_values:
+            self.state["input_values"] = input_values
         self.run_log = None  # opened by run_fit
 
     # ---- the run ---------------------------------------------------------------------------
@@ -222,8 +233,9 @@ class StreamTrainer:
                                                                                    times[ends - 1])
             series = {"series_codes": torch.from_numpy(codes), "series_timestamps": torch.from_numpy(change_times),
                       "series_offsets": torch.from_numpy(change_offsets)}
+        context = None if self.model.context is None else torch.from_numpy(self.context[users])
         batch = SequenceBatch(torch.from_numpy(rows), offsets, self.config.data.max_seq_len,
-                              timestamps=torch.from_numpy(times), **series)
+                              timestamps=torch.from_numpy(times), context=context, **series)
         return (batch, torch.from_numpy(target_index - 1), torch.from_numpy(rows[target_index]),
                 int((in_window & first_in_sequence).sum()))
 
@@ -278,7 +290,6 @@ def unsupported_options(config: Config) -> list[str]:
               "train.warmup_epochs": train.warmup_epochs != 0,
               "train.patience": train.patience != 0, "train.loss.negatives": loss.negatives != "sampled",
               "train.loss.in_batch_negatives": loss.in_batch_negatives != 0,
-              "data.user_features": config.data.user_features is not None,
               "eval.max_users": config.eval.max_users != 0,
               "torchrun (WORLD_SIZE > 1)": int(os.environ.get("WORLD_SIZE", "1")) > 1}
     values = {"torchrun (WORLD_SIZE > 1)": os.environ.get("WORLD_SIZE")}
