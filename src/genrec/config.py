@@ -203,9 +203,8 @@ class Config:
             (self.model.item_representation != "content" or self.train.embedding_optimizer == "adamw",
              "model.item_representation = content has no item table for train.embedding_optimizer to train"),
             (self.data.max_series_len > 0, "data.max_series_len must be positive"),
-            (self.data.user_series is None or (self.model.architecture == "hstu" and self.train.task == "retrieval"),
-             "data.user_series (user-feature change tokens) needs model.architecture = hstu and train.task = "
-             "retrieval"),
+            (self.data.user_series is None or self.model.architecture == "hstu",
+             "data.user_series (user-feature change tokens) needs model.architecture = hstu"),
             (self.data.user_series != "followed_topics" or self.data.dataset == "synthetic-stream",
              "data.user_series = followed_topics is the synthetic stream's: it needs data.dataset = synthetic-stream"),
             (self.train.epochs >= 0, "train.epochs must be >= 0"),

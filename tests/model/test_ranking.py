@@ -41,3 +41,32 @@ def test_prediction_sees_its_item_but_not_its_action(with_context):
     other_item[3] = 9  # event 3's item: its own prediction changes (target-aware)
     assert not torch.allclose(model(make(labels, other_item))[3], base[3])
 
+
+
+@pytest.mark.parametrize("context", [None, (1, 2)], ids=["changes", "changes-and-context"])
+def test_a_change_reaches_the_actions_of_the_events_from_its_time_on(context):
+    """Events at 0, 1000, ... 4000; a change at 2500 informs events 3 and 4, one at 2000 event 2 on (a change comes
+    before an event of its time), and none of the events before it."""
+    config = preset("hstu")
+    config.model.embedding_dim = config.model.qk_dim = config.model.v_dim = 16
+    torch.manual_seed(0)
+    model = GenerativeRanker(config.model, num_items=10, num_tasks=2, max_seq_len=8, use_time=True,
+                             series_cardinality=3, max_series_len=4,
+                             context_cardinalities=(3, 4) if context else ()).eval()
+    labels = torch.randint(0, 2, (5, 2), generator=torch.Generator().manual_seed(1)).float()
+
+    def predict(codes, times):
+        made = batch(labels)
+        made.context = None if context is None else torch.tensor([context])
+        made.series_codes, made.series_timestamps = torch.tensor(codes), torch.tensor(times)
+        made.series_offsets = torch.tensor([0, len(codes)])
+        with torch.no_grad():
+            return model(made)
+
+    base = predict([1, 2], [0, 2500])
+    later = predict([1, 3], [0, 2500])
+    torch.testing.assert_close(later[:3], base[:3])
+    assert not torch.allclose(later[3], base[3]) and not torch.allclose(later[4], base[4])
+    at_event = predict([1, 3], [0, 2000])
+    torch.testing.assert_close(at_event[:2], base[:2])
+    assert not torch.allclose(at_event[2], base[2])

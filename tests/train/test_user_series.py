@@ -46,9 +46,27 @@ def test_changes_from_a_csv(tmp_path):
     assert all(math.isfinite(value) for value in summary["metrics"].values())
 
 
+def test_ranking_reads_changes_and_serving_refuses_them(tmp_path):
+    from genrec.inference.engine import RankingRun
+    from genrec.train.ranking import RankingTrainer, evaluate_ranking_run
+
+    write_ml100k(tmp_path)
+    rows = [f"{user},{1_000_000 + 3600 * 5 * step},{'abc'[(user + step) % 3]}" for user in range(1, 41)
+            for step in range(3)]
+    (tmp_path / "tiers.csv").write_text("user_id,timestamp,tier\n" + "\n".join(rows) + "\n")
+    config = tiny_config(mode="validated", epochs=2)
+    config.data.dataset, config.data.path, config.train.task = "ml-100k", str(tmp_path), "ranking"
+    config.data.user_series = str(tmp_path / "tiers.csv")
+    summary = RankingTrainer(config, tmp_path / "run", log=lambda _: None).fit()
+    assert all(math.isfinite(value) for value in summary["metrics"].values())
+    assert "ranker.series.table.weight" in load_checkpoint(tmp_path / "run/last.safetensors").model
+    assert evaluate_ranking_run(tmp_path / "run", "test")["metrics"] == pytest.approx(summary["metrics"])
+    with pytest.raises(ValueError, match="M-FALCON does not support user-feature change tokens"):
+        RankingRun(tmp_path / "run")
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda c: setattr(c.data, "dataset", "synthetic"), "followed_topics is the synthetic stream's"),
-    (lambda c: setattr(c.train, "task", "ranking"), "needs model.architecture = hstu and train.task = retrieval"),
     (lambda c: setattr(c.model, "architecture", "sasrec"), "needs model.architecture = hstu"),
     (lambda c: setattr(c.data, "max_series_len", 0), "data.max_series_len must be positive"),
 ])

@@ -227,7 +227,9 @@ class RankingRun(LoadedRun):
         weights = ranker_weights(self.checkpoint.inference_weights())
         model = GenerativeRanker(self.config.model, self.num_items, len(self.tasks), self.config.data.max_seq_len,
                                  use_time=self.uses_time, context_cardinalities=self.inputs.context_cardinalities,
-                                 item_content=ItemContent.in_weights(weights))
+                                 item_content=ItemContent.in_weights(weights),
+                                 series_cardinality=self.inputs.series_cardinality,
+                                 max_series_len=self.config.data.max_series_len)
         model.load_state_dict(weights)
         self.scorer = MFalcon(model.to(self.device).eval(), cache_capacity=cache_capacity)
 

@@ -70,6 +70,8 @@ class MFalcon:
             raise ValueError("M-FALCON needs an HSTU encoder (candidates attend through num_targets)")
         if any(layer.softmax for layer in model.encoder.layers):
             raise ValueError("M-FALCON needs pointwise attention (model.attention = softmax has no candidate path)")
+        if getattr(model, "series", None) is not None:
+            raise ValueError("M-FALCON does not support user-feature change tokens yet (data.user_series)")
         if micro_batch_size <= 0 or cache_capacity < 0:
             raise ValueError("micro_batch_size must be positive and cache_capacity >= 0")
         self.model = model.eval()

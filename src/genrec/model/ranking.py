@@ -13,17 +13,19 @@ from torch import nn
 
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
-from genrec.model.embeddings import (InputEmbedding, ItemContent, UserContextEmbedding, prefix_history,
-                                     prepend_context)
+from genrec.model.embeddings import (InputEmbedding, ItemContent, UserContextEmbedding, UserSeriesEmbedding,
+                                     merge_series, prefix_history, prepend_context)
 from genrec.model.hstu import HSTUEncoder
 
 
 class GenerativeRanker(nn.Module):
     def __init__(self, config: ModelConfig, num_items: int, num_tasks: int, max_seq_len: int, use_time: bool,
                  context_cardinalities: tuple[int, ...] = (), item_content: ItemContent | None = None,
-                 build_item_table: bool = True) -> None:
+                 build_item_table: bool = True, series_cardinality: int = 0, max_series_len: int = 0) -> None:
         """item_content: the items' content codes, which config.item_representation content or id+content reads;
-        build_item_table: see InputEmbedding."""
+        build_item_table: see InputEmbedding; series_cardinality: the values of a sequentialized user feature (0:
+        none), at most max_series_len changes a sequence, merged in by time (an event's item token sees the
+        changes up to its time)."""
         super().__init__()
         if config.architecture != "hstu":
             raise ValueError("the generative ranker is built on HSTU (model.architecture = 'hstu')")
@@ -35,7 +37,10 @@ class GenerativeRanker(nn.Module):
         self.action = nn.Linear(num_tasks, config.embedding_dim)  # an action token embeds its signal bits
         self.context = (UserContextEmbedding(context_cardinalities, config.embedding_dim, config.dropout)
                         if context_cardinalities else None)
-        self.encoder = HSTUEncoder(config, 2 * max_seq_len + len(context_cardinalities), use_time)
+        self.series = (UserSeriesEmbedding(series_cardinality, config.embedding_dim, config.dropout)
+                       if series_cardinality else None)
+        max_len = 2 * max_seq_len + len(context_cardinalities) + (max_series_len if series_cardinality else 0)
+        self.encoder = HSTUEncoder(config, max_len, use_time)
         self.heads = nn.Linear(config.embedding_dim, num_tasks)
 
     def _tokens(self, item_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -53,13 +58,18 @@ class GenerativeRanker(nn.Module):
         positions = self.embedding.token_positions(offsets, tokens.shape[0], token_targets)
         x = self.embedding.dropout(tokens + self.embedding.position(positions))
         stamps = None if batch.timestamps is None else torch.repeat_interleave(batch.timestamps, 2)
+        rows = None  # each token's row in the encoder's input, when changes or a prefix move it
+        if self.series is not None:
+            x, merged_offsets, stamps, rows = merge_series(x, offsets, stamps,
+                                                           self.series(batch.series_codes, num_targets),
+                                                           batch.series_offsets, batch.series_timestamps)
+            offsets = merged_offsets
         if self.context is not None:
-            x, offsets, stamps, rows = prepend_context(x, offsets, stamps, self.context(batch.context))
-            encoded = self.encoder(x, offsets, stamps, token_targets, sorted_timestamps=batch.timestamps_sorted,
-                                   query_times=batch.query_times)
-            return self.heads(encoded.index_select(0, rows[0::2]))
-        return self.heads(self.encoder(x, offsets, stamps, token_targets, sorted_timestamps=batch.timestamps_sorted,
-                                       query_times=batch.query_times)[0::2])
+            x, offsets, stamps, prefixed = prepend_context(x, offsets, stamps, self.context(batch.context))
+            rows = prefixed if rows is None else prefixed[rows]
+        encoded = self.encoder(x, offsets, stamps, token_targets, sorted_timestamps=batch.timestamps_sorted,
+                               query_times=batch.query_times)
+        return self.heads(encoded[0::2] if rows is None else encoded.index_select(0, rows[0::2]))
 
     # --- the M-FALCON interface: candidates are item tokens after the whole interleaved history ---
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,

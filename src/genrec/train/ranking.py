@@ -77,7 +77,8 @@ class RankingTrainer:
         num_tasks = len(self.task_names)
         self.model = build_checked(lambda build_item_table: GenerativeRanker(
             config.model, self.num_items, num_tasks, data_config.max_seq_len, loaded.has_timestamps, cardinalities,
-            loaded.item_content, build_item_table), config, self.device, 2 * int(loaded.summary["events"]), self.ranks)
+            loaded.item_content, build_item_table, loaded.series_cardinality, data_config.max_series_len),
+            config, self.device, 2 * int(loaded.summary["events"]), self.ranks)
         self.baseline = DIN(self.num_items, config.model.embedding_dim, num_tasks).to(self.device)
         self.modules = nn.ModuleDict({"ranker": self.model, "din": self.baseline})
         # before the optimiser: FSDP2 replaces the parameters with their shards
