@@ -114,8 +114,9 @@ class TrainConfig:
     seed: int = 42
     device: str = "auto"  # auto | cpu | cuda
     loader_workers: int = 0  # processes making the next batches during the step (genrec.data.loader); 0 = none
-    # run training forwards through torch.compile (genrec.train.experiment.compiled): fewer, fused kernels
-    compile: bool = False
+    # training forwards through torch.compile (genrec.train.experiment.compiled): off | kernels (fused kernels,
+    # dynamic shapes) | graphs (also replayed from CUDA graphs, batches padded to bucketed shapes: genrec.data.buckets)
+    compile: str = "off"
     data_parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters and optimiser sharded)
     eval_every: int = 1  # epochs between validation passes (validated mode)
     patience: int = 0  # validated mode: stop after this many passes without improvement; 0 = never
@@ -210,6 +211,9 @@ class Config:
             (self.train.epochs >= 0, "train.epochs must be >= 0"),
             (self.train.batch_size > 0 and self.train.eval_batch_size > 0, "batch sizes must be positive"),
             (self.train.loader_workers >= 0, "train.loader_workers must be >= 0"),
+            (self.train.compile in ("off", "kernels", "graphs"), "train.compile must be off, kernels or graphs"),
+            (self.train.compile != "graphs" or self.data.max_seq_len >= 2,
+             "train.compile = graphs pads batches with sequences of 1 to max_seq_len tokens: max_seq_len >= 2"),
             (self.train.learning_rate > 0, "train.learning_rate must be positive"),
             (all(0.0 <= beta < 1.0 for beta in self.train.betas), "train.betas must be in [0, 1)"),
             (self.train.weight_decay >= 0, "train.weight_decay must be >= 0"),

@@ -13,6 +13,8 @@ from genrec.config import Config, DataConfig
 from genrec.data import (Events, ProtocolSplit, SequenceData, SyntheticSpec, build_sequences, leave_one_out,
                          load_events, min_length_for)
 from genrec.data.actions import action_labels
+from genrec.data.batch import SequenceBatch
+from genrec.data.buckets import pad_to_bucket, padded_sequences
 from genrec.data.item_features import ItemFeatures, read_item_features
 from genrec.data.user_features import read_user_features
 from genrec.data.user_series import UserChanges, UserSeries, read_user_changes
@@ -195,10 +197,23 @@ def build_model(config: Config, data: PreparedData, device: torch.device,
 
 
 def compiled(module: torch.nn.Module, config: Config) -> torch.nn.Module:
-    """With train.compile, `module` (as trained: wrapped or sharded) through torch.compile, which fuses the small
-    kernels between the matrix multiplies (norms, SiLU gates, dropout). Shapes are dynamic: a jagged batch's token
-    count differs every step and must not recompile. The fused attention is a registered op, traced whole."""
-    return torch.compile(module, dynamic=True) if config.train.compile else module
+    """`module` (as trained: wrapped or sharded) as train.compile says. kernels: through torch.compile, which fuses
+    the small kernels between the matrix multiplies (norms, SiLU gates, dropout), with dynamic shapes (a jagged
+    batch's token count differs every step and must not recompile). graphs: the same, replayed from CUDA graphs
+    (mode reduce-overhead), which record one graph per shape, so the trainers pad each batch to one of a few
+    (genrec.data.buckets). The fused attention is a registered op, traced whole."""
+    if config.train.compile == "off":
+        return module
+    return torch.compile(module, dynamic=True, mode="reduce-overhead" if config.train.compile == "graphs" else None)
+
+
+def graph_batches(config: Config, ranks: Distributed) -> Callable[[SequenceBatch], SequenceBatch]:
+    """What a trainer does to a batch before its compiled forward: pad it to a bucketed shape under
+    train.compile = graphs (read the real rows, [:T], of the outputs), else nothing."""
+    if config.train.compile != "graphs":
+        return lambda batch: batch
+    num_sequences = padded_sequences(-(-config.train.batch_size // ranks.world_size), config.data.max_seq_len)
+    return lambda batch: pad_to_bucket(batch, num_sequences)
 
 
 # fp32 weights, their gradients and AdamW's two moments

@@ -39,7 +39,7 @@ from genrec.train.averaging import WeightAverage
 from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import StepLoss, train_epoch
-from genrec.train.experiment import build_checked, compiled, load_sequences, peak_tflops
+from genrec.train.experiment import build_checked, compiled, graph_batches, load_sequences, peak_tflops
 from genrec.train.optimizers import build_optimizer
 from genrec.train.parallel import data_parallel, init_distributed, num_batches
 from genrec.train.run_log import RunLog, print_line
@@ -86,6 +86,7 @@ class RankingTrainer:
                                      config)
         self.train_baseline = compiled(data_parallel(self.baseline, self.ranks, self.device,
                                                      config.train.data_parallel), config)
+        self.for_graphs = graph_batches(config, self.ranks)
         self.average = WeightAverage(self.modules, config.train.ema_decay) if config.train.ema_decay > 0 else None
         self.optimizer = build_optimizer(config.train, self.modules, sparse_tables=not self.ranks.enabled)
         self.streams = RandomStreams(config.train.seed, self.ranks.rank, "cpu",
@@ -116,7 +117,8 @@ class RankingTrainer:
         token_lengths = 2 * lengths_from_offsets(host_batch.seq_offsets)  # item and action tokens; no sync
         batch = host_batch.to(self.device)
         flops = 3 * self.model.encoder.forward_flops(token_lengths)  # forward + 2x for backward
-        loss = F.binary_cross_entropy_with_logits(self.train_ranker(batch), batch.labels)
+        logits = self.train_ranker(self.for_graphs(host_batch).to(self.device))[:batch.item_ids.shape[0]]
+        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
         # DIN: one impression per user at a random position with a non-empty history
         lengths = lengths_from_offsets(batch.seq_offsets)
         uniform = torch.rand(lengths.shape, generator=self.streams.sample).to(self.device)

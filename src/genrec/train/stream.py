@@ -45,7 +45,7 @@ from genrec.model.embeddings import ItemContent
 from genrec.ops.jagged import offsets_from_lengths
 from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import StepLoss, train_epoch
-from genrec.train.experiment import changes_of, compiled, item_features_of, peak_tflops, read_events
+from genrec.train.experiment import changes_of, compiled, graph_batches, item_features_of, peak_tflops, read_events
 from genrec.train.losses import loss_flops, sampled_softmax_loss
 from genrec.train.optimizers import build_optimizer
 from genrec.train.parallel import Distributed, load_optimizer, num_batches
@@ -94,6 +94,7 @@ class StreamTrainer:
                                          series_cardinality=0 if self.series is None else self.series.cardinality,
                                          max_series_len=config.data.max_series_len).to(self.device)
         self.train_model = compiled(self.model, config)
+        self.for_graphs = graph_batches(config, self.ranks)
         self.optimizer = build_optimizer(config.train, self.model, sparse_tables=True)
         self.streams = RandomStreams(config.train.seed, 0, self.device, stochastic_length=False)
         self.guard = DivergenceGuard(self.device)
@@ -201,7 +202,7 @@ class StreamTrainer:
         if positions.numel() == 0:
             return None
         loss_config = self.config.train.loss
-        encoded = self.train_model(batch.to(self.device)).index_select(0, positions.to(self.device))
+        encoded = self.train_model(self.for_graphs(batch).to(self.device)).index_select(0, positions.to(self.device))
         loss = sampled_softmax_loss(encoded, targets.to(self.device), self.model.item_embeddings,
                                     self.vocabulary.num_rows - 1, loss_config.num_negatives, loss_config.temperature,
                                     self.streams.sample, similarity=self.model.similarity,

@@ -31,7 +31,7 @@ from genrec.train.averaging import WeightAverage
 from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import StepLoss, train_epoch
-from genrec.train.experiment import build_model, compiled, peak_tflops, prepare_data
+from genrec.train.experiment import build_model, compiled, graph_batches, peak_tflops, prepare_data
 from genrec.train.losses import full_softmax_loss, loss_flops, sampled_softmax_loss
 from genrec.train.optimizers import build_optimizer
 from genrec.train.parallel import data_parallel, init_distributed, num_batches
@@ -63,6 +63,7 @@ class Trainer:
         # before the optimiser: FSDP2 replaces the parameters with their shards
         self.train_model = compiled(data_parallel(self.model, self.ranks, self.device, config.train.data_parallel),
                                     config)
+        self.for_graphs = graph_batches(config, self.ranks)
         self.average = WeightAverage(self.model, config.train.ema_decay) if config.train.ema_decay > 0 else None
         if self.ranks.enabled:  # same initial weights everywhere, then rank-specific dropout
             torch.manual_seed(config.train.seed + self.ranks.rank)
@@ -96,7 +97,7 @@ class Trainer:
             return None
         targets = batch.item_ids[positions + 1].to(self.device, non_blocking=True)
         positions = positions.to(self.device, non_blocking=True)
-        user_embeddings = self.train_model(batch.to(self.device)).index_select(0, positions)
+        user_embeddings = self.train_model(self.for_graphs(batch).to(self.device)).index_select(0, positions)
         if loss_config.negatives == "all":
             loss = full_softmax_loss(user_embeddings, targets, self.model.item_embeddings, self.data.num_items,
                                      loss_config.temperature)
