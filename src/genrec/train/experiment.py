@@ -196,15 +196,17 @@ def build_model(config: Config, data: PreparedData, device: torch.device,
         build_item_table=build_item_table), config, device, data.split.train.num_events, ranks)
 
 
-def compiled(module: torch.nn.Module, config: Config) -> torch.nn.Module:
+def compiled(module: torch.nn.Module, config: Config, padded: bool = True) -> torch.nn.Module:
     """`module` (as trained: wrapped or sharded) as train.compile says. kernels: through torch.compile, which fuses
     the small kernels between the matrix multiplies (norms, SiLU gates, dropout), with dynamic shapes (a jagged
     batch's token count differs every step and must not recompile). graphs: the same, replayed from CUDA graphs
     (mode reduce-overhead), which record one graph per shape, so the trainers pad each batch to one of a few
-    (genrec.data.buckets). The fused attention is a registered op, traced whole."""
+    (genrec.data.buckets); a module whose inputs are not padded (padded = False: the ranking run's DIN) is
+    compiled as under kernels. The fused attention is a registered op, traced whole."""
     if config.train.compile == "off":
         return module
-    return torch.compile(module, dynamic=True, mode="reduce-overhead" if config.train.compile == "graphs" else None)
+    graphs = config.train.compile == "graphs" and padded
+    return torch.compile(module, dynamic=True, mode="reduce-overhead" if graphs else None)
 
 
 def graph_batches(config: Config, ranks: Distributed) -> Callable[[SequenceBatch], SequenceBatch]:

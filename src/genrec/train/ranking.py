@@ -85,7 +85,7 @@ class RankingTrainer:
         self.train_ranker = compiled(data_parallel(self.model, self.ranks, self.device, config.train.data_parallel),
                                      config)
         self.train_baseline = compiled(data_parallel(self.baseline, self.ranks, self.device,
-                                                     config.train.data_parallel), config)
+                                                     config.train.data_parallel), config, padded=False)
         self.for_graphs = graph_batches(config, self.ranks)
         self.average = WeightAverage(self.modules, config.train.ema_decay) if config.train.ema_decay > 0 else None
         self.optimizer = build_optimizer(config.train, self.modules, sparse_tables=not self.ranks.enabled)
@@ -117,7 +117,8 @@ class RankingTrainer:
         token_lengths = 2 * lengths_from_offsets(host_batch.seq_offsets)  # item and action tokens; no sync
         batch = host_batch.to(self.device)
         flops = 3 * self.model.encoder.forward_flops(token_lengths)  # forward + 2x for backward
-        logits = self.train_ranker(self.for_graphs(host_batch).to(self.device))[:batch.item_ids.shape[0]]
+        padded = self.for_graphs(host_batch)
+        logits = self.train_ranker(batch if padded is host_batch else padded.to(self.device))[:batch.item_ids.shape[0]]
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
         # DIN: one impression per user at a random position with a non-empty history
         lengths = lengths_from_offsets(batch.seq_offsets)
