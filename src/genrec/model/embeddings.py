@@ -202,6 +202,23 @@ def prepend_context(x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torc
     return x, offsets, timestamps, rows
 
 
+def add_user_tokens(x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
+                    series_tokens: torch.Tensor | None, batch, context_tokens: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """A batch's tokens x [T, D] with its user tokens: change tokens [S, D] merged in by time (merge_series, from
+    batch's series fields), then each sequence's context prefix [B, F, D] in front (prepend_context). Returns the
+    encoder's input, its seq_offsets and timestamps, and rows [T]: where each token of x went (None: nowhere else,
+    neither is given)."""
+    rows = None
+    if series_tokens is not None:
+        x, seq_offsets, timestamps, rows = merge_series(x, seq_offsets, timestamps, series_tokens,
+                                                        batch.series_offsets, batch.series_timestamps)
+    if context_tokens is not None:
+        x, seq_offsets, timestamps, prefixed = prepend_context(x, seq_offsets, timestamps, context_tokens)
+        rows = prefixed if rows is None else prefixed[rows]
+    return x, seq_offsets, timestamps, rows
+
+
 def prefix_history(context: UserContextEmbedding | None, codes: torch.Tensor | None, tokens: torch.Tensor,
                    timestamps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One user's history tokens [L, D] (and their timestamps [L]) behind its context prefix, as prepend_context

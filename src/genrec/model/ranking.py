@@ -14,7 +14,7 @@ from torch import nn
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
 from genrec.model.embeddings import (InputEmbedding, ItemContent, UserContextEmbedding, UserSeriesEmbedding,
-                                     merge_series, prefix_history, prepend_context)
+                                     add_user_tokens, prefix_history)
 from genrec.model.hstu import HSTUEncoder
 
 
@@ -58,15 +58,9 @@ class GenerativeRanker(nn.Module):
         positions = self.embedding.token_positions(offsets, tokens.shape[0], token_targets)
         x = self.embedding.dropout(tokens + self.embedding.position(positions))
         stamps = None if batch.timestamps is None else torch.repeat_interleave(batch.timestamps, 2)
-        rows = None  # each token's row in the encoder's input, when changes or a prefix move it
-        if self.series is not None:
-            x, merged_offsets, stamps, rows = merge_series(x, offsets, stamps,
-                                                           self.series(batch.series_codes, num_targets),
-                                                           batch.series_offsets, batch.series_timestamps)
-            offsets = merged_offsets
-        if self.context is not None:
-            x, offsets, stamps, prefixed = prepend_context(x, offsets, stamps, self.context(batch.context))
-            rows = prefixed if rows is None else prefixed[rows]
+        x, offsets, stamps, rows = add_user_tokens(
+            x, offsets, stamps, None if self.series is None else self.series(batch.series_codes, num_targets), batch,
+            None if self.context is None else self.context(batch.context))
         encoded = self.encoder(x, offsets, stamps, token_targets, sorted_timestamps=batch.timestamps_sorted,
                                query_times=batch.query_times)
         return self.heads(encoded[0::2] if rows is None else encoded.index_select(0, rows[0::2]))

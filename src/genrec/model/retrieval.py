@@ -22,7 +22,7 @@ from torch import nn
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
 from genrec.model.embeddings import (InputEmbedding, ItemContent, UserContextEmbedding, UserSeriesEmbedding,
-                                     merge_series, prefix_history, prepend_context)
+                                     add_user_tokens, prefix_history)
 from genrec.model.hstu import HSTUEncoder
 from genrec.model.sasrec import SASRecEncoder
 from genrec.model.similarity import build_similarity
@@ -63,18 +63,16 @@ class SequentialRetriever(nn.Module):
         """User embedding after every token: [T, D], l2-normalised. With num_targets, the last
         num_targets[b] tokens of each sequence are candidates (see genrec.ops.hstu_attention)."""
         x = self.embedding(batch.item_ids, batch.seq_offsets, num_targets)
-        offsets, timestamps, read = batch.seq_offsets, batch.timestamps, None  # read: each event's output row
-        if self.series is not None:  # change tokens merged in by time; an event's output is read before the next
-            x, offsets, timestamps, rows = merge_series(x, offsets, timestamps,
-                                                        self.series(batch.series_codes, num_targets),
-                                                        batch.series_offsets, batch.series_timestamps)
-            read = rows_before_next(rows, batch.seq_offsets, offsets)
-        if self.context is not None:  # the prefix tokens take the first token's time: the order holds
-            x, offsets, timestamps, rows = prepend_context(x, offsets, timestamps, self.context(batch.context))
-            read = rows if read is None else rows[read]
+        x, offsets, timestamps, rows = add_user_tokens(
+            x, batch.seq_offsets, batch.timestamps,
+            None if self.series is None else self.series(batch.series_codes, num_targets), batch,
+            None if self.context is None else self.context(batch.context))
         encoded = self.encoder(x, offsets, timestamps, num_targets, sorted_timestamps=batch.timestamps_sorted,
                                query_times=batch.query_times)
-        return F.normalize(encoded if read is None else encoded.index_select(0, read), dim=-1)
+        if rows is None:
+            return F.normalize(encoded, dim=-1)
+        # an event's output is read off the last token before the next event (a change may sit between them)
+        return F.normalize(encoded.index_select(0, rows_before_next(rows, batch.seq_offsets, offsets)), dim=-1)
 
     # --- the M-FALCON interface (history tokens, candidate tokens, candidate outputs) -------------
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,
