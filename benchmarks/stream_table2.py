@@ -51,6 +51,8 @@ def run(spec: str, users: int, seed: int, device: str, common: list[str]) -> dic
     overall = summary["overall"]
     return {"seed": seed, "events": overall["events"], "cold_targets": overall["cold_targets"],
             "windows": summary["num_windows"], "train_seconds": round(summary["train_seconds"], 1),
+            "train_tokens_per_s": round(summary["throughput"]["tokens_per_s"]),
+            "mfu": summary["throughput"]["mfu"] and round(summary["throughput"]["mfu"], 4),
             **{key: round(overall[key], 4) for key in METRICS},
             **{f"popularity_{key}": round(overall[f"popularity_{key}"], 4) for key in METRICS}}
 
@@ -105,7 +107,7 @@ def main() -> None:
             args.out.write_text(json.dumps(result, indent=2) + "\n")  # each row kept as it finishes
             print(f"{name:<22} seed {seed}: " + "  ".join(f"{key} {row[key]:.4f}" for key in METRICS)
                   + f"  (popularity {row['popularity_hr@10']:.4f} / {row['popularity_hr@50']:.4f}),"
-                  f" {row['train_seconds']} s", flush=True)
+                  f" {row['train_seconds']} s, {row['train_tokens_per_s']:,} training tokens/s", flush=True)
     write_chart(result, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
 

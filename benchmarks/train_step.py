@@ -43,14 +43,34 @@ def measure(data_root: Path, dataset: str, model: str, common: list[str]) -> dic
         with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * CUDA) as prof:
             trainer.train_epoch()
             _synchronize()
-    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
-    gpu_seconds = sum(e.self_device_time_total for e in kernels) / 1e6
+    busy, launches, kernels = gpu_kernels(prof)
+    host = [(e.key, e.count, e.self_cpu_time_total) for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CPU]
     return {"dataset": dataset, "model": model, "epoch_seconds": round(epoch_seconds, 3),
-            "gpu_busy_seconds": round(gpu_seconds, 3), "launches": sum(e.count for e in kernels),
-            "tflops": round(stats["tflops"], 2),
-            "top_kernels": [{"name": e.key[:80], "count": e.count, "seconds": round(e.self_device_time_total / 1e6, 4)}
-                            for e in kernels[:TOP_KERNELS]]}
+            "gpu_busy_seconds": round(busy, 3), "launches": launches, "tflops": round(stats["tflops"], 2),
+            "top_kernels": largest(kernels), "top_host_ops": largest(host)}
+
+
+def gpu_kernels(prof) -> tuple[float, int, list[tuple[str, int, float]]]:
+    """Seconds in which some kernel ran (the union of their intervals: overlapping kernels count once, the
+    profiler's annotations such as Optimizer.step not at all), the number of kernels, and (name, count,
+    microseconds) per kernel name."""
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation]
+    busy, end = 0.0, float("-inf")
+    for event in sorted(events, key=lambda e: e.time_range.start):
+        busy += max(0.0, event.time_range.end - max(event.time_range.start, end))
+        end = max(end, event.time_range.end)
+    totals: dict[str, tuple[int, float]] = {}
+    for event in events:
+        count, us = totals.get(event.name, (0, 0.0))
+        totals[event.name] = count + 1, us + event.time_range.elapsed_us()
+    return busy / 1e6, len(events), [(name, count, us) for name, (count, us) in totals.items()]
+
+
+def largest(ops: list[tuple[str, int, float]]) -> list[dict]:
+    """The TOP_KERNELS (name, count, microseconds) with the most time."""
+    return [{"name": name[:80], "count": count, "seconds": round(us / 1e6, 4)}
+            for name, count, us in sorted(ops, key=lambda op: op[2], reverse=True)[:TOP_KERNELS]]
 
 
 def _synchronize() -> None:
@@ -76,8 +96,10 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2))
         print(f"\n{model}: epoch {row['epoch_seconds']:.2f} s wall ({row['speedup']:.2f}x the first), GPU busy "
               f"{row['gpu_busy_seconds']:.2f} s, {row['launches']} launches, {row['tflops']:.2f} TFLOP/s")
-        for kernel in row["top_kernels"]:
-            print(f"  {kernel['seconds']:8.4f} s {kernel['count']:>7}  {kernel['name']}")
+        for title in ("top_kernels", "top_host_ops"):
+            print(f"  {title.replace('_', ' ')}:")
+            for op in row[title]:
+                print(f"  {op['seconds']:8.4f} s {op['count']:>7}  {op['name']}")
     chart(result, args.out.with_suffix(".png"))
 
 

@@ -8,6 +8,7 @@ import torch
 import torch._dynamo.utils
 import torch._inductor.config
 
+from genrec.train.experiment import TunedBeforeGraphs
 from genrec.train.trainer import Trainer
 from tests.tiny import tiny_config
 
@@ -38,3 +39,16 @@ def test_compiled_training_gives_the_eager_run(tmp_path, monkeypatch, mode):
     eager = dict(trainers["off"].model.named_parameters())
     for name, weight in trainers[mode].model.named_parameters():
         torch.testing.assert_close(weight, eager[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_the_tuning_pass_before_the_graphs_leaves_no_trace():
+    """The eager pass that autotunes the kernels before graph capture draws no random numbers of the run's and
+    leaves no gradient behind."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(0.5))
+    inputs = torch.randn(8, 4)
+    torch.manual_seed(0)
+    expected = model(inputs)
+    torch.manual_seed(0)
+    tuned = TunedBeforeGraphs(model, model)
+    torch.testing.assert_close(tuned(inputs), expected)
+    assert tuned.tuned and all(p.grad is None for p in model.parameters())

@@ -205,8 +205,33 @@ def compiled(module: torch.nn.Module, config: Config, padded: bool = True) -> to
     compiled as under kernels. The fused attention is a registered op, traced whole."""
     if config.train.compile == "off":
         return module
-    graphs = config.train.compile == "graphs" and padded
-    return torch.compile(module, dynamic=True, mode="reduce-overhead" if graphs else None)
+    if config.train.compile == "graphs" and padded:
+        return TunedBeforeGraphs(module, torch.compile(module, dynamic=True, mode="reduce-overhead"))
+    return torch.compile(module, dynamic=True)
+
+
+class TunedBeforeGraphs(torch.nn.Module):
+    """The graphs, after one eager forward and backward of the first batch (the random state kept, the gradients
+    cleared). The Triton kernels autotune there: autotuning during the graphs' warm-up would leave its
+    benchmark buffers in the graphs' memory pool, which CUDA graph trees refuse ("tensors in the cudagraph pool
+    not tracked as outputs")."""
+
+    def __init__(self, eager: torch.nn.Module, graphs: torch.nn.Module) -> None:
+        super().__init__()
+        self.eager, self.graphs, self.tuned = eager, graphs, False
+
+    def forward(self, *args, **kwargs):
+        if not self.tuned:
+            parameters = list(self.eager.parameters())
+            devices = sorted({p.device.index for p in parameters if p.is_cuda})
+            with torch.random.fork_rng(devices=devices):
+                outputs = [t for t in torch.utils._pytree.tree_leaves(self.eager(*args, **kwargs))
+                           if isinstance(t, torch.Tensor) and t.requires_grad]
+                torch.stack([t.float().sum() for t in outputs]).sum().backward()
+            for parameter in parameters:
+                parameter.grad = None
+            self.tuned = True
+        return self.graphs(*args, **kwargs)
 
 
 def graph_batches(config: Config, ranks: Distributed) -> Callable[[SequenceBatch], SequenceBatch]:

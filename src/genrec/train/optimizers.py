@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from genrec.config import TrainConfig
 from genrec.model.embeddings import InputEmbedding
@@ -169,7 +170,12 @@ def build_optimizer(train: TrainConfig, module: nn.Module, sparse_tables: bool
     gradients). The table's group carries its own base learning rate
     (base_lr), which the schedule scales."""
     def adamw(params) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(params, lr=train.learning_rate, betas=train.betas, weight_decay=train.weight_decay)
+        params = list(params)
+        # fused: one kernel per step on CUDA instead of several per group of tensors (short steps are launch-bound);
+        # FSDP2's sharded parameters keep the default
+        fused = bool(params) and all(p.is_cuda and not isinstance(p, DTensor) for p in params)
+        return torch.optim.AdamW(params, lr=train.learning_rate, betas=train.betas, weight_decay=train.weight_decay,
+                                 fused=fused or None)
 
     if train.embedding_optimizer == "adamw":
         return adamw(module.parameters())

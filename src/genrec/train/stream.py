@@ -98,8 +98,9 @@ class StreamTrainer:
         self.optimizer = build_optimizer(config.train, self.model, sparse_tables=True)
         self.streams = RandomStreams(config.train.seed, 0, self.device, stochastic_length=False)
         self.guard = DivergenceGuard(self.device)
-        # what the shared epoch of steps (genrec.train.epoch) reads: fp32, no weight average
-        self.modules, self.average, self.autocast_dtype = self.model, None, None
+        # what the shared epoch of steps (genrec.train.epoch) reads: bf16 autocast on CUDA, no weight average
+        self.modules, self.average = self.model, None
+        self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" else None
         self.peak_tflops = peak_tflops(self.device)
         self.state = {"epoch": 0, "step": 0, "windows": []}  # "epoch": windows done (the run frame reads it)
         input_values = {}  # what serving maps a request's user features and changes to codes by
@@ -119,6 +120,7 @@ class StreamTrainer:
         last = self.stream.num_windows if not self.config.stream.max_windows else \
             min(self.stream.num_windows, self.config.stream.max_windows)
         started = time.perf_counter()
+        self._steps = {"tokens": 0.0, "seconds": 0.0, "flops": 0.0}  # this process's training steps, for throughput
         for window in range(self.state["epoch"], last):
             row = {"window": window, **self.evaluate_window(window)}
             row.update(self.train_window(window))
@@ -130,13 +132,22 @@ class StreamTrainer:
             scores = f"HR@10 {row['hr@10']:.4f} NDCG@10 {row['ndcg@10']:.4f} over " if row["events"] else ""
             self.run_log.end_epoch(f"window {window + 1}/{self.stream.num_windows}: {scores}{row['events']} events "
                                    f"predicted ({row['cold_targets']} cold), loss {row['loss']:.4f}, "
-                                   f"{row['held_items']} items held")
+                                   f"{row['held_items']} items held, {self._window_speed:,.0f} training tokens/s")
         summary = {"windows": self.state["windows"], "overall": overall(self.state["windows"]),
                    "windows_done": self.state["epoch"], "num_windows": self.stream.num_windows,
-                   "train_seconds": time.perf_counter() - started}
+                   "train_seconds": time.perf_counter() - started, "throughput": self._throughput()}
         atomic_write_json(self.out_dir / "metrics.json", summary)
         write_stream_chart(self.out_dir / "stream.png", self.state["windows"])
         return summary
+
+    def _throughput(self) -> dict:
+        """Training speed over this process's windows (a resumed run's earlier windows are not counted): tokens/s
+        and TFLOP/s of the training steps alone (evaluation and checkpoints excluded), MFU where the peak is known."""
+        seconds = max(self._steps["seconds"], 1e-9)
+        tflops = self._steps["flops"] / seconds / 1e12
+        return {"train_tokens": int(self._steps["tokens"]), "step_seconds": round(self._steps["seconds"], 3),
+                "tokens_per_s": self._steps["tokens"] / seconds, "tflops": tflops,
+                "mfu": None if self.peak_tflops is None else tflops / self.peak_tflops}
 
     @torch.no_grad()
     def evaluate_window(self, window: int) -> dict:
@@ -153,7 +164,8 @@ class StreamTrainer:
             if positions.numel() == 0:
                 continue
             cold += int((targets == UNKNOWN_ROW).sum())
-            encoded = self.model(batch.to(self.device))
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                encoded = self.model(batch.to(self.device))
             items = self.model.item_embeddings().float()
             for chunk in range(0, positions.numel(), EVAL_CHUNK):
                 chosen = positions[chunk:chunk + EVAL_CHUNK].to(self.device)
@@ -189,6 +201,10 @@ class StreamTrainer:
         self.run_log.start_epoch(window + 1, self.stream.num_windows,
                                  num_batches(len(self._users), self.config.train.batch_size, self.ranks))
         stats = train_epoch(self, len(self._users))
+        self._window_speed = stats["tokens_per_s"]
+        for key, value in (("tokens", stats["tokens_per_s"] * stats["seconds"]), ("seconds", stats["seconds"]),
+                           ("flops", stats["tflops"] * 1e12 * stats["seconds"])):
+            self._steps[key] += value
         self.guard.check_loss()
         self.run_log.scalars("train", stats, window + 1)  # throughput goes there, not into the (reproducible) rows
         return {"loss": stats["loss"], "new_items": int(new_rows.size), "evicted_so_far": self.vocabulary.evicted}
@@ -320,6 +336,7 @@ class StreamEvents:
         self.user_offsets = np.concatenate([[0], np.cumsum(counts)])
         window = ((self.timestamps - self.timestamps[0]) // round(window_days * DAY)).astype(np.int64)
         self.window_starts = np.searchsorted(window, np.arange(int(window[-1]) + 2))
+        self._counted_window, self._counts_before_end = -1, np.zeros(0, dtype=np.int64)
 
     @property
     def num_windows(self) -> int:
@@ -332,11 +349,18 @@ class StreamEvents:
         start, end = self.window_bounds(window)
         return np.unique(self.users[start:end])
 
+    def _events_before_end(self, window: int) -> np.ndarray:
+        """Each user's number of events before the window's end, counted once per window (not per batch)."""
+        if self._counted_window != window:
+            _, end = self.window_bounds(window)
+            self._counts_before_end = np.bincount(self.users[:end], minlength=self.user_offsets.size - 1)
+            self._counted_window = window
+        return self._counts_before_end
+
     def histories(self, window: int, users: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Event indices (time order) of each user's last max_len events before the window's end, and
         the lengths."""
-        _, end = self.window_bounds(window)
-        before_end = np.bincount(self.users[:end], minlength=self.user_offsets.size - 1)[users]
+        before_end = self._events_before_end(window)[users]
         lengths = np.minimum(before_end, max_len)
         starts = self.user_offsets[users] + before_end - lengths
         within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
