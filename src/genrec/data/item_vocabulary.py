@@ -9,7 +9,8 @@ ranked. Rows 2..capacity+1 hold items. Eviction frees a row when its item has no
 next owner (`admit` returns the rows it handed out).
 
 `sources[row]` is the row's source id, or -1 for padding, the out-of-vocabulary row and free rows; it and
-`last_seen` are the whole state (saved in checkpoints; the id -> row map is rebuilt from them).
+`last_seen` are the whole state (saved in checkpoints). Lookups search the held ids, sorted once after each change
+(a stream's batches look up far more often than its windows admit).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class ItemVocabulary:
         self.capacity, self.evict_after = capacity, evict_after
         self.sources = np.full(capacity + FIRST_ITEM_ROW, NO_ITEM, dtype=np.int64)
         self.last_seen = np.zeros(capacity + FIRST_ITEM_ROW, dtype=np.int64)
-        self.row_of: dict[int, int] = {}
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # held source ids in order, and their rows
         self.evicted = 0  # rows freed so far (expired or pushed out)
 
     @property
@@ -40,9 +41,16 @@ class ItemVocabulary:
 
     def lookup(self, source_ids: np.ndarray) -> np.ndarray:
         """Rows of these source ids; UNKNOWN_ROW for ids the table does not hold."""
-        unique, inverse = np.unique(source_ids, return_inverse=True)
-        rows = np.fromiter((self.row_of.get(int(s), UNKNOWN_ROW) for s in unique), np.int64, unique.size)
-        return rows[inverse].reshape(np.shape(source_ids))
+        if self._sorted is None:
+            held = np.flatnonzero(self.sources >= 0)
+            order = np.argsort(self.sources[held])
+            self._sorted = self.sources[held][order], held[order]
+        ids, rows = self._sorted
+        source_ids = np.asarray(source_ids, dtype=np.int64)
+        if ids.size == 0:
+            return np.full(source_ids.shape, UNKNOWN_ROW, dtype=np.int64)
+        at = np.minimum(np.searchsorted(ids, source_ids), ids.size - 1)
+        return np.where(ids[at] == source_ids, rows[at], UNKNOWN_ROW)
 
     def admit(self, source_ids: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         """Records that these items were seen at these times: unknown ids get rows (freeing rows as the
@@ -71,13 +79,12 @@ class ItemVocabulary:
             free = np.flatnonzero(self.sources[FIRST_ITEM_ROW:] == NO_ITEM) + FIRST_ITEM_ROW
         given = free[:new_ids.size]
         self.sources[given], self.last_seen[given] = new_ids, new_latest
-        self.row_of.update(zip(new_ids.tolist(), given.tolist()))
+        self._sorted = None
         return given
 
     def _free(self, rows: np.ndarray) -> None:
-        for source in self.sources[rows].tolist():
-            del self.row_of[source]
         self.sources[rows] = NO_ITEM
+        self._sorted = None
         self.evicted += rows.size
 
     def held_rows(self) -> np.ndarray:
@@ -93,6 +100,4 @@ class ItemVocabulary:
         vocabulary = cls(sources.size - FIRST_ITEM_ROW, evict_after)
         vocabulary.sources, vocabulary.last_seen = sources.copy(), np.asarray(state["last_seen"], np.int64).copy()
         vocabulary.evicted = int(state["evicted"])
-        held = np.flatnonzero(sources >= 0)
-        vocabulary.row_of = dict(zip(sources[held].tolist(), held.tolist()))
         return vocabulary
