@@ -43,6 +43,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from report import environment  # noqa: E402
 from genrec.config import ModelConfig, preset  # noqa: E402
 from genrec.data.batch import SequenceBatch  # noqa: E402
 from genrec.data.stochastic_length import expected_attention_work, stochastic_length  # noqa: E402
@@ -326,9 +327,7 @@ def main() -> None:
         return
     sizes = [int(size) for size in args.sizes.split(",")]
     device = torch.device(args.device)
-    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "triton": _triton_version(), "command": " ".join(sys.argv),
-              "date": datetime.date.today().isoformat(),
+    result = {**environment(device.type), "triton": _triton_version(),
               "length_distribution": {"kind": "lognormal, capped at N", "median": f"{MEDIAN_FRACTION} N",
                                       "sigma": SIGMA, "min": 1},
               "model": WIDE, "sparsity": [], "steps": [], "memory": []}

@@ -12,7 +12,6 @@ warm (the same user each time). Candidates carry their own times, or with --shar
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from report import environment  # noqa: E402
 from genrec.config import preset  # noqa: E402
 from genrec.inference.mfalcon import MFalcon  # noqa: E402
 from genrec.model import SequentialRetriever  # noqa: E402
@@ -132,8 +132,7 @@ def main() -> None:
             print(f"{history_len:>6}{count:>6}{graphs:>11.2f}{row['candidates_per_s']:>11.0f}"
                   f"{eager if eager is not None else float('nan'):>10.2f}{reference:>13.2f}{uncached:>13.2f}"
                   f"{naive:>11.1f}{naive / graphs:>9.1f}{uncached / graphs:>11.2f}", flush=True)
-    result = {"device": torch.cuda.get_device_name() if on_gpu else "cpu", "torch": torch.__version__,
-              "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(),
+    result = {**environment("cuda" if on_gpu else "cpu"),
               "model": "HSTU d=256, 4 layers, 4 heads x 64, rab on, bf16 autocast on a GPU; cache warm (same user)",
               "candidate_times": "the request's, shared" if args.shared_time else "each candidate its own",
               "cached_ms": "CUDA graphs on a GPU (the reference path on a CPU)", "rows": rows}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import json
 import multiprocessing
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from report import environment  # noqa: E402
 from genrec.config import Config, apply_overrides, parse_assignment, preset  # noqa: E402
 from genrec.train.trainer import Trainer  # noqa: E402
 
@@ -88,7 +88,7 @@ def run_one(data_root: Path, dataset: str, model: str, mode: str, epochs: int, t
         started = time.perf_counter()
         summary = Trainer(config, Path(out_dir), log=lambda _: None, progress=False).fit()
         seconds = time.perf_counter() - started
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    device = environment("cuda")["device"]
     return {"dataset": dataset, "model": model, "mode": mode, "tie_order": tie_order, "epochs": epochs,
             "device": device, "torch": torch.__version__, "overrides": overrides, "concurrent_jobs": jobs,
             "runs_sharing_gpu": sharing, "epochs_run": summary["epoch"], "eval_scores": "fp32",
@@ -127,9 +127,7 @@ def main() -> None:
     if args.data_root is None:
         parser.error("--data-root is needed to train")
     result = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": []}
-    result.update({"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                   "torch": torch.__version__, "triton": _triton_version(), "command": " ".join(sys.argv),
-                   "date": datetime.date.today().isoformat()})
+    result.update({**environment("cuda"), "triton": _triton_version()})
     runs = [(dataset, model, mode) for dataset in args.datasets.split(",") for mode in args.modes.split(",")
             for model in args.models.split(",")]
     print(f"{'dataset':<11}{'mode':<10}{'s':>7}{'s/ep':>7}" + "".join(f"{m:>9}" for m in METRICS) + "  model")

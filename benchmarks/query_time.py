@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
-import platform
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from report import environment  # noqa: E402
 from genrec.train.trainer import Trainer  # noqa: E402
 from genrec.checkpoint import locate_checkpoint  # noqa: E402
 from genrec.config import load_run_config  # noqa: E402
@@ -48,8 +45,7 @@ def main() -> None:
     corrected, before = rows.values()
     change = {m: round(corrected[m] / before[m] - 1, 4) for m in METRICS}
     print(f"{'change':<32}" + "".join(f"{change[m]:>+9.1%}" for m in METRICS))
-    result = {"device": "cpu", "python": platform.python_version(), "torch": torch.__version__,
-              "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(), "run": str(run_dir),
+    result = {**environment("cpu"), "run": str(run_dir),
               "checkpoint": checkpoint.name, "data": config.data.path, "model": dataclasses.asdict(config.model),
               "epochs": config.train.epochs, "rows": rows, "relative_change": change}
     args.out.parent.mkdir(parents=True, exist_ok=True)

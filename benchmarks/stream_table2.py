@@ -15,15 +15,13 @@ and with softmax .0617 / .2496, HSTU without rab .0893 / .3170. genrec's stream 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from report import environment  # noqa: E402
 from genrec.config import apply_overrides, parse_assignment, preset  # noqa: E402
 from genrec.train.stream import StreamTrainer  # noqa: E402
 
@@ -94,9 +92,7 @@ def main() -> None:
     unknown = [name for name in args.models.split(",") if name not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
-    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() and args.device != "cpu" else "cpu",
-              "torch": torch.__version__, "command": " ".join(sys.argv), "date": datetime.date.today().isoformat(),
-              "users": args.users, "common": args.common, "events": None, "paper_hr10_hr50": PAPER, "rows": []}
+    result = {**environment(args.device), "users": args.users, "common": args.common, "events": None, "paper_hr10_hr50": PAPER, "rows": []}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in [int(seed) for seed in args.seeds.split(",")]:
         for name in args.models.split(","):
