@@ -1,12 +1,16 @@
-"""The PyTorch backend's attention by groups of like lengths equals the reference padded to the longest, values
-and every gradient, with each option the reference has."""
+"""The CPU's paths by groups of like lengths equal the same math padded to the batch's longest, values and every
+gradient: the PyTorch backend's HSTU attention with each option the reference has, the softmax attention, and the
+SASRec stack."""
 
 import pytest
 import torch
 
+from genrec.config import ModelConfig
+from genrec.model.sasrec import SASRecEncoder
 from genrec.ops.attention import BucketedBias, hstu_attention_reference
 from genrec.ops.attention.length_groups import hstu_attention_grouped, length_groups
 from genrec.ops.jagged import offsets_from_lengths
+from genrec.ops.softmax_attention import _padded_attention, jagged_softmax_attention
 
 LENGTHS = [1, 37, 0, 5, 64, 2, 17, 1, 33, 9, 64, 3]  # lengths up to 1, 2, 4, ... 64; an empty one among them
 OPTIONS = [{}, {"targets": True}, {"window": 4, "context": 2}, {"position": True, "time": True},
@@ -52,3 +56,35 @@ def test_grouped_equals_the_reference(options):
     torch.testing.assert_close(grouped, expected, rtol=1e-12, atol=1e-12)
     for got, want in zip(grouped_grads, expected_grads):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _grouped_and_padded(grouped, padded, inputs: list[torch.Tensor], parameters: list[torch.Tensor]) -> None:
+    """grouped() and padded() give the same output and the same gradients of inputs and parameters (fp64)."""
+    results = []
+    for run in (padded, grouped):
+        out = run()
+        grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
+        results.append((out, torch.autograd.grad(out, [*inputs, *parameters], grad)))
+    (expected, expected_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    for got_grad, want in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, want, rtol=1e-12, atol=1e-12)
+
+
+def test_grouped_softmax_attention_equals_the_padded_one():
+    generator = torch.Generator().manual_seed(0)
+    offsets = offsets_from_lengths(torch.tensor(LENGTHS))
+    q, k, v = (torch.randn(int(offsets[-1]), 2, 8, generator=generator, dtype=torch.float64).requires_grad_()
+               for _ in range(3))
+    _grouped_and_padded(lambda: jagged_softmax_attention(q, k, v, offsets), lambda: _padded_attention(q, k, v, offsets),
+                        [q, k, v], [])
+
+
+def test_grouped_sasrec_stack_equals_the_padded_one():
+    torch.manual_seed(0)
+    encoder = SASRecEncoder(ModelConfig(architecture="sasrec", embedding_dim=16, num_layers=2, num_heads=2),
+                            max_seq_len=64).double().eval()
+    offsets = offsets_from_lengths(torch.tensor(LENGTHS))
+    x = torch.randn(int(offsets[-1]), 16, dtype=torch.float64, requires_grad=True)
+    _grouped_and_padded(lambda: encoder(x, offsets, None), lambda: encoder._padded_stack(x, offsets), [x],
+                        list(encoder.parameters()))

@@ -14,6 +14,7 @@ from torch import nn
 from genrec.config import ModelConfig
 from genrec.model.recompute import run_layer
 from genrec.ops.attention import attention_flops
+from genrec.ops.attention.length_groups import by_length_groups
 from genrec.ops.jagged import jagged_to_padded, lengths_from_offsets, padded_to_jagged
 
 
@@ -62,6 +63,12 @@ class SASRecEncoder(nn.Module):
         """x [T, D] -> [T, D]; timestamps, their order and query times are unused (SASRec has no time signal)."""
         if num_targets is not None:
             raise ValueError("SASRec does not support candidate (num_targets) scoring")
+        if x.device.type == "cpu":  # each group of like lengths padded to its own longest, not to the batch's
+            return by_length_groups(lambda _, rows, offsets: self._padded_stack(x[rows], offsets), seq_offsets)
+        return self._padded_stack(x, seq_offsets)
+
+    def _padded_stack(self, x: torch.Tensor, seq_offsets: torch.Tensor) -> torch.Tensor:
+        """The blocks over the sequences padded to their longest, as FlashAttention-based stacks run."""
         lengths = lengths_from_offsets(seq_offsets)
         n = int(lengths.max()) if lengths.numel() else 0
         padded = jagged_to_padded(x, seq_offsets, n)

@@ -6,12 +6,15 @@ Here sequences are grouped by the power of two their length rounds up to, and ea
 longest: at most 4x each sequence's own L^2, at the price of one reference call per group (at most
 log2(max_seq_len) + 1). The math is the reference's, row for row (tested).
 
+`by_length_groups` runs any per-sequence function this way (the CPU's softmax attention and SASRec stack use it).
+
 Shapes: B sequences, T tokens, G groups.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -27,6 +30,27 @@ def length_groups(lengths: torch.Tensor) -> list[torch.Tensor]:
     return [torch.nonzero(tiers == tier).flatten() for tier in torch.unique(tiers).tolist()]
 
 
+def by_length_groups(function: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+                     seq_offsets: torch.Tensor) -> torch.Tensor:
+    """function(sequences, rows, group_offsets) -> the rows' outputs [T_g, ...], once per length group (sequences:
+    the group's sequence indices; rows: its tokens' rows of the batch, sequence by sequence), put back in the
+    batch's token order [T, ...]."""
+    lengths = lengths_from_offsets(seq_offsets)
+    groups = length_groups(lengths)
+    if len(groups) <= 1:
+        return function(torch.arange(lengths.numel(), device=lengths.device),
+                        torch.arange(int(seq_offsets[-1]), device=seq_offsets.device), seq_offsets)
+    outputs, rows_of_groups = [], []
+    for sequences in groups:
+        group_lengths = lengths[sequences]
+        group_offsets = offsets_from_lengths(group_lengths)
+        rows = (torch.repeat_interleave(seq_offsets[sequences] - group_offsets[:-1], group_lengths)
+                + torch.arange(int(group_offsets[-1]), device=seq_offsets.device))
+        outputs.append(function(sequences, rows, group_offsets))
+        rows_of_groups.append(rows)
+    return torch.cat(outputs)[torch.argsort(torch.cat(rows_of_groups))]
+
+
 def hstu_attention_grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_offsets: torch.Tensor, *,
                            max_seq_len: int, alpha: float, num_targets: torch.Tensor | None = None,
                            rab: torch.Tensor | BucketedBias | None = None, max_attn_len: int = 0,
@@ -34,24 +58,17 @@ def hstu_attention_grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, se
     """hstu_attention_reference's output (same arguments), computed group by group."""
     arguments = dict(max_seq_len=max_seq_len, alpha=alpha, max_attn_len=max_attn_len,
                      contextual_seq_len=contextual_seq_len)
-    lengths = lengths_from_offsets(seq_offsets)
-    groups = length_groups(lengths)
-    if len(groups) <= 1:
+    if len(length_groups(lengths_from_offsets(seq_offsets))) <= 1:
         return hstu_attention_reference(q, k, v, seq_offsets, num_targets=num_targets, rab=rab, **arguments)
     if isinstance(rab, BucketedBias) and rab.uses_time:  # t' depends on the neighbours: found before the split
         rab = dataclasses.replace(rab, query_timestamps=rab.query_times_for(seq_offsets, num_targets))
-    outputs, rows_of_groups = [], []
-    for sequences in groups:
-        group_lengths = lengths[sequences]
-        group_offsets = offsets_from_lengths(group_lengths)
-        # the group's tokens: each sequence's rows of the batch, in order
-        rows = (torch.repeat_interleave(seq_offsets[sequences] - group_offsets[:-1], group_lengths)
-                + torch.arange(int(group_offsets[-1]), device=q.device))
+
+    def group(sequences: torch.Tensor, rows: torch.Tensor, group_offsets: torch.Tensor) -> torch.Tensor:
         group_targets = None if num_targets is None else num_targets[sequences]
-        outputs.append(hstu_attention_reference(q[rows], k[rows], v[rows], group_offsets, num_targets=group_targets,
-                                                rab=_group_bias(rab, sequences, rows), **arguments))
-        rows_of_groups.append(rows)
-    return torch.cat(outputs)[torch.argsort(torch.cat(rows_of_groups))]
+        return hstu_attention_reference(q[rows], k[rows], v[rows], group_offsets, num_targets=group_targets,
+                                        rab=_group_bias(rab, sequences, rows), **arguments)
+
+    return by_length_groups(group, seq_offsets)
 
 
 def _group_bias(rab: torch.Tensor | BucketedBias | None, sequences: torch.Tensor,
