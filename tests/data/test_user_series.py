@@ -38,6 +38,24 @@ def test_a_window_sees_its_starting_state_and_changes_up_to_its_last_time(first,
     assert np.all(np.diff(times) >= 0)
 
 
+def test_windows_of_many_users_in_any_order_match_each_users_own():
+    """A window over a selection of users (any order, some without changes) is each user's window alone."""
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(30), rng.integers(0, 6, 30))
+    changes = UserChanges(user_ids=users, timestamps=rng.integers(0, 100, users.size),
+                          codes=rng.integers(1, 5, users.size), name="tier", values=("a", "b", "c", "d"))
+    series = UserSeries.of_users(changes, np.arange(30), max_len=3).select(rng.permutation(30)[:20])
+    first = rng.integers(0, 100, 20)
+    last = first + rng.integers(0, 50, 20)
+    codes, _, offsets = series.window(first, last)
+    for b in range(20):
+        times = series.timestamps[series.starts[b]:series.ends[b]]
+        own = series.codes[series.starts[b]:series.ends[b]]
+        start = max(int((times <= first[b]).sum()) - 1, 0)  # the state at the first event, or the first change
+        expected = own[start:int((times <= last[b]).sum())][-3:]
+        assert codes[offsets[b]:offsets[b + 1]].tolist() == expected.tolist()
+
+
 def test_batches_carry_each_users_changes_up_to_the_query_time():
     series = UserSeries.of_users(CHANGES, np.array([10, 20, 30]), max_len=8)
     events = JaggedEvents(item_ids=np.array([1, 2, 3, 4, 5]), offsets=np.array([0, 2, 3, 5]),

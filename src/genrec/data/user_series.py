@@ -71,11 +71,16 @@ class UserSeries:
         first_times[u] to last_times[u] sees: the state it starts in (the last change at or before its first
         event) and every change up to last_times[u] (the query time, or the last event), the latest max_len."""
         starts, ends = self.starts, self.ends
-        lo, hi = np.empty_like(starts), np.empty_like(starts)
-        for b, (start, end) in enumerate(zip(starts, ends)):  # B small searches: each user's changes are sorted
-            times = self.timestamps[start:end]
-            hi[b] = start + np.searchsorted(times, last_times[b], side="right")
-            lo[b] = start + max(np.searchsorted(times, first_times[b], side="right") - 1, 0)
+        # each user's changes are sorted by time, so counting those at or before t is searching for t
+        counts = ends - starts
+        user = np.repeat(np.arange(starts.size), counts)
+        times = self.timestamps[np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())]
+
+        def at_or_before(limits: np.ndarray) -> np.ndarray:
+            return np.bincount(user, weights=times <= np.asarray(limits)[user], minlength=starts.size).astype(np.int64)
+
+        hi = starts + at_or_before(last_times)
+        lo = starts + np.maximum(at_or_before(first_times) - 1, 0)
         lo = np.minimum(np.maximum(lo, hi - self.max_len), hi)
         lengths = hi - lo
         offsets = np.zeros(len(starts) + 1, np.int64)
