@@ -59,6 +59,9 @@ def test_the_first_window_holds_no_item_and_scores_nothing(tmp_path):
     stored = json.loads((tmp_path / "run/metrics.json").read_text())
     assert stored["windows"] == summary["windows"] and stored["overall"]["events"] == first["events"] + \
         second["events"]
+    # the steps' tokens: both windows' histories, at least window 2's events (its prediction targets)
+    speed = stored["throughput"]
+    assert speed["train_tokens"] > second["events"] and speed["tokens_per_s"] > 0 and speed["mfu"] is None
 
 
 def test_later_events_change_nothing_in_earlier_windows(tmp_path):

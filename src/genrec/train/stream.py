@@ -111,6 +111,8 @@ class StreamTrainer:
         if input_values:
             self.state["input_values"] = input_values
         self.run_log = None  # opened by run_fit
+        self._steps = {"tokens": 0.0, "seconds": 0.0, "flops": 0.0}  # this process's training steps, for throughput
+        self._window_speed = 0.0  # the last window's training tokens/s
 
     # ---- the run ---------------------------------------------------------------------------
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict:
@@ -120,7 +122,6 @@ class StreamTrainer:
         last = self.stream.num_windows if not self.config.stream.max_windows else \
             min(self.stream.num_windows, self.config.stream.max_windows)
         started = time.perf_counter()
-        self._steps = {"tokens": 0.0, "seconds": 0.0, "flops": 0.0}  # this process's training steps, for throughput
         for window in range(self.state["epoch"], last):
             row = {"window": window, **self.evaluate_window(window)}
             row.update(self.train_window(window))
