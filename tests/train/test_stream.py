@@ -36,17 +36,39 @@ def write_log(path, events, keep=None):
     path.write_text("user_id,item_id,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
 
 
-def test_histories_are_each_users_last_events_before_the_windows_end():
+def test_a_windows_sequences_predict_every_event_but_a_users_first_once():
+    """Heavy users (Zipf activity) outnumber a sequence's room in a window: they get more sequences, and every
+    window event but a user's very first is the target of exactly one (a sequence's events after its first)."""
     events = generate_stream(StreamSpec(num_users=30, num_events=600, num_days=6, initial_items=50, seed=3))
     stream = StreamEvents(events, window_days=1.0)
+    max_len, chunked = 7, 0
     for window in range(stream.num_windows):
-        _, end = stream.window_bounds(window)
-        users = stream.window_users(window)
-        indices, lengths = stream.histories(window, users, max_len=7)
+        start, end = stream.window_bounds(window)
+        users, ends = stream.window_sequences(window, max_len)
+        indices, lengths = stream.histories(users, ends, max_len)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
-        for b, user in enumerate(users):
-            expected = [e for e in range(end) if stream.users[e] == user][-7:]
-            assert indices[offsets[b]:offsets[b + 1]].tolist() == expected
+        targets = []
+        for b, (user, sequence_end) in enumerate(zip(users, ends)):
+            own = [e for e in range(end) if stream.users[e] == user]
+            assert indices[offsets[b]:offsets[b + 1]].tolist() == own[:sequence_end][-max_len:]
+            targets += [e for e in indices[offsets[b] + 1:offsets[b + 1]].tolist() if e >= start]
+        first_ever = {int(np.flatnonzero(stream.users == user)[0]) for user in np.unique(users)}
+        assert sorted(targets) == [e for e in range(start, end) if e not in first_ever]
+        chunked += len(users) - len(np.unique(users))
+    assert chunked > 0  # some user did need several sequences
+    with pytest.raises(ValueError, match="max_seq_len >= 2"):
+        stream.window_sequences(0, 1)
+
+
+def test_every_window_event_is_scored_or_counted_as_a_first(tmp_path):
+    config = stream_config(max_windows=3)
+    config.data.max_seq_len = 4  # heavy users need several sequences a window
+    trainer = StreamTrainer(config, tmp_path / "run", log=lambda _: None, progress=False)
+    summary = trainer.fit()
+    for window, row in enumerate(summary["windows"]):
+        start, end = trainer.stream.window_bounds(window)
+        assert row["events"] + row["first_events"] == end - start
+    assert sum(row["first_events"] for row in summary["windows"]) == len(np.unique(trainer.stream.users[:end]))
 
 
 def test_the_first_window_holds_no_item_and_scores_nothing(tmp_path):
@@ -210,9 +232,10 @@ def test_user_features_read_in_a_stream_and_served(tmp_path, deterministic):
         return config
 
     trainer = StreamTrainer(config(), tmp_path / "a", log=lambda _: None, progress=False)
-    batch = trainer._batch(1, trainer.stream.window_users(1))[0]
-    np.testing.assert_array_equal(batch.context.numpy(), trainer.context[trainer.stream.window_users(1)])
-    assert batch.context[trainer.stream.user_vocab[trainer.stream.window_users(1)] == 40].sum() == 0
+    users, ends = trainer.stream.window_sequences(1, trainer.config.data.max_seq_len)
+    batch = trainer._batch(1, users, ends)[0]
+    np.testing.assert_array_equal(batch.context.numpy(), trainer.context[users])
+    assert batch.context[trainer.stream.user_vocab[users] == 40].sum() == 0
     straight = trainer.fit()
     run(config(max_windows=2), tmp_path / "b")
     resumed = run(config(), tmp_path / "b", resume=True)

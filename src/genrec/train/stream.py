@@ -10,8 +10,11 @@ evaluated and then trained on:
   Beside it, a popularity baseline: the held items ranked by their consumption in the window before.
 - training: the window's items are admitted to the vocabulary (genrec.data.item_vocabulary; rows handed
   to new items are re-initialised and their optimiser state cleared), then one pass over the window's
-  users: each user's last max_seq_len events up to the window's end, the next-item loss at the positions
-  whose targets fall in the window, negatives drawn from the held items.
+  sequences, the next-item loss at the positions whose targets fall in the window, negatives drawn from the
+  held items.
+Both read the window's sequences (StreamEvents.window_sequences): each user's last max_seq_len events up to the
+window's end and, for a user with more window events than one sequence predicts, more sequences ending earlier,
+so that every event of the window but a user's first is the target of exactly one sequence.
 With data.user_series, each batch also carries its users' changes of that feature up to their last event
 (genrec.data.user_series), merged into the sequences by the model. With item content (data.item_features), a
 row handed to a new item takes that item's content codes.
@@ -157,10 +160,11 @@ class StreamTrainer:
         held = torch.from_numpy(self.vocabulary.held_rows()).to(self.device)
         popularity = self._previous_window_counts(window)
         ranks, popular_ranks, cold, first_events = [], [], 0, 0
-        users = self.stream.window_users(window)
+        users, ends = self.stream.window_sequences(window, self.config.data.max_seq_len)
         for start in range(0, len(users), self.config.train.eval_batch_size):
-            batch, positions, targets, unpredicted = self._batch(window, users[start:start + self.config.train
-                                                                               .eval_batch_size])
+            chosen_sequences = slice(start, start + self.config.train.eval_batch_size)
+            batch, positions, targets, unpredicted = self._batch(window, users[chosen_sequences],
+                                                                 ends[chosen_sequences])
             first_events += unpredicted
             if positions.numel() == 0:
                 continue
@@ -193,15 +197,16 @@ class StreamTrainer:
         return torch.from_numpy(counts).to(self.device).view(1, -1)
 
     def train_window(self, window: int) -> dict:
-        """Admits the window's items, then one pass of the next-item loss over its users (genrec.train.epoch)."""
+        """Admits the window's items, then one pass of the next-item loss over its sequences (genrec.train.epoch)."""
         start, end = self.stream.window_bounds(window)
         new_rows = self.vocabulary.admit(self.stream.items[start:end], self.stream.timestamps[start:end])
         self._reset_rows(new_rows)
-        self._window, self._users = window, self.stream.window_users(window)
+        self._window, self._sequences = window, self.stream.window_sequences(window, self.config.data.max_seq_len)
         self._negatives = torch.from_numpy(np.flatnonzero(self.vocabulary.held_rows())).to(self.device)
+        num_sequences = len(self._sequences[0])
         self.run_log.start_epoch(window + 1, self.stream.num_windows,
-                                 num_batches(len(self._users), self.config.train.batch_size, self.ranks))
-        stats = train_epoch(self, len(self._users))
+                                 num_batches(num_sequences, self.config.train.batch_size, self.ranks))
+        stats = train_epoch(self, num_sequences)
         self._window_speed = stats["tokens_per_s"]
         for key, value in (("tokens", stats["tokens_per_s"] * stats["seconds"]), ("seconds", stats["seconds"]),
                            ("flops", stats["tflops"] * 1e12 * stats["seconds"])):
@@ -211,7 +216,8 @@ class StreamTrainer:
         return {"loss": stats["loss"], "new_items": int(new_rows.size), "evicted_so_far": self.vocabulary.evicted}
 
     def host_batch(self, indices: np.ndarray) -> tuple[SequenceBatch, torch.Tensor, torch.Tensor, int]:
-        return self._batch(self._window, self._users[indices])
+        users, ends = self._sequences
+        return self._batch(self._window, users[indices], ends[indices])
 
     def batch_loss(self, host_batch: tuple[SequenceBatch, torch.Tensor, torch.Tensor, int]) -> StepLoss | None:
         """Next-item loss at the positions whose targets fall in the window, negatives from the held items."""
@@ -230,32 +236,35 @@ class StreamTrainer:
             loss_config.num_negatives, 0))
         return StepLoss(loss, loss, positions.numel(), int(lengths.sum()), flops)
 
-    def _batch(self, window: int, users: np.ndarray) -> tuple[SequenceBatch, torch.Tensor, torch.Tensor, int]:
-        """These users' last max_seq_len events up to the window's end, as vocabulary rows; the positions
-        whose next event lies in the window, those events' rows, and how many window events had no
-        position before them (a user's first event)."""
-        events, lengths = self.stream.histories(window, users, self.config.data.max_seq_len)
+    def _batch(self, window: int, users: np.ndarray, ends: np.ndarray
+               ) -> tuple[SequenceBatch, torch.Tensor, torch.Tensor, int]:
+        """Sequences of the window (window_sequences' users and ends) as vocabulary rows; the positions whose next
+        event lies in the window, those events' rows, and how many window events had no position before them (a
+        user's first event)."""
+        events, lengths = self.stream.histories(users, ends, self.config.data.max_seq_len)
         offsets = offsets_from_lengths(torch.from_numpy(lengths))
         start, _ = self.stream.window_bounds(window)
         in_window = events >= start
         first_in_sequence = np.zeros(events.size, dtype=bool)
         first_in_sequence[offsets[:-1].numpy()[lengths > 0]] = True
-        predicted = in_window & ~first_in_sequence
+        predicted = in_window & ~first_in_sequence  # a sequence's first event: the target of one ending earlier
+        users_first = first_in_sequence.copy()  # ... unless it is its user's first event
+        users_first[first_in_sequence] = (ends == lengths)[lengths > 0]
         target_index = np.flatnonzero(predicted)
         rows = self.vocabulary.lookup(self.stream.items[events])
         times = self.stream.timestamps[events]
         series = {}
-        if self.series is not None:  # each user's changes up to its last event (every window user has one)
-            ends = offsets[1:].numpy()
-            codes, change_times, change_offsets = self.series.select(users).window(times[ends - lengths],
-                                                                                   times[ends - 1])
+        if self.series is not None:  # each sequence's user's changes up to its last event
+            stops = offsets[1:].numpy()
+            codes, change_times, change_offsets = self.series.select(users).window(times[stops - lengths],
+                                                                                   times[stops - 1])
             series = {"series_codes": torch.from_numpy(codes), "series_timestamps": torch.from_numpy(change_times),
                       "series_offsets": torch.from_numpy(change_offsets)}
         context = None if self.model.context is None else torch.from_numpy(self.context[users])
         batch = SequenceBatch(torch.from_numpy(rows), offsets, self.config.data.max_seq_len,
                               timestamps=torch.from_numpy(times), context=context, **series)
         return (batch, torch.from_numpy(target_index - 1), torch.from_numpy(rows[target_index]),
-                int((in_window & first_in_sequence).sum()))
+                int((in_window & users_first).sum()))
 
     def _reset_rows(self, rows: np.ndarray) -> None:
         """New owners of rows start from a fresh embedding (their own content) and no optimiser history."""
@@ -346,9 +355,21 @@ class StreamEvents:
     def window_bounds(self, window: int) -> tuple[int, int]:
         return int(self.window_starts[window]), int(self.window_starts[window + 1])
 
-    def window_users(self, window: int) -> np.ndarray:
+    def window_sequences(self, window: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """The window's sequences as (users, ends): a sequence is its user's max_len events up to the end-th (in
+        the user's own order). A sequence predicts its events after its first, max_len - 1 at most, so a user whose
+        window events outnumber that gets more sequences, each ending max_len - 1 events before the last: every
+        event of the window but a user's very first is predicted by exactly one sequence."""
+        if max_len < 2:
+            raise ValueError("stream mode needs data.max_seq_len >= 2 (a sequence predicts its events after its first)")
         start, end = self.window_bounds(window)
-        return np.unique(self.users[start:end])
+        users = np.unique(self.users[start:end])
+        before_end = self._events_before_end(window)[users]
+        before_start = before_end - np.bincount(self.users[start:end], minlength=self.user_offsets.size - 1)[users]
+        targets = before_end - np.maximum(before_start, 1)  # a user's first event has nothing to predict it
+        counts = np.maximum(1, -(-targets // (max_len - 1)))
+        back = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        return np.repeat(users, counts), np.repeat(before_end, counts) - back * (max_len - 1)
 
     def _events_before_end(self, window: int) -> np.ndarray:
         """Each user's number of events before the window's end, counted once per window (not per batch)."""
@@ -358,12 +379,10 @@ class StreamEvents:
             self._counted_window = window
         return self._counts_before_end
 
-    def histories(self, window: int, users: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """Event indices (time order) of each user's last max_len events before the window's end, and
-        the lengths."""
-        before_end = self._events_before_end(window)[users]
-        lengths = np.minimum(before_end, max_len)
-        starts = self.user_offsets[users] + before_end - lengths
+    def histories(self, users: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+        """Event indices (time order) of each user's last max_len events up to its end-th, and the lengths."""
+        lengths = np.minimum(ends, max_len)
+        starts = self.user_offsets[users] + ends - lengths
         within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         return self.by_user[np.repeat(starts, lengths) + within], lengths
 
