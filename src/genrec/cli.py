@@ -207,7 +207,10 @@ def _run_train(args: argparse.Namespace) -> None:
                      {"model": {k: v for k, v in metrics.items() if not k.startswith("popularity_")},
                       "popularity": {k.removeprefix("popularity_"): v for k, v in metrics.items()
                                      if k.startswith("popularity_")}})
-        print(f"\nwrote {args.out / 'metrics.json'}")
+        speed = summary["throughput"]
+        print(f"\ntraining steps: {speed['train_tokens']:,} tokens in {speed['step_seconds']:.1f} s, "
+              f"{speed['tokens_per_s']:,.0f} tokens/s" + (f", MFU {speed['mfu']:.2%}" if speed["mfu"] else ""))
+        print(f"wrote {args.out / 'metrics.json'}")
         return
     if config.train.task == "ranking":
         from genrec.train.ranking import RankingTrainer

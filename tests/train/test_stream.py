@@ -188,7 +188,7 @@ def test_cli_stream_run_writes_metrics_and_chart(tmp_path):
                              "--set", "model.qk_dim=8", "--set", "model.v_dim=8"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert "prequential metrics" in result.stdout and "popularity" in result.stdout
+    assert "prequential metrics" in result.stdout and "popularity" in result.stdout and "tokens/s" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["windows_done"] == metrics["num_windows"] == 4
     assert (out / "stream.png").stat().st_size > 0
