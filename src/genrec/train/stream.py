@@ -346,7 +346,6 @@ class StreamEvents:
         self.user_offsets = np.concatenate([[0], np.cumsum(counts)])
         window = ((self.timestamps - self.timestamps[0]) // round(window_days * DAY)).astype(np.int64)
         self.window_starts = np.searchsorted(window, np.arange(int(window[-1]) + 2))
-        self._counted_window, self._counts_before_end = -1, np.zeros(0, dtype=np.int64)
 
     @property
     def num_windows(self) -> int:
@@ -364,20 +363,13 @@ class StreamEvents:
             raise ValueError("stream mode needs data.max_seq_len >= 2 (a sequence predicts its events after its first)")
         start, end = self.window_bounds(window)
         users = np.unique(self.users[start:end])
-        before_end = self._events_before_end(window)[users]
-        before_start = before_end - np.bincount(self.users[start:end], minlength=self.user_offsets.size - 1)[users]
+        num_users = self.user_offsets.size - 1
+        before_end = np.bincount(self.users[:end], minlength=num_users)[users]
+        before_start = before_end - np.bincount(self.users[start:end], minlength=num_users)[users]
         targets = before_end - np.maximum(before_start, 1)  # a user's first event has nothing to predict it
         counts = np.maximum(1, -(-targets // (max_len - 1)))
         back = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
         return np.repeat(users, counts), np.repeat(before_end, counts) - back * (max_len - 1)
-
-    def _events_before_end(self, window: int) -> np.ndarray:
-        """Each user's number of events before the window's end, counted once per window (not per batch)."""
-        if self._counted_window != window:
-            _, end = self.window_bounds(window)
-            self._counts_before_end = np.bincount(self.users[:end], minlength=self.user_offsets.size - 1)
-            self._counted_window = window
-        return self._counts_before_end
 
     def histories(self, users: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
         """Event indices (time order) of each user's last max_len events up to its end-th, and the lengths."""
