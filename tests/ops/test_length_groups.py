@@ -71,20 +71,25 @@ def _grouped_and_padded(grouped, padded, inputs: list[torch.Tensor], parameters:
         torch.testing.assert_close(got_grad, want, rtol=1e-12, atol=1e-12)
 
 
-def test_grouped_softmax_attention_equals_the_padded_one():
+ONE_GROUP = [5, 8, 7, 6]  # all round up to 8: one call, no regrouping
+
+
+@pytest.mark.parametrize("lengths", [LENGTHS, ONE_GROUP], ids=["groups", "one-group"])
+def test_grouped_softmax_attention_equals_the_padded_one(lengths):
     generator = torch.Generator().manual_seed(0)
-    offsets = offsets_from_lengths(torch.tensor(LENGTHS))
+    offsets = offsets_from_lengths(torch.tensor(lengths))
     q, k, v = (torch.randn(int(offsets[-1]), 2, 8, generator=generator, dtype=torch.float64).requires_grad_()
                for _ in range(3))
     _grouped_and_padded(lambda: jagged_softmax_attention(q, k, v, offsets), lambda: _padded_attention(q, k, v, offsets),
                         [q, k, v], [])
 
 
-def test_grouped_sasrec_stack_equals_the_padded_one():
+@pytest.mark.parametrize("lengths", [LENGTHS, ONE_GROUP], ids=["groups", "one-group"])
+def test_grouped_sasrec_stack_equals_the_padded_one(lengths):
     torch.manual_seed(0)
     encoder = SASRecEncoder(ModelConfig(architecture="sasrec", embedding_dim=16, num_layers=2, num_heads=2),
                             max_seq_len=64).double().eval()
-    offsets = offsets_from_lengths(torch.tensor(LENGTHS))
+    offsets = offsets_from_lengths(torch.tensor(lengths))
     x = torch.randn(int(offsets[-1]), 16, dtype=torch.float64, requires_grad=True)
     _grouped_and_padded(lambda: encoder(x, offsets, None), lambda: encoder._padded_stack(x, offsets), [x],
                         list(encoder.parameters()))

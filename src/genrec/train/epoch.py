@@ -1,9 +1,10 @@
-"""One training epoch, the same for every task: the trainer turns a slice of users into a host batch
-(`host_batch(users)`, deterministic, made ahead by train.loader_workers processes: genrec.data.loader) and a
-host batch into a loss (`batch_loss(batch) -> StepLoss`, under bf16 autocast on CUDA); this loop shuffles the
-users (split across ranks under torchrun), runs the optimiser step with the learning rate as a pure function of
-the step (so a resumed run follows the same curve), the weight average, the divergence guard and the progress
-log, and sums the epoch's loss and throughput without reading anything back from the GPU per step."""
+"""One training epoch, the same for every task: the trainer turns a slice of its sequences (its users; a
+stream's window sequences) into a host batch (`host_batch(indices)`, deterministic, made ahead by
+train.loader_workers processes: genrec.data.loader) and a host batch into a loss (`batch_loss(batch) -> StepLoss`,
+under bf16 autocast on CUDA); this loop shuffles the sequences (split across ranks under torchrun), runs the
+optimiser step with the learning rate as a pure function of the step (so a resumed run follows the same curve), the
+weight average, the divergence guard and the progress log, and sums the epoch's loss and throughput without reading
+anything back from the GPU per step."""
 
 from __future__ import annotations
 
@@ -28,21 +29,21 @@ class StepLoss:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)  # more losses to report (DIN's)
 
 
-def train_epoch(trainer, num_users: int) -> dict[str, float]:
+def train_epoch(trainer, num_sequences: int) -> dict[str, float]:
     """The trainer provides modules, optimizer, average (or None), guard, run_log, streams, ranks, state,
-    config, device, autocast_dtype, peak_tflops, host_batch(users) and batch_loss(host batch) -> StepLoss | None
+    config, device, autocast_dtype, peak_tflops, host_batch(indices) and batch_loss(host batch) -> StepLoss | None
     (None: skip)."""
     trainer.modules.train()
     trainer.state.setdefault("step", 0)  # runs saved before steps were counted lack it
     train_config = trainer.config.train
-    order = torch.randperm(num_users, generator=trainer.streams.shuffle).numpy()
-    steps_per_epoch = math.ceil(num_users / train_config.batch_size)
+    order = torch.randperm(num_sequences, generator=trainer.streams.shuffle).numpy()
+    steps_per_epoch = math.ceil(num_sequences / train_config.batch_size)
     sums: torch.Tensor | None = None  # reported loss and the parts, weighted, summed on the device
     total_weight, total_tokens, total_flops, names = 0, 0, 0.0, []
     started = time.perf_counter()
     autocast = trainer.autocast_dtype is not None
     slices = [rank_slice(order[index * train_config.batch_size:(index + 1) * train_config.batch_size], trainer.ranks)
-              for index in range(num_batches(num_users, train_config.batch_size, trainer.ranks))]
+              for index in range(num_batches(num_sequences, train_config.batch_size, trainer.ranks))]
     batches = host_batches(trainer.host_batch, slices, train_config.loader_workers, trainer.device.type == "cuda")
     for index, batch in enumerate(batches):
         with torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype, enabled=autocast):

@@ -30,16 +30,18 @@ def length_groups(lengths: torch.Tensor) -> list[torch.Tensor]:
     return [torch.nonzero(tiers == tier).flatten() for tier in torch.unique(tiers).tolist()]
 
 
-def by_length_groups(function: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+Index = torch.Tensor | slice
+
+
+def by_length_groups(function: Callable[[Index, Index, torch.Tensor], torch.Tensor],
                      seq_offsets: torch.Tensor) -> torch.Tensor:
     """function(sequences, rows, group_offsets) -> the rows' outputs [T_g, ...], once per length group (sequences:
     the group's sequence indices; rows: its tokens' rows of the batch, sequence by sequence), put back in the
-    batch's token order [T, ...]."""
+    batch's token order [T, ...]. A batch of one group is one call with slice(None) for both (no copies)."""
     lengths = lengths_from_offsets(seq_offsets)
     groups = length_groups(lengths)
     if len(groups) <= 1:
-        return function(torch.arange(lengths.numel(), device=lengths.device),
-                        torch.arange(int(seq_offsets[-1]), device=seq_offsets.device), seq_offsets)
+        return function(slice(None), slice(None), seq_offsets)
     outputs, rows_of_groups = [], []
     for sequences in groups:
         group_lengths = lengths[sequences]
@@ -58,12 +60,10 @@ def hstu_attention_grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, se
     """hstu_attention_reference's output (same arguments), computed group by group."""
     arguments = dict(max_seq_len=max_seq_len, alpha=alpha, max_attn_len=max_attn_len,
                      contextual_seq_len=contextual_seq_len)
-    if len(length_groups(lengths_from_offsets(seq_offsets))) <= 1:
-        return hstu_attention_reference(q, k, v, seq_offsets, num_targets=num_targets, rab=rab, **arguments)
     if isinstance(rab, BucketedBias) and rab.uses_time:  # t' depends on the neighbours: found before the split
         rab = dataclasses.replace(rab, query_timestamps=rab.query_times_for(seq_offsets, num_targets))
 
-    def group(sequences: torch.Tensor, rows: torch.Tensor, group_offsets: torch.Tensor) -> torch.Tensor:
+    def group(sequences: Index, rows: Index, group_offsets: torch.Tensor) -> torch.Tensor:
         group_targets = None if num_targets is None else num_targets[sequences]
         return hstu_attention_reference(q[rows], k[rows], v[rows], group_offsets, num_targets=group_targets,
                                         rab=_group_bias(rab, sequences, rows), **arguments)
@@ -71,8 +71,8 @@ def hstu_attention_grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, se
     return by_length_groups(group, seq_offsets)
 
 
-def _group_bias(rab: torch.Tensor | BucketedBias | None, sequences: torch.Tensor,
-                rows: torch.Tensor) -> torch.Tensor | BucketedBias | None:
+def _group_bias(rab: torch.Tensor | BucketedBias | None, sequences: Index,
+                rows: Index) -> torch.Tensor | BucketedBias | None:
     """The bias of one group: a dense bias's rows of its sequences, a bucketed bias's times of its tokens."""
     if isinstance(rab, torch.Tensor):
         return rab if rab.shape[0] == 1 else rab[sequences]
