@@ -136,6 +136,7 @@ class StreamConfig:
     item_capacity: int = 0  # item rows of the embedding table; 0 = the data's distinct items
     evict_after_days: float = 0.0  # free the rows of items unseen this long; 0 = only when the table is full
     max_windows: int = 0  # stop after this many windows (resume to go on); 0 = the whole stream
+    checkpoint_every_steps: int = 0  # also checkpoint inside a window every this many batches; 0 = at window ends
 
 
 @dataclass
@@ -163,8 +164,9 @@ class Config:
             (self.data.mode in ("paper", "validated", "stream"), "data.mode must be paper, validated or stream"),
             (self.data.mode != "stream" or self.train.task == "retrieval", "data.mode = stream trains retrieval only"),
             (self.stream.window_days > 0 and self.stream.item_capacity >= 0 and self.stream.evict_after_days >= 0
-             and self.stream.max_windows >= 0, "stream.window_days must be positive; item_capacity, "
-             "evict_after_days and max_windows >= 0"),
+             and self.stream.max_windows >= 0 and self.stream.checkpoint_every_steps >= 0,
+             "stream.window_days must be positive; item_capacity, evict_after_days, max_windows and "
+             "checkpoint_every_steps >= 0"),
             (self.data.tie_order in ("stable", "paper"), "data.tie_order must be 'stable' or 'paper'"),
             (self.data.max_seq_len >= 2, "data.max_seq_len must be >= 2"),
             (self.model.architecture in ("hstu", "sasrec"), "model.architecture must be 'hstu' or 'sasrec'"),

@@ -145,6 +145,40 @@ def test_resume_is_exact(tmp_path, deterministic, table):
     assert ("series.table.weight" in a.model) == (table is followed_topics)
 
 
+class Killed(Exception):
+    """A process stopped mid-run."""
+
+
+@pytest.mark.parametrize("table", [lambda config: config, rowwise], ids=["adamw", "rowwise-bf16-table"])
+def test_a_run_stopped_inside_a_window_resumes_exactly(tmp_path, deterministic, monkeypatch, table):
+    """Checkpoints every 2 batches; the process dies at its 7th batch (inside the second window): the resumed run
+    neither evaluates nor admits that window again, skips its batches done, and equals one that never stopped."""
+    config = table(stream_config())
+    config.train.batch_size = 16
+    straight = run(config, tmp_path / "a")
+    config.stream.checkpoint_every_steps = 2
+    batch_loss, calls = StreamTrainer.batch_loss, []
+
+    def dies_at_the_seventh(trainer, batch):
+        calls.append(trainer._window)
+        if len(calls) == 7:
+            raise Killed
+        return batch_loss(trainer, batch)
+
+    monkeypatch.setattr(StreamTrainer, "batch_loss", dies_at_the_seventh)
+    with pytest.raises(Killed):
+        run(config, tmp_path / "b")
+    monkeypatch.setattr(StreamTrainer, "batch_loss", batch_loss)
+    stopped = load_checkpoint(tmp_path / "b/last.safetensors").state
+    assert calls[-1] == stopped["epoch"] == 1 and stopped["in_window"]["batches"] == 2  # 4 batches per window
+    resumed = run(config, tmp_path / "b", resume=True)
+    assert resumed["windows"] == straight["windows"] and len(straight["windows"]) > 2
+    a, b = load_checkpoint(tmp_path / "a/last.safetensors"), load_checkpoint(tmp_path / "b/last.safetensors")
+    assert torch.equal(a.extra["vocab_last_seen"], b.extra["vocab_last_seen"]) and "in_window" not in b.state
+    for name, tensor in a.model.items():
+        assert torch.equal(tensor, b.model[name]), name
+
+
 @pytest.mark.parametrize("representation", ["id+content", "content"])
 def test_rows_take_the_content_of_the_items_they_are_handed_to(tmp_path, representation):
     config = topics_as_content(stream_config(max_windows=3))

@@ -4,14 +4,17 @@ train.loader_workers processes: genrec.data.loader) and a host batch into a loss
 under bf16 autocast on CUDA); this loop shuffles the sequences (split across ranks under torchrun), runs the
 optimiser step with the learning rate as a pure function of the step (so a resumed run follows the same curve), the
 weight average, the divergence guard and the progress log, and sums the epoch's loss and throughput without reading
-anything back from the GPU per step."""
+anything back from the GPU per step. A checkpoint may be taken inside an epoch (EpochProgress): the resumed epoch
+skips the batches done, in the same order, and reports the loss of the whole epoch."""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
+import numpy as np
 import torch
 
 from genrec.config import TrainConfig
@@ -29,23 +32,48 @@ class StepLoss:
     parts: dict[str, torch.Tensor] = field(default_factory=dict)  # more losses to report (DIN's)
 
 
-def train_epoch(trainer, num_sequences: int) -> dict[str, float]:
+@dataclass
+class EpochProgress:
+    """An epoch after `batches` of its batches: its batch order and its reported loss and parts so far (weighted
+    sums, in float64, and their weight), what a checkpoint inside the epoch keeps."""
+    order: np.ndarray
+    batches: int = 0
+    sums: list[float] | None = None
+    weight: int = 0
+    names: list[str] = field(default_factory=list)
+
+    def state(self) -> dict:
+        """Everything but the order, for a checkpoint's JSON state (the order goes as a tensor)."""
+        return {"batches": self.batches, "sums": self.sums, "weight": self.weight, "names": self.names}
+
+
+def train_epoch(trainer, num_sequences: int, resumed: EpochProgress | None = None,
+                checkpoint: Callable[[EpochProgress], None] | None = None, checkpoint_every: int = 0
+                ) -> dict[str, float]:
     """The trainer provides modules, optimizer, average (or None), guard, run_log, streams, ranks, state,
     config, device, autocast_dtype, peak_tflops, host_batch(indices) and batch_loss(host batch) -> StepLoss | None
-    (None: skip)."""
+    (None: skip). `resumed` continues an epoch a checkpoint was taken in; `checkpoint(progress)` is called every
+    `checkpoint_every` batches (0: never) but after the last. Throughput counts this call's batches only."""
     trainer.modules.train()
     trainer.state.setdefault("step", 0)  # runs saved before steps were counted lack it
     train_config = trainer.config.train
-    order = torch.randperm(num_sequences, generator=trainer.streams.shuffle).numpy()
+    if resumed is None:
+        resumed = EpochProgress(torch.randperm(num_sequences, generator=trainer.streams.shuffle).numpy())
+    order = resumed.order
     steps_per_epoch = math.ceil(num_sequences / train_config.batch_size)
-    sums: torch.Tensor | None = None  # reported loss and the parts, weighted, summed on the device
-    total_weight, total_tokens, total_flops, names = 0, 0, 0.0, []
+    # reported loss and the parts, weighted, summed on the device
+    sums = None if resumed.sums is None else torch.tensor(resumed.sums, dtype=torch.float64, device=trainer.device)
+    total_weight, names = resumed.weight, resumed.names
+    total_tokens, total_flops = 0, 0.0
     started = time.perf_counter()
     autocast = trainer.autocast_dtype is not None
     slices = [rank_slice(order[index * train_config.batch_size:(index + 1) * train_config.batch_size], trainer.ranks)
               for index in range(num_batches(num_sequences, train_config.batch_size, trainer.ranks))]
-    batches = host_batches(trainer.host_batch, slices, train_config.loader_workers, trainer.device.type == "cuda")
-    for index, batch in enumerate(batches):
+    batches = host_batches(trainer.host_batch, slices[resumed.batches:], train_config.loader_workers,
+                           trainer.device.type == "cuda")
+    for index, batch in enumerate(batches, start=resumed.batches):
+        if checkpoint_every and index and index % checkpoint_every == 0 and index != resumed.batches:
+            checkpoint(EpochProgress(order, index, None if sums is None else sums.tolist(), total_weight, names))
         with torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype, enabled=autocast):
             step = trainer.batch_loss(batch)
         if step is None:

@@ -19,7 +19,8 @@ With data.user_series, each batch also carries its users' changes of that featur
 (genrec.data.user_series), merged into the sequences by the model. With item content (data.item_features), a
 row handed to a new item takes that item's content codes.
 Metrics per window and overall (event-weighted) go to metrics.json and stream.png; a checkpoint after each
-window (weights, optimiser, random streams, vocabulary) resumes exactly. One process (no torchrun).
+window (weights, optimiser, random streams, vocabulary), and every stream.checkpoint_every_steps batches inside one
+(with the window's evaluation, batch order and loss so far), resumes exactly. One process (no torchrun).
 
 Shapes: E events (time order), T tokens of a batch, P predicted positions, R vocabulary rows.
 """
@@ -47,7 +48,7 @@ from genrec.model import SequentialRetriever
 from genrec.model.embeddings import ItemContent
 from genrec.ops.jagged import offsets_from_lengths
 from genrec.train.divergence import DivergenceGuard
-from genrec.train.epoch import StepLoss, train_epoch
+from genrec.train.epoch import EpochProgress, StepLoss, train_epoch
 from genrec.train.experiment import changes_of, compiled, graph_batches, item_features_of, peak_tflops, read_events
 from genrec.train.losses import loss_flops, sampled_softmax_loss
 from genrec.train.optimizers import build_optimizer
@@ -116,6 +117,7 @@ class StreamTrainer:
         self.run_log = None  # opened by run_fit
         self._steps = {"tokens": 0.0, "seconds": 0.0, "flops": 0.0}  # this process's training steps, for throughput
         self._window_speed = 0.0  # the last window's training tokens/s
+        self._resumed = None  # (evaluation row, items admitted, progress) of a window a checkpoint was taken in
 
     # ---- the run ---------------------------------------------------------------------------
     def fit(self, resume: bool = False, overwrite: bool = False) -> dict:
@@ -126,8 +128,9 @@ class StreamTrainer:
             min(self.stream.num_windows, self.config.stream.max_windows)
         started = time.perf_counter()
         for window in range(self.state["epoch"], last):
-            row = {"window": window, **self.evaluate_window(window)}
-            row.update(self.train_window(window))
+            resumed, self._resumed = self._resumed, None  # a window a checkpoint was taken in: evaluated already
+            row = resumed[0] if resumed else {"window": window, **self.evaluate_window(window)}
+            row.update(self.train_window(window, row, *(resumed[1:] if resumed else (None, None))))
             self.state["windows"].append(row)
             self.state["epoch"] = window + 1
             self.guard.check(self.model)
@@ -196,24 +199,34 @@ class StreamTrainer:
         counts = np.bincount(rows, minlength=self.vocabulary.num_rows).astype(np.float32)
         return torch.from_numpy(counts).to(self.device).view(1, -1)
 
-    def train_window(self, window: int) -> dict:
-        """Admits the window's items, then one pass of the next-item loss over its sequences (genrec.train.epoch)."""
-        start, end = self.stream.window_bounds(window)
-        new_rows = self.vocabulary.admit(self.stream.items[start:end], self.stream.timestamps[start:end])
-        self._reset_rows(new_rows)
+    def train_window(self, window: int, row: dict, new_items: int | None = None,
+                     resumed: EpochProgress | None = None) -> dict:
+        """Admits the window's items, then one pass of the next-item loss over its sequences (genrec.train.epoch),
+        with a checkpoint every stream.checkpoint_every_steps batches. `row` (the window's evaluation) and, for a
+        window a checkpoint was taken in, the items admitted and the pass's progress go into those checkpoints."""
+        if resumed is None:  # a resumed window's admission is in the restored vocabulary, weights and optimiser
+            start, end = self.stream.window_bounds(window)
+            new_rows = self.vocabulary.admit(self.stream.items[start:end], self.stream.timestamps[start:end])
+            self._reset_rows(new_rows)
+            new_items = int(new_rows.size)
         self._window, self._sequences = window, self.stream.window_sequences(window, self.config.data.max_seq_len)
         self._negatives = torch.from_numpy(np.flatnonzero(self.vocabulary.held_rows())).to(self.device)
         num_sequences = len(self._sequences[0])
         self.run_log.start_epoch(window + 1, self.stream.num_windows,
                                  num_batches(num_sequences, self.config.train.batch_size, self.ranks))
-        stats = train_epoch(self, num_sequences)
+
+        def checkpoint(progress: EpochProgress) -> None:
+            self.guard.check(self.model)
+            self.save({"row": row, "new_items": new_items, **progress.state()}, progress.order)
+
+        stats = train_epoch(self, num_sequences, resumed, checkpoint, self.config.stream.checkpoint_every_steps)
         self._window_speed = stats["tokens_per_s"]
         for key, value in (("tokens", stats["tokens_per_s"] * stats["seconds"]), ("seconds", stats["seconds"]),
                            ("flops", stats["tflops"] * 1e12 * stats["seconds"])):
             self._steps[key] += value
         self.guard.check_loss()
         self.run_log.scalars("train", stats, window + 1)  # throughput goes there, not into the (reproducible) rows
-        return {"loss": stats["loss"], "new_items": int(new_rows.size), "evicted_so_far": self.vocabulary.evicted}
+        return {"loss": stats["loss"], "new_items": new_items, "evicted_so_far": self.vocabulary.evicted}
 
     def host_batch(self, indices: np.ndarray) -> tuple[SequenceBatch, torch.Tensor, torch.Tensor, int]:
         users, ends = self._sequences
@@ -288,13 +301,18 @@ class StreamTrainer:
                 moment.index_fill_(0, index, 0.0)
 
     # ---- checkpoints -------------------------------------------------------------------------
-    def save(self) -> None:
+    def save(self, in_window: dict | None = None, order: np.ndarray | None = None) -> None:
+        """After a window, or inside one (`in_window`: its evaluation row, items admitted and progress; `order`: its
+        batch order), so that a resumed run neither evaluates nor admits that window again."""
         vocabulary = self.vocabulary.state()
         state = {**self.state, "evicted": vocabulary["evicted"]}
+        extra = {"vocab_last_seen": torch.from_numpy(vocabulary["last_seen"])}
+        if in_window is not None:
+            state["in_window"] = in_window
+            extra["window_order"] = torch.from_numpy(order)
         save_checkpoint(self.out_dir / "last.safetensors", self.model.state_dict(), self.optimizer.state_dict(),
                         rng_state(self.streams.named(), self.device), config_to_dict(self.config), state,
-                        item_vocab=torch.from_numpy(vocabulary["sources"][1:]),
-                        extra={"vocab_last_seen": torch.from_numpy(vocabulary["last_seen"])})
+                        item_vocab=torch.from_numpy(vocabulary["sources"][1:]), extra=extra)
 
     def resume(self) -> None:
         checkpoint = load_checkpoint(self.out_dir / "last.safetensors")
@@ -306,7 +324,14 @@ class StreamTrainer:
             {"sources": sources, "last_seen": checkpoint.extra["vocab_last_seen"].numpy(),
              "evicted": checkpoint.state["evicted"]}, self.vocabulary.evict_after)
         self.state.update({key: checkpoint.state[key] for key in ("epoch", "step", "windows")})
-        self.log(f"resumed after window {self.state['epoch']}")
+        in_window = checkpoint.state.get("in_window")
+        if in_window is None:
+            self.log(f"resumed after window {self.state['epoch']}")
+            return
+        progress = EpochProgress(checkpoint.extra["window_order"].numpy(), in_window["batches"], in_window["sums"],
+                                 in_window["weight"], in_window["names"])
+        self._resumed = (in_window["row"], in_window["new_items"], progress)
+        self.log(f"resumed in window {self.state['epoch'] + 1} after {progress.batches} of its batches")
 
 
 def unsupported_options(config: Config) -> list[str]:
