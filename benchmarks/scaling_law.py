@@ -16,6 +16,11 @@ redrawn from all rows at the end of each run.
     python benchmarks/scaling_law.py --out benchmarks/results/scaling_law.json                      # a GPU
     python benchmarks/scaling_law.py --out /tmp/law.json --sizes 8x1,16x1 --users 300 --epochs 2 --device cpu
 
+--store DIR sweeps an event store instead of the synthetic stream, e.g. the fractal expansion of ml-1m-sas (100M
+events, 5.9M items: `genrec prepare --dataset sasrec --data-dir ml-1m.txt --out DIR --expand 100x3416`); the
+sweep's setting then records the store's checksum. --set KEY=VALUE applies to every row (for a large catalogue:
+model.item_table_dtype=bfloat16, train.embedding_optimizer=rowwise_adagrad).
+
 Each size is a new shape for the fused attention, which autotunes anew: a 32 x 2 row over 800,000 events, one epoch,
 took 64 s on an H200, tuning included; GENREC_AUTOTUNE=0 launches fixed tiles instead. Writes a PNG chart beside
 the JSON (needs matplotlib, extra `viz`).
@@ -33,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from genrec.config import apply_overrides, parse_assignment  # noqa: E402
 from report import environment, invocation, pyplot, save_chart  # noqa: E402
 
 # width x layers: over two decades of training compute at a fixed number of epochs
@@ -44,8 +50,11 @@ def run_config(architecture: str, width: int, layers: int, args):
     from genrec.config import preset
 
     config = preset("hstu" if architecture == "hstu" else "sasrec")
-    config.data.dataset, config.data.synthetic_users = "synthetic-stream", args.users
-    config.data.synthetic_items = args.items
+    if args.store is None:
+        config.data.dataset, config.data.synthetic_users = "synthetic-stream", args.users
+        config.data.synthetic_items = args.items
+    else:
+        config.data.dataset, config.data.path = "store", str(args.store)
     config.data.max_seq_len = 200
     model = config.model
     heads = max(1, width // 64)
@@ -54,6 +63,8 @@ def run_config(architecture: str, width: int, layers: int, args):
     train = config.train
     train.epochs, train.batch_size, train.device = args.epochs, args.batch_size, args.device
     config.eval.max_users, config.eval.ks = args.eval_users, (10, 50)
+    for assignment in args.overrides:
+        apply_overrides(config, parse_assignment(assignment))
     return config.validate()
 
 
@@ -146,9 +157,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--eval-users", type=int, default=20_000)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--store", type=Path, help="an event store to sweep instead of the synthetic stream")
+    parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
+                        help="a config override for every row (repeatable)")
     args = parser.parse_args()
-    setting = {"users": args.users, "items": args.items, "epochs": args.epochs, "batch_size": args.batch_size,
-               "eval_users": args.eval_users}
+    data = ({"users": args.users, "items": args.items} if args.store is None
+            else {"store": json.loads((args.store / "manifest.json").read_text())["checksum"]})
+    setting = {**data, "epochs": args.epochs, "batch_size": args.batch_size, "eval_users": args.eval_users,
+               "overrides": args.overrides}
     if args.out.exists():
         result = json.loads(args.out.read_text())
         if result["setting"] != setting:

@@ -89,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
     prepare.add_argument("--partition-events", type=int, default=1 << 24,
                          help="events sorted in memory at a time (bounds the memory used)")
+    prepare.add_argument("--expand", metavar="USERSxITEMS",
+                         help="write the data set's fractal expansion instead (genrec.data.fractal): each user "
+                              "copied USERS times, each item up to ITEMS times, e.g. 100x3416; the source is read whole")
+    prepare.add_argument("--expand-seed", type=int, default=0, help="the expansion's seed")
     show = command("config", help="print a preset's full config as TOML (a starting point for --config)")
     show.add_argument("--show", action="store_true", help="print it (the only action for now)")
     show.add_argument("--model", choices=sorted(PRESETS), default="hstu", help="model preset")
@@ -290,15 +294,24 @@ def _run_serve(args: argparse.Namespace) -> None:
 
 def _run_prepare(args: argparse.Namespace) -> None:
     from genrec.data import load_events
-    from genrec.data.event_store import prepare
+    from genrec.data.event_store import prepare, prepare_store
+    from genrec.data.fractal import FractalSpec, expansion_chunks
     from genrec.train.run_log import print_line
 
     if args.partition_events < 1:
         raise ValueError(f"--partition-events must be positive, got {args.partition_events}")
-    manifest = prepare(args.dataset, Path(args.data_dir), args.out, args.skip_bad_rows,
-                       partition_events=args.partition_events,
-                       read_events=lambda: load_events(args.dataset, args.data_dir, args.skip_bad_rows),
-                       log=print_line)
+    def read_events():
+        return load_events(args.dataset, args.data_dir, args.skip_bad_rows)
+
+    if args.expand:
+        spec = FractalSpec.parse(args.expand, args.expand_seed)
+        events = read_events()
+        manifest = prepare_store(expansion_chunks(events, spec), args.out,
+                                 f"{events.source} expanded {spec.user_copies}x{spec.item_copies} seed {spec.seed}",
+                                 args.partition_events, lambda: events.skipped_rows, print_line)
+    else:
+        manifest = prepare(args.dataset, Path(args.data_dir), args.out, args.skip_bad_rows,
+                           partition_events=args.partition_events, read_events=read_events, log=print_line)
     print(f"wrote {args.out}: {manifest['events']:,} events, {manifest['users']:,} users, {manifest['items']:,} items"
           f" ({manifest['skipped_rows']} rows skipped); checksum {manifest['checksum'][:16]}")
 
