@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from genrec.checkpoint import load_checkpoint
@@ -46,8 +47,14 @@ def test_changes_from_a_csv(tmp_path):
     assert all(math.isfinite(value) for value in summary["metrics"].values())
 
 
-def test_ranking_reads_changes_and_serving_refuses_them(tmp_path):
+def test_ranking_reads_changes_and_serves_them(tmp_path):
+    """A ranker trained with change tokens evaluates again to the same metrics and serves through M-FALCON and
+    POST /v1/rank: a change after the history reaches the candidates' scores."""
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
     from genrec.inference.engine import RankingRun
+    from genrec.serve.http import create_app
     from genrec.train.ranking import RankingTrainer, evaluate_ranking_run
 
     write_ml100k(tmp_path)
@@ -61,8 +68,19 @@ def test_ranking_reads_changes_and_serving_refuses_them(tmp_path):
     assert all(math.isfinite(value) for value in summary["metrics"].values())
     assert "ranker.series.table.weight" in load_checkpoint(tmp_path / "run/last.safetensors").model
     assert evaluate_ranking_run(tmp_path / "run", "test")["metrics"] == pytest.approx(summary["metrics"])
-    with pytest.raises(ValueError, match="M-FALCON does not support user-feature change tokens"):
-        RankingRun(tmp_path / "run")
+    ranker = RankingRun(tmp_path / "run")
+    request = {"history": [1, 2, 3], "actions": [[1, 0], [0, 0], [1, 1]], "candidates": [4, 5, 6],
+               "timestamps": [1_000_000, 1_003_600, 1_007_200], "query_time": 1_010_000}
+    history = [request[key] for key in ("history", "actions", "candidates", "timestamps", "query_time")]
+    tiers = {tier: ranker.rank(*history, changes=[(990_000, "a"), (1_008_000, tier)]) for tier in "bc"}
+    assert tiers["b"].shape == (3, 2) and not np.allclose(tiers["b"], tiers["c"])
+    config.train.task, config.train.epochs = "retrieval", 1  # the service needs a retriever beside the ranker
+    Trainer(config, tmp_path / "retriever", progress=False, log=lambda _: None).fit()
+    client = TestClient(create_app(tmp_path / "retriever", ranker_dir=tmp_path / "run"))
+    response = client.post("/v1/rank", json={
+        **request, "changes": [{"timestamp": 990_000, "value": "a"}, {"timestamp": 1_008_000, "value": "c"}]})
+    assert response.status_code == 200, response.text
+    np.testing.assert_allclose(response.json()["scores"], tiers["c"], rtol=1e-6)
 
 
 @pytest.mark.parametrize("change, message", [

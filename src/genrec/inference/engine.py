@@ -105,6 +105,16 @@ class LoadedRun:
             raise ValueError(f"query_time {now} is before the last history event ({timestamps[-1]})")
         return now
 
+    def change_tokens(self, changes: Sequence[Changes | None] | None, timestamps: Sequence[Sequence[int]] | None,
+                      query_times: Sequence[int | None]) -> dict[str, torch.Tensor]:
+        """The series fields of a batch of histories (genrec.inference.user_inputs.UserInputs.changes: the state at
+        each history's first event and the changes up to its query time) on the device; {} for a model without."""
+        batch = len(query_times)
+        first_and_query = (np.array([[timestamps[b][0], query_times[b]] for b in range(batch)], np.int64)
+                           if self.takes_time else np.zeros((batch, 2), np.int64))
+        series = self.inputs.changes(changes, first_and_query[:, 0], first_and_query[:, 1])
+        return {name: part.to(self.device) for name, part in series.items()}
+
     def finite(self, values: torch.Tensor) -> torch.Tensor:
         if not bool(torch.isfinite(values).all()):
             raise NonFiniteOutput(f"{self.name}: the model produced non-finite scores; refusing to serve them")
@@ -160,14 +170,11 @@ class RetrievalRun(LoadedRun):
             queries.append(self.query_time(None if query_times is None else query_times[index], times))
         lengths = torch.tensor([len(h) for h in ids], device=self.device)
         context = self.inputs.context(user_features, len(histories))
-        first_and_query = (np.array([[timestamps[b][0], queries[b]] for b in range(len(histories))], np.int64)
-                           if self.takes_time else np.zeros((len(histories), 2), np.int64))
-        series = self.inputs.changes(changes, first_and_query[:, 0], first_and_query[:, 1])
         return SequenceBatch(torch.cat(ids), offsets_from_lengths(lengths), self.config.data.max_seq_len,
                              timestamps=torch.cat(stamps) if self.takes_time else None,
                              query_times=torch.tensor(queries, device=self.device) if self.takes_time else None,
                              context=None if context is None else context.to(self.device),
-                             **{name: part.to(self.device) for name, part in series.items()})
+                             **self.change_tokens(changes, timestamps, queries))
 
     @torch.no_grad()
     def embed_users(self, histories: Sequence[Sequence[int]], timestamps: Sequence[Sequence[int]] | None = None,
@@ -236,9 +243,10 @@ class RankingRun(LoadedRun):
     def rank(self, history: Sequence[int], actions: Sequence[Sequence[int]], candidates: Sequence[int],
              timestamps: Sequence[int] | None = None, query_time: int | None = None,
              user: Hashable | None = None, max_candidates: int | None = None,
-             user_features: Features | None = None) -> np.ndarray:
+             user_features: Features | None = None, changes: Changes | None = None) -> np.ndarray:
         """[C, A] probabilities, one per candidate and task (self.tasks); actions: per history item, one 0/1
-        per task; user_features: for a model trained with them (genrec.inference.user_inputs)."""
+        per task; user_features, changes (the user's feature changes up to the query time, all before the
+        candidates): for a model trained with them (genrec.inference.user_inputs)."""
         ids, stamps = self.history(history, timestamps)
         if len(candidates) == 0:
             raise ValueError("no candidates to rank")
@@ -251,10 +259,14 @@ class RankingRun(LoadedRun):
             raise ValueError("actions must be 0 or 1")
         labels = torch.tensor([list(a) for a in actions], dtype=torch.float32, device=self.device)
         context = self.inputs.context(None if user_features is None else [user_features], 1)
+        query = self.query_time(query_time, timestamps)
+        series = self.change_tokens(None if changes is None else [changes],
+                                    None if timestamps is None else [timestamps], [query])
         scores = self.scorer.encode_candidates(ids, stamps, self.dense_ids(candidates, "candidate"), user=user,
-                                               history_labels=labels,
-                                               query_time=self.query_time(query_time, timestamps),
-                                               context=None if context is None else context[0].to(self.device))
+                                               history_labels=labels, query_time=query,
+                                               context=None if context is None else context[0].to(self.device),
+                                               changes=(series["series_codes"], series["series_timestamps"])
+                                               if series else None)
         return self.finite(scores.float()).cpu().numpy()
 
 

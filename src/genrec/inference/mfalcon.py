@@ -40,10 +40,12 @@ class CandidateModel(Protocol):
     num_items: int
 
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,
-                       labels: torch.Tensor | None = None,
-                       context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One user's history as encoder input: ([tokens, D], per-token timestamps), behind the prefix tokens of
-        its user-context codes [F] when the model reads them."""
+                       labels: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                       changes: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One user's history as encoder input: ([tokens, D], per-token timestamps), with the tokens of its
+        user-feature changes (codes [S], times [S]) merged in by time and behind the prefix tokens of its
+        user-context codes [F], when the model reads them."""
 
     def candidate_tokens(self, item_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         """[C, D] encoder input of the candidates, all at token position `position` (an int or a one-element
@@ -70,8 +72,6 @@ class MFalcon:
             raise ValueError("M-FALCON needs an HSTU encoder (candidates attend through num_targets)")
         if any(layer.softmax for layer in model.encoder.layers):
             raise ValueError("M-FALCON needs pointwise attention (model.attention = softmax has no candidate path)")
-        if getattr(model, "series", None) is not None:
-            raise ValueError("M-FALCON does not support user-feature change tokens yet (data.user_series)")
         if micro_batch_size <= 0 or cache_capacity < 0:
             raise ValueError("micro_batch_size must be positive and cache_capacity >= 0")
         self.model = model.eval()
@@ -94,13 +94,17 @@ class MFalcon:
     @torch.no_grad()
     def prefill(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
                 history_labels: torch.Tensor | None = None, query_time: int | None = None,
-                context: torch.Tensor | None = None) -> HistoryCache:
+                context: torch.Tensor | None = None,
+                changes: tuple[torch.Tensor, torch.Tensor] | None = None) -> HistoryCache:
         """Runs the history once and keeps every layer's keys/values; query_time: see the module docstring
         (None: the last history event's own time); context: the user's context codes [F], for a model with a
-        user-context prefix."""
-        x, token_stamps = self.model.history_tokens(history_ids, history_timestamps, history_labels, context)
+        user-context prefix; changes: codes [S] and times [S] of the user's feature changes up to the query time
+        (genrec.inference.user_inputs), for a model with change tokens: merged into the history by time, all of
+        them before the candidates."""
+        x, token_stamps = self.model.history_tokens(history_ids, history_timestamps, history_labels, context,
+                                                    changes)
         cache = HistoryCache(history_ids, history_timestamps, history_labels, token_stamps, query_time,
-                             context=context)
+                             context=context, changes=changes)
         offsets = offsets_from_lengths(torch.tensor([x.shape[0]], device=x.device))
         query_times = None
         if token_stamps is not None and query_time is not None:
@@ -110,13 +114,15 @@ class MFalcon:
 
     def cached_history(self, user: Hashable, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
                        history_labels: torch.Tensor | None = None, query_time: int | None = None,
-                       context: torch.Tensor | None = None) -> HistoryCache:
-        """The user's cache, rebuilt when the history (or the query time, or the context) changed; least recently
-        used ones are evicted. Safe to call from several threads."""
+                       context: torch.Tensor | None = None,
+                       changes: tuple[torch.Tensor, torch.Tensor] | None = None) -> HistoryCache:
+        """The user's cache, rebuilt when the history (or the query time, the context, the changes) changed; least
+        recently used ones are evicted. Safe to call from several threads."""
         with self._lock:
             cache = self._caches.get(user)
-        if cache is None or not cache.matches(history_ids, history_timestamps, history_labels, query_time, context):
-            cache = self.prefill(history_ids, history_timestamps, history_labels, query_time, context)
+        if cache is None or not cache.matches(history_ids, history_timestamps, history_labels, query_time, context,
+                                              changes):
+            cache = self.prefill(history_ids, history_timestamps, history_labels, query_time, context, changes)
         with self._lock:
             self._caches[user] = cache
             self._caches.move_to_end(user)
@@ -133,13 +139,14 @@ class MFalcon:
     def encode_candidates(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
                           candidate_ids: torch.Tensor, candidate_timestamps: torch.Tensor | None = None,
                           user: Hashable | None = None, history_labels: torch.Tensor | None = None,
-                          query_time: int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Candidate outputs via the cached history (cached across calls when `user` is given); context: the
-        user's context codes [F] (see prefill)."""
+                          query_time: int | None = None, context: torch.Tensor | None = None,
+                          changes: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Candidate outputs via the cached history (cached across calls when `user` is given); context, changes:
+        the user's context codes [F] and feature changes (see prefill)."""
         self._check(history_ids, candidate_ids)
         candidate_timestamps = self._candidate_times(history_timestamps, candidate_ids, candidate_timestamps,
                                                      query_time)
-        history = (history_ids, history_timestamps, history_labels, query_time, context)
+        history = (history_ids, history_timestamps, history_labels, query_time, context, changes)
         cache = self.cached_history(user, *history) if user is not None else self.prefill(*history)
         if self._graphs is not None:
             with self._graph_lock:
@@ -166,7 +173,8 @@ class MFalcon:
     def encode_candidates_uncached(self, history_ids: torch.Tensor, history_timestamps: torch.Tensor | None,
                                    candidate_ids: torch.Tensor, candidate_timestamps: torch.Tensor | None = None,
                                    history_labels: torch.Tensor | None = None,
-                                   query_time: int | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
+                                   query_time: int | None = None, context: torch.Tensor | None = None,
+                                   changes: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The same through full passes over [history; micro-batch] with num_targets (no cache)."""
         self._check(history_ids, candidate_ids)
         candidate_timestamps = self._candidate_times(history_timestamps, candidate_ids, candidate_timestamps,
@@ -183,9 +191,12 @@ class MFalcon:
             if history_labels is not None:  # the candidates' own actions are never seen (target-aware)
                 labels = torch.cat([history_labels, history_labels.new_zeros(ids.numel(), history_labels.shape[1])])
             offsets = offsets_from_lengths(torch.tensor([tokens.numel()], device=tokens.device))
+            series = {} if changes is None else {
+                "series_codes": changes[0], "series_timestamps": changes[1],
+                "series_offsets": torch.tensor([0, changes[0].numel()], device=tokens.device)}
             batch = SequenceBatch(tokens, offsets, max_seq_len=history_ids.numel() + ids.numel(), timestamps=stamps,
                                   labels=labels, query_times=query_times,
-                                  context=None if context is None else context.view(1, -1))
+                                  context=None if context is None else context.view(1, -1), **series)
             num_targets = torch.tensor([ids.numel()], device=tokens.device)
             out = self.model(batch, num_targets)[history_ids.numel():]
             outputs.append(self.model.forward_candidate_outputs(out))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genrec.ops.jagged import merge_by_time, positions_in_sequence, prepend_prefix
+from genrec.ops.jagged import merge_by_time, positions_in_sequence, prepend_prefix, sequence_ids
 
 
 ITEM_INIT_BLOCK = 1 << 16  # item-table rows drawn from one generator (see item_rows)
@@ -203,26 +203,42 @@ def prepend_context(x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torc
 
 
 def add_user_tokens(x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
-                    series_tokens: torch.Tensor | None, batch, context_tokens: torch.Tensor | None
+                    series_tokens: torch.Tensor | None, batch, context_tokens: torch.Tensor | None,
+                    num_targets: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """A batch's tokens x [T, D] with its user tokens: change tokens [S, D] merged in by time (merge_series, from
-    batch's series fields), then each sequence's context prefix [B, F, D] in front (prepend_context). Returns the
-    encoder's input, its seq_offsets and timestamps, and rows [T]: where each token of x went (None: nowhere else,
-    neither is given)."""
+    batch's series fields; candidates, the last num_targets[b] tokens, after them all), then each sequence's context
+    prefix [B, F, D] in front (prepend_context). Returns the encoder's input, its seq_offsets and timestamps, and
+    rows [T]: where each token of x went (None: nowhere else, neither is given)."""
     rows = None
     if series_tokens is not None:
         x, seq_offsets, timestamps, rows = merge_series(x, seq_offsets, timestamps, series_tokens,
-                                                        batch.series_offsets, batch.series_timestamps)
+                                                        batch.series_offsets, batch.series_timestamps, num_targets)
     if context_tokens is not None:
         x, seq_offsets, timestamps, prefixed = prepend_context(x, seq_offsets, timestamps, context_tokens)
         rows = prefixed if rows is None else prefixed[rows]
     return x, seq_offsets, timestamps, rows
 
 
-def prefix_history(context: UserContextEmbedding | None, codes: torch.Tensor | None, tokens: torch.Tensor,
-                   timestamps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One user's history tokens [L, D] (and their timestamps [L]) behind its context prefix, as prepend_context
-    puts them (M-FALCON's history); codes [F], or None for a model without context."""
+def history_input(tokens: torch.Tensor, timestamps: torch.Tensor | None, series: UserSeriesEmbedding | None,
+                  changes: tuple[torch.Tensor, torch.Tensor] | None, context: UserContextEmbedding | None,
+                  codes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One user's history tokens [L, D] (and timestamps [L]) as M-FALCON's prefill reads them, laid out as the
+    forward pass lays out a sequence: its change tokens (changes: codes [S] and times [S]) merged in by time, then
+    its context prefix (codes [F]) in front. A model without either refuses it."""
+    if series is None:
+        if changes is not None:
+            raise ValueError("this model reads no user-feature changes")
+    else:
+        if changes is None:
+            raise ValueError("this model reads a user feature's changes as tokens: none were given")
+        if timestamps is None:
+            raise ValueError("user-feature change tokens need the history's timestamps")
+        change_codes, change_times = changes
+        offsets = torch.tensor([0, tokens.shape[0]], device=tokens.device)
+        change_offsets = torch.tensor([0, change_codes.numel()], device=tokens.device)
+        tokens, _, timestamps, _ = merge_series(tokens, offsets, timestamps, series(change_codes), change_offsets,
+                                                change_times)
     if context is None:
         if codes is not None:
             raise ValueError("this model reads no user context")
@@ -244,21 +260,26 @@ class UserSeriesEmbedding(nn.Module):
         self.scale = math.sqrt(embedding_dim)
         nn.init.trunc_normal_(self.table.weight, std=0.02, a=-0.04, b=0.04)
 
-    def forward(self, codes: torch.Tensor | None, num_targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, codes: torch.Tensor | None) -> torch.Tensor:
         if codes is None:
             raise ValueError("this model reads a user feature's changes as tokens: the batch has none")
-        if num_targets is not None:
-            raise ValueError("candidates (num_targets) among user-feature change tokens are not supported")
         return self.dropout(self.table(codes) * self.scale)
 
 
 def merge_series(x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor, series_tokens: torch.Tensor,
-                 series_offsets: torch.Tensor, series_timestamps: torch.Tensor
+                 series_offsets: torch.Tensor, series_timestamps: torch.Tensor, num_targets: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Merges each sequence's change tokens [S, D] into its tokens x [T, D] by time, a change before an event of
-    the same time. Returns the encoder's input [T + S, D], its seq_offsets and timestamps, and rows [T]: where
-    each token of x went."""
-    order, offsets = merge_by_time(series_offsets, series_timestamps, seq_offsets, timestamps)
+    the same time; with num_targets, each sequence's last num_targets[b] tokens (M-FALCON's candidates) after all
+    its changes, whatever their times (the changes are the user's state when the candidates are asked about).
+    Returns the encoder's input [T + S, D], its seq_offsets and timestamps, and rows [T]: where each token of x
+    went."""
+    order_times = timestamps
+    if num_targets is not None:
+        sequence = sequence_ids(seq_offsets, timestamps.numel())
+        from_end = seq_offsets[1:][sequence] - torch.arange(timestamps.numel(), device=timestamps.device)
+        order_times = timestamps.masked_fill(from_end <= num_targets[sequence], torch.iinfo(timestamps.dtype).max)
+    order, offsets = merge_by_time(series_offsets, series_timestamps, seq_offsets, order_times)
     rows = torch.empty_like(order)
     rows[order] = torch.arange(order.numel(), device=order.device)
     merged_times = torch.cat([series_timestamps, timestamps])[order]

@@ -14,7 +14,7 @@ from torch import nn
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
 from genrec.model.embeddings import (InputEmbedding, ItemContent, UserContextEmbedding, UserSeriesEmbedding,
-                                     add_user_tokens, prefix_history)
+                                     add_user_tokens, history_input)
 from genrec.model.hstu import HSTUEncoder
 
 
@@ -59,22 +59,24 @@ class GenerativeRanker(nn.Module):
         x = self.embedding.dropout(tokens + self.embedding.position(positions))
         stamps = None if batch.timestamps is None else torch.repeat_interleave(batch.timestamps, 2)
         x, offsets, stamps, rows = add_user_tokens(
-            x, offsets, stamps, None if self.series is None else self.series(batch.series_codes, num_targets), batch,
-            None if self.context is None else self.context(batch.context))
+            x, offsets, stamps, None if self.series is None else self.series(batch.series_codes), batch,
+            None if self.context is None else self.context(batch.context), token_targets)
         encoded = self.encoder(x, offsets, stamps, token_targets, sorted_timestamps=batch.timestamps_sorted,
                                query_times=batch.query_times)
         return self.heads(encoded[0::2] if rows is None else encoded.index_select(0, rows[0::2]))
 
     # --- the M-FALCON interface: candidates are item tokens after the whole interleaved history ---
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,
-                       labels: torch.Tensor | None = None,
-                       context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       labels: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                       changes: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if labels is None:
             raise ValueError("ranking histories need each event's action signals")
         tokens = self._tokens(item_ids, labels)
         positions = torch.arange(tokens.shape[0], device=tokens.device)
         stamps = None if timestamps is None else torch.repeat_interleave(timestamps, 2)
-        return prefix_history(self.context, context, tokens + self.embedding.position(positions), stamps)
+        return history_input(tokens + self.embedding.position(positions), stamps, self.series, changes, self.context,
+                             context)
 
     def candidate_tokens(self, item_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         return self.embedding.candidates(item_ids, position)

@@ -22,7 +22,7 @@ from torch import nn
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
 from genrec.model.embeddings import (InputEmbedding, ItemContent, UserContextEmbedding, UserSeriesEmbedding,
-                                     add_user_tokens, prefix_history)
+                                     add_user_tokens, history_input)
 from genrec.model.hstu import HSTUEncoder
 from genrec.model.sasrec import SASRecEncoder
 from genrec.model.similarity import build_similarity
@@ -64,9 +64,8 @@ class SequentialRetriever(nn.Module):
         num_targets[b] tokens of each sequence are candidates (see genrec.ops.hstu_attention)."""
         x = self.embedding(batch.item_ids, batch.seq_offsets, num_targets)
         x, offsets, timestamps, rows = add_user_tokens(
-            x, batch.seq_offsets, batch.timestamps,
-            None if self.series is None else self.series(batch.series_codes, num_targets), batch,
-            None if self.context is None else self.context(batch.context))
+            x, batch.seq_offsets, batch.timestamps, None if self.series is None else self.series(batch.series_codes),
+            batch, None if self.context is None else self.context(batch.context), num_targets)
         encoded = self.encoder(x, offsets, timestamps, num_targets, sorted_timestamps=batch.timestamps_sorted,
                                query_times=batch.query_times)
         if rows is None:
@@ -76,12 +75,14 @@ class SequentialRetriever(nn.Module):
 
     # --- the M-FALCON interface (history tokens, candidate tokens, candidate outputs) -------------
     def history_tokens(self, item_ids: torch.Tensor, timestamps: torch.Tensor | None,
-                       labels: torch.Tensor | None = None,
-                       context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One user's history as encoder input: ([F + L, D], per-token timestamps), behind its context prefix
-        (codes [F]) when the model reads one."""
+                       labels: torch.Tensor | None = None, context: torch.Tensor | None = None,
+                       changes: tuple[torch.Tensor, torch.Tensor] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One user's history as encoder input: ([F + L + S, D], per-token timestamps), with its change tokens
+        and behind its context prefix (codes [F]) when the model reads them (genrec.model.embeddings.history_input)."""
         offsets = torch.tensor([0, item_ids.numel()], device=item_ids.device)
-        return prefix_history(self.context, context, self.embedding(item_ids, offsets), timestamps)
+        return history_input(self.embedding(item_ids, offsets), timestamps, self.series, changes, self.context,
+                             context)
 
     def candidate_tokens(self, item_ids: torch.Tensor, position: int | torch.Tensor) -> torch.Tensor:
         return self.embedding.candidates(item_ids, position)

@@ -62,6 +62,8 @@ class RankRequest(BaseModel):
                                                                           "keys/values are reused while it is unchanged")
     user_features: dict[str, str | Int64] | None = Field(
         default=None, description="every user feature of a model trained with them (default: the user is unknown)")
+    changes: list[Change] | None = Field(
+        default=None, description="the changes of a model's sequentialized user feature, up to query_time")
 
 
 class RankResponse(BaseModel):
@@ -121,7 +123,8 @@ def create_app(run_dir: Path, device: str = "cpu", limits: Limits | None = None,
         if ranker is None:
             raise HTTPException(404, "no ranker loaded: start genrec serve with --ranker DIR")
         scores = ranker.rank(request.history, request.actions, request.candidates, request.timestamps,
-                             request.query_time, request.user_id, limits.max_candidates, request.user_features)
+                             request.query_time, request.user_id, limits.max_candidates, request.user_features,
+                             None if request.changes is None else [(c.timestamp, c.value) for c in request.changes])
         return RankResponse(tasks=ranker.tasks, scores=scores.tolist())
 
     return app
