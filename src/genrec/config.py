@@ -31,6 +31,9 @@ class DataConfig:
     synthetic_seed: int = 0
     synthetic_users: int = 2000
     synthetic_items: int = 1000
+    # the synthetic stream's other settings (genrec.data.synthetic_stream.StreamSpec), "name=value,...", e.g.
+    # "excitation=1,half_life_days=3"; "" = its defaults
+    synthetic_stream: str = ""
     # MovieLens user file (ml-1m users.dat, ml-100k u.user, or the directory holding it): its features
     # become user-context prefix tokens (genrec.data.user_features); None = no prefix
     user_features: str | None = None
@@ -242,6 +245,8 @@ class Config:
              "train.item_table_sharding = rows (FSDP2 would shard a replicated table's rows under the optimiser)"),
             (self.data.synthetic_users > 0 and self.data.synthetic_items > 0,
              "data.synthetic_users and synthetic_items must be positive"),
+            (not self.data.synthetic_stream or self.data.dataset == "synthetic-stream",
+             "data.synthetic_stream sets the synthetic stream: it needs data.dataset = synthetic-stream"),
             (0.0 <= self.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
             (self.train.device in ("auto", "cpu", "cuda"), "train.device must be auto, cpu or cuda"),
             (self.train.data_parallel in ("ddp", "fsdp"), "train.data_parallel must be ddp or fsdp"),

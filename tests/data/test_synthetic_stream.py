@@ -5,7 +5,7 @@ import pytest
 
 from genrec.data import load_events
 from genrec.data.synthetic import SyntheticSpec
-from genrec.data.synthetic_stream import DAY, START, StreamSpec, generate_stream
+from genrec.data.synthetic_stream import DAY, START, StreamSpec, _excited, generate_stream, stream_spec
 
 SPEC = StreamSpec(num_users=3000, num_events=200_000, num_days=30, initial_items=500, new_items_per_day=100,
                   num_topics=20)
@@ -63,6 +63,46 @@ def test_users_keep_interests(stream):
     assert same_topic[consecutive].mean() > 3 / SPEC.num_topics  # far above chance
 
 
+def recent_topic_repeats(events):
+    """Per event after a user's first day: did its topic occur among the user's events of the day before, and how
+    many events the user had that day."""
+    topics = events.item_features.codes[events.item_ids - 1, 0]
+    days = (events.timestamps - START) // DAY
+    yesterday = {}
+    for user, day, topic in zip(events.user_ids, days, topics):
+        yesterday.setdefault((user, day), []).append(topic)
+    repeats, counts = [], []
+    for user, day, topic in zip(events.user_ids, days, topics):
+        before = yesterday.get((user, day - 1))
+        if before:
+            repeats.append(topic in before)
+            counts.append(len(before))
+    return np.array(repeats), np.array(counts)
+
+
+def test_self_excitation_repeats_recent_topics():
+    spec = StreamSpec(num_users=500, num_events=60_000, num_days=20, initial_items=2000, num_topics=200,
+                      interest_concentration=10.0)  # near-uniform interests: repeats are rarer without excitation
+    plain, _ = recent_topic_repeats(generate_stream(spec))
+    excited, _ = recent_topic_repeats(generate_stream(StreamSpec(**{**spec.__dict__, "excitation": 1.0})))
+    assert excited.mean() > plain.mean() + 0.2
+
+
+@pytest.mark.parametrize("total", [0.5, 2.0, 8.0])
+def test_an_event_is_excited_with_the_probability_its_recent_intensity_gives(total):
+    """An event follows its user's recent topic counts with probability e R / (1 + e R), R their total (an
+    intensity: the same proportions at another total give another probability)."""
+    rows, topics, excitation = 20_000, 4, 0.5
+    base = np.tile(np.cumsum(np.full(topics, 1 / topics)), (rows, 1))
+    counts = np.zeros((rows, topics))
+    counts[:, 2] = total  # every recent event in topic 2
+    tables = _excited(np.random.default_rng(0), base, counts, excitation)
+    followed = (tables[:, 1] == 0.0).mean()  # a followed row has no mass before topic 2
+    expected = excitation * total / (1 + excitation * total)
+    assert abs(followed - expected) < 4 * np.sqrt(expected * (1 - expected) / rows)
+    np.testing.assert_array_equal(tables[tables[:, 1] > 0], base[tables[:, 1] > 0])  # the others keep their table
+
+
 def test_likes_follow_interest(stream):
     like, long_view = stream.actions["like"], stream.actions["long_view"]
     assert 0.2 < like.mean() < 0.8
@@ -72,6 +112,29 @@ def test_likes_follow_interest(stream):
 def test_as_a_data_set():
     events = load_events("synthetic-stream", None, synthetic=SyntheticSpec(num_users=300, num_items=100, seed=3))
     assert len(events) == 40 * 300 and events.source.startswith("synthetic-stream(seed=3")
+    excited = load_events("synthetic-stream", None, synthetic=SyntheticSpec(num_users=300, num_items=100, seed=3),
+                          stream_overrides="excitation=1.5, num_topics=7")
+    assert len(excited) == len(events) and excited.item_features.codes.max() == 7
+    assert not np.array_equal(excited.item_ids, events.item_ids)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ("excitation=lots", "excitation = 'lots' is not a float"), ("topics=3", "'topics' is not a setting"),
+    ("num_users=5", "come from data.synthetic_users")])
+def test_bad_stream_settings_name_the_reason(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        stream_spec(100, 50, 0, overrides)
+
+
+def test_stream_settings_belong_to_the_stream():
+    from genrec.config import Config
+
+    config = Config()
+    config.data.synthetic_stream = "excitation=1"
+    with pytest.raises(ValueError, match="needs data.dataset = synthetic-stream"):
+        config.validate()
+    assert stream_spec(100, 50, 0, "excitation=1,half_life_days=3") == StreamSpec(
+        num_users=100, num_events=4000, initial_items=50, excitation=1.0, half_life_days=3.0)
 
 
 def test_bad_specs_are_value_errors():
@@ -79,3 +142,5 @@ def test_bad_specs_are_value_errors():
         StreamSpec(persistence=1.5)
     with pytest.raises(ValueError, match="num_days"):
         StreamSpec(num_days=0)
+    with pytest.raises(ValueError, match="excitation"):
+        StreamSpec(excitation=-1.0)

@@ -12,14 +12,15 @@ from genrec.data.sequence_files import read_s3rec, read_sasrec
 from genrec.data.sequences import JaggedEvents, SequenceData, build_sequences
 from genrec.data.splits import EvalSplit, ProtocolSplit, leave_one_out, min_length_for
 from genrec.data.synthetic import SyntheticSpec, generate_events
-from genrec.data.synthetic_stream import StreamSpec, generate_stream
+from genrec.data.synthetic_stream import StreamSpec, generate_stream, stream_spec
 
 DATASETS = ("synthetic", "synthetic-stream", "ml-1m", "ml-100k", "ml-20m", "sasrec", "s3rec", "events", "store")
 
 
 def load_events(dataset: str, path: str | Path | None, skip_bad_rows: bool = False,
-                synthetic: SyntheticSpec = SyntheticSpec()) -> Events:
-    """Reads a data set by name; `path` is a directory or file (unused for synthetic)."""
+                synthetic: SyntheticSpec = SyntheticSpec(), stream_overrides: str = "") -> Events:
+    """Reads a data set by name; `path` is a directory or file (unused for synthetic); stream_overrides: settings of
+    the synthetic stream (genrec.data.synthetic_stream.stream_spec)."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASETS)}")
     if dataset == "store":
@@ -28,8 +29,8 @@ def load_events(dataset: str, path: str | Path | None, skip_bad_rows: bool = Fal
     if dataset == "synthetic":
         return generate_events(synthetic)
     if dataset == "synthetic-stream":  # sized like the static default: its users, 40 events each, its items
-        return generate_stream(StreamSpec(num_users=synthetic.num_users, num_events=40 * synthetic.num_users,
-                                          initial_items=synthetic.num_items, seed=synthetic.seed))
+        return generate_stream(stream_spec(synthetic.num_users, synthetic.num_items, synthetic.seed,
+                                           stream_overrides))
     if path is None:
         raise ValueError(f"dataset {dataset!r} needs --data-dir (a directory or file)")
     path = Path(path)

@@ -12,6 +12,11 @@ What it models, day by day (one day = 86,400 s of timestamps):
   concentration `interest_concentration`) and a drifting one, redrawn on average every
   `drift_days` days; an event's topic comes from the persistent mixture with probability `persistence`,
   else from the drifting one, and its item from that topic's items alive that day, by weight.
+- Self-excitation (off at the default `excitation` = 0), as in a Hawkes process: each user keeps per-topic counts of
+  its own earlier events, decayed by half every `excitation_half_life_days` (whole days: a day's events excite from
+  the next day on). With R the user's total decayed count, an event repeats a recent topic, chosen in proportion to
+  those counts, with probability excitation x R / (1 + excitation x R), else draws its topic as above. How many
+  events a user had lately (an intensity, not a proportion) and how long ago then decide what comes next.
 - Actions, per event: `like` (probability rising with the user's interest in the item's topic and with the
   item's quality) and `long_view` (likelier after a like): the tasks of `--task ranking`.
 - A slow-changing user feature, the topic a user follows: the largest topic of the drifting mixture, set at the
@@ -55,18 +60,43 @@ class StreamSpec:
     interest_concentration: float = 0.1
     persistence: float = 0.7
     drift_days: float = 14.0
+    excitation: float = 0.0
+    excitation_half_life_days: float = 3.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         positive = ("num_users", "num_events", "num_days", "initial_items", "num_topics", "half_life_days",
-                    "drift_days", "interest_concentration", "activity_exponent")
+                    "drift_days", "interest_concentration", "activity_exponent", "excitation_half_life_days")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"synthetic-stream: {name} must be positive, got {getattr(self, name)}")
-        if self.new_items_per_day < 0 or self.quality_sigma < 0 or self.rich_get_richer < 0:
-            raise ValueError("synthetic-stream: new_items_per_day, quality_sigma and rich_get_richer must be >= 0")
+        if min(self.new_items_per_day, self.quality_sigma, self.rich_get_richer, self.excitation) < 0:
+            raise ValueError("synthetic-stream: new_items_per_day, quality_sigma, rich_get_richer and excitation "
+                             "must be >= 0")
         if not 0.0 <= self.persistence <= 1.0:
             raise ValueError(f"synthetic-stream: persistence must be in [0, 1], got {self.persistence}")
+
+
+SIZED_BY_CONFIG = ("num_users", "num_events", "initial_items", "seed")  # data.synthetic_users / _items / _seed
+
+
+def stream_spec(num_users: int, num_items: int, seed: int, overrides: str = "") -> StreamSpec:
+    """The stream of `--dataset synthetic-stream`: num_users users with 40 events each on average, num_items items at
+    the start; `overrides` (data.synthetic_stream) sets other fields, as "name=value,name=value"."""
+    values = {"num_users": num_users, "num_events": 40 * num_users, "initial_items": num_items, "seed": seed}
+    fields = {name: type(getattr(StreamSpec, name)) for name in StreamSpec.__dataclass_fields__}
+    for assignment in filter(None, (part.strip() for part in overrides.split(","))):
+        name, _, value = assignment.partition("=")
+        name = name.strip()
+        if name not in fields or name in SIZED_BY_CONFIG:
+            settable = ", ".join(field for field in fields if field not in SIZED_BY_CONFIG)
+            raise ValueError(f"data.synthetic_stream: {name!r} is not a setting of the stream (settable: {settable}; "
+                             "its size and seed come from data.synthetic_users, synthetic_items, synthetic_seed)")
+        try:
+            values[name] = fields[name](value)
+        except ValueError:
+            raise ValueError(f"data.synthetic_stream: {name} = {value!r} is not a {fields[name].__name__}") from None
+    return StreamSpec(**values)
 
 
 def generate_stream(spec: StreamSpec = StreamSpec()) -> Events:
@@ -95,8 +125,11 @@ def generate_stream(spec: StreamSpec = StreamSpec()) -> Events:
     by_topic = _TopicIndex(topic, spec.num_topics)
     drifting = _topic_choice_tables(rng, spec.num_users, spec.num_topics, spec.interest_concentration)
     followed = [(np.arange(spec.num_users), np.zeros(spec.num_users, np.int64), _largest_topic(drifting))]
+    recent = np.zeros((spec.num_users, spec.num_topics)) if spec.excitation > 0 else None  # decayed topic counts
     for d in range(spec.num_days):
         lo, hi = day_starts[d], day_starts[d + 1]
+        if recent is not None and d > 0:
+            recent *= 0.5 ** (1.0 / spec.excitation_half_life_days)
         if hi == lo:
             continue
         redraw = rng.random(spec.num_users) < 1.0 / spec.drift_days
@@ -108,6 +141,8 @@ def generate_stream(spec: StreamSpec = StreamSpec()) -> Events:
         users_today = user[lo:hi]
         keep = rng.random(hi - lo) < spec.persistence
         tables = np.where(keep[:, None], persistent[users_today], drifting[users_today])  # cumulative [n, T]
+        if recent is not None:
+            tables = _excited(rng, tables, recent[users_today], spec.excitation)
         event_topic[lo:hi] = _sample_rows(rng, tables)
         interest[lo:hi] = _row_mass(tables, event_topic[lo:hi])
         alive = birth_day <= d
@@ -115,6 +150,9 @@ def generate_stream(spec: StreamSpec = StreamSpec()) -> Events:
         weight = np.where(alive, weight, 0.0)
         item[lo:hi] = by_topic.sample(rng, event_topic[lo:hi], weight)
         consumed += np.bincount(item[lo:hi], minlength=num_items)
+        if recent is not None:
+            recent += np.bincount(users_today * spec.num_topics + event_topic[lo:hi],
+                                  minlength=recent.size).reshape(recent.shape)
     # actions: a like is likelier where the user cares about the topic and the item is good
     lift = np.maximum(interest * spec.num_topics, 1e-6)  # the topic's share against a uniform interest
     like_logit = 0.8 * np.log(lift) + 0.5 * np.log(quality[item]) - 1.5
@@ -130,6 +168,16 @@ def generate_stream(spec: StreamSpec = StreamSpec()) -> Events:
                                            "followed_topic", tuple(str(topic) for topic in range(spec.num_topics))),
                   item_features=ItemFeatures(np.arange(1, num_items + 1), (topic + 1)[:, None],
                                              np.ones((num_items, 1), np.float32), ("topic",), spec.num_topics))
+
+
+def _excited(rng: np.random.Generator, tables: np.ndarray, counts: np.ndarray, excitation: float) -> np.ndarray:
+    """Each event's topic table [n, T] (cumulative), replaced by its user's recent topic counts [n, T]
+    (normalised) with probability excitation x R / (1 + excitation x R), R the counts' total."""
+    total = counts.sum(axis=1)
+    excited = rng.random(total.size) < excitation * total / (1.0 + excitation * total)
+    tables = tables.copy()
+    tables[excited] = np.cumsum(counts[excited], axis=1) / total[excited, None]
+    return tables
 
 
 def _largest_topic(cumulative: np.ndarray) -> np.ndarray:

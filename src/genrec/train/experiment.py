@@ -48,7 +48,8 @@ def read_events(data_config: DataConfig) -> Events:
         return EventStore.open(data_config.path).events()
     synthetic = SyntheticSpec(num_users=data_config.synthetic_users, num_items=data_config.synthetic_items,
                               seed=data_config.synthetic_seed)
-    return load_events(data_config.dataset, data_config.path, data_config.skip_bad_rows, synthetic)
+    return load_events(data_config.dataset, data_config.path, data_config.skip_bad_rows, synthetic,
+                       data_config.synthetic_stream)
 
 
 @dataclass
