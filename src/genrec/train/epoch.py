@@ -53,7 +53,7 @@ def train_epoch(trainer, num_sequences: int, resumed: EpochProgress | None = Non
     """The trainer provides modules, optimizer, average (or None), guard, run_log, streams, ranks, state,
     config, device, autocast_dtype, peak_tflops, host_batch(indices) and batch_loss(host batch) -> StepLoss | None
     (None: skip). `resumed` continues an epoch a checkpoint was taken in; `checkpoint(progress)` is called every
-    `checkpoint_every` batches (0: never) but after the last. Throughput counts this call's batches only."""
+    `checkpoint_every` batches (0: never; not after the last). Throughput counts this call's batches only."""
     trainer.modules.train()
     trainer.state.setdefault("step", 0)  # runs saved before steps were counted lack it
     train_config = trainer.config.train

@@ -128,9 +128,11 @@ class StreamTrainer:
             min(self.stream.num_windows, self.config.stream.max_windows)
         started = time.perf_counter()
         for window in range(self.state["epoch"], last):
-            resumed, self._resumed = self._resumed, None  # a window a checkpoint was taken in: evaluated already
-            row = resumed[0] if resumed else {"window": window, **self.evaluate_window(window)}
-            row.update(self.train_window(window, row, *(resumed[1:] if resumed else (None, None))))
+            if self._resumed is not None:  # a window a checkpoint was taken in: evaluated and admitted already
+                (row, new_items, progress), self._resumed = self._resumed, None
+            else:
+                row, new_items, progress = {"window": window, **self.evaluate_window(window)}, None, None
+            row.update(self.train_window(window, row, new_items, progress))
             self.state["windows"].append(row)
             self.state["epoch"] = window + 1
             self.guard.check(self.model)
