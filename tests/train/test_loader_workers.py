@@ -20,7 +20,7 @@ def with_stochastic_length(config):
 @pytest.mark.parametrize("make_trainer, make_config, results", [
     (Trainer, lambda: with_stochastic_length(tiny_config(epochs=2)), "metrics"),
     (RankingTrainer, lambda: with_stochastic_length(ranking_config()), "metrics"),
-    (StreamTrainer, lambda: stream_config(max_windows=3), "windows"),
+    (StreamTrainer, lambda: with_stochastic_length(stream_config(max_windows=3)), "windows"),
 ], ids=["retrieval", "ranking", "stream"])
 def test_loader_workers_change_nothing(tmp_path, deterministic, make_trainer, make_config, results):
     runs = {}

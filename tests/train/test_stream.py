@@ -10,7 +10,8 @@ import torch
 
 from genrec.checkpoint import load_checkpoint
 from genrec.data import StreamSpec, generate_stream
-from genrec.train.stream import StreamEvents, StreamTrainer
+from genrec.data.stochastic_length import keep_tokens, stochastic_length_keep
+from genrec.train.stream import StreamEvents, StreamTrainer, predicted_tokens
 from tests.tiny import tiny_config
 
 
@@ -130,8 +131,15 @@ def topics_as_content(config):
     return config
 
 
-@pytest.mark.parametrize("table", [lambda config: config, rowwise, followed_topics, topics_as_content],
-                         ids=["adamw", "rowwise-bf16-table", "followed-topic-tokens", "topics-as-item-content"])
+def stochastic_length(config):
+    config.train.stochastic_length_alpha = 1.2  # histories of 16: longer than 5 events, most are cut
+    return config
+
+
+@pytest.mark.parametrize("table", [lambda config: config, rowwise, followed_topics, topics_as_content,
+                                   stochastic_length],
+                         ids=["adamw", "rowwise-bf16-table", "followed-topic-tokens", "topics-as-item-content",
+                              "stochastic-length"])
 def test_resume_is_exact(tmp_path, deterministic, table):
     straight = run(table(stream_config()), tmp_path / "a")
     run(table(stream_config(max_windows=2)), tmp_path / "b")
@@ -143,6 +151,34 @@ def test_resume_is_exact(tmp_path, deterministic, table):
     for name, tensor in a.model.items():
         assert torch.equal(tensor, b.model[name]), name
     assert ("series.table.weight" in a.model) == (table is followed_topics)
+
+
+def test_stochastic_length_predicts_each_kept_window_event_from_the_kept_events_before_it(tmp_path):
+    config = stochastic_length(stream_config(max_windows=3))
+    trainer = StreamTrainer(config, tmp_path, log=lambda _: None, progress=False)
+    trainer.fit()  # trains with it; the state after three windows gives long histories
+    users, ends = trainer.stream.window_sequences(3, config.data.max_seq_len)
+    host = trainer._batch(3, users, ends)
+    keep = torch.rand(host.batch.item_ids.numel(), generator=torch.Generator().manual_seed(0)) < 0.5
+    kept = keep_tokens(host.batch, keep)
+    positions, targets = predicted_tokens(kept.seq_offsets, host.in_window[keep], kept.item_ids)
+    expected_positions, expected_targets = [], []
+    for start, stop in zip(kept.seq_offsets[:-1].tolist(), kept.seq_offsets[1:].tolist()):
+        in_window = host.in_window[keep][start:stop]
+        for token in range(start + 1, stop):
+            if in_window[token - start]:
+                expected_positions.append(token - 1)
+                expected_targets.append(int(kept.item_ids[token]))
+    assert positions.tolist() == expected_positions and targets.tolist() == expected_targets
+    assert 0 < len(expected_positions) < host.positions.numel()
+    state = trainer.streams.length.get_state()  # the step draws its own cut: the same one, from the same state
+    drawn = stochastic_length_keep(host.batch, config.train.stochastic_length_alpha,
+                                   torch.Generator().set_state(state))
+    trainer.streams.length.set_state(state)
+    step = trainer.batch_loss(host)
+    cut = keep_tokens(host.batch, drawn)
+    assert step.tokens == cut.item_ids.numel() < host.batch.item_ids.numel()  # long sequences were cut
+    assert step.weight == predicted_tokens(cut.seq_offsets, host.in_window[drawn], cut.item_ids)[0].numel()
 
 
 class Killed(Exception):

@@ -30,26 +30,36 @@ def expected_attention_work(lengths: torch.Tensor, max_seq_len: int, alpha: floa
 
 def stochastic_length(batch: SequenceBatch, alpha: float, generator: torch.Generator) -> SequenceBatch:
     """A batch with some long sequences subsampled (host tensors; the generator is a CPU one)."""
+    keep = stochastic_length_keep(batch, alpha, generator)
+    return batch if keep is None else keep_tokens(batch, keep)
+
+
+def stochastic_length_keep(batch: SequenceBatch, alpha: float, generator: torch.Generator) -> torch.Tensor | None:
+    """Which of the batch's tokens Stochastic Length keeps ([T] bool), or None when it keeps them all."""
     if not 0.0 < alpha <= 2.0:
         raise ValueError(f"stochastic length alpha must be in (0, 2], got {alpha}")
     max_seq_len = batch.max_seq_len
     kept_len = int(max_seq_len ** (alpha / 2))
     lengths = batch.lengths.tolist()
     if max(lengths, default=0) <= kept_len:
-        return batch
+        return None
     keep = torch.ones(batch.item_ids.shape[0], dtype=torch.bool)
-    new_lengths = []
     for start, length in zip(batch.seq_offsets[:-1].tolist(), lengths):
         cut = length > kept_len and float(torch.rand((), generator=generator)) >= max_seq_len ** alpha / length ** 2
         if cut:
             chosen = torch.randperm(length, generator=generator)[:kept_len]
             keep[start:start + length] = False
             keep[start + chosen] = True
-        new_lengths.append(kept_len if cut else length)
-    offsets = torch.zeros(len(new_lengths) + 1, dtype=torch.int64)
-    offsets[1:] = torch.cumsum(torch.tensor(new_lengths, dtype=torch.int64), 0)
+    return keep
+
+
+def keep_tokens(batch: SequenceBatch, keep: torch.Tensor) -> SequenceBatch:
+    """The batch with only the tokens `keep` [T] marks, each sequence's in their order."""
+    sequence = torch.repeat_interleave(torch.arange(batch.lengths.numel()), batch.lengths)
+    offsets = torch.zeros(batch.lengths.numel() + 1, dtype=torch.int64)
+    offsets[1:] = torch.cumsum(torch.bincount(sequence[keep], minlength=batch.lengths.numel()), 0)
     per_token = {f.name: getattr(batch, f.name) for f in fields(batch)  # derived fields are not passed in
                  if f.init and f.name not in ("seq_offsets", "max_seq_len", *SequenceBatch.PER_SEQUENCE)}
-    subsampled = {name: None if value is None else value[keep] for name, value in per_token.items()}
-    return SequenceBatch(seq_offsets=offsets, max_seq_len=max_seq_len, **subsampled,
+    kept = {name: None if value is None else value[keep] for name, value in per_token.items()}
+    return SequenceBatch(seq_offsets=offsets, max_seq_len=batch.max_seq_len, **kept,
                          **{name: getattr(batch, name) for name in SequenceBatch.PER_SEQUENCE})

@@ -11,7 +11,9 @@ evaluated and then trained on:
 - training: the window's items are admitted to the vocabulary (genrec.data.item_vocabulary; rows handed
   to new items are re-initialised and their optimiser state cleared), then one pass over the window's
   sequences, the next-item loss at the positions whose targets fall in the window, negatives drawn from the
-  held items.
+  held items. With Stochastic Length (train.stochastic_length_alpha), a long sequence may keep only some of its
+  events (genrec.data.stochastic_length): its kept window events are predicted from the kept events before them,
+  and the others are not trained on, which in one pass means never.
 Both read the window's sequences (StreamEvents.window_sequences): each user's last max_seq_len events up to the
 window's end and, for a user with more window events than one sequence predicts, more sequences ending earlier,
 so that every event of the window but a user's first is the target of exactly one sequence.
@@ -30,7 +32,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +41,7 @@ from genrec.checkpoint import atomic_write_json, load_checkpoint, restore_rng, r
 from genrec.config import Config, config_to_dict
 from genrec.data.batch import SequenceBatch
 from genrec.data.item_vocabulary import UNKNOWN_ROW, ItemVocabulary
+from genrec.data.stochastic_length import keep_tokens, stochastic_length_keep
 from genrec.data.user_features import read_user_features
 from genrec.data.user_series import UserSeries
 from genrec.devices import resolve_device
@@ -59,6 +62,14 @@ from genrec.train.run_log import print_line
 DAY = 86_400
 KS = (10, 50)
 EVAL_CHUNK = 4096  # predicted positions scored against the catalogue at once
+
+
+class WindowBatch(NamedTuple):
+    batch: SequenceBatch
+    positions: torch.Tensor  # [P] the tokens whose next event is a window event to predict
+    targets: torch.Tensor  # [P] those events' vocabulary rows
+    first_events: int  # window events with nothing before them (a user's first): not predicted
+    in_window: torch.Tensor  # [T] bool: the token is an event of the window
 
 
 class StreamTrainer:
@@ -100,7 +111,8 @@ class StreamTrainer:
         self.train_model = compiled(self.model, config)
         self.for_graphs = graph_batches(config, self.ranks)
         self.optimizer = build_optimizer(config.train, self.model, sparse_tables=True)
-        self.streams = RandomStreams(config.train.seed, 0, self.device, stochastic_length=False)
+        self.streams = RandomStreams(config.train.seed, 0, self.device,
+                                     stochastic_length=config.train.stochastic_length_alpha > 0)
         self.guard = DivergenceGuard(self.device)
         # what the shared epoch of steps (genrec.train.epoch) reads: bf16 autocast on CUDA, no weight average
         self.modules, self.average = self.model, None
@@ -168,8 +180,8 @@ class StreamTrainer:
         users, ends = self.stream.window_sequences(window, self.config.data.max_seq_len)
         for start in range(0, len(users), self.config.train.eval_batch_size):
             chosen_sequences = slice(start, start + self.config.train.eval_batch_size)
-            batch, positions, targets, unpredicted = self._batch(window, users[chosen_sequences],
-                                                                 ends[chosen_sequences])
+            batch, positions, targets, unpredicted, _ = self._batch(window, users[chosen_sequences],
+                                                                    ends[chosen_sequences])
             first_events += unpredicted
             if positions.numel() == 0:
                 continue
@@ -230,13 +242,20 @@ class StreamTrainer:
         self.run_log.scalars("train", stats, window + 1)  # throughput goes there, not into the (reproducible) rows
         return {"loss": stats["loss"], "new_items": new_items, "evicted_so_far": self.vocabulary.evicted}
 
-    def host_batch(self, indices: np.ndarray) -> tuple[SequenceBatch, torch.Tensor, torch.Tensor, int]:
+    def host_batch(self, indices: np.ndarray) -> WindowBatch:
         users, ends = self._sequences
         return self._batch(self._window, users[indices], ends[indices])
 
-    def batch_loss(self, host_batch: tuple[SequenceBatch, torch.Tensor, torch.Tensor, int]) -> StepLoss | None:
-        """Next-item loss at the positions whose targets fall in the window, negatives from the held items."""
-        batch, positions, targets, _ = host_batch
+    def batch_loss(self, host_batch: WindowBatch) -> StepLoss | None:
+        """Next-item loss at the positions whose targets fall in the window, negatives from the held items. With
+        Stochastic Length, a long sequence may keep only some of its events: each kept window event is then
+        predicted from the kept events before it, and the others are not trained on (in one pass: never)."""
+        batch, positions, targets = host_batch.batch, host_batch.positions, host_batch.targets
+        alpha = self.config.train.stochastic_length_alpha
+        keep = None if alpha == 0 else stochastic_length_keep(batch, alpha, self.streams.length)
+        if keep is not None:
+            batch = keep_tokens(batch, keep)
+            positions, targets = predicted_tokens(batch.seq_offsets, host_batch.in_window[keep], batch.item_ids)
         if positions.numel() == 0:
             return None
         loss_config = self.config.train.loss
@@ -251,22 +270,18 @@ class StreamTrainer:
             loss_config.num_negatives, 0))
         return StepLoss(loss, loss, positions.numel(), int(lengths.sum()), flops)
 
-    def _batch(self, window: int, users: np.ndarray, ends: np.ndarray
-               ) -> tuple[SequenceBatch, torch.Tensor, torch.Tensor, int]:
-        """Sequences of the window (window_sequences' users and ends) as vocabulary rows; the positions whose next
-        event lies in the window, those events' rows, and how many window events had no position before them (a
-        user's first event)."""
+    def _batch(self, window: int, users: np.ndarray, ends: np.ndarray) -> WindowBatch:
+        """Sequences of the window (window_sequences' users and ends) as vocabulary rows, with the positions whose
+        next event lies in the window and how many window events had no position before them (a user's first)."""
         events, lengths = self.stream.histories(users, ends, self.config.data.max_seq_len)
         offsets = offsets_from_lengths(torch.from_numpy(lengths))
         start, _ = self.stream.window_bounds(window)
         in_window = events >= start
         first_in_sequence = np.zeros(events.size, dtype=bool)
         first_in_sequence[offsets[:-1].numpy()[lengths > 0]] = True
-        predicted = in_window & ~first_in_sequence  # a sequence's first event: the target of one ending earlier
-        users_first = first_in_sequence.copy()  # ... unless it is its user's first event
-        users_first[first_in_sequence] = (ends == lengths)[lengths > 0]
-        target_index = np.flatnonzero(predicted)
-        rows = self.vocabulary.lookup(self.stream.items[events])
+        users_first = first_in_sequence.copy()  # a sequence's first event is the target of one ending earlier ...
+        users_first[first_in_sequence] = (ends == lengths)[lengths > 0]  # ... unless it is its user's first
+        rows = torch.from_numpy(self.vocabulary.lookup(self.stream.items[events]))
         times = self.stream.timestamps[events]
         series = {}
         if self.series is not None:  # each sequence's user's changes up to its last event
@@ -276,10 +291,11 @@ class StreamTrainer:
             series = {"series_codes": torch.from_numpy(codes), "series_timestamps": torch.from_numpy(change_times),
                       "series_offsets": torch.from_numpy(change_offsets)}
         context = None if self.model.context is None else torch.from_numpy(self.context[users])
-        batch = SequenceBatch(torch.from_numpy(rows), offsets, self.config.data.max_seq_len,
-                              timestamps=torch.from_numpy(times), context=context, **series)
-        return (batch, torch.from_numpy(target_index - 1), torch.from_numpy(rows[target_index]),
-                int((in_window & users_first).sum()))
+        batch = SequenceBatch(rows, offsets, self.config.data.max_seq_len, timestamps=torch.from_numpy(times),
+                              context=context, **series)
+        in_window = torch.from_numpy(in_window)
+        return WindowBatch(batch, *predicted_tokens(offsets, in_window, rows),
+                           int((in_window.numpy() & users_first).sum()), in_window)
 
     def _reset_rows(self, rows: np.ndarray) -> None:
         """New owners of rows start from a fresh embedding (their own content) and no optimiser history."""
@@ -336,11 +352,21 @@ class StreamTrainer:
         self.log(f"resumed in window {self.state['epoch'] + 1} after {progress.batches} of its batches")
 
 
+def predicted_tokens(seq_offsets: torch.Tensor, in_window: torch.Tensor, rows: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions [P], targets [P]): each window event but a sequence's first is predicted from the token before
+    it; its row is the target."""
+    first_in_sequence = torch.zeros_like(in_window)
+    lengths = seq_offsets[1:] - seq_offsets[:-1]
+    first_in_sequence[seq_offsets[:-1][lengths > 0]] = True
+    predicted = torch.nonzero(in_window & ~first_in_sequence).flatten()
+    return predicted - 1, rows[predicted]
+
+
 def unsupported_options(config: Config) -> list[str]:
     """The options a stream run would otherwise ignore, each as `name = value`."""
     train, loss = config.train, config.train.loss
-    checks = {"train.stochastic_length_alpha": train.stochastic_length_alpha != 0,
-              "train.ema_decay": train.ema_decay != 0, "train.lr_schedule": train.lr_schedule != "constant",
+    checks = {"train.ema_decay": train.ema_decay != 0, "train.lr_schedule": train.lr_schedule != "constant",
               "train.warmup_epochs": train.warmup_epochs != 0,
               "train.patience": train.patience != 0, "train.loss.negatives": loss.negatives != "sampled",
               "train.loss.in_batch_negatives": loss.in_batch_negatives != 0,
