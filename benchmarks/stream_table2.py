@@ -31,7 +31,9 @@ MODELS = {"Transformer (SASRec)": "sasrec", "HSTU softmax without rab": f"hstu:m
           # beyond Table 2: HSTU reading the stream's followed topics as change tokens (genrec.data.user_series),
           # and its items' topics as content (genrec.data.item_features)
           "HSTU + followed topics": "hstu:data.user_series=followed_topics",
-          "HSTU + item topics": "hstu:data.item_features=topics:model.item_representation=id+content"}
+          "HSTU + item topics": "hstu:data.item_features=topics:model.item_representation=id+content",
+          # and Stochastic Length (paper Sec. 3.3) on long histories (with --set data.max_seq_len=1024)
+          "HSTU + Stochastic Length 1.7": "hstu:train.stochastic_length_alpha=1.7"}
 PAPER = {"Transformer (SASRec)": (0.0442, 0.2025), "HSTU softmax without rab": (0.0617, 0.2496),
          "HSTU without rab": (0.0893, 0.3170)}
 METRICS = ("hr@10", "hr@50", "ndcg@10")
