@@ -11,7 +11,8 @@ import torch
 from genrec.checkpoint import load_checkpoint
 from genrec.data import StreamSpec, generate_stream
 from genrec.data.stochastic_length import keep_tokens, stochastic_length_keep
-from genrec.train.stream import StreamEvents, StreamTrainer, predicted_tokens
+from genrec.data.stream_events import StreamEvents
+from genrec.train.stream import StreamTrainer, predicted_tokens
 from tests.tiny import tiny_config
 
 
@@ -41,24 +42,39 @@ def test_a_windows_sequences_predict_every_event_but_a_users_first_once():
     """Heavy users (Zipf activity) outnumber a sequence's room in a window: they get more sequences, and every
     window event but a user's very first is the target of exactly one (a sequence's events after its first)."""
     events = generate_stream(StreamSpec(num_users=30, num_events=600, num_days=6, initial_items=50, seed=3))
-    stream = StreamEvents(events, window_days=1.0)
+    stream = StreamEvents.of_events(events, window_days=1.0)
+    user = stream.user_of(stream.time_order)  # each event's user, in time order
     max_len, chunked = 7, 0
     for window in range(stream.num_windows):
         start, end = stream.window_bounds(window)
         users, ends = stream.window_sequences(window, max_len)
-        indices, lengths = stream.histories(users, ends, max_len)
+        rows, lengths = stream.histories(users, ends, max_len)
         offsets = np.concatenate([[0], np.cumsum(lengths)])
         targets = []
-        for b, (user, sequence_end) in enumerate(zip(users, ends)):
-            own = [e for e in range(end) if stream.users[e] == user]
-            assert indices[offsets[b]:offsets[b + 1]].tolist() == own[:sequence_end][-max_len:]
-            targets += [e for e in indices[offsets[b] + 1:offsets[b + 1]].tolist() if e >= start]
-        first_ever = {int(np.flatnonzero(stream.users == user)[0]) for user in np.unique(users)}
-        assert sorted(targets) == [e for e in range(start, end) if e not in first_ever]
+        for b, (owner, sequence_end) in enumerate(zip(users, ends)):
+            own = [int(stream.time_order[e]) for e in range(end) if user[e] == owner]  # its rows up to the window end
+            assert rows[offsets[b]:offsets[b + 1]].tolist() == own[:sequence_end][-max_len:]
+            targets += rows[offsets[b] + 1:offsets[b + 1]].tolist()
+        window_rows = stream.time_order[start:end].tolist()
+        targets = [row for row in targets if row in window_rows]
+        first_ever = set(stream.user_offsets[:-1].tolist())
+        assert sorted(targets) == sorted(row for row in window_rows if row not in first_ever)
         chunked += len(users) - len(np.unique(users))
     assert chunked > 0  # some user did need several sequences
     with pytest.raises(ValueError, match="max_seq_len >= 2"):
         stream.window_sequences(0, 1)
+
+
+def test_the_by_user_layout_keeps_each_users_events_in_time_order_and_the_time_order_global():
+    events = generate_stream(StreamSpec(num_users=30, num_events=600, num_days=6, initial_items=50, seed=3))
+    stream = StreamEvents.of_events(events, window_days=1.0)
+    order = np.argsort(events.timestamps, kind="stable")  # the log's events by time, ties in log order
+    np.testing.assert_array_equal(stream.items[stream.time_order], events.item_ids[order])
+    np.testing.assert_array_equal(stream.user_vocab[stream.user_of(stream.time_order)], events.user_ids[order])
+    for u in range(len(stream.user_vocab)):
+        mine = order[events.user_ids[order] == stream.user_vocab[u]]
+        np.testing.assert_array_equal(stream.items[stream.user_offsets[u]:stream.user_offsets[u + 1]],
+                                      events.item_ids[mine])
 
 
 def test_every_window_event_is_scored_or_counted_as_a_first(tmp_path):
@@ -69,7 +85,8 @@ def test_every_window_event_is_scored_or_counted_as_a_first(tmp_path):
     for window, row in enumerate(summary["windows"]):
         start, end = trainer.stream.window_bounds(window)
         assert row["events"] + row["first_events"] == end - start
-    assert sum(row["first_events"] for row in summary["windows"]) == len(np.unique(trainer.stream.users[:end]))
+    users_so_far = trainer.stream.user_of(trainer.stream.time_order[:end])
+    assert sum(row["first_events"] for row in summary["windows"]) == len(np.unique(users_so_far))
 
 
 def test_the_first_window_holds_no_item_and_scores_nothing(tmp_path):

@@ -38,14 +38,18 @@ class PreparedData:
     input_values: dict = field(default_factory=dict)  # see LoadedSequences
 
 
-def read_events(data_config: DataConfig) -> Events:
-    """The events of the configured data set (a file, an event store, or the generated synthetic sets)."""
-    if data_config.dataset == "store":
-        from genrec.data.event_store import EventStore
+def open_store(data_config: DataConfig):
+    """The event store data.path names (data.dataset = store)."""
+    from genrec.data.event_store import EventStore
 
-        if data_config.path is None:
-            raise ValueError("dataset 'store' needs --data-dir: the directory genrec prepare wrote")
-        return EventStore.open(data_config.path).events()
+    if data_config.path is None:
+        raise ValueError("dataset 'store' needs --data-dir: the directory genrec prepare wrote")
+    return EventStore.open(data_config.path)
+
+
+def read_events(data_config: DataConfig) -> Events:
+    """The events of the configured data set (a file, or the generated synthetic sets; an event store is opened by
+    open_store)."""
     synthetic = SyntheticSpec(num_users=data_config.synthetic_users, num_items=data_config.synthetic_items,
                               seed=data_config.synthetic_seed)
     return load_events(data_config.dataset, data_config.path, data_config.skip_bad_rows, synthetic,
@@ -89,13 +93,9 @@ def load_sequences(config: Config, min_length: int, with_actions: bool = False) 
 
 def _store_sequences(config: Config, min_length: int, with_actions: bool) -> LoadedSequences:
     """The sequences of an event store (genrec.data.event_store), memory-mapped: nothing is read whole."""
-    from genrec.data.event_store import EventStore
-
-    if config.data.path is None:
-        raise ValueError("dataset 'store' needs --data-dir: the directory genrec prepare wrote")
     if config.data.tie_order != "stable":
         raise ValueError("an event store keeps ties in file order: use tie_order = stable with it")
-    store = EventStore.open(config.data.path)
+    store = open_store(config.data)
     data = store.sequences(min_length)
     task_names = []
     if with_actions:

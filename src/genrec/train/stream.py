@@ -42,6 +42,7 @@ from genrec.config import Config, config_to_dict
 from genrec.data.batch import SequenceBatch
 from genrec.data.item_vocabulary import UNKNOWN_ROW, ItemVocabulary
 from genrec.data.stochastic_length import keep_tokens, stochastic_length_keep
+from genrec.data.stream_events import DAY, StreamEvents
 from genrec.data.user_features import read_user_features
 from genrec.data.user_series import UserSeries
 from genrec.devices import resolve_device
@@ -52,14 +53,14 @@ from genrec.model.embeddings import ItemContent
 from genrec.ops.jagged import offsets_from_lengths
 from genrec.train.divergence import DivergenceGuard
 from genrec.train.epoch import EpochProgress, StepLoss, train_epoch
-from genrec.train.experiment import changes_of, compiled, graph_batches, item_features_of, peak_tflops, read_events
+from genrec.train.experiment import (changes_of, compiled, graph_batches, item_features_of, open_store, peak_tflops,
+                                     read_events)
 from genrec.train.losses import loss_flops, sampled_softmax_loss
 from genrec.train.optimizers import build_optimizer
 from genrec.train.parallel import Distributed, load_optimizer, num_batches
 from genrec.train.run_state import RandomStreams, run_fit
 from genrec.train.run_log import print_line
 
-DAY = 86_400
 KS = (10, 50)
 EVAL_CHUNK = 4096  # predicted positions scored against the catalogue at once
 
@@ -84,8 +85,12 @@ class StreamTrainer:
         self.out_dir, self.log, self.progress = out_dir, log, progress
         self.ranks = Distributed()
         self.device = resolve_device(config.train.device)
-        events = read_events(config.data)
-        self.stream = StreamEvents(events, config.stream.window_days)
+        if config.data.dataset == "store":  # its events stay on disk
+            events = None
+            self.stream = StreamEvents.of_store(open_store(config.data), config.stream.window_days)
+        else:
+            events = read_events(config.data)
+            self.stream = StreamEvents.of_events(events, config.stream.window_days)
         changes = None if config.data.user_series is None else changes_of(config.data, events)
         self.series = None if changes is None else UserSeries.of_users(changes, self.stream.user_vocab,
                                                                        config.data.max_series_len)
@@ -207,9 +212,8 @@ class StreamTrainer:
 
     def _previous_window_counts(self, window: int) -> torch.Tensor:
         """The baseline's scores [1, R]: how often each held item was consumed in the window before."""
-        start, _ = self.stream.window_bounds(max(window - 1, 0))
-        end = self.stream.window_bounds(window)[0]
-        rows = self.vocabulary.lookup(self.stream.items[start:end])
+        before = self.stream.window_rows(window - 1) if window > 0 else np.zeros(0, np.int64)
+        rows = self.vocabulary.lookup(self.stream.items[before])
         counts = np.bincount(rows, minlength=self.vocabulary.num_rows).astype(np.float32)
         return torch.from_numpy(counts).to(self.device).view(1, -1)
 
@@ -219,8 +223,8 @@ class StreamTrainer:
         with a checkpoint every stream.checkpoint_every_steps batches. `row` (the window's evaluation) and, for a
         window a checkpoint was taken in, the items admitted and the pass's progress go into those checkpoints."""
         if resumed is None:  # a resumed window's admission is in the restored vocabulary, weights and optimiser
-            start, end = self.stream.window_bounds(window)
-            new_rows = self.vocabulary.admit(self.stream.items[start:end], self.stream.timestamps[start:end])
+            events = self.stream.window_rows(window)
+            new_rows = self.vocabulary.admit(self.stream.items[events], self.stream.timestamps[events])
             self._reset_rows(new_rows)
             new_items = int(new_rows.size)
         self._window, self._sequences = window, self.stream.window_sequences(window, self.config.data.max_seq_len)
@@ -275,14 +279,13 @@ class StreamTrainer:
         next event lies in the window and how many window events had no position before them (a user's first)."""
         events, lengths = self.stream.histories(users, ends, self.config.data.max_seq_len)
         offsets = offsets_from_lengths(torch.from_numpy(lengths))
-        start, _ = self.stream.window_bounds(window)
-        in_window = events >= start
+        times = self.stream.timestamps[events]
+        in_window = times >= self.stream.window_start_times[window]
         first_in_sequence = np.zeros(events.size, dtype=bool)
         first_in_sequence[offsets[:-1].numpy()[lengths > 0]] = True
         users_first = first_in_sequence.copy()  # a sequence's first event is the target of one ending earlier ...
         users_first[first_in_sequence] = (ends == lengths)[lengths > 0]  # ... unless it is its user's first
         rows = torch.from_numpy(self.vocabulary.lookup(self.stream.items[events]))
-        times = self.stream.timestamps[events]
         series = {}
         if self.series is not None:  # each sequence's user's changes up to its last event
             stops = offsets[1:].numpy()
@@ -381,55 +384,6 @@ def _config_value(config: Config, dotted: str):
     for part in dotted.split("."):
         value = getattr(value, part)
     return value
-
-
-class StreamEvents:
-    """Events in time order (ties in source order) with per-user indexes and day windows."""
-
-    def __init__(self, events, window_days: float) -> None:
-        if events.timestamps is None:
-            raise ValueError(f"{events.source}: data.mode = stream needs timestamps, and this data set has none")
-        order = np.argsort(events.timestamps, kind="stable")
-        self.items = np.asarray(events.item_ids)[order].astype(np.int64)
-        self.timestamps = np.asarray(events.timestamps)[order].astype(np.int64)
-        self.user_vocab, self.users = np.unique(np.asarray(events.user_ids)[order], return_inverse=True)
-        self.num_items = int(np.unique(self.items).size)
-        self.by_user = np.argsort(self.users, kind="stable")  # each user's events, in time order
-        counts = np.bincount(self.users)
-        self.user_offsets = np.concatenate([[0], np.cumsum(counts)])
-        window = ((self.timestamps - self.timestamps[0]) // round(window_days * DAY)).astype(np.int64)
-        self.window_starts = np.searchsorted(window, np.arange(int(window[-1]) + 2))
-
-    @property
-    def num_windows(self) -> int:
-        return self.window_starts.size - 1
-
-    def window_bounds(self, window: int) -> tuple[int, int]:
-        return int(self.window_starts[window]), int(self.window_starts[window + 1])
-
-    def window_sequences(self, window: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """The window's sequences as (users, ends): a sequence is its user's max_len events up to the end-th (in
-        the user's own order). A sequence predicts its events after its first, max_len - 1 at most, so a user whose
-        window events outnumber that gets more sequences, each ending max_len - 1 events before the last: every
-        event of the window but a user's very first is predicted by exactly one sequence."""
-        if max_len < 2:
-            raise ValueError("stream mode needs data.max_seq_len >= 2 (a sequence predicts its events after its first)")
-        start, end = self.window_bounds(window)
-        users = np.unique(self.users[start:end])
-        num_users = self.user_offsets.size - 1
-        before_end = np.bincount(self.users[:end], minlength=num_users)[users]
-        before_start = before_end - np.bincount(self.users[start:end], minlength=num_users)[users]
-        targets = before_end - np.maximum(before_start, 1)  # a user's first event has nothing to predict it
-        counts = np.maximum(1, -(-targets // (max_len - 1)))
-        back = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-        return np.repeat(users, counts), np.repeat(before_end, counts) - back * (max_len - 1)
-
-    def histories(self, users: np.ndarray, ends: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
-        """Event indices (time order) of each user's last max_len events up to its end-th, and the lengths."""
-        lengths = np.minimum(ends, max_len)
-        starts = self.user_offsets[users] + ends - lengths
-        within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        return self.by_user[np.repeat(starts, lengths) + within], lengths
 
 
 def overall(windows: list[dict]) -> dict:
