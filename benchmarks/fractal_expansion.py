@@ -12,7 +12,6 @@ writes JSON and a PNG (rank-frequency and activity curves, normalised, source ag
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from event_store import measured
-from report import invocation, pyplot, save_chart
+from report import invocation, pyplot, save_chart, write_results
 
 PREPARE = """
 from pathlib import Path
@@ -110,10 +109,7 @@ def main() -> None:
             shutil.rmtree(store)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    write_chart(curves, args.out.with_suffix(".png"), result["source"])
-    print(f"results: {args.out}")
+    write_results(result, args.out, lambda png: write_chart(curves, png, result["source"]))
 
 
 if __name__ == "__main__":

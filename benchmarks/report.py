@@ -4,9 +4,11 @@ installed (the `viz` extra). Imported by the scripts beside it, which run with t
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import sys
 from pathlib import Path
+from typing import Callable
 
 
 def environment(device: str) -> dict:
@@ -22,6 +24,14 @@ def invocation() -> dict:
     """The command line and the UTC date of this run."""
     return {"command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def write_results(result: dict, out: Path, chart: Callable[[Path], None]) -> None:
+    """Writes the results JSON at `out` and, through `chart(path)`, its PNG beside it; says where."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    chart(out.with_suffix(".png"))
+    print(f"results: {out}")
 
 
 def pyplot():

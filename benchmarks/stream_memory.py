@@ -11,7 +11,6 @@ RSS and seconds of each; the events and windows. Prints a table, writes JSON and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -20,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from event_store import measured, write_log
-from report import invocation, pyplot, save_chart
+from report import invocation, pyplot, save_chart, write_results
 
 OPEN = """
 from genrec.data.event_store import EventStore
@@ -77,10 +76,7 @@ def main() -> None:
             shutil.rmtree(store)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    write_chart(result, args.out.with_suffix(".png"))
-    print(f"results: {args.out}")
+    write_results(result, args.out, lambda png: write_chart(result, png))
 
 
 if __name__ == "__main__":
