@@ -41,6 +41,9 @@ def test_store_sequences_equal_the_in_memory_ones(tmp_path, chunk_events, partit
     assert np.array_equal(got.item_vocab, expected.item_vocab) and np.array_equal(got.user_vocab, expected.user_vocab)
     clicks = np.load(tmp_path / "store" / manifest["columns"]["click"])
     assert clicks.dtype == np.float32 and set(np.unique(clicks)) <= {0.0, 1.0}
+    times = store.column("timestamp")  # the time order streams read: rows by time, ties in row order
+    np.testing.assert_array_equal(np.load(tmp_path / "store/time_order.npy"), np.argsort(times, kind="stable"))
+    assert "time_order.npy" in manifest["files"]
 
 
 @pytest.mark.parametrize("form", ["tsv", "csv.gz", "parquet"])

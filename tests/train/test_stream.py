@@ -71,6 +71,8 @@ def test_the_by_user_layout_keeps_each_users_events_in_time_order_and_the_time_o
     order = np.argsort(events.timestamps, kind="stable")  # the log's events by time, ties in log order
     np.testing.assert_array_equal(stream.items[stream.time_order], events.item_ids[order])
     np.testing.assert_array_equal(stream.user_vocab[stream.user_of(stream.time_order)], events.user_ids[order])
+    day = ((events.timestamps[order] - events.timestamps[order][0]) // 86_400)  # the windows by each event's day
+    np.testing.assert_array_equal(stream.window_starts, np.searchsorted(day, np.arange(day[-1] + 2)))
     for u in range(len(stream.user_vocab)):
         mine = order[events.user_ids[order] == stream.user_vocab[u]]
         np.testing.assert_array_equal(stream.items[stream.user_offsets[u]:stream.user_offsets[u + 1]],

@@ -11,6 +11,7 @@ A store directory:
     items.npy           [I] int64 source item ids, ascending (dense item id k is items[k - 1])
     item_ids.npy        [E] int64 dense item ids, each user's events by time (ties in file order)
     timestamps.npy      [E] int64, when the source has times
+    time_order.npy      [E] int64, with times: the rows by time, ties in row order (what streams read)
     ratings.npy         [E] float32, when the source has a `rating` column
     action.<name>.npy   [E] float32 per further numeric column
 
@@ -212,7 +213,11 @@ def prepare_store(chunks: Callable[[], Iterator[Chunk]], out: Path, source: str,
     np.save(out / "users.npy", users)
     np.save(out / "offsets.npy", offsets)
     np.save(out / "items.npy", items)
-    checksums = {file: _sha256(out / file) for file in ["users.npy", "offsets.npy", "items.npy", *files.values()]}
+    written = ["users.npy", "offsets.npy", "items.npy", *files.values()]
+    if has_time:
+        _write_time_order(out, events, partition_events, log)
+        written.append("time_order.npy")
+    checksums = {file: _sha256(out / file) for file in written}
     manifest = {"format": FORMAT, "source": source, "events": int(events), "users": int(users.size),
                 "partitions": len(cuts),
                 "items": int(items.size), "skipped_rows": int(skipped_rows()), "columns": files,
@@ -220,6 +225,38 @@ def prepare_store(chunks: Callable[[], Iterator[Chunk]], out: Path, source: str,
                 "checksum": hashlib.sha256(json.dumps(checksums, sort_keys=True).encode()).hexdigest()}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _write_time_order(out: Path, events: int, partition_events: int, log: Callable[[str], None]) -> None:
+    """time_order.npy: the rows by time, ties in row order (what a stream reads; genrec.data.stream_events), with
+    bounded memory: each row goes to the part of its time range (cut at quantiles of a sample of the times), then
+    each part is sorted alone and written after the parts before it. Many events at one time make one large part."""
+    times = np.load(out / "timestamps.npy", mmap_mode="r")
+    sample = np.sort(times[::max(1, events // 100_000)])
+    parts = -(-events // partition_events)
+    cuts = np.unique(sample[np.arange(1, parts) * sample.size // parts])  # part p holds times in [cuts[p-1], cuts[p])
+    scratch = out / "time_order.tmp"
+    scratch.mkdir()
+    handles = [open(scratch / str(p), "wb") for p in range(cuts.size + 1)]
+    try:
+        for start in range(0, events, partition_events):
+            part = np.searchsorted(cuts, times[start:start + partition_events], side="right")
+            order = np.argsort(part, kind="stable")  # rows stay ascending within a part
+            splits = np.searchsorted(part[order], np.arange(cuts.size + 2))
+            for p, handle in enumerate(handles):
+                handle.write((start + order[splits[p]:splits[p + 1]]).astype(np.int64).tobytes())
+    finally:
+        for handle in handles:
+            handle.close()
+    output, at = _new_column(out / "time_order.npy", events, np.int64), 0
+    for p in range(cuts.size + 1):
+        rows = np.fromfile(scratch / str(p), np.int64)
+        output[at:at + rows.size] = rows[np.argsort(times[rows], kind="stable")]
+        at += rows.size
+    output.flush()
+    del output
+    shutil.rmtree(scratch)
+    log(f"time order: {cuts.size + 1} part(s) sorted")
 
 
 def prepare(dataset: str, path: Path, out: Path, skip_bad_rows: bool = False, chunk_events: int = 1 << 22,

@@ -3,8 +3,8 @@ time order (ties in source order), which is the order an event store keeps on di
 the global time order as a permutation of those rows and the day windows over it.
 
 Built from a log in memory (`of_events`), or over an event store's memory-mapped columns (`of_store`): the events
-then stay on disk, and memory holds the time order (8 bytes an event) and the per-user offsets; a window's
-sequences and batches read their rows from the mapped files. Rows: indices into the by-user layout.
+and their time order (written by genrec prepare) then stay on disk, memory holds the per-user offsets, and a
+window's sequences and batches read their rows from the mapped files. Rows: indices into the by-user layout.
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ class StreamEvents:
         self.items, self.timestamps, self.user_offsets, self.user_vocab = items, timestamps, user_offsets, user_vocab
         self.time_order, self.num_items = time_order, num_items
         width = round(window_days * DAY)
-        sorted_times = timestamps[time_order]
-        first = int(sorted_times[0])
-        self.window_start_times = first + width * np.arange((int(sorted_times[-1]) - first) // width + 2)
-        self.window_starts = np.searchsorted(sorted_times, self.window_start_times)
+        first, last = int(timestamps[time_order[0]]), int(timestamps[time_order[-1]])
+        self.window_start_times = first + width * np.arange((last - first) // width + 2)
+        self.window_starts = _first_at_or_after(timestamps, time_order, self.window_start_times)
 
     @classmethod
     def of_events(cls, events: Events, window_days: float) -> "StreamEvents":
@@ -58,14 +57,16 @@ class StreamEvents:
 
     @classmethod
     def of_store(cls, store: EventStore, window_days: float) -> "StreamEvents":
-        """The stream of an event store, its columns left mapped (ties in time keep the store's row order)."""
+        """The stream of an event store, its columns and its time order left mapped (ties in time keep the store's
+        row order)."""
         if not store.has_timestamps:
             raise ValueError(f"{store.path}: data.mode = stream needs timestamps, and this store has none")
         times = store.column("timestamp")
         vocabulary = np.load(store.path / "items.npy")
+        written = store.path / "time_order.npy"  # stores written before it was kept: sorted here, in memory
+        time_order = np.load(written, mmap_mode="r") if written.exists() else np.argsort(times, kind="stable")
         return cls(SourceIds(store.column("item_id"), vocabulary), times, np.load(store.path / "offsets.npy"),
-                   np.load(store.path / "users.npy"), np.argsort(times, kind="stable"), vocabulary.size,
-                   window_days, str(store.path))
+                   np.load(store.path / "users.npy"), time_order, vocabulary.size, window_days, str(store.path))
 
     @property
     def num_windows(self) -> int:
@@ -110,3 +111,16 @@ class StreamEvents:
         starts = self.user_offsets[users] + ends - lengths
         within = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         return np.repeat(starts, lengths) + within, lengths
+
+
+def _first_at_or_after(times: np.ndarray, order: np.ndarray, boundaries: np.ndarray) -> np.ndarray:
+    """For each boundary, the first position of `order` whose time is at or after it (a binary search per boundary,
+    reading log2(E) times each rather than the sorted times whole)."""
+    low, high = np.zeros(boundaries.size, np.int64), np.full(boundaries.size, len(order), np.int64)
+    while (low < high).any():
+        active = low < high
+        middle = (low + high) // 2
+        before = active & (times[order[np.minimum(middle, len(order) - 1)]] < boundaries)
+        low = np.where(before, middle + 1, low)
+        high = np.where(active & ~before, middle, high)
+    return low
