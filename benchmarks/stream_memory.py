@@ -3,7 +3,9 @@ benchmark's: lognormal user activity, Zipf-like items, one event every 7 s), eac
 process opens the stream (genrec.data.stream_events.StreamEvents) and makes the sequences and rows of its first
 three day windows, two ways: over the store's mapped columns (`of_store`, what `--mode stream --dataset store`
 does), and from the store read into memory as a log (`of_events(store.events())`, the way before). Reported: peak
-RSS and seconds of each; the events and windows. Prints a table, writes JSON and a PNG beside it.
+RSS (which counts the mapped files' pages the process touched: clean page cache the kernel can drop), the
+anonymous memory at the end (what the process itself holds; Linux's RssAnon) and seconds of each; the events and
+windows. Prints a table, writes JSON and a PNG beside it.
 
     python benchmarks/stream_memory.py --events 4000000,16000000,64000000 --out benchmarks/results/stream-memory.json
 """
@@ -31,7 +33,9 @@ for window in range(min(3, stream.num_windows)):
     users, ends = stream.window_sequences(window, 200)
     events, lengths = stream.histories(users, ends, 200)
     rows += int(stream.items[events].size)
-result = {{"windows": stream.num_windows, "rows_read": rows}}
+anonymous = [line for line in open("/proc/self/status") if line.startswith("RssAnon")]  # Linux: not file pages
+result = {{"windows": stream.num_windows, "rows_read": rows,
+           "anonymous_gb": int(anonymous[0].split()[1]) / 2**20 if anonymous else None}}
 """
 
 
@@ -41,9 +45,12 @@ def write_chart(result: dict, path: Path) -> None:
         return
     figure, axis = plt.subplots(figsize=(6, 4))
     events = [row["events"] for row in result["rows"]]
-    for key, label in (("mapped_peak_rss_gb", "over the store (mapped)"), ("memory_peak_rss_gb", "read into memory")):
-        axis.plot(events, [row[key] for row in result["rows"]], marker="o", label=label)
-    axis.set(xscale="log", xlabel="events", ylabel="peak RSS, GB", title="opening a stream, first 3 windows")
+    for way, label in (("mapped", "over the store (mapped)"), ("memory", "read into memory")):
+        line, = axis.plot(events, [row[f"{way}_peak_rss_gb"] for row in result["rows"]], marker="o",
+                          label=f"{label}: peak RSS")
+        axis.plot(events, [row[f"{way}_anonymous_gb"] for row in result["rows"]], marker="s", linestyle="--",
+                  color=line.get_color(), label=f"{label}: anonymous at the end")
+    axis.set(xscale="log", xlabel="events", ylabel="GB", title="opening a stream, first 3 windows")
     axis.legend(fontsize=8)
     save_chart(figure, f"stream memory ({result['machine']})", path)
 
@@ -57,7 +64,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(dir=args.work))
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs", **invocation(),
               "rows": []}
-    print(f"{'events':>12}{'windows':>9}{'mapped GB':>11}{'mapped s':>10}{'memory GB':>11}{'memory s':>10}")
+    print(f"{'events':>12}{'windows':>9}{'mapped GB':>11}{'anon GB':>11}{'mapped s':>10}{'memory GB':>11}"
+          f"{'anon GB':>11}{'memory s':>10}")
     try:
         for events in (int(x) for x in args.events.split(",")):
             log, store = work / f"log-{events}.csv", work / f"store-{events}"
@@ -67,12 +75,14 @@ def main() -> None:
             log.unlink()
             mapped, mapped_s, mapped_gb = measured(OPEN.format(store=str(store), mapped=True))
             memory, memory_s, memory_gb = measured(OPEN.format(store=str(store), mapped=False))
+            mapped_anonymous, memory_anonymous = mapped.pop("anonymous_gb"), memory.pop("anonymous_gb")
             assert mapped == memory, (mapped, memory)  # the same stream either way
             row = {"events": events, **mapped, "mapped_s": mapped_s, "mapped_peak_rss_gb": mapped_gb,
-                   "memory_s": memory_s, "memory_peak_rss_gb": memory_gb}
+                   "mapped_anonymous_gb": mapped_anonymous, "memory_s": memory_s, "memory_peak_rss_gb": memory_gb,
+                   "memory_anonymous_gb": memory_anonymous}
             result["rows"].append(row)
-            print(f"{events:>12,}{row['windows']:>9}{mapped_gb:>11.2f}{mapped_s:>10.1f}{memory_gb:>11.2f}"
-                  f"{memory_s:>10.1f}", flush=True)
+            print(f"{events:>12,}{row['windows']:>9}{mapped_gb:>11.2f}{mapped_anonymous:>11.2f}{mapped_s:>10.1f}"
+                  f"{memory_gb:>11.2f}{memory_anonymous:>11.2f}{memory_s:>10.1f}", flush=True)
             shutil.rmtree(store)
     finally:
         shutil.rmtree(work, ignore_errors=True)
