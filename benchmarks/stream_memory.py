@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from event_store import measured, write_log
+from event_store import PREPARE, measured, write_log
 from report import invocation, pyplot, save_chart, write_results
 
 OPEN = """
@@ -70,8 +70,7 @@ def main() -> None:
         for events in (int(x) for x in args.events.split(",")):
             log, store = work / f"log-{events}.csv", work / f"store-{events}"
             write_log(log, events)
-            measured(f"from pathlib import Path; from genrec.data.event_store import prepare\n"
-                     f"prepare('events', Path({str(log)!r}), Path({str(store)!r})); result = {{}}")
+            measured(PREPARE.format(log=str(log), store=str(store)))
             log.unlink()
             mapped, mapped_s, mapped_gb = measured(OPEN.format(store=str(store), mapped=True))
             memory, memory_s, memory_gb = measured(OPEN.format(store=str(store), mapped=False))

@@ -91,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="events sorted in memory at a time (bounds the memory used)")
     prepare.add_argument("--expand", metavar="USERSxITEMS",
                          help="write the data set's fractal expansion instead (genrec.data.fractal): each user "
-                              "copied USERS times, each item up to ITEMS times, e.g. 100x3416; the source is read whole")
+                              "copied USERS times, each item up to ITEMS times, e.g. 100x3416 (the source is read "
+                              "whole)")
     prepare.add_argument("--expand-seed", type=int, default=0, help="the expansion's seed")
     show = command("config", help="print a preset's full config as TOML (a starting point for --config)")
     show.add_argument("--show", action="store_true", help="print it (the only action for now)")
