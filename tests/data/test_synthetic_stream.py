@@ -119,7 +119,7 @@ def test_as_a_data_set():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ("excitation=lots", "excitation = 'lots' is not a float"), ("topics=3", "'topics' is not a setting"),
+    ("excitation=lots", "excitation = 'lots' is not a valid float"), ("topics=3", "'topics' is not a setting"),
     ("num_users=5", "come from data.synthetic_users")])
 def test_bad_stream_settings_name_the_reason(overrides, message):
     with pytest.raises(ValueError, match=message):

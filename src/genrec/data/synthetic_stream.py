@@ -95,7 +95,8 @@ def stream_spec(num_users: int, num_items: int, seed: int, overrides: str = "") 
         try:
             values[name] = fields[name](value)
         except ValueError:
-            raise ValueError(f"data.synthetic_stream: {name} = {value!r} is not a {fields[name].__name__}") from None
+            kind = fields[name].__name__
+            raise ValueError(f"data.synthetic_stream: {name} = {value!r} is not a valid {kind}") from None
     return StreamSpec(**values)
 
 
