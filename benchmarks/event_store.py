@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -50,6 +51,17 @@ def write_log(path: Path, events: int, seed: int = 0) -> None:
             writer = csv.CSVWriter(str(path), table.schema)
         writer.write_table(table)
     writer.close()
+
+
+def sized_logs(work: Path, sizes: str) -> Iterator[tuple[int, Path, Path]]:
+    """For each of the comma-separated sizes: (events, a synthetic log of them written in `work`, where its store
+    goes); both are removed when the caller moves on."""
+    for events in (int(size) for size in sizes.split(",")):
+        log, store = work / f"log-{events}.csv", work / f"store-{events}"
+        write_log(log, events)
+        yield events, log, store
+        log.unlink(missing_ok=True)
+        shutil.rmtree(store, ignore_errors=True)
 
 
 FOOTER = """
@@ -142,9 +154,7 @@ def main() -> None:
     print(f"{'events':>12}{'log GB':>8}{'prepare s':>11}{'prepare GB':>12}{'in-mem s':>10}{'in-mem GB':>11}"
           f"{'store b/s':>11}{'memory b/s':>12}{'ratio':>7}")
     try:
-        for events in (int(x) for x in args.events.split(",")):
-            log, store = work / f"log-{events}.csv", work / f"store-{events}"
-            write_log(log, events)
+        for events, log, store in sized_logs(work, args.events):
             info, prepare_s, prepare_gb = measured(PREPARE.format(log=str(log), store=str(store)))
             baseline = events <= args.in_memory_up_to
             memory_s = memory_gb = None
@@ -168,8 +178,6 @@ def main() -> None:
             print(f"{events:>12,}{row['log_gb']:>8.2f}{prepare_s:>11.1f}{prepare_gb:>12.2f}{dash(memory_s, 10, 1)}"
                   f"{dash(memory_gb, 11, 2)}{row['store_batches_per_s']:>11.1f}"
                   f"{dash(row['memory_batches_per_s'], 12, 1)}{dash(row['store_over_memory'], 7, 2)}", flush=True)
-            shutil.rmtree(store)
-            log.unlink()
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
     finally:

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from event_store import PREPARE, measured, write_log
+from event_store import PREPARE, measured, sized_logs
 from report import invocation, pyplot, save_chart, write_results
 
 OPEN = """
@@ -67,11 +67,9 @@ def main() -> None:
     print(f"{'events':>12}{'windows':>9}{'mapped GB':>11}{'anon GB':>11}{'mapped s':>10}{'memory GB':>11}"
           f"{'anon GB':>11}{'memory s':>10}")
     try:
-        for events in (int(x) for x in args.events.split(",")):
-            log, store = work / f"log-{events}.csv", work / f"store-{events}"
-            write_log(log, events)
+        for events, log, store in sized_logs(work, args.events):
             measured(PREPARE.format(log=str(log), store=str(store)))
-            log.unlink()
+            log.unlink()  # not needed past here: disk for the next size
             mapped, mapped_s, mapped_gb = measured(OPEN.format(store=str(store), mapped=True))
             memory, memory_s, memory_gb = measured(OPEN.format(store=str(store), mapped=False))
             mapped_anonymous, memory_anonymous = mapped.pop("anonymous_gb"), memory.pop("anonymous_gb")
@@ -82,7 +80,6 @@ def main() -> None:
             result["rows"].append(row)
             print(f"{events:>12,}{row['windows']:>9}{mapped_gb:>11.2f}{mapped_anonymous:>11.2f}{mapped_s:>10.1f}"
                   f"{memory_gb:>11.2f}{memory_anonymous:>11.2f}{memory_s:>10.1f}", flush=True)
-            shutil.rmtree(store)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     write_results(result, args.out, lambda png: write_chart(result, png))
