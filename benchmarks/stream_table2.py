@@ -33,7 +33,12 @@ MODELS = {"Transformer (SASRec)": "sasrec", "HSTU softmax without rab": f"hstu:m
           "HSTU + followed topics": "hstu:data.user_series=followed_topics",
           "HSTU + item topics": "hstu:data.item_features=topics:model.item_representation=id+content",
           # and Stochastic Length (paper Sec. 3.3) on long histories (with --set data.max_seq_len=1024)
-          "HSTU + Stochastic Length 1.7": "hstu:train.stochastic_length_alpha=1.7"}
+          "HSTU + Stochastic Length 1.7": "hstu:train.stochastic_length_alpha=1.7",
+          # and a block ablation: where does the Transformer's lead come from? SASRec's feed-forward sublayer
+          # added to HSTU (model.feed_forward), against the same depth of plain HSTU layers
+          "HSTU without rab + FFN": f"hstu:model.feed_forward=true:{NO_RAB}",
+          "HSTU softmax without rab + FFN": f"hstu:model.attention=softmax:model.feed_forward=true:{NO_RAB}",
+          "HSTU without rab, 4 layers": f"hstu:model.num_layers=4:{NO_RAB}"}
 PAPER = {"Transformer (SASRec)": (0.0442, 0.2025), "HSTU softmax without rab": (0.0617, 0.2496),
          "HSTU without rab": (0.0893, 0.3170)}
 METRICS = ("hr@10", "hr@50", "ndcg@10")

@@ -82,6 +82,8 @@ class ModelConfig:
     rab: RabConfig = field(default_factory=RabConfig)
     attention_backend: str = "auto"  # auto | torch | triton
     attention: str = "pointwise"  # HSTU: pointwise (SiLU, paper Eq. 2) | softmax (the Table 2 ablation; no rab)
+    # HSTU: SASRec's point-wise feed-forward sublayer after each layer (a block ablation; SASRec always has one)
+    feed_forward: bool = False
     # an item's embedding: id (a learned row per item) | content (its content features' rows, data.item_features)
     # | id+content (their sum)
     item_representation: str = "id"
@@ -184,6 +186,8 @@ class Config:
             (self.model.attention in ("pointwise", "softmax"), "model.attention must be pointwise or softmax"),
             (self.model.attention == "pointwise" or not (self.model.rab.position or self.model.rab.time),
              "model.attention = softmax has no relative bias: set model.rab.position and model.rab.time to false"),
+            (self.model.architecture == "hstu" or not self.model.feed_forward,
+             "model.feed_forward is an HSTU option: SASRec's blocks always have their feed-forward sublayer"),
             (self.model.attention_backend in ("auto", "torch", "triton"),
              "model.attention_backend must be auto, torch or triton"),
             (self.model.similarity in ("dot", "mol"), "model.similarity must be dot or mol"),

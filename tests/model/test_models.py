@@ -174,3 +174,47 @@ def test_softmax_hstu_is_causal_per_sequence_and_needs_no_bias():
     assert not torch.allclose(same_weights(batch), out)  # the attention really differs
     with pytest.raises(ValueError, match="pointwise"):
         MFalcon(model)
+
+
+def test_hstu_feed_forward_ablation_adds_sasrecs_sublayer_after_each_layer():
+    config = preset("hstu")
+    config.model.embedding_dim, config.model.qk_dim, config.model.v_dim = 16, 8, 8
+    torch.manual_seed(0)
+    plain = SequentialRetriever(config.model, num_items=30, max_seq_len=12, use_time=True).eval()
+    config.model.feed_forward = True
+    with_ffn = SequentialRetriever(config.model, num_items=30, max_seq_len=12, use_time=True).eval()
+    lengths = [5, 1, 7]
+    batch = make_batch(lengths)
+    # a sublayer whose last projection is zero adds nothing: the rest is exactly the plain HSTU
+    missing, unexpected = with_ffn.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and {name.split(".")[3] for name in missing} == {"feed_forward", "feed_forward_norm"}
+    for layer in with_ffn.encoder.layers:
+        torch.nn.init.zeros_(layer.feed_forward[3].weight)
+        torch.nn.init.zeros_(layer.feed_forward[3].bias)
+    torch.testing.assert_close(with_ffn(batch), plain(batch))
+    # a live one changes the outputs, stays causal and per sequence, and is counted in the FLOPs
+    torch.nn.init.normal_(with_ffn.encoder.layers[0].feed_forward[3].weight)
+    out = with_ffn(batch)
+    assert not torch.allclose(out, plain(batch), atol=1e-3)
+    torch.testing.assert_close(out[6:], with_ffn(sub_batch(batch, 2, lengths)), atol=1e-5, rtol=1e-5)
+    changed = make_batch(lengths)
+    changed.item_ids[12] = (changed.item_ids[12] % 30) + 1
+    torch.testing.assert_close(with_ffn(changed)[6:12], out[6:12], atol=1e-6, rtol=1e-6)
+    tokens = torch.tensor(lengths)
+    extra = with_ffn.encoder.forward_flops(tokens) - plain.encoder.forward_flops(tokens)
+    assert extra == config.model.num_layers * 13 * 2 * 2 * 16 * 16
+    # M-FALCON's candidates pass through it too: cached scores equal full passes
+    history, candidates = batch.item_ids[6:], torch.tensor([3, 9, 17])
+    stamps = batch.timestamps[6:]
+    candidate_stamps = stamps[-1] + torch.tensor([10, 20, 30])
+    scorer = MFalcon(with_ffn, micro_batch_size=2)
+    torch.testing.assert_close(scorer.encode_candidates(history, stamps, candidates, candidate_stamps),
+                               scorer.encode_candidates_uncached(history, stamps, candidates, candidate_stamps),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_feed_forward_is_an_hstu_option():
+    config = preset("sasrec")
+    config.model.feed_forward = True
+    with pytest.raises(ValueError, match="feed_forward is an HSTU option"):
+        config.validate()

@@ -2,6 +2,7 @@
 
 Per layer: X^ = LayerNorm(X) (no affine); U, V, Q, K = Split(SiLU(W1 X^)) (no bias);
 A V with A = SiLU(Q K^T + rab) / N under the causal mask; Y = X + W2 Dropout(U * LayerNorm(A V)).
+With model.feed_forward (an ablation, not the paper's HSTU), Y + FFN(LayerNorm(Y)) with SASRec's FFN.
 Shapes: T tokens, D model dim, H heads, Dqk / Dv per-head dims.
 """
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.config import ModelConfig
+from genrec.model.feed_forward import feed_forward_flops, point_wise_feed_forward
 from genrec.model.kv_cache import HistoryCache
 from genrec.model.rab import RelativeBias
 from genrec.model.recompute import run_layer
@@ -37,6 +39,10 @@ class HSTULayer(nn.Module):
         nn.init.normal_(self.uvqk.weight, std=0.02)
         nn.init.xavier_uniform_(self.output.weight)
         nn.init.zeros_(self.output.bias)
+        self.feed_forward = None
+        if config.feed_forward:
+            self.feed_forward_norm = nn.LayerNorm(dim)
+            self.feed_forward = point_wise_feed_forward(dim, config.dropout)
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [T, D] -> u [T, H*Dv], v [T, H, Dv], q [T, H, Dqk], k [T, H, Dqk] (paper Eq. 1)."""
@@ -46,9 +52,12 @@ class HSTULayer(nn.Module):
                 k.reshape(-1, self.num_heads, self.qk_dim))
 
     def _finish(self, x: torch.Tensor, u: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
-        """Y = X + W2 Dropout(U * LayerNorm(A V)) (paper Eq. 3)."""
+        """Y = X + W2 Dropout(U * LayerNorm(A V)) (paper Eq. 3), then the feed-forward sublayer if any."""
         attended = attended.reshape(x.shape[0], -1)
-        return x + self.output(self.dropout(u * F.layer_norm(attended, attended.shape[-1:])))
+        y = x + self.output(self.dropout(u * F.layer_norm(attended, attended.shape[-1:])))
+        if self.feed_forward is None:
+            return y
+        return y + self.feed_forward(self.feed_forward_norm(y))
 
     def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
                 num_targets: torch.Tensor | None = None, cache: HistoryCache | None = None,
@@ -108,6 +117,8 @@ class HSTUEncoder(nn.Module):
         layer = self.layers[0]
         dim, projected = layer.uvqk.in_features, layer.uvqk.out_features
         per_token = 2 * dim * projected + 2 * layer.output.in_features * dim  # f1 and f2
+        if layer.feed_forward is not None:
+            per_token += feed_forward_flops(dim)
         per_layer = float(lengths.sum()) * per_token + attention_flops(lengths, layer.num_heads, layer.qk_dim,
                                                                        layer.v_dim)
         return len(self.layers) * per_layer

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.config import ModelConfig
+from genrec.model.feed_forward import feed_forward_flops, point_wise_feed_forward
 from genrec.model.recompute import run_layer
 from genrec.ops.attention import attention_flops
 from genrec.ops.attention.length_groups import by_length_groups
@@ -27,8 +28,7 @@ class SASRecBlock(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
         self.ffn_norm = nn.LayerNorm(dim, eps=1e-8)
-        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(dropout), nn.ReLU(), nn.Linear(dim, dim),
-                                 nn.Dropout(dropout))
+        self.ffn = point_wise_feed_forward(dim, dropout)
         self.dropout = dropout
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,6 +80,6 @@ class SASRecEncoder(nn.Module):
     def forward_flops(self, lengths: torch.Tensor) -> float:
         """Matrix-multiply FLOPs of one forward pass (useful causal pairs only, not the padding)."""
         dim, heads = self.final_norm.normalized_shape[0], self.blocks[0].num_heads
-        per_token = 2 * 6 * dim * dim  # q, k, v, out and the two FFN layers: six D x D products
+        per_token = 2 * 4 * dim * dim + feed_forward_flops(dim)  # q, k, v, out and the FFN
         per_block = float(lengths.sum()) * per_token + attention_flops(lengths, heads, dim // heads, dim // heads)
         return len(self.blocks) * per_block
