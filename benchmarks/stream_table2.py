@@ -35,10 +35,11 @@ MODELS = {"Transformer (SASRec)": "sasrec", "HSTU softmax without rab": f"hstu:m
           # and Stochastic Length (paper Sec. 3.3) on long histories (with --set data.max_seq_len=1024)
           "HSTU + Stochastic Length 1.7": "hstu:train.stochastic_length_alpha=1.7",
           # and a block ablation: where does the Transformer's lead come from? SASRec's feed-forward sublayer
-          # added to HSTU (model.feed_forward), against the same depth of plain HSTU layers
+          # added to HSTU (model.feed_forward), against twice as many plain HSTU layers
           "HSTU without rab + FFN": f"hstu:model.feed_forward=true:{NO_RAB}",
           "HSTU softmax without rab + FFN": f"hstu:model.attention=softmax:model.feed_forward=true:{NO_RAB}",
-          "HSTU without rab, 4 layers": f"hstu:model.num_layers=4:{NO_RAB}"}
+          "HSTU + FFN": "hstu:model.feed_forward=true",
+          "HSTU without rab (4 layers)": f"hstu:model.num_layers=4:{NO_RAB}"}
 PAPER = {"Transformer (SASRec)": (0.0442, 0.2025), "HSTU softmax without rab": (0.0617, 0.2496),
          "HSTU without rab": (0.0893, 0.3170)}
 METRICS = ("hr@10", "hr@50", "ndcg@10")
@@ -70,7 +71,7 @@ def write_chart(result: dict, path: Path) -> None:
 
     rows = result["rows"]
     names = list(dict.fromkeys(row["model"] for row in rows)) + ["popularity"]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    figure, axes = plt.subplots(1, 2, figsize=(max(10, 1.6 * len(names)), 4.5))
     for axis, key in zip(axes, ("hr@10", "hr@50")):
         for index, name in enumerate(names):
             values = [row[f"popularity_{key}"] if name == "popularity" else row[key]
@@ -78,7 +79,7 @@ def write_chart(result: dict, path: Path) -> None:
             axis.bar(index, sum(values) / len(values), color="tab:grey" if name == "popularity" else "tab:blue",
                      alpha=0.7)
             axis.plot([index] * len(values), values, "k.")
-        axis.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
+        axis.set_xticks(range(len(names)), names, rotation=15 if len(names) <= 5 else 35, ha="right", fontsize=8)
         axis.set(ylabel=f"prequential {key.upper()}", title=f"{key.upper()}, one pass ({result['events']} events)")
     figure.suptitle(f"synthetic stream, {result['users']} users ({result['device']})")
     figure.tight_layout()
