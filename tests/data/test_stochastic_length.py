@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from genrec.data.batch import SequenceBatch
-from genrec.data.stochastic_length import expected_attention_work, stochastic_length
+from genrec.data.stochastic_length import expected_attention_work, stochastic_length, stochastic_length_keep
 from genrec.ops.jagged import offsets_from_lengths
 
 
@@ -38,6 +38,22 @@ def test_long_sequences_are_cut_with_the_papers_probability():
         assert bool(((items - 1) // length == b).all())  # drawn from sequence b only
         assert torch.equal(out.timestamps[start:end], (items - 1) * 10)
         assert torch.equal(out.labels[start:end, 0], (items - 1).float())
+
+
+def test_a_cut_keeps_the_preferred_tokens_first_with_the_same_draws():
+    """N = 100, alpha 1.0: a cut keeps 10. Sequence 0 prefers 4 tokens (kept, with 6 others), sequence 1 prefers 30
+    (10 of them kept), sequence 2 none (10 others); whether each is cut does not depend on prefer."""
+    batch = batch_of([60, 50, 40])
+    prefer = torch.zeros(150, dtype=torch.bool)
+    prefer[[3, 17, 40, 59]] = True
+    prefer[80:110] = True
+    plain = stochastic_length_keep(batch, 1.0, torch.Generator().manual_seed(2))
+    keep = stochastic_length_keep(batch, 1.0, torch.Generator().manual_seed(2), prefer)
+    sequences = [slice(0, 60), slice(60, 110), slice(110, 150)]
+    assert [int(plain[rows].sum()) for rows in sequences] == [int(keep[rows].sum()) for rows in sequences] == [10] * 3
+    assert keep[[3, 17, 40, 59]].all() and int(keep[80:110].sum()) == 10 and not keep[60:80].any()
+    # with nothing preferred, a cut is the one drawn without prefer
+    assert torch.equal(keep[110:], plain[110:])
 
 
 def test_bad_alpha():

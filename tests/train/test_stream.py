@@ -192,7 +192,14 @@ def test_stochastic_length_predicts_each_kept_window_event_from_the_kept_events_
     assert 0 < len(expected_positions) < host.positions.numel()
     state = trainer.streams.length.get_state()  # the step draws its own cut: the same one, from the same state
     drawn = stochastic_length_keep(host.batch, config.train.stochastic_length_alpha,
-                                   torch.Generator().set_state(state))
+                                   torch.Generator().set_state(state), host.in_window)
+    cut_with_history = 0
+    for start, stop in zip(host.batch.seq_offsets[:-1].tolist(), host.batch.seq_offsets[1:].tolist()):
+        window_events, kept = host.in_window[start:stop], drawn[start:stop]
+        if not kept.all() and (kept & ~window_events).any():  # a cut keeps history only after every window event
+            assert kept[window_events].all()
+            cut_with_history += 1
+    assert cut_with_history > 0
     trainer.streams.length.set_state(state)
     step = trainer.batch_loss(host)
     cut = keep_tokens(host.batch, drawn)

@@ -12,8 +12,9 @@ evaluated and then trained on:
   to new items are re-initialised and their optimiser state cleared), then one pass over the window's
   sequences, the next-item loss at the positions whose targets fall in the window, negatives drawn from the
   held items. With Stochastic Length (train.stochastic_length_alpha), a long sequence may keep only some of its
-  events (genrec.data.stochastic_length): its kept window events are predicted from the kept events before them,
-  and the others are not trained on, which in one pass means never.
+  events (genrec.data.stochastic_length): its window events first, then history before them; its kept window
+  events are predicted from the kept events before them, and the others are not trained on, which in one pass
+  means never.
 Both read the window's sequences (StreamEvents.window_sequences): each user's last max_seq_len events up to the
 window's end and, for a user with more window events than one sequence predicts, more sequences ending earlier,
 so that every event of the window but a user's first is the target of exactly one sequence.
@@ -252,11 +253,12 @@ class StreamTrainer:
 
     def batch_loss(self, host_batch: WindowBatch) -> StepLoss | None:
         """Next-item loss at the positions whose targets fall in the window, negatives from the held items. With
-        Stochastic Length, a long sequence may keep only some of its events: each kept window event is then
-        predicted from the kept events before it, and the others are not trained on (in one pass: never)."""
+        Stochastic Length, a long sequence may keep only some of its events, its window events first: each kept
+        window event is then predicted from the kept events before it, and the others are not trained on (in one
+        pass: never)."""
         batch, positions, targets = host_batch.batch, host_batch.positions, host_batch.targets
         alpha = self.config.train.stochastic_length_alpha
-        keep = None if alpha == 0 else stochastic_length_keep(batch, alpha, self.streams.length)
+        keep = None if alpha == 0 else stochastic_length_keep(batch, alpha, self.streams.length, host_batch.in_window)
         if keep is not None:
             batch = keep_tokens(batch, keep)
             positions, targets = predicted_tokens(batch.seq_offsets, host_batch.in_window[keep], batch.item_ids)
