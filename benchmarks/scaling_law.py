@@ -11,7 +11,8 @@ or below that compute.
 
 Resumable: every (architecture, size) is one row, saved as it finishes; a second run of the same command skips the
 rows in --out, so a sweep spreads over several GPU calls and its JSON merges itself. The fit and the chart are
-redrawn from all rows at the end of each run.
+redrawn from all rows at the end of each run. Sweeps run side by side (one process per architecture, each with its
+own --out) join with --merge A.json B.json --out BOTH.json, which checks that their settings agree and trains nothing.
 
     python benchmarks/scaling_law.py --out benchmarks/results/scaling_law.json                      # a GPU
     python benchmarks/scaling_law.py --out /tmp/law.json --sizes 8x1,16x1 --users 300 --epochs 2 --device cpu
@@ -160,7 +161,12 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="an event store to sweep instead of the synthetic stream")
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="a config override for every row (repeatable)")
+    parser.add_argument("--merge", type=Path, nargs="+", help="sweeps of one setting to join into --out (no training)")
     args = parser.parse_args()
+    if args.merge:
+        result = merged([json.loads(path.read_text()) for path in args.merge])
+        finish(result, args.out)
+        return
     data = ({"users": args.users, "items": args.items} if args.store is None
             else {"store": json.loads((args.store / "manifest.json").read_text())["checksum"]})
     setting = {**data, "epochs": args.epochs, "batch_size": args.batch_size, "eval_users": args.eval_users,
@@ -185,10 +191,32 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
             print(json.dumps(row))
+    finish(result, args.out)
+
+
+def merged(sweeps: list[dict]) -> dict:
+    """One sweep of the rows of several with the same setting (each (architecture, size) once) and all their runs."""
+    first = sweeps[0]
+    for other in sweeps[1:]:
+        if other["setting"] != first["setting"]:
+            raise SystemExit(f"cannot merge sweeps of different settings: {first['setting']} and {other['setting']}")
+    rows = {}
+    for sweep in sweeps:
+        for row in sweep["rows"]:
+            key = (row["architecture"], row["width"], row["layers"])
+            if key in rows:
+                raise SystemExit(f"{key} is in more than one sweep")
+            rows[key] = row
+    return {**first, "rows": list(rows.values()), "runs": [run for sweep in sweeps for run in sweep["runs"]]
+            + [invocation()]}
+
+
+def finish(result: dict, out: Path) -> None:
     result["fits"] = fits(result["rows"])
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["fits"], indent=2))
-    write_chart(result, args.out.with_suffix(".png"))
+    write_chart(result, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
