@@ -4,7 +4,7 @@ a launch-bound step (GPU busy for a small part of the wall time) shows at once. 
 baseline of the others' speedups. Runs on a CPU too (no kernel table there). JSON + PNG beside it.
 
     python benchmarks/train_step.py --data-root ../shared/data --dataset ml-1m-sas \
-        --models hstu-large,hstu-large:train.compile=true --out benchmarks/results/train_step.json
+        --models hstu-large,hstu-large:train.compile=graphs --out benchmarks/results/train_step.json
 """
 
 from __future__ import annotations
