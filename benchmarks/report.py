@@ -26,6 +26,28 @@ def invocation() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def merged_results(results: list[dict], same: tuple[str, ...], row_key: Callable[[dict], tuple]) -> dict:
+    """One results file of runs of one script side by side (one process per model on one GPU): the first run's
+    fields, every run's rows, and each run's command line under "runs", this merge's last. The fields in `same`
+    must agree, and no row (by row_key) may come twice."""
+    first = results[0]
+    for other in results[1:]:
+        differing = [key for key in same if other.get(key) != first.get(key)]
+        if differing:
+            raise SystemExit(f"cannot merge runs that differ in {', '.join(differing)}")
+    rows, seen = [], set()
+    for result in results:
+        for row in result["rows"]:
+            if row_key(row) in seen:
+                raise SystemExit(f"{row_key(row)} is in more than one of the runs")
+            seen.add(row_key(row))
+            rows.append(row)
+    runs = [run for result in results
+            for run in (result["runs"] if "runs" in result else [{key: result[key] for key in invocation()}])]
+    return {**{key: value for key, value in first.items() if key not in invocation()}, "rows": rows,
+            "runs": runs + [invocation()]}
+
+
 def write_results(result: dict, out: Path, chart: Callable[[Path], None]) -> None:
     """Writes the results JSON at `out` and, through `chart(path)`, its PNG beside it; says where."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from genrec.config import apply_overrides, parse_assignment  # noqa: E402
-from report import environment, invocation, pyplot, save_chart  # noqa: E402
+from report import environment, invocation, merged_results, pyplot, save_chart  # noqa: E402
 
 # width x layers: over two decades of training compute at a fixed number of epochs
 SIZES = "32x2,48x2,64x3,96x4,128x4,192x6,256x8"
@@ -164,7 +164,8 @@ def main() -> None:
     parser.add_argument("--merge", type=Path, nargs="+", help="sweeps of one setting to join into --out (no training)")
     args = parser.parse_args()
     if args.merge:
-        result = merged([json.loads(path.read_text()) for path in args.merge])
+        result = merged_results([json.loads(path.read_text()) for path in args.merge], ("setting",),
+                                lambda row: (row["architecture"], row["width"], row["layers"]))
         finish(result, args.out)
         return
     data = ({"users": args.users, "items": args.items} if args.store is None
@@ -192,23 +193,6 @@ def main() -> None:
             args.out.write_text(json.dumps(result, indent=2) + "\n")
             print(json.dumps(row))
     finish(result, args.out)
-
-
-def merged(sweeps: list[dict]) -> dict:
-    """One sweep of the rows of several with the same setting (each (architecture, size) once) and all their runs."""
-    first = sweeps[0]
-    for other in sweeps[1:]:
-        if other["setting"] != first["setting"]:
-            raise SystemExit(f"cannot merge sweeps of different settings: {first['setting']} and {other['setting']}")
-    rows = {}
-    for sweep in sweeps:
-        for row in sweep["rows"]:
-            key = (row["architecture"], row["width"], row["layers"])
-            if key in rows:
-                raise SystemExit(f"{key} is in more than one sweep")
-            rows[key] = row
-    return {**first, "rows": list(rows.values()), "runs": [run for sweep in sweeps for run in sweep["runs"]]
-            + [invocation()]}
 
 
 def finish(result: dict, out: Path) -> None:

@@ -9,7 +9,8 @@ baseline (the day before's counts) measured in the same runs.
 The paper's numbers (its own synthetic data, HR@10 / HR@50): Transformers .0442 / .2025, HSTU without rab
 and with softmax .0617 / .2496, HSTU without rab .0893 / .3170. genrec's stream is another generator
 (genrec.data.synthetic_stream), so only the order of the rows compares. Writes a PNG beside the JSON
-(needs matplotlib, extra `viz`).
+(needs matplotlib, extra `viz`). Runs side by side (one process per model, each with its own --out) join with
+--merge A.json B.json --out BOTH.json, which checks that they ran the same stream and settings.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from report import environment  # noqa: E402
+from report import environment, merged_results  # noqa: E402
 from genrec.config import apply_overrides, parse_assignment, preset  # noqa: E402
 from genrec.train.stream import StreamTrainer  # noqa: E402
 
@@ -96,7 +97,15 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="common", metavar="KEY=VALUE",
                         help="config assignment applied to every run (e.g. train.learning_rate=0.003)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/stream-table2.json"))
+    parser.add_argument("--merge", type=Path, nargs="+", help="results of one setting to join into --out (no runs)")
     args = parser.parse_args()
+    if args.merge:
+        result = merged_results([json.loads(path.read_text()) for path in args.merge],
+                                ("device", "users", "common", "events"), lambda row: (row["model"], row["seed"]))
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_chart(result, args.out.with_suffix(".png"))
+        print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+        return
     unknown = [name for name in args.models.split(",") if name not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
