@@ -77,6 +77,16 @@ def test_non_finite_scores_are_refused(bad):
         rank_split(broken, split, max_seq_len=8, batch_size=64, device=torch.device("cpu"))
 
 
+def test_huge_finite_scores_are_ranked_not_refused():
+    """Finite scores whose row sum overflows to infinity (the cheap finiteness check's false alarm) are ranked."""
+    scores = torch.zeros(2, 6)
+    scores[:, 1:3] = 3e38  # items 1 and 2 tie at the top; their sum is inf in fp32
+    scores[1, 4] = float("nan")
+    with pytest.raises(ValueError, match="non-finite scores for 1 of 2 users"):
+        target_ranks(scores, torch.tensor([2, 2]), None, exclude_history=False)
+    assert target_ranks(scores[:1], torch.tensor([2]), None, exclude_history=False).tolist() == [2]
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 50, 51, 1000])
 @pytest.mark.parametrize("exclude_history", [True, False])
 def test_ranks_item_range_by_item_range_equal_the_whole_matrix(chunk, exclude_history):

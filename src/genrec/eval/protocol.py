@@ -68,7 +68,7 @@ def chunked_target_ranks(scores: ItemChunks, targets: torch.Tensor, batch: Seque
     bad = torch.zeros(targets.shape[0], dtype=torch.bool, device=targets.device)
     for lo, hi in bounds:
         chunk = score_range(lo, hi).float()
-        bad |= ~torch.isfinite(chunk[:, max(0, 1 - lo):]).all(dim=1)  # column 0 (padding) is never ranked
+        bad |= _non_finite_rows(chunk[:, max(0, 1 - lo):])  # column 0 (padding) is never ranked
         inside = (targets >= lo) & (targets < hi)
         target_scores[inside] = chunk[rows[inside], targets[inside] - lo]
     combine(target_scores, "max")
@@ -82,28 +82,43 @@ def chunked_target_ranks(scores: ItemChunks, targets: torch.Tensor, batch: Seque
     at_least = torch.zeros_like(targets)
     eligible_count = torch.zeros_like(targets)
     target_eligible = torch.zeros_like(bad)
+    # Counting goes through float 0/1 masks (exact: a range has < 2^24 columns): on a CPU, summing a bool matrix's
+    # rows takes ~8x as long as comparing into a float buffer and summing that.
+    above = None
     for lo, hi in bounds:
         chunk = score_range(lo, hi).float()
-        eligible = torch.ones_like(chunk, dtype=torch.bool) if candidates is None else \
-            candidates[lo:hi].view(1, -1).expand_as(chunk).clone()
+        eligible = torch.ones_like(chunk) if candidates is None else \
+            candidates[lo:hi].float().repeat(chunk.shape[0], 1)
         if lo == 0:
-            eligible[:, 0] = False
+            eligible[:, 0] = 0.0
         if history is not None:  # history items of this range out; the others to a spare column, dropped
             width = hi - lo
             local = history - lo
             local = torch.where((local >= 0) & (local < width), local, width)
             eligible = torch.cat([eligible, eligible.new_ones(eligible.shape[0], 1)], dim=1)
-            eligible = eligible.scatter_(1, local, False)[:, :width]
+            eligible = eligible.scatter_(1, local, 0.0)[:, :width]
         inside = (targets >= lo) & (targets < hi)
         local_targets = (targets - lo).clamp(0, hi - lo - 1)
-        target_eligible |= inside & eligible[rows, local_targets]
-        eligible[rows[inside], local_targets[inside]] = False  # the target is not compared with itself
-        at_least += ((chunk >= target_scores.view(-1, 1)) & eligible).sum(dim=1)
-        eligible_count += eligible.sum(dim=1)
+        target_eligible |= inside & (eligible[rows, local_targets] > 0)
+        eligible[rows[inside], local_targets[inside]] = 0.0  # the target is not compared with itself
+        if above is None or above.shape != chunk.shape:
+            above = torch.empty_like(chunk)
+        torch.ge(chunk, target_scores.view(-1, 1), out=above)
+        at_least += above.mul_(eligible).sum(dim=1).long()
+        eligible_count += eligible.sum(dim=1).long()
     combine(at_least, "sum")
     combine(eligible_count, "sum")
     target_eligible = _combined_flags(target_eligible, combine)
     return torch.where(target_eligible, at_least + 1, eligible_count + 1)
+
+
+def _non_finite_rows(scores: torch.Tensor) -> torch.Tensor:
+    """Rows holding a NaN or an infinity. A row's sum is non-finite when the row is, or (harmlessly) when it
+    overflows; only such rows are checked element by element, which on a CPU costs ~30x a sum."""
+    suspect = ~torch.isfinite(scores.sum(dim=1))
+    if not bool(suspect.any()):
+        return suspect
+    return suspect.index_put((suspect,), ~torch.isfinite(scores[suspect]).all(dim=1))
 
 
 def _combined_flags(flags: torch.Tensor, combine: Callable[[torch.Tensor, str], None]) -> torch.Tensor:
