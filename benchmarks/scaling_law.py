@@ -30,6 +30,7 @@ the JSON (needs matplotlib, extra `viz`).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from genrec.config import apply_overrides, parse_assignment  # noqa: E402
@@ -73,6 +75,9 @@ def measure_row(architecture: str, width: int, layers: int, args) -> dict:
     from genrec.train.trainer import Trainer
 
     config = run_config(architecture, width, layers, args)
+    on_gpu = torch.cuda.is_available() and args.device != "cpu"
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(config, Path(out), log=lambda _: None, progress=False)
         flops, seconds, losses = 0.0, 0.0, []
@@ -83,13 +88,20 @@ def measure_row(architecture: str, width: int, layers: int, args) -> dict:
             seconds += stats["seconds"]
             losses.append(round(stats["loss"], 4))
         metrics = trainer.evaluate(trainer.data.split.test)
-    return {"architecture": architecture, "width": width, "layers": layers,
-            "parameters": sum(p.numel() for p in trainer.model.encoder.parameters()),
-            "train_flops": flops, "train_seconds": round(seconds, 1),
-            "wall_seconds": round(time.perf_counter() - started),
-            "losses": losses, "loss": losses[-1], "ndcg@10": round(metrics["ndcg@10"], 5),
-            "hr@10": round(metrics["hr@10"], 5), "events": trainer.data.summary["events"],
-            "items": trainer.data.num_items}
+    row = {"architecture": architecture, "width": width, "layers": layers,
+           "parameters": sum(p.numel() for p in trainer.model.encoder.parameters()),
+           "train_flops": flops, "train_seconds": round(seconds, 1),
+           "wall_seconds": round(time.perf_counter() - started),
+           "losses": losses, "loss": losses[-1], "ndcg@10": round(metrics["ndcg@10"], 5),
+           "hr@10": round(metrics["hr@10"], 5), "events": trainer.data.summary["events"],
+           "items": trainer.data.num_items}
+    if on_gpu:
+        row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        # sweeps side by side share the GPU: what this row's allocator cached goes back before the next row
+        del trainer
+        gc.collect()
+        torch.cuda.empty_cache()
+    return row
 
 
 def power_law(xs: list[float], ys: list[float]) -> dict | None:
