@@ -87,6 +87,12 @@ def test_huge_finite_scores_are_ranked_not_refused():
     assert target_ranks(scores[:1], torch.tensor([2]), None, exclude_history=False).tolist() == [2]
 
 
+def test_ranks_count_exactly_past_float32s_integers():
+    """2^24 + 1 items tie with the target: float32 cannot hold that count, so it is counted in ranges."""
+    scores = torch.ones(1, (1 << 24) + 3)
+    assert target_ranks(scores, torch.tensor([1]), None, exclude_history=False).tolist() == [(1 << 24) + 2]
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 50, 51, 1000])
 @pytest.mark.parametrize("exclude_history", [True, False])
 def test_ranks_item_range_by_item_range_equal_the_whole_matrix(chunk, exclude_history):

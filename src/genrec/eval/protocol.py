@@ -17,6 +17,7 @@ from genrec.data.splits import EvalSplit
 from genrec.ops.jagged import jagged_to_padded, last_positions
 
 EVAL_ITEM_CHUNK = 1 << 18  # items scored at a time for a batch of users when a catalogue is larger
+COUNTED_COLUMNS = 1 << 24  # at most this many columns at a time: float32 counts 0/1 values exactly up to 2^24
 
 
 @dataclass
@@ -57,6 +58,7 @@ def chunked_target_ranks(scores: ItemChunks, targets: torch.Tensor, batch: Seque
     tie in its favour). With own_columns, every rank ranks against its own ids and the counts are added up (the
     target's score comes from the rank that holds it)."""
     first, last = scores.own_columns or (0, scores.num_columns)
+    chunk_columns = min(chunk_columns, COUNTED_COLUMNS)
     bounds = [(lo, min(lo + chunk_columns, last)) for lo in range(first, last, chunk_columns)]
     combine = scores.combine or (lambda values, op: None)
     score_range = scores.items
@@ -82,7 +84,7 @@ def chunked_target_ranks(scores: ItemChunks, targets: torch.Tensor, batch: Seque
     at_least = torch.zeros_like(targets)
     eligible_count = torch.zeros_like(targets)
     target_eligible = torch.zeros_like(bad)
-    # Counting goes through float 0/1 masks (exact: a range has < 2^24 columns): on a CPU, summing a bool matrix's
+    # Counting goes through float 0/1 masks (exact: see COUNTED_COLUMNS): on a CPU, summing a bool matrix's
     # rows takes ~8x as long as comparing into a float buffer and summing that.
     above = None
     for lo, hi in bounds:
