@@ -1,7 +1,9 @@
-"""Where does a training epoch's time go? Trains one warm-up epoch (compilation, autotuning), times
-one epoch, then profiles one more and prints the GPU kernels by total time next to the wall time, so
-a launch-bound step (GPU busy for a small part of the wall time) shows at once. The first model is the
-baseline of the others' speedups. Runs on a CPU too (no kernel table there). JSON + PNG beside it.
+"""Where does a training epoch's time go? Trains --warmup-epochs untimed epochs (compilation, autotuning, and
+under train.compile = graphs the recording of a graph for each bucketed batch shape: on ml-1m-3k new shapes still
+turn up in the second to the eighth epoch), times --timed-epochs more and reports their median, then profiles one
+more and prints the GPU kernels by total time next to the wall time, so a launch-bound step (GPU busy for a small
+part of the wall time) shows at once. The first model is the baseline of the others' speedups. Runs on a CPU too
+(no kernel table there). JSON + PNG beside it.
 
     python benchmarks/train_step.py --data-root ../shared/data --dataset ml-1m-sas \
         --models hstu-large,hstu-large:train.compile=graphs --out benchmarks/results/train_step.json
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -30,23 +33,28 @@ TOP_KERNELS = 8
 CUDA = torch.cuda.is_available()
 
 
-def measure(data_root: Path, dataset: str, model: str, common: list[str]) -> dict:
-    config, _ = build_config(data_root, dataset, model, "paper", 3, "stable", common)
+def measure(data_root: Path, dataset: str, model: str, common: list[str], warmup_epochs: int,
+            timed_epochs: int) -> dict:
+    config, _ = build_config(data_root, dataset, model, "paper", warmup_epochs + timed_epochs + 1, "stable", common)
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = Trainer(config, Path(out_dir), log=lambda _: None, progress=False)
-        trainer.train_epoch()  # warm-up
-        _synchronize()
-        started = time.perf_counter()
-        stats = trainer.train_epoch()
-        _synchronize()
-        epoch_seconds = time.perf_counter() - started
+        for _ in range(warmup_epochs):
+            trainer.train_epoch()
+        epochs = []
+        for _ in range(timed_epochs):
+            _synchronize()
+            started = time.perf_counter()
+            stats = trainer.train_epoch()
+            _synchronize()
+            epochs.append(time.perf_counter() - started)
         with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * CUDA) as prof:
             trainer.train_epoch()
             _synchronize()
     busy, launches, kernels = gpu_kernels(prof)
     host = [(e.key, e.count, e.self_cpu_time_total) for e in prof.key_averages()
             if e.device_type == torch.autograd.DeviceType.CPU]
-    return {"dataset": dataset, "model": model, "epoch_seconds": round(epoch_seconds, 3),
+    return {"dataset": dataset, "model": model, "epoch_seconds": round(statistics.median(epochs), 3),
+            "timed_epochs_seconds": [round(seconds, 3) for seconds in epochs], "warmup_epochs": warmup_epochs,
             "gpu_busy_seconds": round(busy, 3), "launches": launches, "tflops": round(stats["tflops"], 2),
             "top_kernels": largest(kernels), "top_host_ops": largest(host)}
 
@@ -85,11 +93,13 @@ def main() -> None:
     parser.add_argument("--models", default="hstu-large", help="comma-separated model specs (see public.py)")
     parser.add_argument("--set", action="append", default=[], dest="common", metavar="KEY=VALUE",
                         help="config assignment applied to every run")
+    parser.add_argument("--warmup-epochs", type=int, default=1, help="untimed epochs first")
+    parser.add_argument("--timed-epochs", type=int, default=1, help="epochs timed (their median is reported)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_step.json"))
     args = parser.parse_args()
     result = {**environment("cuda" if CUDA else "cpu"), "rows": []}
     for model in args.models.split(","):
-        row = measure(args.data_root, args.dataset, model, args.common)
+        row = measure(args.data_root, args.dataset, model, args.common, args.warmup_epochs, args.timed_epochs)
         row["speedup"] = round(result["rows"][0]["epoch_seconds"] / row["epoch_seconds"], 2) if result["rows"] else 1.0
         result["rows"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
