@@ -1,6 +1,6 @@
 """Where does a training epoch's time go? Trains --warmup-epochs untimed epochs (compilation, autotuning, and
 under train.compile = graphs the recording of a graph for each bucketed batch shape: on ml-1m-3k new shapes still
-turn up in the second to the eighth epoch), times --timed-epochs more and reports their median, then profiles one
+turn up as late as the sixteenth epoch), times --timed-epochs more and reports their median, then profiles one
 more and prints the GPU kernels by total time next to the wall time, so a launch-bound step (GPU busy for a small
 part of the wall time) shows at once. The first model is the baseline of the others' speedups. Runs on a CPU too
 (no kernel table there). JSON + PNG beside it.
