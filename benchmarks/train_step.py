@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--timed-epochs", type=int, default=1, help="epochs timed (their median is reported)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/train_step.json"))
     args = parser.parse_args()
+    if args.warmup_epochs < 0 or args.timed_epochs < 1:
+        parser.error("--warmup-epochs must be >= 0 and --timed-epochs >= 1")
     result = {**environment("cuda" if CUDA else "cpu"), "rows": []}
     for model in args.models.split(","):
         row = measure(args.data_root, args.dataset, model, args.common, args.warmup_epochs, args.timed_epochs)
