@@ -2,7 +2,8 @@
 under train.compile = graphs the recording of a graph for each bucketed batch shape: on ml-1m-3k new shapes still
 turn up as late as the sixteenth epoch), times --timed-epochs more and reports their median, then profiles one
 more and prints the GPU kernels by total time next to the wall time, so a launch-bound step (GPU busy for a small
-part of the wall time) shows at once. The first model is the baseline of the others' speedups. Runs on a CPU too
+part of the wall time) shows at once, and the host operations and Python functions by their own time (one more
+epoch under cProfile), which say where such a step's host time goes. The first model is the baseline of the others' speedups. Runs on a CPU too
 (no kernel table there). JSON + PNG beside it.
 
     python benchmarks/train_step.py --data-root ../shared/data --dataset ml-1m-sas \
@@ -12,7 +13,9 @@ part of the wall time) shows at once. The first model is the baseline of the oth
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
+import pstats
 import statistics
 import sys
 import tempfile
@@ -35,7 +38,7 @@ CUDA = torch.cuda.is_available()
 
 def measure(data_root: Path, dataset: str, model: str, common: list[str], warmup_epochs: int,
             timed_epochs: int) -> dict:
-    config, _ = build_config(data_root, dataset, model, "paper", warmup_epochs + timed_epochs + 1, "stable", common)
+    config, _ = build_config(data_root, dataset, model, "paper", warmup_epochs + timed_epochs + 2, "stable", common)
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = Trainer(config, Path(out_dir), log=lambda _: None, progress=False)
         for _ in range(warmup_epochs):
@@ -50,13 +53,27 @@ def measure(data_root: Path, dataset: str, model: str, common: list[str], warmup
         with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * CUDA) as prof:
             trainer.train_epoch()
             _synchronize()
+        python = cProfile.Profile()
+        with python:
+            trainer.train_epoch()
+            _synchronize()
     busy, launches, kernels = gpu_kernels(prof)
     host = [(e.key, e.count, e.self_cpu_time_total) for e in prof.key_averages()
             if e.device_type == torch.autograd.DeviceType.CPU]
     return {"dataset": dataset, "model": model, "epoch_seconds": round(statistics.median(epochs), 3),
             "timed_epochs_seconds": [round(seconds, 3) for seconds in epochs], "warmup_epochs": warmup_epochs,
             "gpu_busy_seconds": round(busy, 3), "launches": launches, "tflops": round(stats["tflops"], 2),
-            "top_kernels": largest(kernels), "top_host_ops": largest(host)}
+            "top_kernels": largest(kernels), "top_host_ops": largest(host), "top_python": python_functions(python)}
+
+
+def python_functions(python: cProfile.Profile) -> list[dict]:
+    """The Python functions (and the C functions they call by name) with the most time of their own in one
+    epoch, by cProfile: where a step bound by the host spends it. A method called through an operator (a tensor
+    index, say) counts in its caller's own time."""
+    stats = pstats.Stats(python).stats  # {(file, line, name): (primitive calls, calls, own s, cumulative s, callers)}
+    own = [(f"{Path(file).name}:{line}({name})" if line else name, calls, seconds * 1e6)
+           for (file, line, name), (_, calls, seconds, _, _) in stats.items()]
+    return largest(own)
 
 
 def gpu_kernels(prof) -> tuple[float, int, list[tuple[str, int, float]]]:
@@ -108,7 +125,7 @@ def main() -> None:
         args.out.write_text(json.dumps(result, indent=2))
         print(f"\n{model}: epoch {row['epoch_seconds']:.2f} s wall ({row['speedup']:.2f}x the first), GPU busy "
               f"{row['gpu_busy_seconds']:.2f} s, {row['launches']} launches, {row['tflops']:.2f} TFLOP/s")
-        for title in ("top_kernels", "top_host_ops"):
+        for title in ("top_kernels", "top_host_ops", "top_python"):
             print(f"  {title.replace('_', ' ')}:")
             for op in row[title]:
                 print(f"  {op['seconds']:8.4f} s {op['count']:>7}  {op['name']}")
