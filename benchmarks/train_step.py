@@ -1,10 +1,10 @@
-"""Where does a training epoch's time go? Trains --warmup-epochs untimed epochs (compilation, autotuning, and
-under train.compile = graphs the recording of a graph for each bucketed batch shape: on ml-1m-3k new shapes still
-turn up as late as the sixteenth epoch), times --timed-epochs more and reports their median, then profiles one
-more and prints the GPU kernels by total time next to the wall time, so a launch-bound step (GPU busy for a small
-part of the wall time) shows at once, and the host operations and Python functions by their own time (one more
-epoch under cProfile), which say where such a step's host time goes. The first model is the baseline of the others' speedups. Runs on a CPU too
-(no kernel table there). JSON + PNG beside it.
+"""Where does a training epoch's time go? Trains --warmup-epochs untimed epochs (compilation, autotuning, and under
+train.compile = graphs the recording of a graph for each bucketed batch shape: on ml-1m-3k new shapes still turn up
+as late as the sixteenth epoch), times --timed-epochs more and reports their median, then profiles one more and
+prints the GPU kernels by total time next to the wall time, so a launch-bound step (GPU busy for a small part of the
+wall time) shows at once, and the host operations and Python functions by their own time (one more epoch under
+cProfile), which say where such a step's host time goes. The first model is the baseline of the others' speedups.
+Runs on a CPU too (no kernel table there). JSON + PNG beside it.
 
     python benchmarks/train_step.py --data-root ../shared/data --dataset ml-1m-sas \
         --models hstu-large,hstu-large:train.compile=graphs --out benchmarks/results/train_step.json
