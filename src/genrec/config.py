@@ -121,6 +121,8 @@ class TrainConfig:
     loader_workers: int = 0  # processes making the next batches during the step (genrec.data.loader); 0 = none
     # training forwards through torch.compile (genrec.train.experiment.compiled): off | kernels (fused kernels,
     # dynamic shapes) | graphs (also replayed from CUDA graphs, batches padded to bucketed shapes: genrec.data.buckets)
+    # | step (retrieval on one process: kernels, and the whole step with loss and optimiser replayed from one CUDA
+    # graph per bucketed shape: genrec.train.step_graphs)
     compile: str = "off"
     data_parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2: parameters and optimiser sharded)
     eval_every: int = 1  # epochs between validation passes (validated mode)
@@ -220,9 +222,19 @@ class Config:
             (self.train.epochs >= 0, "train.epochs must be >= 0"),
             (self.train.batch_size > 0 and self.train.eval_batch_size > 0, "batch sizes must be positive"),
             (self.train.loader_workers >= 0, "train.loader_workers must be >= 0"),
-            (self.train.compile in ("off", "kernels", "graphs"), "train.compile must be off, kernels or graphs"),
-            (self.train.compile != "graphs" or self.data.max_seq_len >= 2,
-             "train.compile = graphs pads batches with sequences of 1 to max_seq_len tokens: max_seq_len >= 2"),
+            (self.train.compile in ("off", "kernels", "graphs", "step"),
+             "train.compile must be off, kernels, graphs or step"),
+            (self.train.compile not in ("graphs", "step") or self.data.max_seq_len >= 2,
+             f"train.compile = {self.train.compile} pads batches with sequences of 1 to max_seq_len tokens: "
+             "max_seq_len >= 2"),
+            (self.train.compile != "step" or (self.train.task == "retrieval" and self.data.mode != "stream"),
+             "train.compile = step captures the retrieval trainer's step: ranking and stream runs take graphs"),
+            (self.train.compile != "step" or self.train.embedding_optimizer == "adamw",
+             "train.compile = step needs train.embedding_optimizer = adamw (the row-wise optimiser's sparse "
+             "gradients are not captured)"),
+            (self.train.compile != "step" or self.train.loss.in_batch_negatives == 0,
+             "train.compile = step needs train.loss.in_batch_negatives = 0 (their logQ counts size a tensor by the "
+             "batch's contents)"),
             (self.train.learning_rate > 0, "train.learning_rate must be positive"),
             (all(0.0 <= beta < 1.0 for beta in self.train.betas), "train.betas must be in [0, 1)"),
             (self.train.weight_decay >= 0, "train.weight_decay must be >= 0"),

@@ -41,6 +41,26 @@ def test_compiled_training_gives_the_eager_run(tmp_path, monkeypatch, mode):
         torch.testing.assert_close(weight, eager[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_the_whole_step_mode_gives_the_eager_run(tmp_path):
+    """train.compile = step predicts at every row of the padded batch, weighting last tokens and padding out: with
+    the full softmax (no random negatives, which differ by the rows drawn for) and no dropout, eager's run. On the
+    CPU nothing is captured; tests/train/test_step_graphs.py replays the graphs on a GPU."""
+    torch._dynamo.reset()
+    trainers, losses = {}, {}
+    for compile in ("off", "step"):
+        config = tiny_config()
+        config.data.synthetic_users, config.train.batch_size = 12, 8
+        config.model.dropout, config.train.loss.negatives = 0.0, "all"
+        config.train.compile = compile
+        trainers[compile] = Trainer(config, tmp_path / compile, log=lambda _: None, progress=False)
+        losses[compile] = [trainers[compile].train_epoch()["loss"] for _ in range(2)]
+    assert losses["step"] == pytest.approx(losses["off"], rel=1e-5)
+    assert not trainers["step"].whole_step.graphs
+    eager = dict(trainers["off"].model.named_parameters())
+    for name, weight in trainers["step"].model.named_parameters():
+        torch.testing.assert_close(weight, eager[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_the_tuning_pass_before_the_graphs_leaves_no_trace():
     """The eager pass that autotunes the kernels before graph capture draws no random numbers of the run's and
     leaves no gradient behind."""

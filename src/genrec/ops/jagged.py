@@ -75,6 +75,15 @@ def positions_with_successor(seq_offsets: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.flatnonzero(has_successor))
 
 
+def successor_targets(item_ids: torch.Tensor, seq_offsets: torch.Tensor) -> torch.Tensor:
+    """[T] every token's successor's item id, 0 for each sequence's last token (host tensors): a target for every
+    row of a batch whose shape must not depend on how many tokens have a successor (train.compile = step)."""
+    positions = positions_with_successor(seq_offsets)
+    targets = torch.zeros_like(item_ids)
+    targets[positions] = item_ids[positions + 1]
+    return targets
+
+
 def prepend_prefix(values: torch.Tensor, seq_offsets: torch.Tensor,
                    prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Puts P prefix rows in front of every sequence: values [T, ...], prefix [B, P, ...] ->

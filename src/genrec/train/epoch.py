@@ -30,6 +30,7 @@ class StepLoss:
     tokens: int
     flops: float  # matrix-multiply FLOPs of the forward and backward passes
     parts: dict[str, torch.Tensor] = field(default_factory=dict)  # more losses to report (DIN's)
+    applied: bool = False  # the backward and the optimiser step already ran (train.compile = step)
 
 
 @dataclass
@@ -52,8 +53,9 @@ def train_epoch(trainer, num_sequences: int, resumed: EpochProgress | None = Non
                 ) -> dict[str, float]:
     """The trainer provides modules, optimizer, average (or None), guard, run_log, streams, ranks, state,
     config, device, autocast_dtype, peak_tflops, host_batch(indices) and batch_loss(host batch) -> StepLoss | None
-    (None: skip). `resumed` continues an epoch a checkpoint was taken in; `checkpoint(progress)` is called every
-    `checkpoint_every` batches (0: never; not after the last). Throughput counts this call's batches only."""
+    (None: skip; called with the step's learning rate set; applied: it stepped the optimiser itself). `resumed`
+    continues an epoch a checkpoint was taken in; `checkpoint(progress)` is called every `checkpoint_every` batches
+    (0: never; not after the last). Throughput counts this call's batches only."""
     trainer.modules.train()
     trainer.state.setdefault("step", 0)  # runs saved before steps were counted lack it
     train_config = trainer.config.train
@@ -74,14 +76,15 @@ def train_epoch(trainer, num_sequences: int, resumed: EpochProgress | None = Non
     for index, batch in enumerate(batches, start=resumed.batches):
         if checkpoint_every and index and index % checkpoint_every == 0 and index != resumed.batches:
             checkpoint(EpochProgress(order, index, None if sums is None else sums.tolist(), total_weight, names))
+        set_learning_rate(trainer.optimizer, train_config, trainer.state["step"], steps_per_epoch)
         with torch.autocast(trainer.device.type, dtype=trainer.autocast_dtype, enabled=autocast):
             step = trainer.batch_loss(batch)
         if step is None:
             continue
-        trainer.optimizer.zero_grad(set_to_none=True)
-        step.loss.backward()
-        set_learning_rate(trainer.optimizer, train_config, trainer.state["step"], steps_per_epoch)
-        trainer.optimizer.step()
+        if not step.applied:
+            trainer.optimizer.zero_grad(set_to_none=True)
+            step.loss.backward()
+            trainer.optimizer.step()
         if trainer.average is not None:
             trainer.average.update()
         trainer.state["step"] += 1

@@ -203,7 +203,8 @@ def compiled(module: torch.nn.Module, config: Config, padded: bool = True) -> to
     batch's token count differs every step and must not recompile). graphs: the same, replayed from CUDA graphs
     (mode reduce-overhead), which record one graph per shape, so the trainers pad each batch to one of a few
     (genrec.data.buckets); a module whose inputs are not padded (padded = False: the ranking run's DIN) is
-    compiled as under kernels. The fused attention is a registered op, traced whole."""
+    compiled as under kernels. step: as under kernels; the trainer captures its whole step around it
+    (genrec.train.step_graphs). The fused attention is a registered op, traced whole."""
     if config.train.compile == "off":
         return module
     if config.train.compile == "graphs" and padded:
@@ -237,8 +238,8 @@ class TunedBeforeGraphs(torch.nn.Module):
 
 def graph_batches(config: Config, ranks: Distributed) -> Callable[[SequenceBatch], SequenceBatch]:
     """What a trainer does to a batch before its compiled forward: pad it to a bucketed shape under
-    train.compile = graphs (read the real rows, [:T], of the outputs), else nothing."""
-    if config.train.compile != "graphs":
+    train.compile = graphs or step (read the real rows, [:T], of the outputs), else nothing."""
+    if config.train.compile not in ("graphs", "step"):
         return lambda batch: batch
     num_sequences = padded_sequences(-(-config.train.batch_size // ranks.world_size), config.data.max_seq_len)
     return lambda batch: pad_to_bucket(batch, num_sequences)

@@ -17,8 +17,10 @@ from genrec.model.similarity import DotSimilarity, Similarity
 def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddings, num_items: int,
                          num_negatives: int, temperature: float, generator: torch.Generator,
                          in_batch_negatives: int = 0, similarity: Similarity | None = None,
-                         negative_pool: torch.Tensor | None = None, whole_table: bool = True) -> torch.Tensor:
-    """Mean cross-entropy of the positive against S uniform negatives per position.
+                         negative_pool: torch.Tensor | None = None, whole_table: bool = True,
+                         weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy of the positive against S uniform negatives per position (weighted by `weights` [P]
+    where given: rows of weight 0 are padding).
 
     user: [P, D] l2-normalised; targets: [P] dense item ids (>= 1); item_embeddings(ids) returns
     l2-normalised rows. A negative equal to the positive is masked. Optional in-batch negatives are
@@ -62,16 +64,24 @@ def sampled_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddi
         logits.append(in_batch.masked_fill(pool.unsqueeze(0) == targets.unsqueeze(1), float("-inf")))
     logits = torch.cat(logits, dim=1) / temperature
     zeros = torch.zeros(targets.shape[0], dtype=torch.int64, device=targets.device)
-    return F.cross_entropy(logits.float(), zeros)
+    return cross_entropy(logits.float(), zeros, weights)
 
 
 def full_softmax_loss(user: torch.Tensor, targets: torch.Tensor, item_embeddings, num_items: int,
-                      temperature: float) -> torch.Tensor:
+                      temperature: float, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over every item of the catalog (ids 1..I): exact where I is small enough
-    that a [P, I] logit matrix is cheaper than gathering S negatives per position."""
+    that a [P, I] logit matrix is cheaper than gathering S negatives per position. weights: as
+    sampled_softmax_loss's (a padding row's target may be 0)."""
     catalog = item_embeddings(torch.arange(1, num_items + 1, device=targets.device))  # [I, D]
     logits = (user @ catalog.T) / temperature
-    return F.cross_entropy(logits.float(), targets - 1)
+    return cross_entropy(logits.float(), (targets - 1).clamp(min=0), weights)
+
+
+def cross_entropy(logits: torch.Tensor, classes: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The mean cross-entropy of the rows, or their weighted mean."""
+    if weights is None:
+        return F.cross_entropy(logits, classes)
+    return (F.cross_entropy(logits, classes, reduction="none") * weights).sum() / weights.sum()
 
 
 def loss_flops(num_positions: int, dim: int, num_items: int, negatives: str, num_negatives: int,

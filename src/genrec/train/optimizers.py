@@ -162,20 +162,21 @@ def item_tables(module: nn.Module) -> list[nn.Embedding | RowShardedEmbedding]:
     return [child.item for child in module.modules() if isinstance(child, InputEmbedding) and child.item is not None]
 
 
-def build_optimizer(train: TrainConfig, module: nn.Module, sparse_tables: bool
+def build_optimizer(train: TrainConfig, module: nn.Module, sparse_tables: bool, capturable: bool = False
                     ) -> torch.optim.Optimizer | CombinedOptimizer:
     """AdamW over `module`'s parameters, or (train.embedding_optimizer = rowwise_adagrad) AdamW over all but
     the item tables and RowWiseAdagrad over those (whole or sharded by rows: genrec.train.parallel.shard_item_tables),
     whole ones switched to sparse gradients when `sparse_tables` (not under DDP, whose all-reduce takes dense
     gradients). The table's group carries its own base learning rate
-    (base_lr), which the schedule scales."""
+    (base_lr), which the schedule scales. capturable: AdamW's step may be captured in a CUDA graph (on CUDA; it keeps
+    its step counts on the device)."""
     def adamw(params) -> torch.optim.Optimizer:
         params = list(params)
         # fused: one kernel per step on CUDA instead of several per group of tensors (short steps are launch-bound);
         # FSDP2's sharded parameters keep the default
         fused = bool(params) and all(p.is_cuda and not isinstance(p, DTensor) for p in params)
         return torch.optim.AdamW(params, lr=train.learning_rate, betas=train.betas, weight_decay=train.weight_decay,
-                                 fused=fused or None)
+                                 fused=fused or None, capturable=capturable and fused)
 
     if train.embedding_optimizer == "adamw":
         return adamw(module.parameters())

@@ -26,7 +26,7 @@ from genrec.data.stochastic_length import stochastic_length
 from genrec.devices import resolve_device
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
-from genrec.ops.jagged import lengths_from_offsets, positions_with_successor
+from genrec.ops.jagged import lengths_from_offsets, positions_with_successor, successor_targets
 from genrec.train.averaging import WeightAverage
 from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
@@ -37,6 +37,7 @@ from genrec.train.optimizers import build_optimizer
 from genrec.train.parallel import data_parallel, init_distributed, num_batches
 from genrec.train.run_log import RunLog, print_line
 from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, run_epochs, run_fit, save_run
+from genrec.train.step_graphs import StepGraphs
 
 SELECTION_METRIC = "ndcg@10"
 
@@ -67,9 +68,15 @@ class Trainer:
         self.average = WeightAverage(self.model, config.train.ema_decay) if config.train.ema_decay > 0 else None
         if self.ranks.enabled:  # same initial weights everywhere, then rank-specific dropout
             torch.manual_seed(config.train.seed + self.ranks.rank)
-        self.optimizer = build_optimizer(config.train, self.model, sparse_tables=not self.ranks.enabled)
+        whole_step = config.train.compile == "step"
+        if whole_step and self.ranks.enabled:
+            raise ValueError("train.compile = step captures one process's step: under torchrun take graphs")
+        self.optimizer = build_optimizer(config.train, self.model, sparse_tables=not self.ranks.enabled,
+                                         capturable=whole_step)
         self.streams = RandomStreams(config.train.seed, self.ranks.rank, self.device,
                                      config.train.stochastic_length_alpha > 0)
+        self.whole_step = StepGraphs(self.padded_step, self.optimizer, self.device, [self.streams.sample]) \
+            if whole_step else None
         self.state = {"epoch": 0, "step": 0, "best_metric": None, "best_epoch": None, "valid": [],
                       "epoch_seconds": []}
         if self.data.input_values:  # what serving maps a request's user features to codes by
@@ -95,21 +102,41 @@ class Trainer:
         num_positions = positions.numel()
         if num_positions == 0:
             return None
+        flops = 3 * (self.model.encoder.forward_flops(lengths) + loss_flops(  # forward + 2x for backward
+            num_positions, self.config.model.embedding_dim, self.data.num_items, loss_config.negatives,
+            loss_config.num_negatives, loss_config.in_batch_negatives))
+        if self.whole_step is not None:
+            padded = self.for_graphs(batch)
+            targets = successor_targets(padded.item_ids, padded.seq_offsets)
+            loss = self.whole_step(padded, targets, (targets > 0).float())  # 0: a last token, or padding
+            return StepLoss(loss, loss, num_positions, int(lengths.sum()), flops, applied=True)
         targets = batch.item_ids[positions + 1].to(self.device, non_blocking=True)
         positions = positions.to(self.device, non_blocking=True)
         user_embeddings = self.train_model(self.for_graphs(batch).to(self.device)).index_select(0, positions)
-        if loss_config.negatives == "all":
-            loss = full_softmax_loss(user_embeddings, targets, self.model.item_embeddings, self.data.num_items,
-                                     loss_config.temperature)
-        else:
-            loss = sampled_softmax_loss(user_embeddings, targets, self.model.item_embeddings, self.data.num_items,
-                                        loss_config.num_negatives, loss_config.temperature, self.streams.sample,
-                                        loss_config.in_batch_negatives, self.model.similarity,
-                                        whole_table=not self.sharded_tables)
-        flops = 3 * (self.model.encoder.forward_flops(lengths) + loss_flops(  # forward + 2x for backward
-            num_positions, user_embeddings.shape[-1], self.data.num_items, loss_config.negatives,
-            loss_config.num_negatives, loss_config.in_batch_negatives))
+        loss = self.next_item_loss(user_embeddings, targets)
         return StepLoss(loss, loss, num_positions, int(lengths.sum()), flops)
+
+    def next_item_loss(self, user_embeddings: torch.Tensor, targets: torch.Tensor,
+                       weights: torch.Tensor | None = None) -> torch.Tensor:
+        loss_config = self.config.train.loss
+        if loss_config.negatives == "all":
+            return full_softmax_loss(user_embeddings, targets, self.model.item_embeddings, self.data.num_items,
+                                     loss_config.temperature, weights)
+        return sampled_softmax_loss(user_embeddings, targets, self.model.item_embeddings, self.data.num_items,
+                                    loss_config.num_negatives, loss_config.temperature, self.streams.sample,
+                                    loss_config.in_batch_negatives, self.model.similarity,
+                                    whole_table=not self.sharded_tables, weights=weights)
+
+    def padded_step(self, batch: SequenceBatch, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The whole step of train.compile = step (genrec.train.step_graphs): every row of a padded batch predicts
+        its target, weighted; the autocast cache stays off, as it would otherwise hand the graph the casts of the
+        weights that the eager step before its capture made."""
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None,
+                            cache_enabled=False):
+            loss = self.next_item_loss(self.train_model(batch), targets, weights)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
 
     # ---- evaluation ------------------------------------------------------------------------
     def evaluate(self, split: EvalSplit) -> dict[str, float]:
