@@ -9,6 +9,13 @@ architecture the script fits NDCG@10 = a * C^b and loss = a * C^(-b) by least sq
 the exponents and R^2, and the compute-optimal frontier: at each compute, the best NDCG@10 reached by any size at
 or below that compute.
 
+--task ranking sweeps the generative ranker instead (the same widths and depths; genrec.train.ranking), with the
+DLRM-style DIN baseline that the ranking trainer trains beside it on the same batches: one run per size writes a row
+for each (DIN's embedding width is the size's; its MLPs keep 64 hidden units). Quality is then the test split's
+normalised entropy, the mean over the tasks (lower is better; mean AUC and each task's metrics are in the row), and
+the loss the binary cross-entropy. DIN's FLOPs are counted by its own formula (DIN.forward_flops) over the
+impressions it learns from, one per user and epoch; the ranker's as the trainer counts them.
+
 Resumable: every (architecture, size) is one row, saved as it finishes; a second run of the same command skips the
 rows in --out, so a sweep spreads over several GPU calls and its JSON merges itself. The fit and the chart are
 redrawn from all rows at the end of each run. Sweeps run side by side (one process per architecture, each with its
@@ -16,6 +23,7 @@ own --out) join with --merge A.json B.json --out BOTH.json, which checks that th
 
     python benchmarks/scaling_law.py --out benchmarks/results/scaling_law.json                      # a GPU
     python benchmarks/scaling_law.py --out /tmp/law.json --sizes 8x1,16x1 --users 300 --epochs 2 --device cpu
+    python benchmarks/scaling_law.py --out /tmp/rank.json --task ranking --sizes 8x1,16x1 --users 300 --device cpu
 
 --store DIR sweeps an event store instead of the synthetic stream, e.g. the fractal expansion of ml-1m-sas (100M
 events, 5.9M items: `genrec prepare --dataset sasrec --data-dir ml-1m.txt --out DIR --expand 100x3416`); the
@@ -35,6 +43,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +55,24 @@ from report import environment, invocation, merged_results, pyplot, save_chart  
 
 # width x layers: over two decades of training compute at a fixed number of epochs
 SIZES = "32x2,48x2,64x3,96x4,128x4,192x6,256x8"
-ARCHITECTURES = ("hstu", "sasrec")
+
+
+@dataclass(frozen=True)
+class Task:
+    quality: str  # the test metric fitted against compute
+    higher_is_better: bool
+    architectures: tuple[str, ...]
+
+
+# ranking: the generative ranker (hstu) and the DIN baseline trained beside it on the same batches, one run per size
+# (genrec.train.ranking) writing a row for each; quality is the mean normalised entropy of the tasks
+TASKS = {"retrieval": Task("ndcg@10", True, ("hstu", "sasrec")), "ranking": Task("ne", False, ("hstu", "din"))}
 
 
 def run_config(architecture: str, width: int, layers: int, args):
     from genrec.config import preset
 
-    config = preset("hstu" if architecture == "hstu" else "sasrec")
+    config = preset("sasrec" if architecture == "sasrec" else "hstu")
     if args.store is None:
         config.data.dataset, config.data.synthetic_users = "synthetic-stream", args.users
         config.data.synthetic_items = args.items
@@ -65,43 +85,79 @@ def run_config(architecture: str, width: int, layers: int, args):
     model.qk_dim = model.v_dim = width // heads
     train = config.train
     train.epochs, train.batch_size, train.device = args.epochs, args.batch_size, args.device
-    config.eval.max_users, config.eval.ks = args.eval_users, (10, 50)
+    if args.task == "ranking":  # evaluated on every user's held-out event
+        train.task = "ranking"
+    else:
+        config.eval.max_users, config.eval.ks = args.eval_users, (10, 50)
     for assignment in args.overrides:
         apply_overrides(config, parse_assignment(assignment))
     return config.validate()
 
 
-def measure_row(architecture: str, width: int, layers: int, args) -> dict:
-    from genrec.train.trainer import Trainer
-
+def measure_rows(architecture: str, width: int, layers: int, args) -> list[dict]:
+    """The rows of one training run: its architecture's, or under ranking the ranker's and DIN's."""
     config = run_config(architecture, width, layers, args)
     on_gpu = torch.cuda.is_available() and args.device != "cpu"
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        trainer = Trainer(config, Path(out), log=lambda _: None, progress=False)
-        flops, seconds, losses = 0.0, 0.0, []
-        started = time.perf_counter()
-        for _ in range(args.epochs):
-            stats = trainer.train_epoch()
-            flops += stats["tflops"] * 1e12 * stats["seconds"]
-            seconds += stats["seconds"]
-            losses.append(round(stats["loss"], 4))
-        metrics = trainer.evaluate(trainer.data.split.test)
-    row = {"architecture": architecture, "width": width, "layers": layers,
-           "parameters": sum(p.numel() for p in trainer.model.encoder.parameters()),
-           "train_flops": flops, "train_seconds": round(seconds, 1),
-           "wall_seconds": round(time.perf_counter() - started),
-           "losses": losses, "loss": losses[-1], "ndcg@10": round(metrics["ndcg@10"], 5),
-           "hr@10": round(metrics["hr@10"], 5), "events": trainer.data.summary["events"],
-           "items": trainer.data.num_items}
-    if on_gpu:
-        row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        # sweeps side by side share the GPU: what this row's allocator cached goes back before the next row
-        del trainer
+        measure = ranking_rows if args.task == "ranking" else retrieval_row
+        rows = measure(config, Path(out), architecture, args.epochs)
+    for row in rows:
+        row.update({"width": width, "layers": layers, "wall_seconds": round(time.perf_counter() - started)})
+        if on_gpu:  # a ranking run's peak holds both models
+            row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if on_gpu:  # sweeps side by side share the GPU: what this run's allocator cached goes back before the next
         gc.collect()
         torch.cuda.empty_cache()
-    return row
+    return rows
+
+
+def retrieval_row(config, out: Path, architecture: str, epochs: int) -> list[dict]:
+    from genrec.train.trainer import Trainer
+
+    trainer = Trainer(config, out, log=lambda _: None, progress=False)
+    stats = [trainer.train_epoch() for _ in range(epochs)]
+    metrics = trainer.evaluate(trainer.data.split.test)
+    return [{"architecture": architecture, "parameters": sum(p.numel() for p in trainer.model.encoder.parameters()),
+             **training(stats, "loss"), "ndcg@10": round(metrics["ndcg@10"], 5), "hr@10": round(metrics["hr@10"], 5),
+             "events": trainer.data.summary["events"], "items": trainer.data.num_items}]
+
+
+def ranking_rows(config, out: Path, architecture: str, epochs: int) -> list[dict]:
+    """The ranker's row (its FLOPs as the trainer counts them) and DIN's. DIN learns from one impression per user and
+    epoch, whose history is uniform in 1 .. n - 1 of the user's n training events: its FLOPs are those of
+    histories of n / 2 events, the expectation (the matrix multiplies are linear in the history's length)."""
+    from genrec.train.ranking import RankingTrainer
+
+    trainer = RankingTrainer(config, out, log=lambda _: None, progress=False)
+    stats = [trainer.train_epoch() for _ in range(epochs)]
+    test = trainer.evaluate(drop_last=0)
+    events = np.minimum(trainer.sequences.lengths - trainer.held_out, config.data.max_seq_len)
+    din_flops = 3 * epochs * trainer.baseline.forward_flops(torch.from_numpy(events / 2))  # forward + 2x backward
+    data = {"events": trainer.summary["events"], "items": trainer.num_items}
+    ranker = {"architecture": architecture, "parameters": sum(p.numel() for p in trainer.model.encoder.parameters()),
+              **training(stats, "loss"), **task_means(test["model"]), **data}
+    din = {"architecture": "din", "parameters": sum(p.numel() for name, p in trainer.baseline.named_parameters()
+                                                    if not name.startswith("item.")),
+           **training(stats, "baseline_loss"), "train_flops": din_flops, **task_means(test["din"]), **data}
+    return [ranker, din]
+
+
+def training(stats: list[dict], loss: str) -> dict:
+    """The epochs' compute (the trainer's counted FLOPs), seconds and losses."""
+    losses = [round(epoch[loss], 4) for epoch in stats]
+    return {"train_flops": sum(epoch["tflops"] * 1e12 * epoch["seconds"] for epoch in stats),
+            "train_seconds": round(sum(epoch["seconds"] for epoch in stats), 1), "losses": losses, "loss": losses[-1]}
+
+
+def task_means(metrics: dict[str, float]) -> dict:
+    """Mean AUC (over the tasks where it is defined) and NE of the ranking tasks, and each task's."""
+    aucs = [value for key, value in metrics.items() if key.endswith("/auc") and np.isfinite(value)]
+    entropies = [value for key, value in metrics.items() if key.endswith("/ne")]
+    return {"auc": round(float(np.mean(aucs)), 5) if aucs else None, "ne": round(float(np.mean(entropies)), 5),
+            "tasks": {key: round(value, 5) for key, value in metrics.items()}}
 
 
 def power_law(xs: list[float], ys: list[float]) -> dict | None:
@@ -115,42 +171,46 @@ def power_law(xs: list[float], ys: list[float]) -> dict | None:
     return {"a": float(np.exp(log_a)), "b": float(b), "r2": r2}
 
 
-def fits(rows: list[dict]) -> dict:
-    """Per architecture: NDCG@10 and loss against compute, and the compute-optimal frontier."""
+def fits(rows: list[dict], task: Task) -> dict:
+    """Per architecture: the quality and the loss against compute, and the compute-optimal frontier (at each
+    compute, the best quality of any size at or below it)."""
     out = {}
-    for architecture in ARCHITECTURES:
+    better = max if task.higher_is_better else min
+    for architecture in task.architectures:
         own = sorted((r for r in rows if r["architecture"] == architecture), key=lambda r: r["train_flops"])
         if not own:
             continue
         compute = [r["train_flops"] for r in own]
-        frontier, best = [], -1.0
+        frontier, best = [], own[0][task.quality]
         for row in own:
-            best = max(best, row["ndcg@10"])
-            frontier.append({"train_flops": row["train_flops"], "ndcg@10": best})
-        out[architecture] = {"ndcg@10": power_law(compute, [r["ndcg@10"] for r in own]),
+            best = better(best, row[task.quality])
+            frontier.append({"train_flops": row["train_flops"], task.quality: best})
+        out[architecture] = {task.quality: power_law(compute, [r[task.quality] for r in own]),
                              "loss": power_law(compute, [r["loss"] for r in own]), "frontier": frontier,
                              "decades_of_compute": round(float(np.log10(compute[-1] / compute[0])), 2)}
     return out
 
 
-def write_chart(result: dict, path: Path) -> None:
+def write_chart(result: dict, task: Task, path: Path) -> None:
     plt = pyplot()
     if plt is None:
         return
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for architecture, color in zip(ARCHITECTURES, ("tab:blue", "tab:orange")):
+    for architecture, color in zip(task.architectures, ("tab:blue", "tab:orange")):
         own = sorted((r for r in result["rows"] if r["architecture"] == architecture), key=lambda r: r["train_flops"])
         if not own:
             continue
         xs = np.array([r["train_flops"] for r in own])
-        for axis, key in zip(axes, ("ndcg@10", "loss")):
+        for axis, key in zip(axes, (task.quality, "loss")):
             axis.scatter(xs, [r[key] for r in own], color=color, label=architecture)
             fit = result["fits"][architecture][key]
             if fit is not None:
                 axis.plot(xs, fit["a"] * xs ** fit["b"], "--", color=color,
                           label=f"{architecture}: {fit['a']:.3g} C^{fit['b']:.3f} (R^2 {fit['r2']:.2f})")
-    for axis, key in zip(axes, ("test NDCG@10", "training loss (sampled softmax)")):
+    labels = {"ndcg@10": "test NDCG@10", "ne": "test normalised entropy (mean of the tasks)"}
+    losses = {"ndcg@10": "training loss (sampled softmax)", "ne": "training loss (binary cross-entropy)"}
+    for axis, key in zip(axes, (labels[task.quality], losses[task.quality])):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("training compute (FLOPs)")
@@ -163,7 +223,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sizes", default=SIZES, help="width x layers, comma-separated")
-    parser.add_argument("--architectures", default=",".join(ARCHITECTURES))
+    parser.add_argument("--task", choices=sorted(TASKS), default="retrieval",
+                        help="ranking: the generative ranker against the DIN baseline, by normalised entropy")
+    parser.add_argument("--architectures",
+                        help="comma-separated; default: hstu,sasrec (retrieval), hstu (ranking: DIN comes with it)")
     parser.add_argument("--users", type=int, default=100_000, help="synthetic stream users (40 events each)")
     parser.add_argument("--items", type=int, default=100_000, help="synthetic stream items at the start")
     parser.add_argument("--epochs", type=int, default=5)
@@ -175,6 +238,9 @@ def main() -> None:
                         help="a config override for every row (repeatable)")
     parser.add_argument("--merge", type=Path, nargs="+", help="sweeps of one setting to join into --out (no training)")
     args = parser.parse_args()
+    architectures = (args.architectures or ("hstu" if args.task == "ranking" else "hstu,sasrec")).split(",")
+    if args.task == "ranking" and architectures != ["hstu"]:
+        parser.error("--task ranking sweeps the generative ranker (hstu), with DIN trained beside it")
     if args.merge:
         result = merged_results([json.loads(path.read_text()) for path in args.merge], ("setting",),
                                 lambda row: (row["architecture"], row["width"], row["layers"]))
@@ -182,8 +248,9 @@ def main() -> None:
         return
     data = ({"users": args.users, "items": args.items} if args.store is None
             else {"store": json.loads((args.store / "manifest.json").read_text())["checksum"]})
+    # a retrieval sweep's setting has no task, as those written before ranking sweeps existed
     setting = {**data, "epochs": args.epochs, "batch_size": args.batch_size, "eval_users": args.eval_users,
-               "overrides": args.overrides}
+               "overrides": args.overrides, **({"task": "ranking"} if args.task == "ranking" else {})}
     if args.out.exists():
         result = json.loads(args.out.read_text())
         if result["setting"] != setting:
@@ -193,26 +260,28 @@ def main() -> None:
                   "setting": setting, "rows": [], "runs": []}
     result["runs"].append(invocation())
     done = {(r["architecture"], r["width"], r["layers"]) for r in result["rows"]}
-    for architecture in args.architectures.split(","):
+    for architecture in architectures:
         for size in args.sizes.split(","):
             width, layers = (int(part) for part in size.split("x"))
             if (architecture, width, layers) in done:
                 continue
-            row = measure_row(architecture, width, layers, args)
-            result["rows"].append(row)
-            result["fits"] = fits(result["rows"])
+            rows = measure_rows(architecture, width, layers, args)
+            result["rows"] += rows
+            result["fits"] = fits(result["rows"], TASKS[args.task])
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
-            print(json.dumps(row))
+            for row in rows:
+                print(json.dumps(row))
     finish(result, args.out)
 
 
 def finish(result: dict, out: Path) -> None:
-    result["fits"] = fits(result["rows"])
+    task = TASKS[result["setting"].get("task", "retrieval")]
+    result["fits"] = fits(result["rows"], task)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["fits"], indent=2))
-    write_chart(result, out.with_suffix(".png"))
+    write_chart(result, task, out.with_suffix(".png"))
 
 
 if __name__ == "__main__":

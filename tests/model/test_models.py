@@ -70,6 +70,20 @@ def test_forward_flops_count_projections_and_causal_pairs():
     assert encoder.forward_flops(lengths) == 2 * (4 * 12 * 16 + 7 * 2 * 2 * (2 + 2))
 
 
+def test_din_forward_flops_are_its_matrix_multiplies():
+    """Counted by torch's FLOP counter on histories of one length, where padded and real events agree."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from genrec.model.din import DIN
+
+    din = DIN(num_items=20, dim=6, num_tasks=3, hidden=5)
+    impressions, length = 4, 7
+    ids = torch.randint(1, 21, (impressions, length))
+    with FlopCounterMode(display=False) as counter:
+        din(ids, torch.rand(impressions, length, 3), torch.ones(impressions, length, dtype=torch.bool), ids[:, 0])
+    assert din.forward_flops(torch.full((impressions,), length)) == counter.get_total_flops()
+
+
 def test_user_context_prefix_is_read_without_leaking_the_future():
     config = preset("hstu")
     config.model.embedding_dim, config.model.qk_dim, config.model.v_dim = 16, 8, 8

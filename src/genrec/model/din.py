@@ -27,3 +27,13 @@ class DIN(nn.Module):
         weights = self.attention(torch.cat([history, expanded, history * expanded, history - expanded], -1))
         pooled = (weights * history * history_mask.unsqueeze(-1)).sum(1)
         return self.output(torch.cat([pooled, target, pooled * target], -1))
+
+    def forward_flops(self, history_lengths: torch.Tensor) -> float:
+        """Matrix-multiply FLOPs of one forward pass over impressions with histories of these lengths (real, not
+        padded, events): per history event the action projection and the attention MLP, per impression the output
+        MLP."""
+        num_tasks, dim = self.action.in_features, self.action.out_features
+        attention_in, hidden = self.attention[0].in_features, self.attention[0].out_features
+        per_event = 2 * num_tasks * dim + 2 * attention_in * hidden + 2 * hidden
+        per_impression = 2 * self.output[0].in_features * hidden + 2 * hidden * num_tasks
+        return float(history_lengths.sum()) * per_event + history_lengths.numel() * per_impression
