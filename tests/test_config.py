@@ -75,3 +75,19 @@ def test_frozen_configs_load_and_match_their_preset(name):
     config = load_config_file(path, Config()).validate()
     model = name.removeprefix("ml-1m-")
     assert config_to_dict(config) == config_to_dict(preset(model))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train": {"task": "ranking"}}, "retrieval trainer's step"),
+    ({"model": {"architecture": "sasrec"}}, "pointwise attention through its fused kernel"),
+    ({"model": {"attention_backend": "torch"}}, "pointwise attention through its fused kernel"),
+    ({"train": {"embedding_optimizer": "rowwise_adagrad"}}, "embedding_optimizer = adamw"),
+    ({"train": {"loss": {"in_batch_negatives": 4}}}, "in_batch_negatives = 0"),
+])
+def test_the_whole_step_mode_refuses_what_it_cannot_capture(overrides, message):
+    config = Config()
+    config.train.compile = "step"
+    config.validate()  # the default retrieval HSTU is captured
+    apply_overrides(config, overrides)
+    with pytest.raises(ValueError, match=message):
+        config.validate()

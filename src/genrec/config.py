@@ -229,6 +229,12 @@ class Config:
              "max_seq_len >= 2"),
             (self.train.compile != "step" or (self.train.task == "retrieval" and self.data.mode != "stream"),
              "train.compile = step captures the retrieval trainer's step: ranking and stream runs take graphs"),
+            (self.train.compile != "step" or (self.model.architecture == "hstu" and self.model.attention == "pointwise"
+                                              and self.model.attention_backend != "torch"),
+             "train.compile = step needs HSTU's pointwise attention through its fused kernel (model.architecture = "
+             "hstu, model.attention = pointwise, model.attention_backend auto or triton): the padded softmax stacks "
+             "and the reference attention read the longest sequence's length back from the GPU, which a CUDA graph "
+             "cannot"),
             (self.train.compile != "step" or self.train.embedding_optimizer == "adamw",
              "train.compile = step needs train.embedding_optimizer = adamw (the row-wise optimiser's sparse "
              "gradients are not captured)"),

@@ -79,6 +79,10 @@ class StepGraphs:
         try:  # thread_local: the batch loader's pinning thread may call CUDA meanwhile
             with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                 loss = self.step(*inputs)
+        except RuntimeError as error:  # torch.AcceleratorError is one
+            raise RuntimeError("train.compile = step could not capture this training step in a CUDA graph (an "
+                               "operation in it waits for the GPU, such as reading a value back); train.compile = "
+                               f"graphs captures around such operations: {error}") from error
         finally:
             for group, value in zip(groups, scheduled):
                 group["lr"] = value
