@@ -6,8 +6,8 @@ wall time) shows at once, and the host operations and Python functions by their 
 cProfile), which say where such a step's host time goes. The first model is the baseline of the others' speedups.
 Runs on a CPU too (no kernel table there). JSON + PNG beside it.
 
-    python benchmarks/train_step.py --data-root ../shared/data --dataset ml-1m-sas \
-        --models hstu-large,hstu-large:train.compile=graphs --out benchmarks/results/train_step.json
+    python benchmarks/train_step.py --data-root ../shared/data --dataset ml-1m-3k --warmup-epochs 20 \
+        --timed-epochs 5 --models hstu-large,hstu-large:train.compile=step --out benchmarks/results/train-step-step.json
 """
 
 from __future__ import annotations
