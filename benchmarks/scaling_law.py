@@ -11,7 +11,8 @@ or below that compute.
 
 --task ranking sweeps the generative ranker instead (the same widths and depths; genrec.train.ranking), with the
 DLRM-style DIN baseline that the ranking trainer trains beside it on the same batches: one run per size writes a row
-for each (DIN's embedding width is the size's; its MLPs keep 64 hidden units). Quality is then the test split's
+for each (DIN's embedding width is the size's; its MLPs keep 64 hidden units; --set train.baseline_impressions=K
+gives it K impressions per user and epoch instead of one). Quality is then the test split's
 normalised entropy, the mean over the tasks (lower is better; mean AUC and each task's metrics are in the row), and
 the loss the binary cross-entropy. DIN's FLOPs are counted by its own formula (DIN.forward_flops) over the
 impressions it learns from, one per user and epoch; the ranker's as the trainer counts them.
@@ -126,16 +127,18 @@ def retrieval_row(config, out: Path, architecture: str, epochs: int) -> list[dic
 
 
 def ranking_rows(config, out: Path, architecture: str, epochs: int) -> list[dict]:
-    """The ranker's row (its FLOPs as the trainer counts them) and DIN's. DIN learns from one impression per user and
-    epoch, whose history is uniform in 1 .. n - 1 of the user's n training events: its FLOPs are those of
-    histories of n / 2 events, the expectation (the matrix multiplies are linear in the history's length)."""
+    """The ranker's row (its FLOPs as the trainer counts them) and DIN's. DIN learns from train.baseline_impressions
+    impressions per user and epoch, each with a history uniform in 1 .. n - 1 of the user's n training events: its
+    FLOPs are those of histories of n / 2 events, the expectation (the matrix multiplies are linear in the history's
+    length)."""
     from genrec.train.ranking import RankingTrainer
 
     trainer = RankingTrainer(config, out, log=lambda _: None, progress=False)
     stats = [trainer.train_epoch() for _ in range(epochs)]
     test = trainer.evaluate(drop_last=0)
     events = np.minimum(trainer.sequences.lengths - trainer.held_out, config.data.max_seq_len)
-    din_flops = 3 * epochs * trainer.baseline.forward_flops(torch.from_numpy(events / 2))  # forward + 2x backward
+    impressions = torch.from_numpy(np.repeat(events / 2, config.train.baseline_impressions))
+    din_flops = 3 * epochs * trainer.baseline.forward_flops(impressions)  # forward + 2x for backward
     data = {"events": trainer.summary["events"], "items": trainer.num_items}
     ranker = {"architecture": architecture, "parameters": sum(p.numel() for p in trainer.model.encoder.parameters()),
               **training(stats, "loss"), **task_means(test["model"]), **data}

@@ -46,6 +46,10 @@ def test_validation_and_files(tmp_path):
     config.train.loader_workers = -1
     with pytest.raises(ValueError, match="loader_workers must be >= 0"):
         config.validate()
+    config = Config()
+    config.train.baseline_impressions = 0
+    with pytest.raises(ValueError, match="baseline_impressions must be >= 1"):
+        config.validate()
     bad = tmp_path / "bad.toml"
     bad.write_text("[model\n")
     with pytest.raises(ValueError, match="not valid TOML"):

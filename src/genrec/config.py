@@ -131,6 +131,9 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up from 0 over this many epochs, then the schedule
     stochastic_length_alpha: float = 0.0  # subsample long histories (paper Sec. 3.3); 0 = off, (0, 2]
     ema_decay: float = 0.0  # evaluate and serve a moving average of the weights, updated every step; 0 = off
+    # ranking: the DIN baseline's impressions per user and step, each at a position drawn uniformly (with replacement)
+    # among those with a history; the ranker learns at every event
+    baseline_impressions: int = 1
     eval_batch_size: int = 512
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -222,6 +225,7 @@ class Config:
             (self.train.epochs >= 0, "train.epochs must be >= 0"),
             (self.train.batch_size > 0 and self.train.eval_batch_size > 0, "batch sizes must be positive"),
             (self.train.loader_workers >= 0, "train.loader_workers must be >= 0"),
+            (self.train.baseline_impressions >= 1, "train.baseline_impressions must be >= 1"),
             (self.train.compile in ("off", "kernels", "graphs", "step"),
              "train.compile must be off, kernels, graphs or step"),
             (self.train.compile not in ("graphs", "step") or self.data.max_seq_len >= 2,

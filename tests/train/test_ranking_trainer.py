@@ -115,3 +115,31 @@ def test_epochs_are_selected_on_the_tasks_whose_validation_auc_is_defined(tmp_pa
     for name in ("metrics.json", "summary.json"):  # strict JSON: an undefined metric is null, not NaN
         written = json.loads((tmp_path / "run" / name).read_text(), parse_constant=refuse)
     assert written["epochs"][0]["valid"]["first/auc"] is None
+
+
+def test_several_baseline_impressions_per_user_are_each_users_rows_in_turn():
+    """K impressions per sequence are rows b * K + k, each the single impression at that position."""
+    from genrec.data.batch import SequenceBatch
+    from genrec.ops.jagged import offsets_from_lengths
+    from genrec.train.ranking import _din_inputs
+
+    lengths = torch.tensor([4, 2, 3])
+    batch = SequenceBatch(torch.arange(1, 10), offsets_from_lengths(lengths), 4,
+                          labels=torch.rand(9, 2, generator=torch.Generator().manual_seed(0)))
+    targets = torch.tensor([[3, 1], [1, 1], [2, 1]])
+    together = _din_inputs(batch, targets)
+    for k in range(2):
+        alone = _din_inputs(batch, targets[:, k])
+        for part, expected in zip(together, alone):
+            torch.testing.assert_close(part[k::2], expected)
+
+
+def test_more_baseline_impressions_change_only_the_baseline(tmp_path):
+    """train.baseline_impressions trains DIN on more impressions a step; the ranker's run is the same."""
+    runs = {}
+    for impressions in (1, 4):
+        config = ranking_config(mode="paper", epochs=1)
+        config.train.baseline_impressions = impressions
+        runs[impressions] = quiet(config, tmp_path / str(impressions)).fit()
+    assert runs[4]["metrics"] == runs[1]["metrics"]
+    assert runs[4]["din"] != runs[1]["din"]

@@ -1,6 +1,6 @@
 """Generative ranking training: one causal pass per user predicts every event's action signals
-(multi-task BCE), beside a DIN baseline trained on the same batches; both are evaluated on each
-user's held-out last event (AUC and normalised entropy per task).
+(multi-task BCE), beside a DIN baseline trained on the same batches (train.baseline_impressions impressions per
+user and step); both are evaluated on each user's held-out last event (AUC and normalised entropy per task).
 
 The held-out event's item is in the ranker's input (target-aware) but its action is not visible
 to the prediction (causal). Validated mode holds out the second-to-last event for validation and
@@ -47,12 +47,14 @@ from genrec.train.run_state import RandomStreams, load_run_weights, resume_run, 
 
 
 def _din_inputs(batch: SequenceBatch, targets: torch.Tensor):
-    """History before each sequence's `targets` position (padded) and the target item."""
+    """DIN's impressions at positions `targets` [B, K] of the batch's sequences (K per sequence; [B]: one), in
+    sequence order: the history before each (padded) and its item."""
     n = int(lengths_from_offsets(batch.seq_offsets).max())
-    ids = jagged_to_padded(batch.item_ids, batch.seq_offsets, n)
-    labels = jagged_to_padded(batch.labels, batch.seq_offsets, n)
-    mask = torch.arange(n, device=ids.device).view(1, n) < targets.view(-1, 1)
-    return ids * mask, labels * mask.unsqueeze(-1), mask, ids.gather(1, targets.view(-1, 1)).squeeze(1)
+    per_sequence = targets.view(targets.shape[0], -1).shape[1]
+    ids = jagged_to_padded(batch.item_ids, batch.seq_offsets, n).repeat_interleave(per_sequence, 0)
+    labels = jagged_to_padded(batch.labels, batch.seq_offsets, n).repeat_interleave(per_sequence, 0)
+    mask = torch.arange(n, device=ids.device).view(1, n) < targets.reshape(-1, 1)
+    return ids * mask, labels * mask.unsqueeze(-1), mask, ids.gather(1, targets.reshape(-1, 1)).squeeze(1)
 
 
 class RankingTrainer:
@@ -111,7 +113,7 @@ class RankingTrainer:
         return make_batch(self.sequences, users, self.config.data.max_seq_len, self.held_out)
 
     def batch_loss(self, host_batch: SequenceBatch) -> StepLoss:
-        """The ranker's multi-task loss at every event, plus DIN's at one impression per user."""
+        """The ranker's multi-task loss at every event, plus DIN's at train.baseline_impressions per user."""
         if self.config.train.stochastic_length_alpha > 0:
             host_batch = stochastic_length(host_batch, self.config.train.stochastic_length_alpha, self.streams.length)
         token_lengths = 2 * lengths_from_offsets(host_batch.seq_offsets)  # item and action tokens; no sync
@@ -120,12 +122,13 @@ class RankingTrainer:
         padded = self.for_graphs(host_batch)
         logits = self.train_ranker(batch if padded is host_batch else padded.to(self.device))[:batch.item_ids.shape[0]]
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-        # DIN: one impression per user at a random position with a non-empty history
+        # DIN: train.baseline_impressions per user, each at a random position with a non-empty history
         lengths = lengths_from_offsets(batch.seq_offsets)
-        uniform = torch.rand(lengths.shape, generator=self.streams.sample).to(self.device)
-        targets = 1 + (uniform * (lengths - 1)).long()
+        impressions = (lengths.shape[0], self.config.train.baseline_impressions)
+        uniform = torch.rand(impressions, generator=self.streams.sample).to(self.device)
+        targets = 1 + (uniform * (lengths - 1).unsqueeze(1)).long()  # [B, K]
         history_ids, history_labels, mask, target_ids = _din_inputs(batch, targets)
-        labels = batch.labels[batch.seq_offsets[:-1] + targets]
+        labels = batch.labels[(batch.seq_offsets[:-1].unsqueeze(1) + targets).reshape(-1)]
         baseline_loss = F.binary_cross_entropy_with_logits(
             self.train_baseline(history_ids, history_labels, mask, target_ids), labels)
         return StepLoss(loss + baseline_loss, loss, 1, int(token_lengths.sum()), flops,
