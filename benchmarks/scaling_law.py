@@ -15,7 +15,7 @@ for each (DIN's embedding width is the size's; its MLPs keep 64 hidden units; --
 gives it K impressions per user and epoch instead of one). Quality is then the test split's
 normalised entropy, the mean over the tasks (lower is better; mean AUC and each task's metrics are in the row), and
 the loss the binary cross-entropy. DIN's FLOPs are counted by its own formula (DIN.forward_flops) over the
-impressions it learns from, one per user and epoch; the ranker's as the trainer counts them.
+impressions it learns from; the ranker's as the trainer counts them.
 
 Resumable: every (architecture, size) is one row, saved as it finishes; a second run of the same command skips the
 rows in --out, so a sweep spreads over several GPU calls and its JSON merges itself. The fit and the chart are

@@ -98,8 +98,7 @@ class Trainer:
             batch = stochastic_length(batch, self.config.train.stochastic_length_alpha, self.streams.length)
         # each token predicts its successor; found on the host so the step never waits on the GPU
         lengths = lengths_from_offsets(batch.seq_offsets)
-        positions = positions_with_successor(batch.seq_offsets)
-        num_positions = positions.numel()
+        num_positions = int(lengths.sum()) - int((lengths > 0).sum())  # all but each sequence's last token
         if num_positions == 0:
             return None
         flops = 3 * (self.model.encoder.forward_flops(lengths) + loss_flops(  # forward + 2x for backward
@@ -110,6 +109,7 @@ class Trainer:
             targets = successor_targets(padded.item_ids, padded.seq_offsets)
             loss = self.whole_step(padded, targets, (targets > 0).float())  # 0: a last token, or padding
             return StepLoss(loss, loss, num_positions, int(lengths.sum()), flops, applied=True)
+        positions = positions_with_successor(batch.seq_offsets)
         targets = batch.item_ids[positions + 1].to(self.device, non_blocking=True)
         positions = positions.to(self.device, non_blocking=True)
         user_embeddings = self.train_model(self.for_graphs(batch).to(self.device)).index_select(0, positions)
