@@ -95,3 +95,16 @@ def test_the_whole_step_mode_refuses_what_it_cannot_capture(overrides, message):
     apply_overrides(config, overrides)
     with pytest.raises(ValueError, match=message):
         config.validate()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train": {"stochastic_length_sampling": "random"}}, "uniform or contiguous"),
+    ({"train": {"stochastic_length_sampling": "contiguous"}, "data": {"mode": "stream"}}, "not for stream mode"),
+])
+def test_bad_stochastic_length_sampling(overrides, message):
+    config = Config()
+    config.train.stochastic_length_sampling = "contiguous"
+    config.validate()
+    apply_overrides(config, overrides)
+    with pytest.raises(ValueError, match=message):
+        config.validate()

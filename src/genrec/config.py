@@ -130,6 +130,9 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant | cosine (decays to 0 at the last epoch)
     warmup_epochs: int = 0  # linear warm-up from 0 over this many epochs, then the schedule
     stochastic_length_alpha: float = 0.0  # subsample long histories (paper Sec. 3.3); 0 = off, (0, 2]
+    # which events a cut keeps: uniform (drawn without replacement, the paper's) | contiguous (a run at a uniform start,
+    # so every target is the next event; not in stream mode, whose cuts keep the window's events first)
+    stochastic_length_sampling: str = "uniform"
     ema_decay: float = 0.0  # evaluate and serve a moving average of the weights, updated every step; 0 = off
     # ranking: the DIN baseline's impressions per user and step, each at a position drawn uniformly (with replacement)
     # among those with a history; the ranker learns at every event
@@ -279,6 +282,11 @@ class Config:
             (self.train.eval_every > 0, "train.eval_every must be positive"),
             (self.train.patience >= 0, "train.patience must be >= 0"),
             (0.0 <= self.train.stochastic_length_alpha <= 2.0, "train.stochastic_length_alpha must be in [0, 2]"),
+            (self.train.stochastic_length_sampling in ("uniform", "contiguous"),
+             "train.stochastic_length_sampling must be uniform or contiguous"),
+            (self.train.stochastic_length_sampling == "uniform" or self.data.mode != "stream",
+             "train.stochastic_length_sampling = contiguous is not for stream mode: a stream's cut keeps the window's "
+             "events first"),
             (self.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine"),
             (0 <= self.train.warmup_epochs <= max(self.train.epochs, 0),
              "train.warmup_epochs must be in [0, train.epochs]"),

@@ -56,6 +56,28 @@ def test_a_cut_keeps_the_preferred_tokens_first_with_the_same_draws():
     assert torch.equal(keep[110:], plain[110:])
 
 
+def test_a_contiguous_cut_keeps_a_run_of_consecutive_events_from_a_uniform_start():
+    """N = 100, alpha 1.6: a cut keeps 39 consecutive events of 60, with the uniform draw's probability, from
+    starts spread over all 22 possible."""
+    max_seq_len, alpha, length = 100, 1.6, 60
+    batch = batch_of([length] * 400, max_seq_len)
+    out = stochastic_length(batch, alpha, torch.Generator().manual_seed(1), contiguous=True)
+    kept = int(max_seq_len ** (alpha / 2))
+    assert set(out.lengths.tolist()) == {kept, length}
+    assert abs(float((out.lengths == kept).float().mean()) - (1 - max_seq_len ** alpha / length ** 2)) < 0.07
+    starts = []
+    for b in range(out.num_sequences):
+        items = out.item_ids[int(out.seq_offsets[b]):int(out.seq_offsets[b + 1])]
+        assert torch.equal(items, torch.arange(int(items[0]), int(items[0]) + len(items)))  # consecutive
+        assert bool(((items - 1) // length == b).all())
+        if len(items) == kept:
+            starts.append(int(items[0] - 1) % length)
+    assert min(starts) == 0 and max(starts) == length - kept and len(set(starts)) > 15
+    with pytest.raises(ValueError, match="contiguous"):
+        stochastic_length_keep(batch, alpha, torch.Generator(), torch.ones(batch.item_ids.shape[0], dtype=torch.bool),
+                               contiguous=True)
+
+
 def test_bad_alpha():
     with pytest.raises(ValueError, match="alpha must be in"):
         stochastic_length(batch_of([3]), 2.5, torch.Generator())

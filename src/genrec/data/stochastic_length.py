@@ -4,7 +4,9 @@ O(N^alpha) per sequence in expectation instead of O(n^2), with N the maximum seq
 A sequence of n events is kept whole when n <= N^(alpha/2). A longer one is, with probability
 1 - N^alpha / n^2, replaced by N^(alpha/2) of its events drawn uniformly without replacement and kept
 in time order; otherwise it is kept whole. alpha = 2 turns it off; the paper uses 1.6-1.7 on long
-histories. Training only: evaluation always sees the full (truncated) history. Where only some tokens are
+histories. A cut may instead keep N^(alpha/2) consecutive events from a start drawn uniformly (contiguous): the
+same attention work, and every kept event is followed by its true successor, so each target is the next event
+as in evaluation, where a uniform draw makes most targets events some steps ahead. Training only: evaluation always sees the full (truncated) history. Where only some tokens are
 predicted (a stream's window events, after history that is context only), a cut may keep those first and fill
 the rest of its N^(alpha/2) with context: the same attention work, fewer targets lost.
 """
@@ -30,17 +32,21 @@ def expected_attention_work(lengths: torch.Tensor, max_seq_len: int, alpha: floa
     return float(work.sum())
 
 
-def stochastic_length(batch: SequenceBatch, alpha: float, generator: torch.Generator) -> SequenceBatch:
+def stochastic_length(batch: SequenceBatch, alpha: float, generator: torch.Generator,
+                      contiguous: bool = False) -> SequenceBatch:
     """A batch with some long sequences subsampled (host tensors; the generator is a CPU one)."""
-    keep = stochastic_length_keep(batch, alpha, generator)
+    keep = stochastic_length_keep(batch, alpha, generator, contiguous=contiguous)
     return batch if keep is None else keep_tokens(batch, keep)
 
 
 def stochastic_length_keep(batch: SequenceBatch, alpha: float, generator: torch.Generator,
-                           prefer: torch.Tensor | None = None) -> torch.Tensor | None:
+                           prefer: torch.Tensor | None = None, contiguous: bool = False) -> torch.Tensor | None:
     """Which of the batch's tokens Stochastic Length keeps ([T] bool), or None when it keeps them all. prefer [T]
     bool: tokens a cut keeps before any other (drawn uniformly among themselves when they alone overflow it); None:
-    every token alike. The generator's draws do not depend on prefer."""
+    every token alike. The generator's draws do not depend on prefer. contiguous: a cut keeps consecutive events
+    (not with prefer)."""
+    if contiguous and prefer is not None:
+        raise ValueError("a contiguous stochastic-length cut keeps no preferred tokens")
     if not 0.0 < alpha <= 2.0:
         raise ValueError(f"stochastic length alpha must be in (0, 2], got {alpha}")
     max_seq_len = batch.max_seq_len
@@ -51,7 +57,11 @@ def stochastic_length_keep(batch: SequenceBatch, alpha: float, generator: torch.
     keep = torch.ones(batch.item_ids.shape[0], dtype=torch.bool)
     for start, length in zip(batch.seq_offsets[:-1].tolist(), lengths):
         cut = length > kept_len and float(torch.rand((), generator=generator)) >= max_seq_len ** alpha / length ** 2
-        if cut:
+        if cut and contiguous:
+            first = start + int(torch.randint(length - kept_len + 1, (), generator=generator))
+            keep[start:start + length] = False
+            keep[first:first + kept_len] = True
+        elif cut:
             order = torch.randperm(length, generator=generator)
             if prefer is not None:  # the preferred tokens first, each group in its random order
                 order = order[torch.argsort((~prefer[start + order]).to(torch.int8), stable=True)]

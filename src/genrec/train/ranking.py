@@ -115,7 +115,8 @@ class RankingTrainer:
     def batch_loss(self, host_batch: SequenceBatch) -> StepLoss:
         """The ranker's multi-task loss at every event, plus DIN's at train.baseline_impressions per user."""
         if self.config.train.stochastic_length_alpha > 0:
-            host_batch = stochastic_length(host_batch, self.config.train.stochastic_length_alpha, self.streams.length)
+            host_batch = stochastic_length(host_batch, self.config.train.stochastic_length_alpha, self.streams.length,
+                                           self.config.train.stochastic_length_sampling == "contiguous")
         token_lengths = 2 * lengths_from_offsets(host_batch.seq_offsets)  # item and action tokens; no sync
         batch = host_batch.to(self.device)
         flops = 3 * self.model.encoder.forward_flops(token_lengths)  # forward + 2x for backward

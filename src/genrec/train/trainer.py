@@ -95,7 +95,8 @@ class Trainer:
         """Next-item loss of these users' histories at every position that has a successor."""
         loss_config = self.config.train.loss
         if self.config.train.stochastic_length_alpha > 0:
-            batch = stochastic_length(batch, self.config.train.stochastic_length_alpha, self.streams.length)
+            batch = stochastic_length(batch, self.config.train.stochastic_length_alpha, self.streams.length,
+                                      self.config.train.stochastic_length_sampling == "contiguous")
         # each token predicts its successor; found on the host so the step never waits on the GPU
         lengths = lengths_from_offsets(batch.seq_offsets)
         num_positions = int(lengths.sum()) - int((lengths > 0).sum())  # all but each sequence's last token
