@@ -591,16 +591,31 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
             second_start = tl.maximum(first_end, history_len // BLOCK * BLOCK - first_m)
     first_blocks = first_end // BLOCK
     second_blocks = tl.maximum(tl.cdiv(end - second_start, BLOCK), 0)
+    # Below the diagonal without a window, a tile whose keys are all history has every in-bounds pair visible (each
+    # query is after each key; a candidate sees the whole history): no mask to compute. These are the first
+    # tiles of the first range (keys n0 = index * BLOCK); rows past the sequence's end have zero dO, so zero ds.
+    unmasked = 0
+    if not HAS_WINDOW:
+        if lag > 0:
+            unmasked = tl.minimum(first_blocks, history_len // BLOCK)
     acc = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)  # the diagonal's ds, summed over its candidate-free tiles
     dtime = tl.zeros([BLOCK_BUCKETS], dtype=tl.float32)  # this program's time-bucket gradient sums
-    for index in range(0, first_blocks + second_blocks):
+    for index in range(0, unmasked):
+        m0 = first_m + index * BLOCK
+        acc, dtime = _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, m0 - lag * BLOCK, seq_start, seq_len,
+                                    history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                                    stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
+                                    pos_w, time_w, ts, qts, time_g, time_scale, num_buckets, DQK, DV, HAS_POS,
+                                    POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK, BLOCK_DV,
+                                    BLOCK_REL, BLOCK_BUCKETS, False)
+    for index in range(unmasked, first_blocks + second_blocks):
         m0 = first_m + _segment_start(index, first_end, second_start, second_blocks, end, BLOCK)
         acc, dtime = _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, m0 - lag * BLOCK, seq_start, seq_len,
                                     history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                                     stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
                                     pos_w, time_w, ts, qts, time_g, time_scale, num_buckets, DQK, DV, HAS_POS,
                                     POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK, BLOCK_DV,
-                                    BLOCK_REL, BLOCK_BUCKETS)
+                                    BLOCK_REL, BLOCK_BUCKETS, True)
     _add_diagonal_sums(DPOS, acc, max_seq_len - (lag + 1) * BLOCK, 2 * max_seq_len - 2, BLOCK, BLOCK_REL)
     if TIME_BIAS:
         _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS)
@@ -613,7 +628,8 @@ def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, hi
                    DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
                    TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
+                   BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, MASKED: tl.constexpr):
+    """MASKED=False: a tile whose every in-bounds pair is visible (see _bwd_bias_kernel)."""
     offs_m = m0 + tl.arange(0, BLOCK)
     offs_n = n0 + tl.arange(0, BLOCK)
     offs_dqk = tl.arange(0, BLOCK_DQK)
@@ -627,8 +643,8 @@ def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, hi
                                                         t_query, query_min, query_max, alpha, max_seq_len, max_attn_len,
                                                         contextual_len, pos_w, time_w, ts, time_g, time_scale,
                                                         num_buckets, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW,
-                                                        HAS_CONTEXT, IEEE, True, False)
-    ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, True)
+                                                        HAS_CONTEXT, IEEE, MASKED, False)
+    ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
     if POS_TABLE:  # static: no inner loop, which would stop the tile loop's pipelining
         acc += ds
     elif (tl.minimum(m0 + BLOCK, seq_len) <= history_len) & (tl.minimum(n0 + BLOCK, seq_len) <= history_len):
