@@ -7,8 +7,8 @@
 # Appends to OUT_DIR/gpu-parity-DATE.txt with the device, versions and the group; commit it under
 # docs/gpu-parity/ whenever a kernel changes.
 # Group tiles: every tile of the training kernels' autotune lists launched as is, on random jagged lengths (four
-# pytest processes at once).
-#   bash benchmarks/gpu_parity.sh "$OUT" fp32   # groups: fp32, bf16, tiles, rest (everything else), all, candidates
+# pytest processes at once). Group rab: the reference cases with a relative bias, both dtypes (four processes).
+#   bash benchmarks/gpu_parity.sh "$OUT" fp32   # groups: fp32, bf16, rab, tiles, rest (everything else), all, candidates
 set -u
 out_dir=${1:?usage: gpu_parity.sh OUT_DIR GROUP}
 group=${2:-all}
@@ -17,9 +17,10 @@ case "$group" in
   bf16) select="matches_reference and bf16" ;;
   rest) select="not matches_reference and not tuned_tile" ;;
   tiles) select="tuned_tile" ;;
+  rab) select="matches_reference and rab" ;;
   all) select="" ;;
   candidates) ;;
-  *) echo "unknown group $group (fp32, bf16, tiles, rest, all, candidates)" >&2; exit 2 ;;
+  *) echo "unknown group $group (fp32, bf16, rab, tiles, rest, all, candidates)" >&2; exit 2 ;;
 esac
 log="$out_dir/gpu-parity-$(date -u +%Y-%m-%d).txt"
 mkdir -p "$out_dir"
@@ -27,16 +28,20 @@ mkdir -p "$out_dir"
   echo "== $(date -u) group $group"
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no GPU: the interpreter runs the kernels"
   PYTHONPATH=src python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  if [ "$group" = tiles ]; then
-    # four processes at once: each case compiles its tiles cold, which is CPU work, and the device has the cores
+  if [ "$group" = tiles ] || [ "$group" = rab ]; then
+    # four processes at once: each case compiles its kernels cold, which is CPU work, and the device has the cores
     parts=("fp32 and long" "fp32 and not long" "bf16 and long" "bf16 and not long")
+    if [ "$group" = rab ]; then  # about as many cases in each
+      some="(window or wide_times or unsorted or time_only)"
+      parts=("fp32 and $some" "fp32 and not $some" "bf16 and $some" "bf16 and not $some")
+    fi
     for i in 0 1 2 3; do
       GENREC_AUTOTUNE=0 PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_attention_kernel.py \
-        -k "tuned_tile and ${parts[$i]}" > "$out_dir/.tiles-$i.txt" 2>&1 &
+        -k "$select and ${parts[$i]}" > "$out_dir/.part-$i.txt" 2>&1 &
     done
     rc=0
     for job in $(jobs -p); do wait "$job" || rc=1; done
-    for i in 0 1 2 3; do echo "-- tuned_tile and ${parts[$i]}"; cat "$out_dir/.tiles-$i.txt"; rm "$out_dir/.tiles-$i.txt"; done
+    for i in 0 1 2 3; do echo "-- $select and ${parts[$i]}"; cat "$out_dir/.part-$i.txt"; rm "$out_dir/.part-$i.txt"; done
     (exit $rc)
   elif [ "$group" = candidates ]; then
     PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_candidate_kernel.py 2>&1

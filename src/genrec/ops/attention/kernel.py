@@ -600,31 +600,47 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
             unmasked = tl.minimum(first_blocks, history_len // BLOCK)
     acc = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)  # the diagonal's ds, summed over its candidate-free tiles
     dtime = tl.zeros([BLOCK_BUCKETS], dtype=tl.float32)  # this program's time-bucket gradient sums
+    # A run of tiles whose gaps fall in buckets near and near + 1 sums its ds elementwise, split by bucket, and
+    # reduces once when near changes, which along a diagonal it seldom does (_bwd_bias_step); a tile reduction costs
+    # more than the elementwise sums (bias kernel alone, H200, N = 8192, both biases: 11.78 -> 10.26 ms)
+    run_lower = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
+    run_upper = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
+    run_near = -1
     for index in range(0, unmasked):
         m0 = first_m + index * BLOCK
-        acc, dtime = _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, m0 - lag * BLOCK, seq_start, seq_len,
-                                    history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                                    stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
-                                    pos_w, time_w, ts, qts, time_g, time_scale, num_buckets, DQK, DV, HAS_POS,
-                                    POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK, BLOCK_DV,
-                                    BLOCK_REL, BLOCK_BUCKETS, False)
+        acc, dtime, run_lower, run_upper, run_near = _bwd_bias_step(
+            acc, dtime, run_lower, run_upper, run_near, Q, K, V, DO, DPOS, m0, m0 - lag * BLOCK, seq_start, seq_len,
+            history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, h,
+            alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale,
+            num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK,
+            BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS, False)
     for index in range(unmasked, first_blocks + second_blocks):
         m0 = first_m + _segment_start(index, first_end, second_start, second_blocks, end, BLOCK)
-        acc, dtime = _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, m0 - lag * BLOCK, seq_start, seq_len,
-                                    history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                                    stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
-                                    pos_w, time_w, ts, qts, time_g, time_scale, num_buckets, DQK, DV, HAS_POS,
-                                    POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK, BLOCK_DV,
-                                    BLOCK_REL, BLOCK_BUCKETS, True)
+        acc, dtime, run_lower, run_upper, run_near = _bwd_bias_step(
+            acc, dtime, run_lower, run_upper, run_near, Q, K, V, DO, DPOS, m0, m0 - lag * BLOCK, seq_start, seq_len,
+            history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, h,
+            alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale,
+            num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK,
+            BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS, True)
     _add_diagonal_sums(DPOS, acc, max_seq_len - (lag + 1) * BLOCK, 2 * max_seq_len - 2, BLOCK, BLOCK_REL)
     if TIME_BIAS:
+        dtime = _close_run(dtime, run_lower, run_upper, run_near, BLOCK_BUCKETS)
         _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS)
 
 
 @triton.jit
-def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, history_len, stride_qt, stride_qh,
-                   stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, h, alpha, inv_n,
-                   max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale, num_buckets,
+def _close_run(dtime, run_lower, run_upper, run_near, BLOCK_BUCKETS: tl.constexpr):
+    """dtime with a run's sums added: its lower bucket's, then its upper's."""
+    offs = tl.arange(0, BLOCK_BUCKETS)
+    return (dtime + tl.where(offs == run_near, tl.sum(run_lower), 0.0)
+            + tl.where(offs == run_near + 1, tl.sum(run_upper), 0.0))
+
+
+@triton.jit
+def _bwd_bias_step(acc, dtime, run_lower, run_upper, run_near, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len,
+                   history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot,
+                   stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts,
+                   time_g, time_scale, num_buckets,
                    DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
                    TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -651,9 +667,19 @@ def _bwd_bias_step(acc, dtime, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len, hi
         acc += ds
     else:  # candidates map many queries or keys to one position
         _add_sums_by_value(DPOS, ds, rel, valid, BLOCK_REL)
-    if TIME_BIAS:
-        dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, bucket_lo, bucket_hi, BLOCK_BUCKETS)
-    return acc, dtime
+    if TIME_BIAS:  # ds is zero outside valid pairs (masked, or past the sequence's end where dO is zero)
+        if bucket_hi <= bucket_lo + 1:  # one or two buckets: the tile joins a run
+            if bucket_lo != run_near:
+                dtime = _close_run(dtime, run_lower, run_upper, run_near, BLOCK_BUCKETS)
+                run_lower = tl.zeros_like(run_lower)
+                run_upper = tl.zeros_like(run_upper)
+                run_near = bucket_lo
+            crossed = bucket > bucket_lo
+            run_lower += tl.where(crossed, 0.0, ds)
+            run_upper += tl.where(crossed, ds, 0.0)
+        else:
+            dtime = _accumulate_bucket_grad(dtime, ds, bucket, valid, bucket_lo, bucket_hi, BLOCK_BUCKETS)
+    return acc, dtime, run_lower, run_upper, run_near
 
 
 @triton.jit
