@@ -1,18 +1,24 @@
 """Compiles the attention kernels ahead of time for an H100 (sm_90) with triton's bundled ptxas, no
 GPU needed; run in a process without TRITON_INTERPRET (the interpreter replaces the compiler).
 
-    python tests/ops/compile_for_hopper.py [--quick]   # one line per variant: shared memory, SFU ops in the PTX
+    python tests/ops/compile_for_hopper.py [--quick]   # one line per variant: shared memory, SFU ops in the PTX,
+                                                       # registers and spill stack per thread (cuobjdump)
+    python tests/ops/compile_for_hopper.py --tiles bwd_kv   # bf16, D = 128: every tile of the kernel's tuning list
 
 --quick compiles each kernel (bf16) with every option and the bias on at head dim 25 (no window-free tiles
 then), then plain (but the bias-gradient kernel) and with the position bias alone at head dim 128 (whole
-tiles below the diagonal in their own loop).
+tiles below the diagonal in their own loop). --tiles shows where a tile runs out of registers: a kernel that
+spills (stack > 0) keeps part of its tile in local memory.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import subprocess
 import sys
+import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -50,10 +56,14 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
     return types
 
 
-def compile_variant(name: str, dtype: str, variant: str, head_dim: int) -> dict:
+def compile_variant(name: str, dtype: str, variant: str, head_dim: int, tile: tuple | None = None) -> dict:
     """variant: "plain"; "position" (the position bias alone, read from its table); "all" (every option and
-    both biases; with candidates the position bias is gathered)."""
+    both biases; with candidates the position bias is gathered). tile: (block_m, block_n, warps, stages[, split])
+    instead of the kernel's default (block_m alone for the bias kernel's square tiles)."""
     fn, (block_m, block_n, warps, stages) = KERNELS[name]
+    split = variant == "position"
+    if tile is not None:
+        block_m, block_n, warps, stages, split = (*tile, False)[:5]
     flags = dict.fromkeys(("HAS_TARGETS", "HAS_POS", "TIME_BIAS", "HAS_WINDOW", "HAS_CONTEXT"), variant == "all")
     # with timestamps sorted within each sequence, as genrec's batches have them
     flags.update(HAS_POS=variant != "plain", POS_TABLE=variant == "position", TIME_BIAS=2 * (variant == "all"))
@@ -66,7 +76,7 @@ def compile_variant(name: str, dtype: str, variant: str, head_dim: int) -> dict:
         constexprs.update(BLOCK_M=block_m, BLOCK_N=block_n)
     if name == "bwd_kv":  # which sums the time buckets only without a position bias; "position" as split programs
         constexprs.update(TIME_GRAD=flags["TIME_BIAS"] and not flags["HAS_POS"], BLOCK_BUCKETS=256,
-                          SPLIT=variant == "position")
+                          SPLIT=split)
     types = signature(fn, dtype, constexprs)
     # what a launch specialises on: 16-byte aligned pointers, and strides divisible by 16 where they are
     aligned = [name for name, kind in types.items() if kind.startswith("*")
@@ -79,10 +89,41 @@ def compile_variant(name: str, dtype: str, variant: str, head_dim: int) -> dict:
     return {"shared_bytes": compiled.metadata.shared, "async_copies": compiled.asm["ttgir"].count("async_copy_global"),
             "sfu_ops": {op: len(re.findall(rf"\b{op}\.approx", ptx)) for op in ("tanh", "ex2", "rcp", "lg2")},
             "divisions": len(re.findall(r"\bdiv\.\w+\.f32", ptx)),
-            "4-byte async copies": len(re.findall(r"cp\.async\.\w+\.shared\.global \[[^]]*\], \[[^]]*\], 0x4,", ptx))}
+            "4-byte async copies": len(re.findall(r"cp\.async\.\w+\.shared\.global \[[^]]*\], \[[^]]*\], 0x4,", ptx)),
+            **resource_usage(compiled.asm["cubin"])}
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers and spill stack per thread, as triton's bundled cuobjdump reads them off the cubin."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        usage = subprocess.run([tool, "-res-usage", file.name], capture_output=True, text=True, check=True).stdout
+    registers, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
+    return {"registers": int(registers), "stack": int(stack)}
+
+
+def tuned_tiles(name: str) -> list[tuple]:
+    """The tiles the autotuner may give this kernel (kernel.py's lists)."""
+    if name == "bwd_kv":
+        return ([(*tile, False) for tile in kernel._KEY_BLOCK_CONFIGS]
+                + [(*tile, True) for tile in kernel._SPLIT_KEY_BLOCK_CONFIGS])
+    if name == "bwd_bias":
+        return [(block, block, warps, stages) for block, warps, stages in kernel._DIAGONAL_CONFIGS]
+    return list(kernel._ROW_BLOCK_CONFIGS)
 
 
 def main() -> None:
+    if "--tiles" in sys.argv:
+        name = sys.argv[sys.argv.index("--tiles") + 1]
+        for tile, variant in itertools.product(tuned_tiles(name), ("plain", "position", "all")):
+            if name == "bwd_bias" and variant == "plain":
+                continue
+            info = compile_variant(name, "bf16", variant, 128, tile)
+            print(f"{name:<8} tile {tile} {variant:<9} registers {info['registers']} stack {info['stack']} "
+                  f"shared {info['shared_bytes']}", flush=True)
+        return
     variants = itertools.product(KERNELS, ("bf16", "fp32"), ("plain", "position", "all"), (128, 25))
     if "--quick" in sys.argv:
         variants = [(name, "bf16", variant, head_dim) for variant, head_dim in (("all", 25), ("plain", 128),

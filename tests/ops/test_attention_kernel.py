@@ -275,14 +275,18 @@ def test_kernels_compile_for_hopper():
     assert len(plain) == 3 and all("'tanh': 64" in line and "'divisions': 0," in line for line in plain), run.stdout
     # gathered bias weights: 2-byte plain loads in the forward; fp32 in the backward, where the pipeliner
     # makes them one 4-byte async copy per score
-    assert "'4-byte async copies': 0}" in lines["fwd", "all"], run.stdout
-    assert "'4-byte async copies': 0}" not in lines["bwd_q", "all"], run.stdout
+    assert "'4-byte async copies': 0," in lines["fwd", "all"], run.stdout
+    assert "'4-byte async copies': 0," not in lines["bwd_q", "all"], run.stdout
     # the dK/dV kernel has no bias reductions left, so its tile loop is software-pipelined even with both biases
     assert "'async_copies': 0," not in lines["bwd_kv", "all"], run.stdout
     # without candidates the position bias is a block of its table, never gathered, and its gradient
     # (summed along block diagonals) keeps the bias kernel's tile loop pipelined
-    assert len(position) == 4 and all("'4-byte async copies': 0}" in line for line in position), run.stdout
+    assert len(position) == 4 and all("'4-byte async copies': 0," in line for line in position), run.stdout
     assert "'async_copies': 0," not in lines["bwd_kv", "position"], run.stdout
     assert "'async_copies': 0," not in lines["bwd_bias", "position"], run.stdout
     # compiled as split programs there: the dK-only and the dV-only program, each with its two loops
     assert "'tanh': 128" in lines["bwd_kv", "position"], run.stdout
+    # the forward never keeps part of its tile in local memory (cuobjdump's spill stack), nor the bias-gradient
+    # kernel with its table (its diagonal sums and bucket runs sit beside the accumulator)
+    for key in [("fwd", "all"), ("fwd", "plain"), ("fwd", "position"), ("bwd_bias", "position")]:
+        assert "'stack': 0}" in lines[key], run.stdout
