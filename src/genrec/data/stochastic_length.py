@@ -6,8 +6,9 @@ A sequence of n events is kept whole when n <= N^(alpha/2). A longer one is, wit
 in time order; otherwise it is kept whole. alpha = 2 turns it off; the paper uses 1.6-1.7 on long
 histories. A cut may instead keep N^(alpha/2) consecutive events from a start drawn uniformly (contiguous): the
 same attention work, and every kept event is followed by its true successor, so each target is the next event
-as in evaluation, where a uniform draw makes most targets events some steps ahead. Training only: evaluation always sees the full (truncated) history. Where only some tokens are
-predicted (a stream's window events, after history that is context only), a cut may keep those first and fill
+as in evaluation, where a uniform draw makes most targets events some steps ahead (on ML-1M no better:
+docs/long-sequences.md). Training only: evaluation always sees the full (truncated) history. Where only some
+tokens are predicted (a stream's window events, after history that is context only), a cut may keep those first and fill
 the rest of its N^(alpha/2) with context: the same attention work, fewer targets lost.
 """
 
