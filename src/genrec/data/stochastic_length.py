@@ -8,8 +8,8 @@ histories. A cut may instead keep N^(alpha/2) consecutive events from a start dr
 same attention work, and every kept event is followed by its true successor, so each target is the next event
 as in evaluation, where a uniform draw makes most targets events some steps ahead (on ML-1M no better:
 docs/long-sequences.md). Training only: evaluation always sees the full (truncated) history. Where only some
-tokens are predicted (a stream's window events, after history that is context only), a cut may keep those first and fill
-the rest of its N^(alpha/2) with context: the same attention work, fewer targets lost.
+tokens are predicted (a stream's window events, after history that is context only), a cut may keep those first
+and fill the rest of its N^(alpha/2) with context: the same attention work, fewer targets lost.
 """
 
 from __future__ import annotations
