@@ -10,7 +10,8 @@ One training step (forward, backward, fused AdamW; bf16 autocast, fp32 weights) 
 both 8 layers, d = 512, 4 heads of 128, dropout 0.2, ~64k history tokens a step. `--compile on` runs both
 models through torch.compile (dynamic shapes: it fuses the norms, activations and dropout between the matrix
 multiplies; the fused attention and SDPA are traced whole), `--compile both` eager and compiled in one run; each
-speedup is against the Transformer run the same way.
+speedup is against the Transformer run the same way. `--profile` adds each step row's largest kernels (GPU ms per
+step from torch.profiler over a few more steps; CPU time on a CPU): where the step goes.
 
 History lengths: lognormal with median N/4 and sigma 1.2, capped at N (a log keeps a user's last N
 events), at least 1; mean ~0.33 N, 12% of users at the cap. The two parameters were chosen so that SL's
@@ -58,7 +59,7 @@ ALPHAS = (1.6, 1.7, 1.8, 1.9)
 PAPER_TABLE3_ALPHA_1_7 = {1024: 0.561, 2048: 0.636, 4096: 0.698, 8192: 0.756}
 MEDIAN_FRACTION, SIGMA = 0.25, 1.2
 WIDE = {"embedding_dim": 512, "num_layers": 8, "num_heads": 4, "qk_dim": 128, "v_dim": 128, "dropout": 0.2}
-WARMUP_STEPS, TIMED_STEPS, SL_DRAWS = 3, 10, 5
+WARMUP_STEPS, TIMED_STEPS, SL_DRAWS, PROFILED_STEPS, PROFILED_KERNELS = 3, 10, 5, 5, 8
 MAX_SEARCH_TOKENS = 1 << 24
 
 
@@ -207,8 +208,26 @@ def time_case(case: Case, device: torch.device) -> dict:
             "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None}
 
 
+def kernel_times(case: Case, device: torch.device) -> dict:
+    """The step's largest kernels: ms per step each (device time on a GPU, CPU time on a CPU), and all kernels'."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as profiler:
+        for index in range(PROFILED_STEPS):
+            case.step(index)
+        _sync(device)
+    events = [event for event in profiler.key_averages()
+              if (event.device_time_total if on_gpu else event.self_cpu_time_total) > 0]
+    per_step = {event.key: (event.device_time_total if on_gpu else event.self_cpu_time_total) / PROFILED_STEPS / 1e3
+                for event in events}
+    largest = sorted(per_step.items(), key=lambda item: -item[1])[:PROFILED_KERNELS]
+    return {"kernels_ms": {name[:80]: round(ms, 3) for name, ms in largest},
+            "all_kernels_ms": round(sum(per_step.values()), 3)}
+
+
 def step_rows(sizes: list[int], tokens: int, device: torch.device, compile_modes: list[bool],
-              alphas: tuple[float, ...], emit) -> None:
+              alphas: tuple[float, ...], profile_kernels: bool, emit) -> None:
     config = _config(WIDE)
     for max_len in sizes:
         lengths = history_lengths(max_len, tokens, seed=max_len + 1)
@@ -217,7 +236,11 @@ def step_rows(sizes: list[int], tokens: int, device: torch.device, compile_modes
             for architecture, alpha in [("transformer", 2.0), ("hstu", 2.0)] + [("hstu", a) for a in alphas]:
                 row = {"N": max_len, "model": architecture, "alpha": None if alpha == 2.0 else alpha,
                        "compiled": compiled, "sequences": len(lengths)}
-                row.update(time_case(Case(architecture, config, lengths, max_len, alpha, device, compiled), device))
+                case = Case(architecture, config, lengths, max_len, alpha, device, compiled)
+                row.update(time_case(case, device))
+                if profile_kernels:
+                    row.update(kernel_times(case, device))
+                del case
                 baseline = baseline or row["ms_per_step"]
                 row["speedup_vs_transformer"] = round(baseline / row["ms_per_step"], 2)
                 emit("steps", row)
@@ -332,6 +355,7 @@ def main() -> None:
     parser.add_argument("--compile", choices=("off", "on", "both"), default="off",
                         help="run both models through torch.compile (on), or eager and compiled (both)")
     parser.add_argument("--skip-memory", action="store_true", help="no activation-memory rows")
+    parser.add_argument("--profile", action="store_true", help="each step row's largest kernels (torch.profiler)")
     parser.add_argument("--sparsity-only", action="store_true", help="Table 3 only (no training steps)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/long_sequences.json"))
     parser.add_argument("--chart-from", type=Path, help="only draw the chart of this results file")
@@ -357,7 +381,7 @@ def main() -> None:
     if not args.sparsity_only:
         compile_modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
         alphas = tuple(float(alpha) for alpha in args.alphas.split(",") if alpha)
-        step_rows(sizes, args.tokens, device, compile_modes, alphas, emit)
+        step_rows(sizes, args.tokens, device, compile_modes, alphas, args.profile, emit)
         if device.type == "cuda" and not args.skip_memory:
             memory_rows(max(sizes), args.tokens, device, emit)
     write_chart(result, args.out.with_suffix(".png"))
