@@ -9,9 +9,12 @@
 # Group tiles: every tile of the training kernels' autotune lists launched as is, on random jagged lengths (four
 # pytest processes at once). Group rab: the reference cases with a relative bias, both dtypes (four processes).
 #   bash benchmarks/gpu_parity.sh "$OUT" fp32   # groups: fp32, bf16, rab, tiles, rest (everything else), all, candidates
+# A third argument narrows a training-kernel group by pytest -k (one call may not hold them all), e.g. tiles 0-5:
+#   bash benchmarks/gpu_parity.sh "$OUT" tiles "context-0 or long-0 or context-5 or long-5"
 set -u
-out_dir=${1:?usage: gpu_parity.sh OUT_DIR GROUP}
+out_dir=${1:?usage: gpu_parity.sh OUT_DIR GROUP [PYTEST_K]}
 group=${2:-all}
+narrow=${3:+ and ($3)}
 case "$group" in
   fp32) select="matches_reference and fp32" ;;
   bf16) select="matches_reference and bf16" ;;
@@ -25,7 +28,7 @@ esac
 log="$out_dir/gpu-parity-$(date -u +%Y-%m-%d).txt"
 mkdir -p "$out_dir"
 {
-  echo "== $(date -u) group $group"
+  echo "== $(date -u) group $group${narrow}"
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no GPU: the interpreter runs the kernels"
   PYTHONPATH=src python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
   if [ "$group" = tiles ] || [ "$group" = rab ]; then
@@ -37,11 +40,11 @@ mkdir -p "$out_dir"
     fi
     for i in 0 1 2 3; do
       GENREC_AUTOTUNE=0 PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_attention_kernel.py \
-        -k "$select and ${parts[$i]}" > "$out_dir/.part-$i.txt" 2>&1 &
+        -k "$select and ${parts[$i]}$narrow" > "$out_dir/.part-$i.txt" 2>&1 &
     done
     rc=0
     for job in $(jobs -p); do wait "$job" || rc=1; done
-    for i in 0 1 2 3; do echo "-- $select and ${parts[$i]}"; cat "$out_dir/.part-$i.txt"; rm "$out_dir/.part-$i.txt"; done
+    for i in 0 1 2 3; do echo "-- $select and ${parts[$i]}$narrow"; cat "$out_dir/.part-$i.txt"; rm "$out_dir/.part-$i.txt"; done
     (exit $rc)
   elif [ "$group" = candidates ]; then
     PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_candidate_kernel.py 2>&1
@@ -50,7 +53,7 @@ mkdir -p "$out_dir"
       tests/inference/test_candidate_graphs.py 2>&1
   else
     GENREC_AUTOTUNE=0 PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_attention_kernel.py \
-      ${select:+-k "$select"} 2>&1
+      -k "${select:-test}$narrow" 2>&1
   fi
   echo "pytest rc=$?"
 } >> "$log"
