@@ -124,6 +124,8 @@ def test_parquet_columns_of_the_wrong_type_are_rejected(tmp_path, capsys, column
     (["--set", "train.learning_rate=-1e-3"], "train.learning_rate must be positive"),
     (["--set", "model.embedding_dim=100000000"], "GiB"),
     (["--set", "data.max_seq_len=3000000000"], "GiB"),
+    (["--set", "data.train_user_fraction=0"], "data.train_user_fraction must be in (0, 1]"),
+    (["--set", "data.train_user_fraction=0.5", "--task", "ranking"], "samples retrieval's training users"),
 ])
 def test_bad_settings(tmp_path, capsys, args, message):
     assert_one_line(*genrec(capsys, "train", "--config", TINY, "--out", tmp_path / "run", "--no-progress", *args),

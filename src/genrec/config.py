@@ -27,6 +27,10 @@ class DataConfig:
     mode: str = "paper"  # paper | validated (see genrec.data.splits) | stream (genrec.train.stream)
     tie_order: str = "stable"  # stable | paper (see genrec.data.sequences.event_order)
     max_seq_len: int = 200
+    # retrieval: train on this seeded share of the users (the same train.seed nests them: a larger share holds
+    # every user of a smaller one); evaluation still ranks every user's held-out events, so runs on different
+    # shares are scored on the same examples (quality against data, benchmarks/scaling_law.py --data-fractions)
+    train_user_fraction: float = 1.0
     skip_bad_rows: bool = False
     synthetic_seed: int = 0
     synthetic_users: int = 2000
@@ -272,6 +276,9 @@ class Config:
              or self.train.item_table_sharding == "rows",
              "train.embedding_optimizer = rowwise_adagrad under train.data_parallel = fsdp needs "
              "train.item_table_sharding = rows (FSDP2 would shard a replicated table's rows under the optimiser)"),
+            (0.0 < self.data.train_user_fraction <= 1.0, "data.train_user_fraction must be in (0, 1]"),
+            (self.data.train_user_fraction == 1.0 or (self.train.task == "retrieval" and self.data.mode != "stream"),
+             "data.train_user_fraction samples retrieval's training users (paper or validated mode)"),
             (self.data.synthetic_users > 0 and self.data.synthetic_items > 0,
              "data.synthetic_users and synthetic_items must be positive"),
             (not self.data.synthetic_stream or self.data.dataset == "synthetic-stream",

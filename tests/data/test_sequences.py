@@ -3,7 +3,7 @@ import pytest
 
 from genrec.data import Events, build_sequences, leave_one_out, make_batch
 from genrec.data.sequences import event_order
-from genrec.data.splits import sample_users
+from genrec.data.splits import sample_users, train_on_share
 
 
 def events(users, items, stamps=None):
@@ -72,6 +72,23 @@ def test_a_user_sample_keeps_each_users_history_target_and_time():
     assert np.array_equal(sample_users(test, 10, seed=7).target_items, sample.target_items)
     assert not np.array_equal(sample_users(test, 10, seed=8).target_items, sample.target_items)
     assert sample_users(test, 0, seed=7) is test and sample_users(test, 40, seed=7) is test
+
+
+def test_a_training_share_nests_and_leaves_evaluation_whole():
+    users = np.repeat(np.arange(1, 41), 4)
+    split = leave_one_out(build_sequences(events(users, np.arange(1, 161), np.arange(160)), min_length=3),
+                          "validated")
+    shares = {f: train_on_share(split, f, seed=3) for f in (0.1, 0.25, 0.5)}
+    firsts = {f: (share.train.compact().item_ids[::2] - 1) // 4 for f, share in shares.items()}  # each user's first
+    assert [len(firsts[f]) for f in shares] == [4, 10, 20]  # ceil(fraction * 40) users
+    assert all(np.all(np.diff(users) > 0) for users in firsts.values())  # in user order
+    assert set(firsts[0.1]) < set(firsts[0.25]) < set(firsts[0.5])  # one seed: nested
+    assert set(train_on_share(split, 0.25, seed=4).train.compact().item_ids) != set(
+        shares[0.25].train.compact().item_ids)
+    for share in shares.values():  # every user still validated and tested, on the same histories
+        assert share.valid is split.valid and share.test is split.test
+    assert shares[0.5].train.compact().item_ids.reshape(-1, 2).tolist() == [[4 * u + 1, 4 * u + 2] for u in firsts[0.5]]
+    assert train_on_share(split, 1.0, seed=3) is split
 
 
 def test_make_batch_truncates_to_most_recent():

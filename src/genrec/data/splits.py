@@ -7,6 +7,7 @@ validated: train on all but the last two; validate on the second-to-last (epoch 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,16 @@ def leave_one_out(data: SequenceData, mode: str) -> ProtocolSplit:
         return ProtocolSplit(data.sequences.drop_last(1), None, _held_out(data.sequences, 1), mode)
     return ProtocolSplit(data.sequences.drop_last(2), _held_out(data.sequences, 2),
                          _held_out(data.sequences, 1), mode)
+
+
+def train_on_share(split: ProtocolSplit, fraction: float, seed: int) -> ProtocolSplit:
+    """The split with training on the first ceil(fraction * U) users of a seeded permutation (so shares of one
+    seed nest), kept in user order; validation and test keep every user."""
+    num_users = split.train.num_users
+    if fraction == 1.0:
+        return split
+    users = np.sort(np.random.default_rng(seed).permutation(num_users)[:math.ceil(fraction * num_users)])
+    return ProtocolSplit(split.train.select(users), split.valid, split.test, split.mode)
 
 
 def sample_users(split: EvalSplit, max_users: int, seed: int) -> EvalSplit:

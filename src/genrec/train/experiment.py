@@ -15,6 +15,7 @@ from genrec.data import (Events, ProtocolSplit, SequenceData, SyntheticSpec, bui
 from genrec.data.actions import action_labels
 from genrec.data.batch import SequenceBatch
 from genrec.data.buckets import pad_to_bucket, padded_sequences
+from genrec.data.splits import train_on_share
 from genrec.data.item_features import ItemFeatures, read_item_features
 from genrec.data.user_features import read_user_features
 from genrec.data.user_series import UserChanges, UserSeries, read_user_changes
@@ -116,7 +117,11 @@ def _store_sequences(config: Config, min_length: int, with_actions: bool) -> Loa
 def prepare_data(config: Config) -> PreparedData:
     """Sequences and their leave-one-out split (retrieval)."""
     loaded = load_sequences(config, min_length_for(config.data.mode))
-    return PreparedData(leave_one_out(loaded.data, config.data.mode), loaded.data.num_items, loaded.has_timestamps,
+    split = leave_one_out(loaded.data, config.data.mode)
+    if config.data.train_user_fraction < 1.0:
+        split = train_on_share(split, config.data.train_user_fraction, config.train.seed)
+        loaded.summary.update(train_users=split.train.num_users, train_events=split.train.num_events)
+    return PreparedData(split, loaded.data.num_items, loaded.has_timestamps,
                         loaded.data.item_vocab, loaded.summary, loaded.context_cardinalities, loaded.item_content,
                         loaded.series_cardinality, loaded.input_values)
 
