@@ -70,7 +70,7 @@ class Task:
 TASKS = {"retrieval": Task("ndcg@10", True, ("hstu", "sasrec")), "ranking": Task("ne", False, ("hstu", "din"))}
 
 
-def run_config(architecture: str, width: int, layers: int, args):
+def run_config(architecture: str, width: int, layers: int, fraction: float, args):
     from genrec.config import preset
 
     config = preset("sasrec" if architecture == "sasrec" else "hstu")
@@ -79,7 +79,7 @@ def run_config(architecture: str, width: int, layers: int, args):
         config.data.synthetic_items = args.items
     else:
         config.data.dataset, config.data.path = "store", str(args.store)
-    config.data.max_seq_len = 200
+    config.data.max_seq_len, config.data.train_user_fraction = 200, fraction
     model = config.model
     heads = max(1, width // 64)
     model.embedding_dim, model.num_layers, model.num_heads = width, layers, heads
@@ -95,9 +95,9 @@ def run_config(architecture: str, width: int, layers: int, args):
     return config.validate()
 
 
-def measure_rows(architecture: str, width: int, layers: int, args) -> list[dict]:
+def measure_rows(architecture: str, width: int, layers: int, fraction: float, args) -> list[dict]:
     """The rows of one training run: its architecture's, or under ranking the ranker's and DIN's."""
-    config = run_config(architecture, width, layers, args)
+    config = run_config(architecture, width, layers, fraction, args)
     on_gpu = torch.cuda.is_available() and args.device != "cpu"
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -107,6 +107,8 @@ def measure_rows(architecture: str, width: int, layers: int, args) -> list[dict]
         rows = measure(config, Path(out), architecture, args.epochs)
     for row in rows:
         row.update({"width": width, "layers": layers, "wall_seconds": round(time.perf_counter() - started)})
+        if fraction < 1.0:
+            row["train_user_fraction"] = fraction
         if on_gpu:  # a ranking run's peak holds both models
             row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if on_gpu:  # sweeps side by side share the GPU: what this run's allocator cached goes back before the next
@@ -123,7 +125,8 @@ def retrieval_row(config, out: Path, architecture: str, epochs: int) -> list[dic
     metrics = trainer.evaluate(trainer.data.split.test)
     return [{"architecture": architecture, "parameters": sum(p.numel() for p in trainer.model.encoder.parameters()),
              **training(stats, "loss"), "ndcg@10": round(metrics["ndcg@10"], 5), "hr@10": round(metrics["hr@10"], 5),
-             "events": trainer.data.summary["events"], "items": trainer.data.num_items}]
+             "events": trainer.data.summary["events"], "train_events": trainer.data.split.train.num_events,
+             "items": trainer.data.num_items}]
 
 
 def ranking_rows(config, out: Path, architecture: str, epochs: int) -> list[dict]:
@@ -240,7 +243,15 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE",
                         help="a config override for every row (repeatable)")
     parser.add_argument("--merge", type=Path, nargs="+", help="sweeps of one setting to join into --out (no training)")
+    parser.add_argument("--data-fractions", help="retrieval: the share of the users each size trains on, one per size "
+                        "(data.train_user_fraction; evaluation keeps every user): data that grows with the model")
     args = parser.parse_args()
+    sizes = args.sizes.split(",")
+    fractions = [float(f) for f in args.data_fractions.split(",")] if args.data_fractions else [1.0] * len(sizes)
+    if len(fractions) != len(sizes):
+        parser.error(f"--data-fractions takes one share per size: {len(sizes)} sizes, {len(fractions)} shares")
+    if args.data_fractions and args.task == "ranking":
+        parser.error("--data-fractions samples retrieval's training users")
     architectures = (args.architectures or ("hstu" if args.task == "ranking" else "hstu,sasrec")).split(",")
     if args.task == "ranking" and architectures != ["hstu"]:
         parser.error("--task ranking sweeps the generative ranker (hstu), with DIN trained beside it")
@@ -253,7 +264,8 @@ def main() -> None:
             else {"store": json.loads((args.store / "manifest.json").read_text())["checksum"]})
     # a retrieval sweep's setting has no task, as those written before ranking sweeps existed
     setting = {**data, "epochs": args.epochs, "batch_size": args.batch_size, "eval_users": args.eval_users,
-               "overrides": args.overrides, **({"task": "ranking"} if args.task == "ranking" else {})}
+               "overrides": args.overrides, **({"task": "ranking"} if args.task == "ranking" else {}),
+               **({"data": "grows with the model (rows' train_user_fraction)"} if args.data_fractions else {})}
     if args.out.exists():
         result = json.loads(args.out.read_text())
         if result["setting"] != setting:
@@ -264,11 +276,11 @@ def main() -> None:
     result["runs"].append(invocation())
     done = {(r["architecture"], r["width"], r["layers"]) for r in result["rows"]}
     for architecture in architectures:
-        for size in args.sizes.split(","):
+        for size, fraction in zip(sizes, fractions):
             width, layers = (int(part) for part in size.split("x"))
             if (architecture, width, layers) in done:
                 continue
-            rows = measure_rows(architecture, width, layers, args)
+            rows = measure_rows(architecture, width, layers, fraction, args)
             result["rows"] += rows
             result["fits"] = fits(result["rows"], TASKS[args.task])
             args.out.parent.mkdir(parents=True, exist_ok=True)
