@@ -26,6 +26,13 @@ own --out) join with --merge A.json B.json --out BOTH.json, which checks that th
     python benchmarks/scaling_law.py --out /tmp/law.json --sizes 8x1,16x1 --users 300 --epochs 2 --device cpu
     python benchmarks/scaling_law.py --out /tmp/rank.json --task ranking --sizes 8x1,16x1 --users 300 --device cpu
 
+--data-fractions F1,F2,... (retrieval) lets the data grow with the model: size i trains on the share Fi of the users
+(data.train_user_fraction: nested seeded shares), and every row is evaluated on the same held-out events of every
+user, so quality is compared on one test set while training compute grows with both parameters and events:
+
+    python benchmarks/scaling_law.py --out /tmp/grows.json --store STORE --sizes 32x2,64x3,128x4 \
+        --data-fractions 0.25,0.5,1 --epochs 30 --batch-size 128
+
 --store DIR sweeps an event store instead of the synthetic stream, e.g. the fractal expansion of ml-1m-sas (100M
 events, 5.9M items: `genrec prepare --dataset sasrec --data-dir ml-1m.txt --out DIR --expand 100x3416`); the
 sweep's setting then records the store's checksum. --set KEY=VALUE applies to every row (for a large catalogue:
