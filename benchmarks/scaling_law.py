@@ -114,8 +114,8 @@ def measure_rows(architecture: str, width: int, layers: int, fraction: float, ar
         rows = measure(config, Path(out), architecture, args.epochs)
     for row in rows:
         row.update({"width": width, "layers": layers, "wall_seconds": round(time.perf_counter() - started)})
-        if fraction < 1.0:
-            row["train_user_fraction"] = fraction
+        if config.data.train_user_fraction < 1.0:  # --data-fractions, or a --set for every row
+            row["train_user_fraction"] = config.data.train_user_fraction
         if on_gpu:  # a ranking run's peak holds both models
             row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if on_gpu:  # sweeps side by side share the GPU: what this run's allocator cached goes back before the next
