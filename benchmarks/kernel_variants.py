@@ -1,11 +1,12 @@
 """Which version of the fused attention kernels is faster? Loads several copies of kernel.py (files) into one
-process and times each one's backward kernels on the same inputs, per kernel (torch.profiler), so that an A/B
-of a kernel change runs on one GPU in one call. Also prints each version's largest difference from the first's
-outputs and the tiles the autotuner picked. Writes JSON and a bar chart (PNG) beside it.
+process and times each one's backward (or forward) kernels on the same inputs, per kernel (torch.profiler), so
+that an A/B of a kernel change runs on one GPU in one call. Also prints each version's largest difference from
+the first's outputs and the tiles the autotuner picked. Writes JSON and a bar chart (PNG) beside it.
 
 Inputs as benchmarks/attention.py's D = 128 cases: 4 heads of 128, ~124k bf16 tokens in sequences of 0.9-1 N,
-time gaps of 1 s to 1 h; relative bias parts as --rab says. --kernels bias: the bias-gradient kernel alone
-(compiles in a fraction of the time); all: the whole backward (dK/dV, dQ, bias).
+time gaps of 1 s to 1 h; relative bias parts as --rab says (none: no bias, the baseline of rab's cost). --kernels
+bias: the bias-gradient kernel alone (compiles in a fraction of the time); all: the whole backward (dK/dV, dQ, bias);
+fwd: the forward.
 
     git show HEAD~1:src/genrec/ops/attention/kernel.py > /tmp/kernel_before.py
     python benchmarks/kernel_variants.py /tmp/kernel_before.py src/genrec/ops/attention/kernel.py --out /tmp/k.json
@@ -38,11 +39,14 @@ def load(path: str):
     return module
 
 
-def backward_of(module, inputs: dict, kernels: str):
-    """The version's backward (all its kernels), or its bias-gradient kernel alone launched as backward does."""
+def launches_of(module, inputs: dict, kernels: str):
+    """The version's forward, its backward (all its kernels), or its bias-gradient kernel alone launched as backward
+    does; each returns a tuple of outputs."""
     q, k, v, grad = inputs["q"], inputs["k"], inputs["v"], inputs["grad"]
     args = (inputs["offsets"], None, inputs["position"], inputs["time"], inputs["stamps"], inputs["queries"],
             inputs["n"], 1.0 / q.shape[2], 0, 0, 0.301, True)
+    if kernels == "fwd":
+        return lambda: (module.forward(q, k, v, *args),)
     if kernels == "all":
         return lambda: module.backward(grad, q, k, v, *args)
 
@@ -64,15 +68,18 @@ def main() -> None:
     parser.add_argument("files", nargs="+",
                         help="copies of src/genrec/ops/attention/kernel.py; the first is the baseline")
     parser.add_argument("--n", type=int, default=8192, help="max length N")
-    parser.add_argument("--rab", choices=("position", "position+time"), default="position+time")
-    parser.add_argument("--kernels", choices=("bias", "all"), default="bias")
+    parser.add_argument("--rab", choices=("none", "position", "position+time"), default="position+time")
+    parser.add_argument("--kernels", choices=("bias", "all", "fwd"), default="bias",
+                        help="bias: the bias-gradient kernel; all: the whole backward; fwd: the forward")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.kernels == "bias" and args.rab == "none":
+        parser.error("--kernels bias times the bias-gradient kernel, which runs only with a bias")
     lengths, q, k, v, stamps = make_case(args.n, 4, 128, None, (0.9, 1.0), seed=args.n + 128)
     offsets = offsets_from_lengths(lengths)
     with_time = args.rab == "position+time"
     inputs = {"q": q, "k": k, "v": v, "grad": torch.randn_like(q), "offsets": offsets, "n": args.n,
-              "position": torch.randn(2 * args.n - 1, device="cuda") * 0.02,
+              "position": torch.randn(2 * args.n - 1, device="cuda") * 0.02 if args.rab != "none" else None,
               "time": torch.randn(129, device="cuda") * 0.02 if with_time else None,
               "stamps": stamps if with_time else None,
               "queries": query_timestamps(stamps, offsets, None) if with_time else None}
@@ -80,7 +87,7 @@ def main() -> None:
     first = None
     for path in args.files:
         module = load(path)
-        run = backward_of(module, inputs, args.kernels)
+        run = launches_of(module, inputs, args.kernels)
         outputs = run()  # autotunes
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -91,7 +98,7 @@ def main() -> None:
                  if event.key.startswith("_") and event.key.endswith("_kernel")}
         first = first or outputs
         difference = max(float((a.float() - b.float()).abs().max()) for a, b in zip(outputs, first) if a.numel())
-        picks = {name: str(getattr(module, name).best_config) for name in ("_bwd_kv", "_bwd_q", "_bwd_bias")
+        picks = {name: str(getattr(module, name).best_config) for name in ("_fwd", "_bwd_kv", "_bwd_q", "_bwd_bias")
                  if hasattr(getattr(module, name), "best_config")}
         row = {"file": path, "ms": times, "max_difference_from_first": difference, "tiles": picks}
         result["rows"].append(row)
@@ -99,9 +106,10 @@ def main() -> None:
         print(f"{path}: " + ", ".join(f"{key} {ms:.2f} ms" for key, ms in sorted(times.items()))
               + f"; max |difference| from the first {difference:.3g}", flush=True)
     kernels = sorted({key for row in result["rows"] for key in row["ms"]})
-    bar_chart(args.out.with_suffix(".png"), f"backward kernels, N = {args.n}, {args.rab} ({result['device']})",
+    what = "forward kernel" if args.kernels == "fwd" else "backward kernels"
+    bar_chart(args.out.with_suffix(".png"), f"{what}, N = {args.n}, rab: {args.rab} ({result['device']})",
               kernels, {row["file"]: [row["ms"].get(key, 0.0) for key in kernels]
-                        for row in result["rows"]}, "GPU ms per backward")
+                        for row in result["rows"]}, "GPU ms per call")
     print(f"wrote {args.out}")
 
 
