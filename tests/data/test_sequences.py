@@ -81,7 +81,7 @@ def test_a_training_share_nests_and_leaves_evaluation_whole():
     shares = {f: train_on_share(split, f, seed=3) for f in (0.1, 0.25, 0.5)}
     firsts = {f: (share.train.compact().item_ids[::2] - 1) // 4 for f, share in shares.items()}  # each user's first
     assert [len(firsts[f]) for f in shares] == [4, 10, 20]  # ceil(fraction * 40) users
-    assert all(np.all(np.diff(users) > 0) for users in firsts.values())  # in user order
+    assert all(np.all(np.diff(kept) > 0) for kept in firsts.values())  # in user order
     assert set(firsts[0.1]) < set(firsts[0.25]) < set(firsts[0.5])  # one seed: nested
     assert set(train_on_share(split, 0.25, seed=4).train.compact().item_ids) != set(
         shares[0.25].train.compact().item_ids)

@@ -61,9 +61,9 @@ def leave_one_out(data: SequenceData, mode: str) -> ProtocolSplit:
 def train_on_share(split: ProtocolSplit, fraction: float, seed: int) -> ProtocolSplit:
     """The split with training on the first ceil(fraction * U) users of a seeded permutation (so shares of one
     seed nest), kept in user order; validation and test keep every user."""
-    num_users = split.train.num_users
     if fraction == 1.0:
         return split
+    num_users = split.train.num_users
     users = np.sort(np.random.default_rng(seed).permutation(num_users)[:math.ceil(fraction * num_users)])
     return ProtocolSplit(split.train.select(users), split.valid, split.test, split.mode)
 

@@ -15,8 +15,8 @@ from genrec.data import (Events, ProtocolSplit, SequenceData, SyntheticSpec, bui
 from genrec.data.actions import action_labels
 from genrec.data.batch import SequenceBatch
 from genrec.data.buckets import pad_to_bucket, padded_sequences
-from genrec.data.splits import train_on_share
 from genrec.data.item_features import ItemFeatures, read_item_features
+from genrec.data.splits import train_on_share
 from genrec.data.user_features import read_user_features
 from genrec.data.user_series import UserChanges, UserSeries, read_user_changes
 from genrec.devices import memory_of
