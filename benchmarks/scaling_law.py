@@ -5,9 +5,10 @@ for --epochs passes over one data set, then evaluated on the test split's full c
 users (eval.max_users). The sweep covers HSTU (pointwise attention, relative bias) and a softmax Transformer of
 the same widths and depths (SASRec). Training compute is the matrix-multiply FLOPs the trainer counts, from the
 formulas beside the ops: forward + backward of the encoder and of the sampled-softmax logits. For each
-architecture the script fits NDCG@10 = a * C^b and loss = a * C^(-b) by least squares in log-log space. It reports
-the exponents and R^2, and the compute-optimal frontier: at each compute, the best NDCG@10 reached by any size at
-or below that compute.
+architecture the script fits NDCG@10 = a * C^b, the held-out negative log-likelihood (nll: the test items' cross-entropy
+under the model's softmax over the whole catalogue, genrec.eval.protocol.target_nll) = a * C^(-b) and the training
+loss = a * C^(-b) by least squares in log-log space. It reports the exponents and R^2, and the compute-optimal
+frontier: at each compute, the best NDCG@10 reached by any size at or below that compute.
 
 --task ranking sweeps the generative ranker instead (the same widths and depths; genrec.train.ranking), with the
 DLRM-style DIN baseline that the ranking trainer trains beside it on the same batches: one run per size writes a row
@@ -70,11 +71,12 @@ class Task:
     quality: str  # the test metric fitted against compute
     higher_is_better: bool
     architectures: tuple[str, ...]
+    held_out_loss: str | None = None  # a test log-likelihood metric fitted too (ranking's quality is one already)
 
 
 # ranking: the generative ranker (hstu) and the DIN baseline trained beside it on the same batches, one run per size
 # (genrec.train.ranking) writing a row for each; quality is the mean normalised entropy of the tasks
-TASKS = {"retrieval": Task("ndcg@10", True, ("hstu", "sasrec")), "ranking": Task("ne", False, ("hstu", "din"))}
+TASKS = {"retrieval": Task("ndcg@10", True, ("hstu", "sasrec"), "nll"), "ranking": Task("ne", False, ("hstu", "din"))}
 
 
 def run_config(architecture: str, width: int, layers: int, fraction: float, args):
@@ -132,6 +134,7 @@ def retrieval_row(config, out: Path, architecture: str, epochs: int) -> list[dic
     metrics = trainer.evaluate(trainer.data.split.test)
     return [{"architecture": architecture, "parameters": sum(p.numel() for p in trainer.model.encoder.parameters()),
              **training(stats, "loss"), "ndcg@10": round(metrics["ndcg@10"], 5), "hr@10": round(metrics["hr@10"], 5),
+             "nll": round(metrics["nll"], 5),
              "events": trainer.data.summary["events"], "train_events": trainer.data.split.train.num_events,
              "items": trainer.data.num_items}]
 
@@ -201,6 +204,10 @@ def fits(rows: list[dict], task: Task) -> dict:
         out[architecture] = {task.quality: power_law(compute, [r[task.quality] for r in own]),
                              "loss": power_law(compute, [r["loss"] for r in own]), "frontier": frontier,
                              "decades_of_compute": round(float(np.log10(compute[-1] / compute[0])), 2)}
+        if task.held_out_loss is not None:  # rows written before the metric existed lack it
+            measured = [r for r in own if task.held_out_loss in r]
+            out[architecture][task.held_out_loss] = power_law([r["train_flops"] for r in measured],
+                                                              [r[task.held_out_loss] for r in measured])
     return out
 
 
@@ -209,25 +216,31 @@ def write_chart(result: dict, task: Task, path: Path) -> None:
     if plt is None:
         return
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    titles = {"ndcg@10": "test NDCG@10", "ne": "test normalised entropy (mean of the tasks)",
+              "nll": "test negative log-likelihood (nats, whole catalogue)"}
+    training_loss = {"ndcg@10": "training loss (sampled softmax)", "ne": "training loss (binary cross-entropy)"}
+    panels = [(task.quality, titles[task.quality])]
+    if task.held_out_loss is not None and any(task.held_out_loss in r for r in result["rows"]):
+        panels.append((task.held_out_loss, titles[task.held_out_loss]))
+    panels.append(("loss", training_loss[task.quality]))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
     for architecture, color in zip(task.architectures, ("tab:blue", "tab:orange")):
         own = sorted((r for r in result["rows"] if r["architecture"] == architecture), key=lambda r: r["train_flops"])
-        if not own:
-            continue
-        xs = np.array([r["train_flops"] for r in own])
-        for axis, key in zip(axes, (task.quality, "loss")):
-            axis.scatter(xs, [r[key] for r in own], color=color, label=architecture)
+        for axis, (key, _) in zip(axes, panels):
+            measured = [r for r in own if key in r]
+            if not measured:
+                continue
+            xs = np.array([r["train_flops"] for r in measured])
+            axis.scatter(xs, [r[key] for r in measured], color=color, label=architecture)
             fit = result["fits"][architecture][key]
             if fit is not None:
                 axis.plot(xs, fit["a"] * xs ** fit["b"], "--", color=color,
                           label=f"{architecture}: {fit['a']:.3g} C^{fit['b']:.3f} (R^2 {fit['r2']:.2f})")
-    labels = {"ndcg@10": "test NDCG@10", "ne": "test normalised entropy (mean of the tasks)"}
-    losses = {"ndcg@10": "training loss (sampled softmax)", "ne": "training loss (binary cross-entropy)"}
-    for axis, key in zip(axes, (labels[task.quality], losses[task.quality])):
+    for axis, (_, title) in zip(axes, panels):
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("training compute (FLOPs)")
-        axis.set_ylabel(key)
+        axis.set_ylabel(title)
         axis.legend(fontsize=8)
     save_chart(figure, f"quality against compute, {result['device']}", path)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 TINY = Path(__file__).resolve().parent / "tiny.toml"
-KEYS = {"hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr"}
+KEYS = {"hr@10", "hr@50", "hr@200", "ndcg@10", "ndcg@50", "ndcg@200", "mrr", "nll"}
 
 
 def genrec(*args):

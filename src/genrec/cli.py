@@ -180,13 +180,14 @@ def _flat(config: Config) -> dict:
 
 
 def _print_table(title: str, columns: dict[str, dict[str, float]]) -> None:
-    """Undefined metrics (an AUC over labels of one class: NaN, null in the JSON) print as n/a."""
+    """Undefined metrics (an AUC over labels of one class: NaN, null in the JSON) and those a column lacks (the
+    popularity baseline has no likelihood) print as n/a."""
     keys = list(next(iter(columns.values())))
     print(f"\n{title}")
     print(f"{'metric':<10}" + "".join(f"{name:>14}" for name in columns))
     for key in keys:
-        print(f"{key:<10}" + "".join(f"{values[key]:>14.4f}" if math.isfinite(values[key]) else f"{'n/a':>14}"
-                                     for values in columns.values()))
+        cells = (values.get(key, math.nan) for values in columns.values())
+        print(f"{key:<10}" + "".join(f"{value:>14.4f}" if math.isfinite(value) else f"{'n/a':>14}" for value in cells))
 
 
 def _run_train(args: argparse.Namespace) -> None:

@@ -1,8 +1,10 @@
+import math
 import threading
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from genrec.config import ModelConfig
 from genrec.data.batch import SequenceBatch
@@ -10,7 +12,7 @@ from genrec.data.sequences import JaggedEvents
 from genrec.data.splits import EvalSplit, sample_users
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import (ItemChunks, chunked_target_ranks, model_scorer, popularity_scorer, rank_split,
-                                  target_ranks)
+                                  target_nll, target_ranks)
 from genrec.model.retrieval import SequentialRetriever
 from genrec.ops.jagged import offsets_from_lengths
 
@@ -46,7 +48,7 @@ def _split(num_users: int = 20, num_items: int = 30) -> EvalSplit:
 def test_a_constant_model_ranks_every_target_last():
     split, num_items = _split(), 30
     constant = lambda batch: torch.zeros(batch.num_sequences, num_items + 1)  # noqa: E731
-    ranks = rank_split(constant, split, max_seq_len=8, batch_size=7, device=torch.device("cpu"))
+    ranks = rank_split(constant, split, max_seq_len=8, batch_size=7, device=torch.device("cpu")).ranks
     metrics = summarize(ranks, ks=(10,))
     assert metrics["hr@10"] == 0.0 and metrics["ndcg@10"] == 0.0
     # last among the items outside the history, or past all of them when the target repeats a history item
@@ -57,11 +59,30 @@ def test_a_constant_model_ranks_every_target_last():
         assert rank == num_items - len(history) + repeat
 
 
+@pytest.mark.parametrize("chunk, temperature", [(7, 0.05), (100, 1.0), (1, 0.5)])
+def test_nll_is_the_cross_entropy_over_the_real_items_range_by_range(chunk, temperature):
+    generator = torch.Generator().manual_seed(chunk)
+    scores = torch.randn(9, 51, generator=generator)
+    scores[:, 0] = 100.0  # padding: never part of the softmax
+    targets = torch.randint(1, 51, (9,), generator=generator)
+    nll = target_nll(ItemChunks(lambda lo, hi: scores[:, lo:hi], 51), targets, temperature, chunk_columns=chunk)
+    expected = F.cross_entropy(scores[:, 1:] / temperature, targets - 1, reduction="none")
+    torch.testing.assert_close(nll, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_constant_model_has_the_likelihood_of_a_uniform_guess():
+    split, num_items = _split(), 30
+    constant = lambda batch: torch.full((batch.num_sequences, num_items + 1), 0.3)  # noqa: E731
+    result = rank_split(constant, split, max_seq_len=8, batch_size=7, device=torch.device("cpu"), temperature=0.05)
+    torch.testing.assert_close(result.nll, torch.full((split.histories.num_users,), math.log(num_items)))
+    assert summarize(result.ranks, (10,), result.nll)["nll"] == pytest.approx(math.log(num_items))
+
+
 def test_popularity_ties_do_not_flatter_the_baseline():
     """Every item seen once: the popularity scorer is a constant model and must not score a hit."""
     split, num_items = _split(), 30
     scorer = popularity_scorer(np.bincount(np.arange(1, num_items + 1), minlength=num_items + 1), torch.device("cpu"))
-    ranks = rank_split(scorer, split, max_seq_len=8, batch_size=64, device=torch.device("cpu"))
+    ranks = rank_split(scorer, split, max_seq_len=8, batch_size=64, device=torch.device("cpu")).ranks
     assert summarize(ranks, ks=(10,))["hr@10"] == 0.0
 
 
@@ -139,6 +160,24 @@ class ThreadRanks:
             values.copy_(reduced)
         return combine
 
+    @classmethod
+    def run(cls, world_size: int, work) -> list:
+        """work(rank, combine) on each rank's thread: what each returned, or the error it raised."""
+        ranks, results = cls(world_size), [None] * world_size
+
+        def one(rank: int) -> None:
+            try:
+                results[rank] = work(rank, ranks.combine_for(rank))
+            except (ValueError, threading.BrokenBarrierError) as error:  # a rank left alone times out
+                results[rank] = error
+
+        threads = [threading.Thread(target=one, args=(rank,)) for rank in range(world_size)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
 
 @pytest.mark.parametrize("world_size, chunk", [(2, 7), (3, 4), (4, 100)])
 @pytest.mark.parametrize("exclude_history", [True, False])
@@ -158,22 +197,10 @@ def test_ranks_counted_where_the_rows_live_equal_the_whole_matrix(world_size, ch
     bounds = torch.linspace(0, num_columns, world_size + 1).long().tolist()
 
     def run_ranks(table: torch.Tensor) -> list:
-        ranks, results = ThreadRanks(world_size), [None] * world_size
-
-        def one(rank: int) -> None:
-            chunks = ItemChunks(lambda lo, hi: table[:, lo:hi], num_columns, (bounds[rank], bounds[rank + 1]),
-                                ranks.combine_for(rank))
-            try:
-                results[rank] = chunked_target_ranks(chunks, targets, batch, exclude_history, chunk_columns=chunk)
-            except (ValueError, threading.BrokenBarrierError) as error:  # a rank left alone times out
-                results[rank] = error
-
-        threads = [threading.Thread(target=one, args=(rank,)) for rank in range(world_size)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return results
+        def work(rank, combine):
+            chunks = ItemChunks(lambda lo, hi: table[:, lo:hi], num_columns, (bounds[rank], bounds[rank + 1]), combine)
+            return chunked_target_ranks(chunks, targets, batch, exclude_history, chunk_columns=chunk)
+        return ThreadRanks.run(world_size, work)
 
     whole = target_ranks(scores, targets, batch, exclude_history)
     for result in run_ranks(scores):
@@ -181,6 +208,25 @@ def test_ranks_counted_where_the_rows_live_equal_the_whole_matrix(world_size, ch
     broken = scores.clone()
     broken[3, bounds[-2]] = float("inf")  # in the last rank's rows only
     assert all(isinstance(result, ValueError) and "1 of 9 users" in str(result) for result in run_ranks(broken))
+
+
+@pytest.mark.parametrize("world_size, chunk", [(2, 7), (3, 4), (4, 100)])
+def test_nll_summed_where_the_rows_live_equals_the_whole_matrix(world_size, chunk):
+    """Each rank's log-sum-exp over its own ids (one rank holding padding id 0, the last none at 4 ranks of 3
+    columns) combined across ranks equals the whole catalogue's, the target's logit taken from the rank that holds
+    it."""
+    generator = torch.Generator().manual_seed(world_size)
+    num_columns = 51 if world_size < 4 else 3
+    scores = torch.randn(9, num_columns, generator=generator) * 5
+    targets = torch.randint(1, num_columns, (9,), generator=generator)
+    bounds = torch.linspace(0, num_columns, world_size + 1).long().tolist() if world_size < 4 else [0, 1, 2, 3, 3]
+
+    def work(rank, combine):
+        chunks = ItemChunks(lambda lo, hi: scores[:, lo:hi], num_columns, (bounds[rank], bounds[rank + 1]), combine)
+        return target_nll(chunks, targets, 0.1, chunk_columns=chunk)
+    whole = target_nll(ItemChunks(lambda lo, hi: scores[:, lo:hi], num_columns), targets, 0.1)
+    for result in ThreadRanks.run(world_size, work):
+        torch.testing.assert_close(result, whole)
 
 
 def test_model_scores_stay_fp32_under_autocast():
@@ -209,5 +255,6 @@ def test_a_run_with_max_users_ranks_the_same_seeded_sample_of_users(tmp_path):
     summary = trainer.fit()
     assert summary["eval_users"] == 7 < trainer.data.split.test.histories.num_users
     sample = sample_users(trainer.data.split.test, 7, config.train.seed)
-    ranks = rank_split(model_scorer(trainer.model), sample, config.data.max_seq_len, 64, trainer.device)
-    assert summarize(ranks, config.eval.ks) == summary["metrics"]
+    result = rank_split(model_scorer(trainer.model), sample, config.data.max_seq_len, 64, trainer.device,
+                        temperature=config.train.loss.temperature)
+    assert summarize(result.ranks, config.eval.ks, result.nll) == summary["metrics"]

@@ -24,8 +24,10 @@ def mrr(ranks: torch.Tensor) -> float:
     return (1.0 / ranks.double()).mean().item()
 
 
-def summarize(ranks: torch.Tensor, ks: tuple[int, ...] = (10, 50, 200)) -> dict[str, float]:
-    """{'hr@k', 'ndcg@k' for each k, 'mrr'}."""
+def summarize(ranks: torch.Tensor, ks: tuple[int, ...] = (10, 50, 200),
+              nll: torch.Tensor | None = None) -> dict[str, float]:
+    """{'hr@k', 'ndcg@k' for each k, 'mrr'}, and 'nll', the mean of the held-out items' negative log-likelihoods
+    (nats; genrec.eval.protocol.target_nll) where given."""
     if ranks.numel() == 0:
         raise ValueError("no ranks to summarise (empty evaluation split)")
     if int(ranks.min()) < 1:
@@ -33,6 +35,8 @@ def summarize(ranks: torch.Tensor, ks: tuple[int, ...] = (10, 50, 200)) -> dict[
     metrics = {f"hr@{k}": hit_rate(ranks, k) for k in ks}
     metrics.update({f"ndcg@{k}": ndcg(ranks, k) for k in ks})
     metrics["mrr"] = mrr(ranks)
+    if nll is not None:
+        metrics["nll"] = nll.double().mean().item()
     return metrics
 
 

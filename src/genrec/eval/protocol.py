@@ -130,13 +130,52 @@ def _combined_flags(flags: torch.Tensor, combine: Callable[[torch.Tensor, str], 
     return values.bool()
 
 
+def target_nll(scores: ItemChunks, targets: torch.Tensor, temperature: float,
+               chunk_columns: int = EVAL_ITEM_CHUNK) -> torch.Tensor:
+    """[B] negative log-likelihood of each target under the softmax of scores / temperature over the real items (ids
+    1..I): the full-softmax loss on held-out events, which moves with every change of the model where top-K metrics
+    move only when an item crosses the cut-off. No history is excluded (training's softmax excludes none), so a
+    repeated item keeps its probability; a constant model scores ln I. The log-sum-exp runs range by range with a
+    running maximum, and across ranks for a table sharded by rows."""
+    first, last = scores.own_columns or (0, scores.num_columns)
+    combine = scores.combine or (lambda values, op: None)
+    rows = torch.arange(targets.shape[0], device=targets.device)
+    peak = torch.full((targets.shape[0],), float("-inf"), device=targets.device)
+    total = torch.zeros(targets.shape[0], device=targets.device)
+    target_logits = torch.full((targets.shape[0],), float("-inf"), device=targets.device)
+    for lo in range(max(first, 1), last, chunk_columns):  # column 0 is padding
+        hi = min(lo + chunk_columns, last)
+        logits = scores.items(lo, hi).float() / temperature
+        new_peak = torch.maximum(peak, logits.max(dim=1).values)
+        total = total * torch.exp(peak - new_peak) + torch.exp(logits - new_peak.view(-1, 1)).sum(dim=1)
+        peak = new_peak
+        inside = (targets >= lo) & (targets < hi)
+        target_logits[inside] = logits[rows[inside], targets[inside] - lo]
+    own_peak = peak.clone()
+    combine(peak, "max")
+    total *= torch.exp(own_peak - peak)  # a rank without items (own_peak -inf) adds 0
+    combine(total, "sum")
+    combine(target_logits, "max")
+    return peak + torch.log(total) - target_logits
+
+
+@dataclass
+class SplitRanks:
+    """A split's evaluation: ranks [U] (1-based) of the held-out items, and nll [U] (target_nll; None when no
+    temperature was given)."""
+
+    ranks: torch.Tensor
+    nll: torch.Tensor | None = None
+
+
 @torch.no_grad()
 def rank_split(scorer: Scorer, split: EvalSplit, max_seq_len: int, batch_size: int,
                device: torch.device, exclude_history: bool = True,
-               progress: Callable[[range], Iterable[int]] = iter) -> torch.Tensor:
-    """Ranks [U] of every user's held-out item; the model's last history position asks about the target's
-    time (the held-out event's timestamp), as in training. progress wraps the batches' starts (a bar)."""
-    ranks = []
+               progress: Callable[[range], Iterable[int]] = iter, temperature: float | None = None) -> SplitRanks:
+    """The ranks of every user's held-out item, and with a temperature (the model's training temperature) its
+    negative log-likelihood; the model's last history position asks about the target's time (the held-out event's
+    timestamp), as in training. progress wraps the batches' starts (a bar)."""
+    ranks, nlls = [], []
     num_users = split.histories.num_users
     for start in progress(range(0, num_users, batch_size)):
         users = np.arange(start, min(start + batch_size, num_users))
@@ -145,8 +184,12 @@ def rank_split(scorer: Scorer, split: EvalSplit, max_seq_len: int, batch_size: i
         targets = torch.from_numpy(split.target_items[users]).to(device)
         scores = scorer(batch)
         rank = target_ranks if isinstance(scores, torch.Tensor) else chunked_target_ranks
-        ranks.append(rank(scores, targets, batch, exclude_history).cpu())
-    return torch.cat(ranks)
+        ranks.append(rank(scores, targets, batch, exclude_history).cpu())  # refuses non-finite scores
+        if temperature is not None:
+            if isinstance(scores, torch.Tensor):
+                scores = ItemChunks(lambda lo, hi, whole=scores: whole[:, lo:hi], scores.shape[1])
+            nlls.append(target_nll(scores, targets, temperature).cpu())
+    return SplitRanks(torch.cat(ranks), torch.cat(nlls) if nlls else None)
 
 
 def model_scorer(model: torch.nn.Module, autocast_dtype: torch.dtype | None = None) -> Scorer:

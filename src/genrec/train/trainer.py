@@ -148,12 +148,12 @@ class Trainer:
         with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
             try:
                 progress = self.run_log.batches("evaluate") if self.run_log is not None else iter
-                ranks = rank_split(model_scorer(self.model, self.autocast_dtype), split,
-                                   self.config.data.max_seq_len, self.config.train.eval_batch_size, self.device,
-                                   self.config.eval.exclude_history, progress)
+                result = rank_split(model_scorer(self.model, self.autocast_dtype), split,
+                                    self.config.data.max_seq_len, self.config.train.eval_batch_size, self.device,
+                                    self.config.eval.exclude_history, progress, self.config.train.loss.temperature)
             except ValueError as error:
                 raise ValueError(f"{self.out_dir}: {error}") from error
-        return summarize(ranks, self.config.eval.ks)
+        return summarize(result.ranks, self.config.eval.ks, result.nll)
 
     def eval_users(self, split: EvalSplit) -> EvalSplit:
         """The users evaluation ranks: all of the split, or its seeded sample of eval.max_users."""
@@ -163,7 +163,7 @@ class Trainer:
         split = self.eval_users(split)
         scorer = popularity_scorer(self.data.split.train.item_counts(self.data.num_items), self.device)
         ranks = rank_split(scorer, split, self.config.data.max_seq_len, self.config.train.eval_batch_size,
-                           self.device, self.config.eval.exclude_history)
+                           self.device, self.config.eval.exclude_history).ranks
         return summarize(ranks, self.config.eval.ks)
 
     # ---- checkpoints -----------------------------------------------------------------------
