@@ -7,8 +7,9 @@ the same widths and depths (SASRec). Training compute is the matrix-multiply FLO
 formulas beside the ops: forward + backward of the encoder and of the sampled-softmax logits. For each
 architecture the script fits NDCG@10 = a * C^b, the held-out negative log-likelihood (nll: the test items' cross-entropy
 under the model's softmax over the whole catalogue, genrec.eval.protocol.target_nll) = a * C^(-b) and the training
-loss = a * C^(-b) by least squares in log-log space. It reports the exponents and R^2, and the compute-optimal
-frontier: at each compute, the best NDCG@10 reached by any size at or below that compute.
+loss = a * C^(-b) by least squares in log-log space, and each also as a power law to a limit (a ceiling or an
+irreducible floor: y = limit -+ a * C^b, one parameter more). It reports the exponents and R^2, and the
+compute-optimal frontier: at each compute, the best NDCG@10 reached by any size at or below that compute.
 
 --task ranking sweeps the generative ranker instead (the same widths and depths; genrec.train.ranking), with the
 DLRM-style DIN baseline that the ranking trainer trains beside it on the same batches: one run per size writes a row
@@ -187,11 +188,44 @@ def power_law(xs: list[float], ys: list[float]) -> dict | None:
     return {"a": float(np.exp(log_a)), "b": float(b), "r2": r2}
 
 
+def power_law_to_limit(xs: list[float], ys: list[float], higher_is_better: bool) -> dict | None:
+    """y = limit - a x^b (quality rising to a ceiling) or y = limit + a x^b (a loss falling to a floor), b < 0: the
+    usual form with an irreducible term, a power law of what is left to gain. The limit is searched on a grid
+    between the best value measured and the metric's bound (1 for a ceiling, 0 for a floor); R^2 is taken on log y,
+    as power_law's, so the two compare (with one parameter more here). {"limit", "a", "b", "r2"}; None with fewer
+    than 4 points."""
+    if len(xs) < 4 or min(ys) <= 0:
+        return None
+    log_x, log_y = np.log(xs), np.log(ys)
+    total = float(((log_y - log_y.mean()) ** 2).sum())
+    best, bound = (max(ys), 1.0) if higher_is_better else (min(ys), 0.0)
+    sign = -1.0 if higher_is_better else 1.0
+    fit = None
+    for fraction in np.geomspace(1e-4, 1.0, 400):  # the limit's distance past the best value, as a share of the room
+        limit = best + (bound - best) * fraction
+        if limit == best or (not higher_is_better and limit <= 0):
+            continue
+        gap = sign * (np.asarray(ys) - limit)  # what is left to gain, > 0
+        b, log_a = np.polyfit(log_x, np.log(gap), 1)
+        predicted = limit + sign * np.exp(log_a) * np.asarray(xs) ** b
+        if (predicted <= 0).any():
+            continue
+        residual = log_y - np.log(predicted)
+        r2 = 1.0 - float(residual @ residual) / total
+        if fit is None or r2 > fit["r2"]:
+            fit = {"limit": float(limit), "a": float(np.exp(log_a)), "b": float(b), "r2": r2}
+    return fit
+
+
 def fits(rows: list[dict], task: Task) -> dict:
-    """Per architecture: the quality and the loss against compute, and the compute-optimal frontier (at each
-    compute, the best quality of any size at or below it)."""
+    """Per architecture: the quality, the held-out loss and the training loss against compute, each as a power law
+    and as one to a limit (power_law_to_limit), and the compute-optimal frontier (at each compute, the best quality
+    of any size at or below it)."""
     out = {}
     better = max if task.higher_is_better else min
+    metrics = [(task.quality, task.higher_is_better), ("loss", False)]
+    if task.held_out_loss is not None:
+        metrics.append((task.held_out_loss, False))
     for architecture in task.architectures:
         own = sorted((r for r in rows if r["architecture"] == architecture), key=lambda r: r["train_flops"])
         if not own:
@@ -201,13 +235,13 @@ def fits(rows: list[dict], task: Task) -> dict:
         for row in own:
             best = better(best, row[task.quality])
             frontier.append({"train_flops": row["train_flops"], task.quality: best})
-        out[architecture] = {task.quality: power_law(compute, [r[task.quality] for r in own]),
-                             "loss": power_law(compute, [r["loss"] for r in own]), "frontier": frontier,
+        out[architecture] = {"frontier": frontier, "with_limit": {},
                              "decades_of_compute": round(float(np.log10(compute[-1] / compute[0])), 2)}
-        if task.held_out_loss is not None:  # rows written before the metric existed lack it
-            measured = [r for r in own if task.held_out_loss in r]
-            out[architecture][task.held_out_loss] = power_law([r["train_flops"] for r in measured],
-                                                              [r[task.held_out_loss] for r in measured])
+        for key, higher_is_better in metrics:
+            measured = [r for r in own if key in r]  # rows written before the held-out loss existed lack it
+            xs, ys = [r["train_flops"] for r in measured], [r[key] for r in measured]
+            out[architecture][key] = power_law(xs, ys)
+            out[architecture]["with_limit"][key] = power_law_to_limit(xs, ys, higher_is_better)
     return out
 
 
@@ -232,10 +266,15 @@ def write_chart(result: dict, task: Task, path: Path) -> None:
                 continue
             xs = np.array([r["train_flops"] for r in measured])
             axis.scatter(xs, [r[key] for r in measured], color=color, label=architecture)
-            fit = result["fits"][architecture][key]
+            fit, limited = result["fits"][architecture][key], result["fits"][architecture]["with_limit"][key]
+            grid = np.geomspace(xs.min(), xs.max(), 50)
             if fit is not None:
-                axis.plot(xs, fit["a"] * xs ** fit["b"], "--", color=color,
+                axis.plot(grid, fit["a"] * grid ** fit["b"], "--", color=color,
                           label=f"{architecture}: {fit['a']:.3g} C^{fit['b']:.3f} (R^2 {fit['r2']:.2f})")
+            if limited is not None:
+                sign = -1.0 if key == task.quality and task.higher_is_better else 1.0
+                axis.plot(grid, limited["limit"] + sign * limited["a"] * grid ** limited["b"], ":", color=color,
+                          label=f"{architecture}: to a limit of {limited['limit']:.3g} (R^2 {limited['r2']:.2f})")
     for axis, (_, title) in zip(axes, panels):
         axis.set_xscale("log")
         axis.set_yscale("log")
