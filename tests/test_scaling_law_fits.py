@@ -1,26 +1,17 @@
 """benchmarks/scaling_law.py's fits: a power law, and a power law to a limit (a ceiling for quality, a floor for a
 loss), recovered from curves of known parameters."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "scaling_law.py"
+from tests.benchmark_scripts import load_benchmark
+
 COMPUTE = list(np.geomspace(1e10, 1e14, 7))
 
 
 @pytest.fixture(scope="module")
 def law():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(SCRIPT.parent))  # the script imports its sibling report.py
-        spec = importlib.util.spec_from_file_location("scaling_law", SCRIPT)
-        script = importlib.util.module_from_spec(spec)
-        patch.setitem(sys.modules, "scaling_law", script)  # where its dataclasses look themselves up
-        spec.loader.exec_module(script)
-    return script
+    return load_benchmark("scaling_law")
 
 
 def test_a_power_law_is_recovered(law):

@@ -1,23 +1,18 @@
 """The paper's Table 2 comparison at CPU size: benchmarks/stream_table2.py's four models, one pass over one small
 synthetic stream, exactly as the benchmark runs them on the GPU at 10M events."""
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "stream_table2.py"
+from tests.benchmark_scripts import load_benchmark
+
 TABLE_2 = ("Transformer (SASRec)", "HSTU softmax without rab", "HSTU without rab", "HSTU")
 
 
 @pytest.fixture(scope="module")
 def rows():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(SCRIPT.parent))  # the script imports its sibling report.py
-        spec = importlib.util.spec_from_file_location("stream_table2", SCRIPT)
-        script = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(script)
+    script = load_benchmark("stream_table2")
     return {name: script.run(script.MODELS[name], 100, 42, "cpu", ["train.learning_rate=0.01"]) for name in TABLE_2}
 
 
