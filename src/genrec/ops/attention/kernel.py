@@ -9,8 +9,8 @@ kernels run on triton 3.6 and its CPU interpreter. Head dims need not be powers 
 padded to the next power of two and masked.
 
 Shapes: B sequences, T tokens, H heads, Dqk / Dv head dims, N max_seq_len.
-Grid: (cdiv(N, BLOCK), B * H), the bias kernel's axis 0 over block diagonals; in chunks of sequences past
-65,535. A head's blocks run side by side (sharing its K/V in L2), costliest first; programs past a
+Grid: (cdiv(N, BLOCK), B * H); the bias kernel's (block diagonals, B), each program over every head; in chunks of
+sequences past 65,535. A head's blocks run side by side (sharing its K/V in L2), costliest first; programs past a
 sequence's end exit at once (no host sync).
 """
 
@@ -146,14 +146,39 @@ def _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len, t_query
     bounds alone. POS_TABLE: pos_w is the Toeplitz table of _position_tile (batches without candidates).
     TRANSPOSED: the [BLOCK_N, BLOCK_M] tile k q^T instead (keys by queries), for the dK/dV kernel; with
     POS_TABLE, pos_w is then the table of the reversed weights (see _position_tile)."""
-    if TIME_BIAS:  # its loads' latency overlaps the product
-        t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near = _time_setup(
-            query_min, query_max, offs_n, n0, seq_start, seq_len, time_w, ts, time_g, time_scale, num_buckets,
-            TIME_BIAS == SORTED_TIMES, MASKED, IEEE)
+    t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near = _tile_time_setup(
+        query_min, query_max, offs_n, n0, seq_start, seq_len, time_w, ts, time_g, time_scale, num_buckets, TIME_BIAS,
+        MASKED, IEEE)  # before the product, so that its loads' latency overlaps it
     if TRANSPOSED:
         s = _dot(k, tl.trans(q), IEEE) * alpha
     else:
         s = _dot(q, tl.trans(k), IEEE) * alpha
+    return _add_bias(s, offs_m, offs_n, m0, n0, seq_len, history_len, t_query, max_seq_len, max_attn_len,
+                     contextual_len, pos_w, time_w, time_g, time_scale, num_buckets, t_key, key, key_min, two_buckets,
+                     far_gap, near_w, far_w, near, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE,
+                     MASKED, TRANSPOSED)
+
+
+@triton.jit
+def _tile_time_setup(query_min, query_max, offs_n, n0, seq_start, seq_len, time_w, ts, time_g, time_scale,
+                     num_buckets, TIME_BIAS: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
+    """_time_setup with a time bias; placeholders (unused, compiled away) without one."""
+    t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near = 0, 0, 0, False, 0, 0.0, 0.0, 0
+    if TIME_BIAS:
+        t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near = _time_setup(
+            query_min, query_max, offs_n, n0, seq_start, seq_len, time_w, ts, time_g, time_scale, num_buckets,
+            TIME_BIAS == SORTED_TIMES, MASKED, IEEE)
+    return t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near
+
+
+@triton.jit
+def _add_bias(s, offs_m, offs_n, m0, n0, seq_len, history_len, t_query, max_seq_len, max_attn_len, contextual_len,
+              pos_w, time_w, time_g, time_scale, num_buckets, t_key, key, key_min, two_buckets, far_gap, near_w, far_w,
+              near, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr,
+              HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr,
+              TRANSPOSED: tl.constexpr):
+    """s + rab over the tile (s: the scaled product, or zeros for the bias alone), with the validity mask, the
+    position indices and the time buckets and their range; the time setup from _tile_time_setup."""
     i = _across_queries(offs_m, TRANSPOSED)
     j = _across_keys(offs_n, TRANSPOSED)
     query_pos = tl.minimum(i, history_len)
@@ -563,12 +588,11 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
                      TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                      BLOCK: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                      BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
-    """Program (d, sequence x head): the tiles with m0 - n0 = lag * BLOCK, lag = d for the first
-    cdiv(N, BLOCK) programs (on and below the diagonal, the longest first), then -1, -2, ... (above it:
-    only contextual queries see keys there). Launched only with a position bias."""
+    """Program (d, sequence): the tiles with m0 - n0 = lag * BLOCK, lag = d for the first cdiv(N, BLOCK)
+    programs (on and below the diagonal, the longest first), then -1, -2, ... (above it: only contextual queries
+    see keys there), each tile over every head. Launched only with a position bias."""
     tl.static_assert(HAS_POS)
-    b = tl.program_id(1) // H
-    h = tl.program_id(1) % H
+    b = tl.program_id(1)
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
     below = tl.cdiv(max_seq_len, BLOCK)
     lag = tl.where(tl.program_id(0) < below, tl.program_id(0), below - 1 - tl.program_id(0))
@@ -610,7 +634,7 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
         m0 = first_m + index * BLOCK
         acc, dtime, run_lower, run_upper, run_near = _bwd_bias_step(
             acc, dtime, run_lower, run_upper, run_near, Q, K, V, DO, DPOS, m0, m0 - lag * BLOCK, seq_start, seq_len,
-            history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, h,
+            history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, H,
             alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale,
             num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK,
             BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS, False)
@@ -618,7 +642,7 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
         m0 = first_m + _segment_start(index, first_end, second_start, second_blocks, end, BLOCK)
         acc, dtime, run_lower, run_upper, run_near = _bwd_bias_step(
             acc, dtime, run_lower, run_upper, run_near, Q, K, V, DO, DPOS, m0, m0 - lag * BLOCK, seq_start, seq_len,
-            history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, h,
+            history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, H,
             alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale,
             num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK,
             BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS, True)
@@ -639,28 +663,38 @@ def _close_run(dtime, run_lower, run_upper, run_near, BLOCK_BUCKETS: tl.constexp
 @triton.jit
 def _bwd_bias_step(acc, dtime, run_lower, run_upper, run_near, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len,
                    history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot,
-                   stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts,
+                   stride_doh, H, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts,
                    time_g, time_scale, num_buckets,
                    DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
                    TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                    BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, MASKED: tl.constexpr):
-    """MASKED=False: a tile whose every in-bounds pair is visible (see _bwd_bias_kernel)."""
+    """One tile's ds summed over the heads (the bias is the same for all: computed, and its gradient summed,
+    once per tile instead of once per head). MASKED=False: a tile whose every in-bounds pair is visible (see
+    _bwd_bias_kernel)."""
     offs_m = m0 + tl.arange(0, BLOCK)
     offs_n = n0 + tl.arange(0, BLOCK)
     offs_dqk = tl.arange(0, BLOCK_DQK)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
-    do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, offs_dv, DV)
-    k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, offs_dqk, DQK)
-    v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
     t_query, query_min, query_max = _query_times(qts, seq_start, m0, offs_m, seq_len, TIME_BIAS)
-    s, valid, rel, bucket, bucket_lo, bucket_hi = _tile(q, k, offs_m, offs_n, m0, n0, seq_start, seq_len, history_len,
-                                                        t_query, query_min, query_max, alpha, max_seq_len, max_attn_len,
-                                                        contextual_len, pos_w, time_w, ts, time_g, time_scale,
-                                                        num_buckets, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW,
-                                                        HAS_CONTEXT, IEEE, MASKED, False)
-    ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
+    t_key, key, key_min, two_buckets, far_gap, near_w, far_w, near = _tile_time_setup(
+        query_min, query_max, offs_n, n0, seq_start, seq_len, time_w, ts, time_g, time_scale, num_buckets, TIME_BIAS,
+        MASKED, IEEE)
+    bias, valid, rel, bucket, bucket_lo, bucket_hi = _add_bias(
+        tl.zeros([BLOCK, BLOCK], dtype=tl.float32), offs_m, offs_n, m0, n0, seq_len, history_len, t_query,
+        max_seq_len, max_attn_len, contextual_len, pos_w, time_w, time_g, time_scale, num_buckets, t_key, key,
+        key_min, two_buckets, far_gap, near_w, far_w, near, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT,
+        IEEE, MASKED, False)
+    ds = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
+    for h in range(H):
+        q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
+        do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, offs_dv, DV)
+        k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, offs_dqk, DQK)
+        v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
+        s = _dot(q, tl.trans(k), IEEE) * alpha + bias
+        ds += _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, False)
+    if MASKED:  # once for all heads
+        ds = tl.where(valid, ds, 0.0)
     if POS_TABLE:  # static: no inner loop, which would stop the tile loop's pipelining
         acc += ds
     elif (tl.minimum(m0 + BLOCK, seq_len) <= history_len) & (tl.minimum(n0 + BLOCK, seq_len) <= history_len):
@@ -905,8 +939,9 @@ class _Options:
         """(grid, pointers) per launch. CUDA bounds the grid's second axis (sequences x heads) at 65,535,
         so larger batches go in chunks of sequences; sliced offsets keep token indices global. Every chunk
         has the same autotune key, so only the first can tune (and zero DPOS / DTIME while it does).
-        diagonals: one program per block diagonal (the bias kernel); those above the main one only hold
-        pairs when contextual queries see every key. transposed: for the kernel of transposed tiles (dK/dV)."""
+        diagonals: one program per block diagonal and sequence (the bias kernel, which loops over the heads); those
+        above the main one only hold pairs when contextual queries see every key. transposed: for the kernel of
+        transposed tiles (dK/dV)."""
         above = diagonals and self.constexprs["HAS_CONTEXT"]
         step = _MAX_GRID_Y // self.num_heads
         for start in range(0, self.num_seqs, step):
@@ -915,7 +950,7 @@ class _Options:
             if stop - start < self.num_seqs:  # only then: no views made on the usual, one-launch path
                 offsets = offsets[start:stop + 1]
                 targets = None if targets is None else targets[start:stop]
-            grid = lambda meta, rows=(stop - start) * self.num_heads: (  # noqa: E731
+            grid = lambda meta, rows=(stop - start) * (1 if diagonals else self.num_heads): (  # noqa: E731
                 self._programs(triton.cdiv(self.max_seq_len, meta[block]) * (2 if meta.get("SPLIT") else 1), above),
                 rows)
             bias_pointers = self.transposed_bias_pointers if transposed else self.bias_pointers
