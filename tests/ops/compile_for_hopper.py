@@ -30,7 +30,7 @@ INT64_POINTERS = {"seq_offsets", "num_targets", "ts", "qts", "time_g"}
 FP32_POINTERS = {"pos_w", "time_w", "DPOS", "DTIME"}
 FLOATS = {"alpha", "inv_n", "time_scale"}
 KERNELS = {"fwd": (kernel._fwd_kernel, (128, 64, 8, 3)), "bwd_kv": (kernel._bwd_kv_kernel, (64, 64, 4, 2)),
-           "bwd_q": (kernel._bwd_q_kernel, (128, 64, 8, 2)), "bwd_bias": (kernel._bwd_bias_kernel, (64, 64, 4, 2))}
+           "bwd_q": (kernel._bwd_q_kernel, (128, 64, 8, 2)), "bwd_bias": (kernel._bwd_bias_kernel, (64, 64, 8, 2))}
 
 
 def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
