@@ -840,7 +840,10 @@ _TUNE_KEY = ["length_tier", "H", "DQK", "DV", "HAS_POS", "TIME_BIAS"]
 # last tile of each list below took dQ 0.911 -> 0.885 ms and dK/dV 1.369 -> 1.280 (README, fused attention)
 _ROW_BLOCK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4),
                       (128, 128, 8, 2), (128, 128, 8, 3), (64, 32, 4, 1), (128, 64, 8, 1), (64, 64, 4, 2)]
-_KEY_BLOCK_CONFIGS = [(64, 64, 4, 2), (32, 128, 4, 2), (64, 128, 8, 2), (32, 64, 4, 1), (64, 128, 8, 3)]
+# 32 x 64 on 8 warps, two stages: with rab the only two-accumulator tile that does not spill at D = 128 (sm_90,
+# tests/ops/compile_for_hopper.py: 254-255 registers, no stack; the one picked before, 32 x 64 on 4 warps:
+# 152-288 bytes)
+_KEY_BLOCK_CONFIGS = [(64, 64, 4, 2), (32, 128, 4, 2), (64, 128, 8, 2), (32, 64, 4, 1), (64, 128, 8, 3), (32, 64, 8, 2)]
 _SPLIT_KEY_BLOCK_CONFIGS = [(32, 128, 8, 2), (64, 64, 4, 2)]  # dK and dV in programs of their own (SPLIT)
 _DIAGONAL_CONFIGS = [(64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (32, 4, 2), (32, 4, 1)]
 if INTERPRET or not AUTOTUNE:  # the CPU interpreter is slow: one small tile there
