@@ -78,6 +78,21 @@ def test_a_constant_model_has_the_likelihood_of_a_uniform_guess():
     assert summarize(result.ranks, (10,), result.nll)["nll"] == pytest.approx(math.log(num_items))
 
 
+def test_ranks_and_likelihood_score_a_one_range_catalogue_once():
+    split, num_items, calls = _split(), 30, []
+    table = torch.randn(num_items + 1, 4)
+
+    def scorer(batch):
+        users = torch.randn(batch.num_sequences, 4)
+
+        def items(lo, hi):
+            calls.append((lo, hi))
+            return users @ table[lo:hi].T
+        return ItemChunks(items, num_items + 1)
+    result = rank_split(scorer, split, max_seq_len=8, batch_size=7, device=torch.device("cpu"), temperature=0.05)
+    assert calls == [(0, num_items + 1)] * 3 and result.nll.shape == result.ranks.shape == (20,)
+
+
 def test_popularity_ties_do_not_flatter_the_baseline():
     """Every item seen once: the popularity scorer is a constant model and must not score a hit."""
     split, num_items = _split(), 30

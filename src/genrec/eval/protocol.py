@@ -6,6 +6,7 @@ Shapes: B users per chunk, I items + 1 (padding id 0).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -143,9 +144,13 @@ def target_nll(scores: ItemChunks, targets: torch.Tensor, temperature: float,
     peak = torch.full((targets.shape[0],), float("-inf"), device=targets.device)
     total = torch.zeros(targets.shape[0], device=targets.device)
     target_logits = torch.full((targets.shape[0],), float("-inf"), device=targets.device)
-    for lo in range(max(first, 1), last, chunk_columns):  # column 0 is padding
+    for lo in range(first, last, chunk_columns):  # the ranges chunked_target_ranks reads (see last_range_kept)
         hi = min(lo + chunk_columns, last)
         logits = scores.items(lo, hi).float() / temperature
+        if lo == 0:  # column 0 is padding
+            logits, lo = logits[:, 1:], 1
+        if logits.shape[1] == 0:
+            continue
         new_peak = torch.maximum(peak, logits.max(dim=1).values)
         total = total * torch.exp(peak - new_peak) + torch.exp(logits - new_peak.view(-1, 1)).sum(dim=1)
         peak = new_peak
@@ -157,6 +162,18 @@ def target_nll(scores: ItemChunks, targets: torch.Tensor, temperature: float,
     combine(total, "sum")
     combine(target_logits, "max")
     return peak + torch.log(total) - target_logits
+
+
+def last_range_kept(scores: ItemChunks) -> ItemChunks:
+    """The same scores, the range asked for last kept: ranking and the likelihood then score a catalogue of one
+    range (up to EVAL_ITEM_CHUNK items) once between them."""
+    kept: dict = {}
+
+    def items(lo: int, hi: int) -> torch.Tensor:
+        if kept.get("range") != (lo, hi):
+            kept.update(range=(lo, hi), values=scores.items(lo, hi))
+        return kept["values"]
+    return dataclasses.replace(scores, items=items)
 
 
 @dataclass
@@ -183,6 +200,8 @@ def rank_split(scorer: Scorer, split: EvalSplit, max_seq_len: int, batch_size: i
         batch = make_batch(split.histories, users, max_seq_len, query_times=query_times).to(device)
         targets = torch.from_numpy(split.target_items[users]).to(device)
         scores = scorer(batch)
+        if isinstance(scores, ItemChunks) and temperature is not None:
+            scores = last_range_kept(scores)
         rank = target_ranks if isinstance(scores, torch.Tensor) else chunked_target_ranks
         ranks.append(rank(scores, targets, batch, exclude_history).cpu())  # refuses non-finite scores
         if temperature is not None:
