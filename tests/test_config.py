@@ -98,13 +98,21 @@ def test_the_whole_step_mode_refuses_what_it_cannot_capture(overrides, message):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"train": {"stochastic_length_sampling": "random"}}, "uniform or contiguous"),
+    ({"train": {"stochastic_length_sampling": "random"}}, "uniform, contiguous or successors"),
     ({"train": {"stochastic_length_sampling": "contiguous"}, "data": {"mode": "stream"}}, "not for stream mode"),
+    ({"train": {"stochastic_length_sampling": "successors"}, "data": {"mode": "stream"}}, "not for stream mode"),
+    ({"train": {"stochastic_length_sampling": "successors", "task": "ranking"}}, "event tokens alone"),
+    ({"train": {"stochastic_length_sampling": "successors", "compile": "step"}}, "event tokens alone"),
+    ({"train": {"stochastic_length_sampling": "successors"}, "data": {"user_features": "gender", "dataset": "ml-1m"}},
+     "event tokens"),
+    ({"train": {"stochastic_length_sampling": "successors"}, "data": {"user_series": "followed_topics",
+                                                                       "dataset": "synthetic-stream"}}, "event tokens"),
 ])
 def test_bad_stochastic_length_sampling(overrides, message):
     config = Config()
-    config.train.stochastic_length_sampling = "contiguous"
-    config.validate()
+    for sampling in ("contiguous", "successors"):
+        config.train.stochastic_length_sampling = sampling
+        config.validate()
     apply_overrides(config, overrides)
     with pytest.raises(ValueError, match=message):
         config.validate()

@@ -135,7 +135,8 @@ class TrainConfig:
     warmup_epochs: int = 0  # linear warm-up from 0 over this many epochs, then the schedule
     stochastic_length_alpha: float = 0.0  # subsample long histories (paper Sec. 3.3); 0 = off, (0, 2]
     # which events a cut keeps: uniform (drawn without replacement, the paper's) | contiguous (a run at a uniform start,
-    # so every target is the next event; not in stream mode, whose cuts keep the window's events first)
+    # so every target is the next event) | successors (a uniform draw whose kept events still predict their true
+    # successors, dropped or not, at those successors' times). Stream mode's cuts keep the window's events first.
     stochastic_length_sampling: str = "uniform"
     ema_decay: float = 0.0  # evaluate and serve a moving average of the weights, updated every step; 0 = off
     # ranking: the DIN baseline's impressions per user and step, each at a position drawn uniformly (with replacement)
@@ -289,11 +290,16 @@ class Config:
             (self.train.eval_every > 0, "train.eval_every must be positive"),
             (self.train.patience >= 0, "train.patience must be >= 0"),
             (0.0 <= self.train.stochastic_length_alpha <= 2.0, "train.stochastic_length_alpha must be in [0, 2]"),
-            (self.train.stochastic_length_sampling in ("uniform", "contiguous"),
-             "train.stochastic_length_sampling must be uniform or contiguous"),
+            (self.train.stochastic_length_sampling in ("uniform", "contiguous", "successors"),
+             "train.stochastic_length_sampling must be uniform, contiguous or successors"),
             (self.train.stochastic_length_sampling == "uniform" or self.data.mode != "stream",
-             "train.stochastic_length_sampling = contiguous is not for stream mode: a stream's cut keeps the window's "
-             "events first"),
+             f"train.stochastic_length_sampling = {self.train.stochastic_length_sampling} is not for stream mode: a "
+             "stream's cut keeps the window's events first"),
+            (self.train.stochastic_length_sampling != "successors" or (
+                self.train.task == "retrieval" and self.train.compile != "step"
+                and self.data.user_features is None and self.data.user_series is None),
+             "train.stochastic_length_sampling = successors trains retrieval on event tokens alone: not with "
+             "train.task = ranking, train.compile = step, data.user_features or data.user_series"),
             (self.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine"),
             (0 <= self.train.warmup_epochs <= max(self.train.epochs, 0),
              "train.warmup_epochs must be in [0, train.epochs]"),

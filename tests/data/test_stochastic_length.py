@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from genrec.data.batch import SequenceBatch
-from genrec.data.stochastic_length import expected_attention_work, stochastic_length, stochastic_length_keep
+from genrec.data.stochastic_length import (expected_attention_work, stochastic_length, stochastic_length_keep,
+                                           stochastic_length_successors)
 from genrec.ops.jagged import offsets_from_lengths
 
 
@@ -76,6 +77,37 @@ def test_a_contiguous_cut_keeps_a_run_of_consecutive_events_from_a_uniform_start
     with pytest.raises(ValueError, match="contiguous"):
         stochastic_length_keep(batch, alpha, torch.Generator(), torch.ones(batch.item_ids.shape[0], dtype=torch.bool),
                                contiguous=True)
+
+
+def test_a_cut_with_successors_keeps_the_uniform_draw_and_each_kept_events_true_successor():
+    """N = 100, alpha 1.0: a cut keeps 10 of 60 (the uniform cut's draws); every kept event's target is the event right
+    after it in the whole history and its query time that event's time; the last event has none (0) and asks about
+    its own time. A sequence that is not cut keeps its plain targets and query times."""
+    batch = batch_of([60, 5, 40])  # item ids 1..105, timestamps 10 * (id - 1)
+    out, targets = stochastic_length_successors(batch, 1.0, torch.Generator().manual_seed(4))
+    uniform = stochastic_length(batch, 1.0, torch.Generator().manual_seed(4))
+    assert torch.equal(out.item_ids, uniform.item_ids) and torch.equal(out.seq_offsets, uniform.seq_offsets)
+    assert out.lengths.tolist() == [10, 5, 10]
+    last = torch.tensor([60, 65, 105])
+    kept_last = torch.isin(out.item_ids, last)
+    assert torch.equal(targets, torch.where(kept_last, 0, out.item_ids + 1))
+    assert torch.equal(out.token_query_times, torch.where(kept_last, out.timestamps, out.timestamps + 10))
+    assert out.timestamps_sorted  # successors' times never decrease either
+    assert not torch.equal(targets[:9], out.item_ids[1:10])  # not the next kept events: some successors dropped
+
+
+def test_successors_without_a_cut_are_the_next_tokens():
+    batch = batch_of([5, 10, 1])  # nothing longer than the kept length 10
+    out, targets = stochastic_length_successors(batch, 1.0, torch.Generator().manual_seed(0))
+    assert out is batch and targets.tolist() == [2, 3, 4, 5, 0, *range(7, 16), 0, 0]
+
+
+def test_a_training_batch_with_query_times_is_refused():
+    batch = batch_of([60])
+    batch = SequenceBatch(item_ids=batch.item_ids, seq_offsets=batch.seq_offsets, max_seq_len=100,
+                          timestamps=batch.timestamps, query_times=torch.tensor([10_000]))
+    with pytest.raises(ValueError, match="no query times"):
+        stochastic_length_successors(batch, 1.0, torch.Generator())
 
 
 def test_bad_alpha():

@@ -57,6 +57,30 @@ def test_hstu_time_bias_changes_outputs_only_when_on():
     torch.testing.assert_close(without_time(batch), without_time(shifted))
 
 
+def test_token_query_times_set_each_rows_time_question():
+    """Every token's query time given outright: the default ones give the default outputs; a later question at row 2
+    changes rows 2 on (later layers read row 2) and none before it."""
+    from genrec.ops.attention.rab import query_timestamps
+
+    config = preset("hstu")
+    torch.manual_seed(0)
+    model = SequentialRetriever(config.model, 30, 12, use_time=True).eval()
+    batch = make_batch([6, 4])
+    out = model(batch)
+    queries = query_timestamps(batch.timestamps, batch.seq_offsets)
+    explicit = SequenceBatch(batch.item_ids, batch.seq_offsets, 12, batch.timestamps, token_query_times=queries)
+    torch.testing.assert_close(model(explicit), out, atol=0, rtol=0)
+    explicit.token_query_times = queries.clone()
+    explicit.token_query_times[2:6] += 10 ** 7  # row 2 asks about an event far later (the rows after it too: sorted)
+    changed = model(explicit)
+    torch.testing.assert_close(changed[:2], out[:2], atol=0, rtol=0)
+    torch.testing.assert_close(changed[6:], out[6:], atol=0, rtol=0)
+    assert not torch.allclose(changed[2], out[2])
+    with pytest.raises(ValueError, match="query_times must be None"):
+        SequenceBatch(batch.item_ids, batch.seq_offsets, 12, batch.timestamps, query_times=torch.tensor([1, 2]),
+                      token_query_times=queries)
+
+
 def test_forward_flops_count_projections_and_causal_pairs():
     lengths = torch.tensor([1, 3])  # 4 tokens, 1 + 6 visible (query, key) pairs
     hstu = preset("hstu")

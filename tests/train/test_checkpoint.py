@@ -1,9 +1,12 @@
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
 from genrec.checkpoint import atomic_write_bytes, load_checkpoint
+from genrec.data.stochastic_length import stochastic_length_successors
 from genrec.train.epoch import set_learning_rate
 from genrec.train.trainer import Trainer
 from tests.tiny import tiny_config
@@ -129,3 +132,23 @@ def test_the_trainer_draws_contiguous_cuts_when_configured(tmp_path, monkeypatch
         Trainer(config, tmp_path / sampling, progress=False, log=lambda _: None).train_epoch()
         assert seen and set(seen) == {sampling == "contiguous"}
         seen.clear()
+
+
+def test_with_successors_the_trainer_trains_each_kept_event_on_its_true_successor(tmp_path):
+    """train.stochastic_length_sampling = successors: the model sees the uniform cut with every kept event's query
+    time its successor's, and the loss takes each kept event's successor in the whole history as its target."""
+    config = tiny_config(epochs=1)
+    config.train.stochastic_length_alpha, config.train.stochastic_length_sampling = 1.2, "successors"
+    trainer = Trainer(config, tmp_path, progress=False, log=lambda _: None)
+    seen = {}
+    model, loss = trainer.train_model, trainer.next_item_loss
+    trainer.train_model = lambda batch: model(seen.setdefault("batch", batch))
+    trainer.next_item_loss = lambda embeddings, targets: loss(embeddings, seen.setdefault("targets", targets))
+    batch = trainer.host_batch(np.arange(32))
+    draws = torch.Generator().set_state(trainer.streams.length.get_state())
+    assert trainer.batch_loss(batch) is not None
+    cut, successors = stochastic_length_successors(batch, 1.2, draws)
+    assert cut.lengths.max() < batch.lengths.max()  # some histories were cut
+    assert torch.equal(seen["batch"].item_ids, cut.item_ids)
+    assert torch.equal(seen["batch"].token_query_times, cut.token_query_times)
+    assert torch.equal(seen["targets"], successors[successors > 0])

@@ -25,7 +25,9 @@ class SequenceBatch:
     and series_offsets [B+1] (all or none): each sequence's slow-changing user feature changes that its events
     see, oldest first (genrec.data.user_series), merged in by time by the model. timestamps_sorted (derived):
     every sequence's timestamps, then its query time, never decrease, which lets the fused attention
-    kernel read a tile's time range off its ends."""
+    kernel read a tile's time range off its ends. token_query_times int64 [T] or None: the time of the event each
+    token predicts where that is not the next token's (a Stochastic Length cut whose kept events predict their true
+    successors: genrec.data.stochastic_length); it replaces query_times' default for every token."""
 
     item_ids: torch.Tensor
     seq_offsets: torch.Tensor
@@ -38,6 +40,7 @@ class SequenceBatch:
     series_codes: torch.Tensor | None = None
     series_timestamps: torch.Tensor | None = None
     series_offsets: torch.Tensor | None = None
+    token_query_times: torch.Tensor | None = None
     timestamps_sorted: bool = field(init=False, default=False)
 
     # fields of one value per sequence (the rest but seq_offsets and max_seq_len are per token)
@@ -57,6 +60,11 @@ class SequenceBatch:
         if self.query_times is not None and (self.timestamps is None
                                              or self.query_times.shape != (self.num_sequences,)):
             raise ValueError(f"query_times must be [B] with B = {self.num_sequences}, beside timestamps")
+        if self.token_query_times is not None and (self.timestamps is None
+                                                   or self.token_query_times.shape != self.item_ids.shape):
+            raise ValueError("token_query_times must be [T] like item_ids, beside timestamps")
+        if self.token_query_times is not None and self.query_times is not None:
+            raise ValueError("token_query_times gives every token's query time: query_times must be None beside it")
         series = (self.series_codes, self.series_timestamps, self.series_offsets)
         if any(part is not None for part in series) and (
                 any(part is None for part in series) or self.timestamps is None
@@ -66,15 +74,20 @@ class SequenceBatch:
             raise ValueError("series_codes, series_timestamps [S] and series_offsets [B+1] come together, beside "
                              "timestamps")
         if self.timestamps is not None:  # checked here, on the host: on a GPU the answer would cost a sync
-            starts = self.seq_offsets[1:-1]
-            steps = torch.diff(self.timestamps)
-            steps[starts[(starts > 0) & (starts < self.timestamps.numel())] - 1] = 0  # across sequences: free
-            self.timestamps_sorted = bool((steps >= 0).all())
+            self.timestamps_sorted = self._ascending(self.timestamps) and (
+                self.token_query_times is None or self._ascending(self.token_query_times))
             if self.query_times is not None and self.num_sequences:
                 ends = self.seq_offsets[1:]
                 nonempty = ends > self.seq_offsets[:-1]
                 after = self.query_times[nonempty] >= self.timestamps[ends[nonempty] - 1]
                 self.timestamps_sorted = self.timestamps_sorted and bool(after.all())
+
+    def _ascending(self, values: torch.Tensor) -> bool:
+        """values [T] never decrease within a sequence."""
+        starts = self.seq_offsets[1:-1]
+        steps = torch.diff(values)
+        steps[starts[(starts > 0) & (starts < values.numel())] - 1] = 0  # across sequences: free
+        return bool((steps >= 0).all())
 
     @property
     def num_sequences(self) -> int:

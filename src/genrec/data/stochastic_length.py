@@ -7,18 +7,20 @@ in time order; otherwise it is kept whole. alpha = 2 turns it off; the paper use
 histories. A cut may instead keep N^(alpha/2) consecutive events from a start drawn uniformly (contiguous): the
 same attention work, and every kept event is followed by its true successor, so each target is the next event
 as in evaluation, where a uniform draw makes most targets events some steps ahead (on ML-1M no better:
-docs/long-sequences.md). Training only: evaluation always sees the full (truncated) history. Where only some
+docs/long-sequences.md). Or a uniform cut's kept events may still predict their true successors (successors:
+stochastic_length_successors), dropped or not, with each successor's time as their query time. Training only: evaluation always sees the full (truncated) history. Where only some
 tokens are predicted (a stream's window events, after history that is context only), a cut may keep those first
 and fill the rest of its N^(alpha/2) with context: the same attention work, fewer targets lost.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 
 from genrec.data.batch import SequenceBatch
+from genrec.ops.jagged import successor_targets
 
 
 def expected_attention_work(lengths: torch.Tensor, max_seq_len: int, alpha: float) -> float:
@@ -38,6 +40,26 @@ def stochastic_length(batch: SequenceBatch, alpha: float, generator: torch.Gener
     """A batch with some long sequences subsampled (host tensors; the generator is a CPU one)."""
     keep = stochastic_length_keep(batch, alpha, generator, contiguous=contiguous)
     return batch if keep is None else keep_tokens(batch, keep)
+
+
+def stochastic_length_successors(batch: SequenceBatch, alpha: float,
+                                 generator: torch.Generator) -> tuple[SequenceBatch, torch.Tensor]:
+    """A uniform cut (the draws of stochastic_length's) whose kept events still predict their true successors:
+    (the batch, targets [T'] each kept token's successor's item id in the whole history, 0 for a sequence's last
+    event). Each kept token's query time (token_query_times) is its successor's time, so the time bias asks the
+    question evaluation asks; a kept event never sees its dropped successor, which the causal mask keeps out of
+    every earlier row. Host tensors; a batch without timestamps keeps none."""
+    if batch.query_times is not None:
+        raise ValueError("a training batch predicts its own events: it has no query times")
+    targets = successor_targets(batch.item_ids, batch.seq_offsets)
+    keep = stochastic_length_keep(batch, alpha, generator)
+    if keep is None:
+        return batch, targets
+    if batch.timestamps is not None:  # a last event asks about its own time (no successor, no loss)
+        query_times = torch.where(targets > 0, successor_targets(batch.timestamps, batch.seq_offsets),
+                                  batch.timestamps)
+        batch = replace(batch, token_query_times=query_times)
+    return keep_tokens(batch, keep), targets[keep]
 
 
 def stochastic_length_keep(batch: SequenceBatch, alpha: float, generator: torch.Generator,

@@ -98,12 +98,14 @@ class HSTUEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
                 num_targets: torch.Tensor | None = None, cache: HistoryCache | None = None,
-                sorted_timestamps: bool = False, query_times: torch.Tensor | None = None) -> torch.Tensor:
+                sorted_timestamps: bool = False, query_times: torch.Tensor | None = None,
+                token_query_times: torch.Tensor | None = None) -> torch.Tensor:
         """query_times [B]: the time of the event each sequence's last history token predicts (the held-out
-        target's in evaluation, the request's in serving); None: its own time. sorted_timestamps: the batch's
-        timestamps, then each query time, never decrease (SequenceBatch.timestamps_sorted)."""
-        queries = None
-        if timestamps is not None:  # t' of every token, once for all layers
+        target's in evaluation, the request's in serving); None: its own time. token_query_times [T]: every
+        token's instead (SequenceBatch.token_query_times). sorted_timestamps: the batch's timestamps, then each
+        query time, never decrease (SequenceBatch.timestamps_sorted)."""
+        queries = token_query_times
+        if timestamps is not None and queries is None:  # t' of every token, once for all layers
             queries = query_timestamps(timestamps, seq_offsets, num_targets, query_times)
             # candidates follow the query time with their own times, in no promised order
             sorted_timestamps = sorted_timestamps and (query_times is None or num_targets is None)

@@ -66,8 +66,10 @@ class SequentialRetriever(nn.Module):
         x, offsets, timestamps, rows = add_user_tokens(
             x, batch.seq_offsets, batch.timestamps, None if self.series is None else self.series(batch.series_codes),
             batch, None if self.context is None else self.context(batch.context), num_targets)
+        if rows is not None and batch.token_query_times is not None:
+            raise ValueError("token_query_times are the events' own: not with user-context or user-feature tokens")
         encoded = self.encoder(x, offsets, timestamps, num_targets, sorted_timestamps=batch.timestamps_sorted,
-                               query_times=batch.query_times)
+                               query_times=batch.query_times, token_query_times=batch.token_query_times)
         if rows is None:
             return F.normalize(encoded, dim=-1)
         # an event's output is read off the last token before the next event (a change may sit between them)

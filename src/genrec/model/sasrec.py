@@ -59,7 +59,7 @@ class SASRecEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, seq_offsets: torch.Tensor, timestamps: torch.Tensor | None,
                 num_targets: torch.Tensor | None = None, sorted_timestamps: bool = False,
-                query_times: torch.Tensor | None = None) -> torch.Tensor:
+                query_times: torch.Tensor | None = None, token_query_times: torch.Tensor | None = None) -> torch.Tensor:
         """x [T, D] -> [T, D]; timestamps, their order and query times are unused (SASRec has no time signal)."""
         if num_targets is not None:
             raise ValueError("SASRec does not support candidate (num_targets) scoring")

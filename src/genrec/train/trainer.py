@@ -22,11 +22,11 @@ from genrec.checkpoint import atomic_write_json, locate_checkpoint
 from genrec.config import Config, config_to_dict, load_run_config
 from genrec.data import EvalSplit, SequenceBatch, make_batch
 from genrec.data.splits import sample_users
-from genrec.data.stochastic_length import stochastic_length
+from genrec.data.stochastic_length import stochastic_length, stochastic_length_successors
 from genrec.devices import resolve_device
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
-from genrec.ops.jagged import lengths_from_offsets, positions_with_successor, successor_targets
+from genrec.ops.jagged import lengths_from_offsets, successor_targets
 from genrec.train.averaging import WeightAverage
 from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
@@ -94,12 +94,18 @@ class Trainer:
     def batch_loss(self, batch: SequenceBatch) -> StepLoss | None:
         """Next-item loss of these users' histories at every position that has a successor."""
         loss_config = self.config.train.loss
-        if self.config.train.stochastic_length_alpha > 0:
-            batch = stochastic_length(batch, self.config.train.stochastic_length_alpha, self.streams.length,
-                                      self.config.train.stochastic_length_sampling == "contiguous")
-        # each token predicts its successor; found on the host so the step never waits on the GPU
+        alpha, sampling = self.config.train.stochastic_length_alpha, self.config.train.stochastic_length_sampling
+        # each token's target, its successor's item id (0: none); found on the host so the step never waits on
+        # the GPU
+        if alpha > 0 and sampling == "successors":
+            batch, successors = stochastic_length_successors(batch, alpha, self.streams.length)
+        else:
+            if alpha > 0:
+                batch = stochastic_length(batch, alpha, self.streams.length, sampling == "contiguous")
+            successors = successor_targets(batch.item_ids, batch.seq_offsets)
         lengths = lengths_from_offsets(batch.seq_offsets)
-        num_positions = int(lengths.sum()) - int((lengths > 0).sum())  # all but each sequence's last token
+        positions = torch.from_numpy(np.flatnonzero(successors.numpy()))
+        num_positions = positions.numel()
         if num_positions == 0:
             return None
         flops = 3 * (self.model.encoder.forward_flops(lengths) + loss_flops(  # forward + 2x for backward
@@ -110,8 +116,7 @@ class Trainer:
             targets = successor_targets(padded.item_ids, padded.seq_offsets)
             loss = self.whole_step(padded, targets, (targets > 0).float())  # 0: a last token, or padding
             return StepLoss(loss, loss, num_positions, int(lengths.sum()), flops, applied=True)
-        positions = positions_with_successor(batch.seq_offsets)
-        targets = batch.item_ids[positions + 1].to(self.device, non_blocking=True)
+        targets = successors[positions].to(self.device, non_blocking=True)
         positions = positions.to(self.device, non_blocking=True)
         user_embeddings = self.train_model(self.for_graphs(batch).to(self.device)).index_select(0, positions)
         loss = self.next_item_loss(user_embeddings, targets)
