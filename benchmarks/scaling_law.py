@@ -192,8 +192,8 @@ def power_law_to_limit(xs: list[float], ys: list[float], higher_is_better: bool)
     """y = limit - a x^b (quality rising to a ceiling) or y = limit + a x^b (a loss falling to a floor), b < 0: the
     usual form with an irreducible term, a power law of what is left to gain. The limit is searched on a grid
     between the best value measured and the metric's bound (1 for a ceiling, 0 for a floor); R^2 is taken on log y,
-    as power_law's, so the two compare (with one parameter more here). {"limit", "a", "b", "r2"}; None with fewer
-    than 4 points."""
+    as power_law's, so the two compare (with one parameter more here). {"limit", "kind" (ceiling or floor), "a", "b",
+    "r2"}; None with fewer than 4 points."""
     if len(xs) < 4 or min(ys) <= 0:
         return None
     log_x, log_y = np.log(xs), np.log(ys)
@@ -213,7 +213,8 @@ def power_law_to_limit(xs: list[float], ys: list[float], higher_is_better: bool)
         residual = log_y - np.log(predicted)
         r2 = 1.0 - float(residual @ residual) / total
         if fit is None or r2 > fit["r2"]:
-            fit = {"limit": float(limit), "a": float(np.exp(log_a)), "b": float(b), "r2": r2}
+            fit = {"limit": float(limit), "kind": "ceiling" if higher_is_better else "floor",
+                   "a": float(np.exp(log_a)), "b": float(b), "r2": r2}
     return fit
 
 
@@ -272,7 +273,7 @@ def write_chart(result: dict, task: Task, path: Path) -> None:
                 axis.plot(grid, fit["a"] * grid ** fit["b"], "--", color=color,
                           label=f"{architecture}: {fit['a']:.3g} C^{fit['b']:.3f} (R^2 {fit['r2']:.2f})")
             if limited is not None:
-                sign = -1.0 if key == task.quality and task.higher_is_better else 1.0
+                sign = -1.0 if limited["kind"] == "ceiling" else 1.0
                 axis.plot(grid, limited["limit"] + sign * limited["a"] * grid ** limited["b"], ":", color=color,
                           label=f"{architecture}: to a limit of {limited['limit']:.3g} (R^2 {limited['r2']:.2f})")
     for axis, (_, title) in zip(axes, panels):

@@ -23,6 +23,7 @@ def test_quality_rising_to_a_ceiling_is_recovered(law):
     ndcg = [0.2 - 4.0 * c ** -0.15 for c in COMPUTE]
     fit = law.power_law_to_limit(COMPUTE, ndcg, higher_is_better=True)
     assert fit["limit"] == pytest.approx(0.2, abs=1e-3) and fit["b"] == pytest.approx(-0.15, abs=0.01)
+    assert fit["kind"] == "ceiling"
     assert fit["r2"] > 0.999 > law.power_law(COMPUTE, ndcg)["r2"]  # the plain power law bends away from it
 
 
@@ -30,6 +31,7 @@ def test_a_loss_falling_to_a_floor_is_recovered(law):
     nll = [5.0 + 900.0 * c ** -0.2 for c in COMPUTE]
     fit = law.power_law_to_limit(COMPUTE, nll, higher_is_better=False)
     assert fit["limit"] == pytest.approx(5.0, abs=0.02) and fit["b"] == pytest.approx(-0.2, abs=0.01)
+    assert fit["kind"] == "floor"
     assert fit["r2"] > 0.999
 
 
