@@ -107,12 +107,19 @@ def test_the_whole_step_mode_refuses_what_it_cannot_capture(overrides, message):
      "event tokens"),
     ({"train": {"stochastic_length_sampling": "successors"}, "data": {"user_series": "followed_topics",
                                                                        "dataset": "synthetic-stream"}}, "event tokens"),
+    ({"train": {"stochastic_length_positions": "shifted"}}, "kept or original"),
+    ({"train": {"stochastic_length_positions": "original", "task": "ranking"}}, "for the retrieval trainer"),
+    ({"train": {"stochastic_length_positions": "original", "compile": "step"}}, "for the retrieval trainer"),
+    ({"train": {"stochastic_length_positions": "original"}, "data": {"mode": "stream"}}, "retrieval trainer"),
 ])
-def test_bad_stochastic_length_sampling(overrides, message):
+def test_bad_stochastic_length_options(overrides, message):
     config = Config()
     for sampling in ("contiguous", "successors"):
         config.train.stochastic_length_sampling = sampling
         config.validate()
+    config.train.stochastic_length_sampling, config.train.stochastic_length_positions = "uniform", "original"
+    config.validate()
+    config.train.stochastic_length_positions = "kept"
     apply_overrides(config, overrides)
     with pytest.raises(ValueError, match=message):
         config.validate()

@@ -138,6 +138,9 @@ class TrainConfig:
     # so every target is the next event) | successors (a uniform draw whose kept events still predict their true
     # successors, dropped or not, at those successors' times). Stream mode's cuts keep the window's events first.
     stochastic_length_sampling: str = "uniform"
+    # the position a kept event embeds: kept (its index in the cut sequence) | original (its index in the whole history,
+    # as evaluation embeds it; the retrieval trainer, outside stream mode and train.compile = step)
+    stochastic_length_positions: str = "kept"
     ema_decay: float = 0.0  # evaluate and serve a moving average of the weights, updated every step; 0 = off
     # ranking: the DIN baseline's impressions per user and step, each at a position drawn uniformly (with replacement)
     # among those with a history; the ranker learns at every event
@@ -300,6 +303,12 @@ class Config:
                 and self.data.user_features is None and self.data.user_series is None),
              "train.stochastic_length_sampling = successors trains retrieval on event tokens alone: not with "
              "train.task = ranking, train.compile = step, data.user_features or data.user_series"),
+            (self.train.stochastic_length_positions in ("kept", "original"),
+             "train.stochastic_length_positions must be kept or original"),
+            (self.train.stochastic_length_positions == "kept" or (
+                self.train.task == "retrieval" and self.data.mode != "stream" and self.train.compile != "step"),
+             "train.stochastic_length_positions = original is for the retrieval trainer, outside stream mode and "
+             "train.compile = step"),
             (self.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine"),
             (0 <= self.train.warmup_epochs <= max(self.train.epochs, 0),
              "train.warmup_epochs must be in [0, train.epochs]"),

@@ -96,6 +96,17 @@ def test_a_cut_with_successors_keeps_the_uniform_draw_and_each_kept_events_true_
     assert not torch.equal(targets[:9], out.item_ids[1:10])  # not the next kept events: some successors dropped
 
 
+@pytest.mark.parametrize("successors", [False, True])
+def test_a_cut_can_keep_each_events_position_in_the_whole_history(successors):
+    batch = batch_of([60, 5, 40])  # item id - 1 = the flat index, so a kept token's position is its id - 1 - start
+    generator = torch.Generator().manual_seed(4)
+    out = (stochastic_length_successors(batch, 1.0, generator, original_positions=True)[0] if successors
+           else stochastic_length(batch, 1.0, generator, original_positions=True))
+    starts = torch.repeat_interleave(torch.tensor([0, 60, 65]), out.lengths)
+    assert out.lengths.tolist() == [10, 5, 10] and torch.equal(out.positions, out.item_ids - 1 - starts)
+    assert stochastic_length(batch, 1.0, torch.Generator().manual_seed(4)).positions is None
+
+
 def test_successors_without_a_cut_are_the_next_tokens():
     batch = batch_of([5, 10, 1])  # nothing longer than the kept length 10
     out, targets = stochastic_length_successors(batch, 1.0, torch.Generator().manual_seed(0))

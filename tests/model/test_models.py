@@ -81,6 +81,24 @@ def test_token_query_times_set_each_rows_time_question():
                       token_query_times=queries)
 
 
+@pytest.mark.parametrize("name", ["hstu", "sasrec"])
+def test_given_positions_are_the_ones_embedded(name):
+    """SequenceBatch.positions (a cut's tokens at their places in the whole history): their own indices give the
+    usual outputs; later places change a sequence's rows from the first moved token on."""
+    config = preset(name)
+    torch.manual_seed(0)
+    model = SequentialRetriever(config.model, 30, 12, use_time=True).eval()
+    batch = make_batch([6, 4])
+    out = model(batch)
+    moved = SequenceBatch(batch.item_ids, batch.seq_offsets, 12, batch.timestamps,
+                          positions=torch.tensor([0, 1, 2, 3, 4, 5, 0, 1, 2, 3]))
+    torch.testing.assert_close(model(moved), out, atol=0, rtol=0)
+    moved.positions = torch.tensor([0, 1, 2, 3, 4, 5, 0, 3, 7, 11])
+    changed = model(moved)
+    torch.testing.assert_close(changed[:7], out[:7], atol=0, rtol=0)
+    assert not torch.allclose(changed[7:], out[7:])
+
+
 def test_forward_flops_count_projections_and_causal_pairs():
     lengths = torch.tensor([1, 3])  # 4 tokens, 1 + 6 visible (query, key) pairs
     hstu = preset("hstu")

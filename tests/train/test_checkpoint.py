@@ -120,17 +120,18 @@ def test_a_full_disk_is_one_error_and_keeps_the_old_file(tmp_path, monkeypatch):
     assert target.read_bytes() == b"good" and [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]
 
 
-def test_the_trainer_draws_contiguous_cuts_when_configured(tmp_path, monkeypatch):
+def test_the_trainer_draws_the_configured_cuts(tmp_path, monkeypatch):
     import genrec.train.trainer as trainer_module
 
     seen = []
-    monkeypatch.setattr(trainer_module, "stochastic_length",
-                        lambda batch, alpha, generator, contiguous: seen.append(contiguous) or batch)
-    for sampling in ("uniform", "contiguous"):
+    monkeypatch.setattr(trainer_module, "stochastic_length", lambda batch, alpha, generator, contiguous,
+                        original_positions: seen.append((contiguous, original_positions)) or batch)
+    for sampling, positions in (("uniform", "kept"), ("contiguous", "kept"), ("uniform", "original")):
         config = tiny_config(epochs=1)
         config.train.stochastic_length_alpha, config.train.stochastic_length_sampling = 1.2, sampling
-        Trainer(config, tmp_path / sampling, progress=False, log=lambda _: None).train_epoch()
-        assert seen and set(seen) == {sampling == "contiguous"}
+        config.train.stochastic_length_positions = positions
+        Trainer(config, tmp_path / f"{sampling}-{positions}", progress=False, log=lambda _: None).train_epoch()
+        assert seen and set(seen) == {(sampling == "contiguous", positions == "original")}
         seen.clear()
 
 

@@ -27,7 +27,8 @@ class SequenceBatch:
     every sequence's timestamps, then its query time, never decrease, which lets the fused attention
     kernel read a tile's time range off its ends. token_query_times int64 [T] or None: the time of the event each
     token predicts where that is not the next token's (a Stochastic Length cut whose kept events predict their true
-    successors: genrec.data.stochastic_length); it replaces query_times' default for every token."""
+    successors: genrec.data.stochastic_length); it replaces query_times' default for every token. positions int64
+    [T] or None: each token's index in its whole (uncut) history, where a cut keeps it (None: its index here)."""
 
     item_ids: torch.Tensor
     seq_offsets: torch.Tensor
@@ -41,6 +42,7 @@ class SequenceBatch:
     series_timestamps: torch.Tensor | None = None
     series_offsets: torch.Tensor | None = None
     token_query_times: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
     timestamps_sorted: bool = field(init=False, default=False)
 
     # fields of one value per sequence (the rest but seq_offsets and max_seq_len are per token)
@@ -63,6 +65,8 @@ class SequenceBatch:
         if self.token_query_times is not None and (self.timestamps is None
                                                    or self.token_query_times.shape != self.item_ids.shape):
             raise ValueError("token_query_times must be [T] like item_ids, beside timestamps")
+        if self.positions is not None and self.positions.shape != self.item_ids.shape:
+            raise ValueError(f"positions must be [T] like item_ids, got {list(self.positions.shape)}")
         if self.token_query_times is not None and self.query_times is not None:
             raise ValueError("token_query_times gives every token's query time: query_times must be None beside it")
         series = (self.series_codes, self.series_timestamps, self.series_offsets)

@@ -20,7 +20,7 @@ from dataclasses import fields, replace
 import torch
 
 from genrec.data.batch import SequenceBatch
-from genrec.ops.jagged import successor_targets
+from genrec.ops.jagged import positions_in_sequence, successor_targets
 
 
 def expected_attention_work(lengths: torch.Tensor, max_seq_len: int, alpha: float) -> float:
@@ -36,19 +36,20 @@ def expected_attention_work(lengths: torch.Tensor, max_seq_len: int, alpha: floa
 
 
 def stochastic_length(batch: SequenceBatch, alpha: float, generator: torch.Generator,
-                      contiguous: bool = False) -> SequenceBatch:
-    """A batch with some long sequences subsampled (host tensors; the generator is a CPU one)."""
+                      contiguous: bool = False, original_positions: bool = False) -> SequenceBatch:
+    """A batch with some long sequences subsampled (host tensors; the generator is a CPU one). original_positions:
+    each kept token carries its index in the uncut history (SequenceBatch.positions)."""
     keep = stochastic_length_keep(batch, alpha, generator, contiguous=contiguous)
-    return batch if keep is None else keep_tokens(batch, keep)
+    return batch if keep is None else _cut(batch, keep, original_positions)
 
 
-def stochastic_length_successors(batch: SequenceBatch, alpha: float,
-                                 generator: torch.Generator) -> tuple[SequenceBatch, torch.Tensor]:
+def stochastic_length_successors(batch: SequenceBatch, alpha: float, generator: torch.Generator,
+                                 original_positions: bool = False) -> tuple[SequenceBatch, torch.Tensor]:
     """A uniform cut (the draws of stochastic_length's) whose kept events still predict their true successors:
     (the batch, targets [T'] each kept token's successor's item id in the whole history, 0 for a sequence's last
     event). Each kept token's query time (token_query_times) is its successor's time, so the time bias asks the
     question evaluation asks; a kept event never sees its dropped successor, which the causal mask keeps out of
-    every earlier row. Host tensors; a batch without timestamps keeps none."""
+    every earlier row. Host tensors; a batch without timestamps keeps none. original_positions: see stochastic_length."""
     if batch.query_times is not None:
         raise ValueError("a training batch predicts its own events: it has no query times")
     targets = successor_targets(batch.item_ids, batch.seq_offsets)
@@ -59,7 +60,13 @@ def stochastic_length_successors(batch: SequenceBatch, alpha: float,
         query_times = torch.where(targets > 0, successor_targets(batch.timestamps, batch.seq_offsets),
                                   batch.timestamps)
         batch = replace(batch, token_query_times=query_times)
-    return keep_tokens(batch, keep), targets[keep]
+    return _cut(batch, keep, original_positions), targets[keep]
+
+
+def _cut(batch: SequenceBatch, keep: torch.Tensor, original_positions: bool) -> SequenceBatch:
+    if original_positions:
+        batch = replace(batch, positions=positions_in_sequence(batch.seq_offsets))
+    return keep_tokens(batch, keep)
 
 
 def stochastic_length_keep(batch: SequenceBatch, alpha: float, generator: torch.Generator,

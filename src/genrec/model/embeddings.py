@@ -118,10 +118,14 @@ class InputEmbedding(nn.Module):
         self.scale = math.sqrt(embedding_dim)
         nn.init.trunc_normal_(self.position.weight, std=math.sqrt(1.0 / embedding_dim))
 
-    def forward(self, item_ids: torch.Tensor, seq_offsets: torch.Tensor,
-                num_targets: torch.Tensor | None = None) -> torch.Tensor:
-        """item_ids [T], seq_offsets [B+1] -> [T, D] (see token_positions)."""
-        positions = self.token_positions(seq_offsets, item_ids.shape[0], num_targets)
+    def forward(self, item_ids: torch.Tensor, seq_offsets: torch.Tensor, num_targets: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        """item_ids [T], seq_offsets [B+1] -> [T, D] (see token_positions); positions [T]: each token's own
+        (SequenceBatch.positions) instead."""
+        if positions is None:
+            positions = self.token_positions(seq_offsets, item_ids.shape[0], num_targets)
+        else:
+            positions = positions.clamp(max=self.position.num_embeddings - 1)
         return self.dropout(self.items(item_ids) * self.scale + self.position(positions))
 
     def token_positions(self, seq_offsets: torch.Tensor, num_tokens: int,

@@ -62,7 +62,7 @@ class SequentialRetriever(nn.Module):
     def forward(self, batch: SequenceBatch, num_targets: torch.Tensor | None = None) -> torch.Tensor:
         """User embedding after every token: [T, D], l2-normalised. With num_targets, the last
         num_targets[b] tokens of each sequence are candidates (see genrec.ops.hstu_attention)."""
-        x = self.embedding(batch.item_ids, batch.seq_offsets, num_targets)
+        x = self.embedding(batch.item_ids, batch.seq_offsets, num_targets, batch.positions)
         x, offsets, timestamps, rows = add_user_tokens(
             x, batch.seq_offsets, batch.timestamps, None if self.series is None else self.series(batch.series_codes),
             batch, None if self.context is None else self.context(batch.context), num_targets)

@@ -95,13 +95,15 @@ class Trainer:
         """Next-item loss of these users' histories at every position that has a successor."""
         loss_config = self.config.train.loss
         alpha, sampling = self.config.train.stochastic_length_alpha, self.config.train.stochastic_length_sampling
+        original_positions = self.config.train.stochastic_length_positions == "original"
         # each token's target, its successor's item id (0: none); found on the host so the step never waits on
         # the GPU
         if alpha > 0 and sampling == "successors":
-            batch, successors = stochastic_length_successors(batch, alpha, self.streams.length)
+            batch, successors = stochastic_length_successors(batch, alpha, self.streams.length, original_positions)
         else:
             if alpha > 0:
-                batch = stochastic_length(batch, alpha, self.streams.length, sampling == "contiguous")
+                batch = stochastic_length(batch, alpha, self.streams.length, sampling == "contiguous",
+                                          original_positions)
             successors = successor_targets(batch.item_ids, batch.seq_offsets)
         lengths = lengths_from_offsets(batch.seq_offsets)
         positions = torch.from_numpy(np.flatnonzero(successors.numpy()))
