@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from genrec.data.batch import SequenceBatch
+from genrec.data.batch import SequenceBatch, successors
 from genrec.data.stochastic_length import (expected_attention_work, stochastic_length, stochastic_length_keep,
                                            stochastic_length_successors)
 from genrec.ops.jagged import offsets_from_lengths
@@ -12,6 +12,13 @@ def batch_of(lengths, max_seq_len=100):
     total = int(offsets[-1])
     return SequenceBatch(item_ids=torch.arange(1, total + 1), seq_offsets=offsets, max_seq_len=max_seq_len,
                          timestamps=torch.arange(total) * 10, labels=torch.arange(total, dtype=torch.float32)[:, None])
+
+
+def test_successors_are_the_next_value_or_zero_at_each_last_token():
+    offsets = offsets_from_lengths(torch.tensor([3, 0, 1, 2]))
+    item_ids = torch.tensor([5, 6, 7, 8, 9, 4])
+    assert successors(item_ids, offsets).tolist() == [6, 7, 0, 0, 4, 0]
+    assert successors(item_ids[:0], offsets_from_lengths(torch.tensor([0]))).numel() == 0
 
 
 def test_short_sequences_and_alpha_two_are_untouched():

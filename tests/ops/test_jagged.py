@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from genrec.ops.jagged import (jagged_to_padded, lengths_from_offsets, merge_by_time, offsets_from_lengths,
                                padded_to_jagged, positions_in_sequence, positions_with_successor, prepend_prefix,
-                               rows_before_next, sequence_ids, successor_targets)
+                               rows_before_next, sequence_ids)
 
 lengths_strategy = st.lists(st.integers(0, 7), min_size=1, max_size=6)
 
@@ -54,13 +54,6 @@ def test_positions_with_successor_skip_each_last_token():
     offsets = offsets_from_lengths(torch.tensor([3, 1, 0, 2]))
     assert positions_with_successor(offsets).tolist() == [0, 1, 4]
     assert positions_with_successor(offsets_from_lengths(torch.tensor([], dtype=torch.int64))).numel() == 0
-
-
-def test_successor_targets_are_the_next_item_or_zero_at_each_last_token():
-    offsets = offsets_from_lengths(torch.tensor([3, 0, 1, 2]))
-    item_ids = torch.tensor([5, 6, 7, 8, 9, 4])
-    assert successor_targets(item_ids, offsets).tolist() == [6, 7, 0, 0, 4, 0]
-    assert successor_targets(item_ids[:0], offsets_from_lengths(torch.tensor([0]))).numel() == 0
 
 
 def test_prepend_prefix_puts_rows_in_front_of_each_sequence():

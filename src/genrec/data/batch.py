@@ -118,6 +118,18 @@ class SequenceBatch:
         return moved
 
 
+def successors(values: torch.Tensor, seq_offsets: torch.Tensor) -> torch.Tensor:
+    """[T] each token's successor's value in its sequence, 0 for each sequence's last token (host tensors): the
+    targets of next-item training (values = item ids, which are >= 1, so 0 marks a token without one). In numpy:
+    torch's indexed assignment took ~5 ms a batch of 25k tokens on an H100's host, about the step's GPU time."""
+    values_np, offsets = values.numpy(), seq_offsets.numpy()
+    out = np.zeros_like(values_np)
+    out[:-1] = values_np[1:]
+    ends = offsets[1:]
+    out[ends[ends > offsets[:-1]] - 1] = 0
+    return torch.from_numpy(out)
+
+
 def make_batch(sequences: JaggedEvents, users: np.ndarray, max_seq_len: int,
                drop_last: int = 0, query_times: np.ndarray | None = None) -> SequenceBatch:
     """The chosen users' most recent `max_seq_len` events (after dropping the last `drop_last`); query_times

@@ -19,8 +19,7 @@ from dataclasses import fields, replace
 
 import torch
 
-from genrec.data.batch import SequenceBatch
-from genrec.ops.jagged import positions_in_sequence, successor_targets
+from genrec.data.batch import SequenceBatch, successors
 
 
 def expected_attention_work(lengths: torch.Tensor, max_seq_len: int, alpha: float) -> float:
@@ -52,12 +51,12 @@ def stochastic_length_successors(batch: SequenceBatch, alpha: float, generator: 
     every earlier row. Host tensors; a batch without timestamps keeps none. original_positions: see stochastic_length."""
     if batch.query_times is not None:
         raise ValueError("a training batch predicts its own events: it has no query times")
-    targets = successor_targets(batch.item_ids, batch.seq_offsets)
+    targets = successors(batch.item_ids, batch.seq_offsets)
     keep = stochastic_length_keep(batch, alpha, generator)
     if keep is None:
         return batch, targets
     if batch.timestamps is not None:  # a last event asks about its own time (no successor, no loss)
-        query_times = torch.where(targets > 0, successor_targets(batch.timestamps, batch.seq_offsets),
+        query_times = torch.where(targets > 0, successors(batch.timestamps, batch.seq_offsets),
                                   batch.timestamps)
         batch = replace(batch, token_query_times=query_times)
     return _cut(batch, keep, original_positions), targets[keep]
@@ -65,7 +64,8 @@ def stochastic_length_successors(batch: SequenceBatch, alpha: float, generator: 
 
 def _cut(batch: SequenceBatch, keep: torch.Tensor, original_positions: bool) -> SequenceBatch:
     if original_positions:
-        batch = replace(batch, positions=positions_in_sequence(batch.seq_offsets))
+        starts = torch.repeat_interleave(batch.seq_offsets[:-1], batch.lengths)
+        batch = replace(batch, positions=torch.arange(batch.item_ids.shape[0]) - starts)
     return keep_tokens(batch, keep)
 
 

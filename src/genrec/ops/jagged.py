@@ -75,18 +75,6 @@ def positions_with_successor(seq_offsets: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.flatnonzero(has_successor))
 
 
-def successor_targets(item_ids: torch.Tensor, seq_offsets: torch.Tensor) -> torch.Tensor:
-    """[T] every token's successor's item id, 0 for each sequence's last token (host tensors): a target for every
-    row of a batch whose shape must not depend on how many tokens have a successor (train.compile = step). In numpy:
-    torch's indexed assignment took ~5 ms a batch of 25k tokens on an H100's host, about the step's GPU time."""
-    ids, offsets = item_ids.numpy(), seq_offsets.numpy()
-    targets = np.zeros_like(ids)
-    targets[:-1] = ids[1:]
-    ends = offsets[1:]
-    targets[ends[ends > offsets[:-1]] - 1] = 0
-    return torch.from_numpy(targets)
-
-
 def prepend_prefix(values: torch.Tensor, seq_offsets: torch.Tensor,
                    prefix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Puts P prefix rows in front of every sequence: values [T, ...], prefix [B, P, ...] ->

@@ -21,12 +21,13 @@ import torch
 from genrec.checkpoint import atomic_write_json, locate_checkpoint
 from genrec.config import Config, config_to_dict, load_run_config
 from genrec.data import EvalSplit, SequenceBatch, make_batch
+from genrec.data.batch import successors
 from genrec.data.splits import sample_users
 from genrec.data.stochastic_length import stochastic_length, stochastic_length_successors
 from genrec.devices import resolve_device
 from genrec.eval.metrics import summarize
 from genrec.eval.protocol import model_scorer, popularity_scorer, rank_split
-from genrec.ops.jagged import lengths_from_offsets, successor_targets
+from genrec.ops.jagged import lengths_from_offsets
 from genrec.train.averaging import WeightAverage
 from genrec.train.curves import write_curves
 from genrec.train.divergence import DivergenceGuard
@@ -99,14 +100,14 @@ class Trainer:
         # each token's target, its successor's item id (0: none); found on the host so the step never waits on
         # the GPU
         if alpha > 0 and sampling == "successors":
-            batch, successors = stochastic_length_successors(batch, alpha, self.streams.length, original_positions)
+            batch, next_ids = stochastic_length_successors(batch, alpha, self.streams.length, original_positions)
         else:
             if alpha > 0:
                 batch = stochastic_length(batch, alpha, self.streams.length, sampling == "contiguous",
                                           original_positions)
-            successors = successor_targets(batch.item_ids, batch.seq_offsets)
+            next_ids = successors(batch.item_ids, batch.seq_offsets)
         lengths = lengths_from_offsets(batch.seq_offsets)
-        positions = torch.from_numpy(np.flatnonzero(successors.numpy()))
+        positions = torch.from_numpy(np.flatnonzero(next_ids.numpy()))
         num_positions = positions.numel()
         if num_positions == 0:
             return None
@@ -115,10 +116,10 @@ class Trainer:
             loss_config.num_negatives, loss_config.in_batch_negatives))
         if self.whole_step is not None:
             padded = self.for_graphs(batch)
-            targets = successor_targets(padded.item_ids, padded.seq_offsets)
+            targets = successors(padded.item_ids, padded.seq_offsets)
             loss = self.whole_step(padded, targets, (targets > 0).float())  # 0: a last token, or padding
             return StepLoss(loss, loss, num_positions, int(lengths.sum()), flops, applied=True)
-        targets = successors[positions].to(self.device, non_blocking=True)
+        targets = next_ids[positions].to(self.device, non_blocking=True)
         positions = positions.to(self.device, non_blocking=True)
         user_embeddings = self.train_model(self.for_graphs(batch).to(self.device)).index_select(0, positions)
         loss = self.next_item_loss(user_embeddings, targets)
