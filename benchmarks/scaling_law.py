@@ -6,7 +6,7 @@ users (eval.max_users). The sweep covers HSTU (pointwise attention, relative bia
 the same widths and depths (SASRec). Training compute is the matrix-multiply FLOPs the trainer counts, from the
 formulas beside the ops: forward + backward of the encoder and of the sampled-softmax logits. For each
 architecture the script fits NDCG@10 = a * C^b, the held-out negative log-likelihood (nll: the test items' cross-entropy
-under the model's softmax over the whole catalogue, genrec.eval.protocol.target_nll) = a * C^(-b) and the training
+under the model's softmax over the whole catalogue, genrec.eval.protocol.TargetLikelihood) = a * C^(-b) and the training
 loss = a * C^(-b) by least squares in log-log space, and each also as a power law to a limit (a ceiling or an
 irreducible floor: y = limit -+ a * C^b, one parameter more). It reports the exponents and R^2, and the
 compute-optimal frontier: at each compute, the best NDCG@10 reached by any size at or below that compute.

@@ -11,8 +11,9 @@ from genrec.data.batch import SequenceBatch
 from genrec.data.sequences import JaggedEvents
 from genrec.data.splits import EvalSplit, sample_users
 from genrec.eval.metrics import summarize
+import genrec.eval.protocol as protocol
 from genrec.eval.protocol import (ItemChunks, chunked_target_ranks, model_scorer, popularity_scorer, rank_split,
-                                  target_nll, target_ranks)
+                                  target_ranks, whole_matrix)
 from genrec.model.retrieval import SequentialRetriever
 from genrec.ops.jagged import offsets_from_lengths
 
@@ -65,7 +66,8 @@ def test_nll_is_the_cross_entropy_over_the_real_items_range_by_range(chunk, temp
     scores = torch.randn(9, 51, generator=generator)
     scores[:, 0] = 100.0  # padding: never part of the softmax
     targets = torch.randint(1, 51, (9,), generator=generator)
-    nll = target_nll(ItemChunks(lambda lo, hi: scores[:, lo:hi], 51), targets, temperature, chunk_columns=chunk)
+    nll = chunked_target_ranks(whole_matrix(scores), targets, None, False, chunk_columns=chunk,
+                               temperature=temperature).nll
     expected = F.cross_entropy(scores[:, 1:] / temperature, targets - 1, reduction="none")
     torch.testing.assert_close(nll, expected, rtol=1e-5, atol=1e-5)
 
@@ -91,6 +93,30 @@ def test_ranks_and_likelihood_score_a_one_range_catalogue_once():
         return ItemChunks(items, num_items + 1)
     result = rank_split(scorer, split, max_seq_len=8, batch_size=7, device=torch.device("cpu"), temperature=0.05)
     assert calls == [(0, num_items + 1)] * 3 and result.nll.shape == result.ranks.shape == (20,)
+
+
+def test_ranks_and_likelihood_score_each_range_of_a_larger_catalogue_twice(monkeypatch):
+    """Several ranges: every range is scored once for the targets' scores and the likelihood, once to count, and the
+    results equal the whole matrix's."""
+    monkeypatch.setattr(protocol, "EVAL_ITEM_CHUNK", 8)
+    split, num_items, calls = _split(), 30, []
+    table = torch.randn(num_items + 1, 4)
+    users = {}
+
+    def scorer(batch):
+        users["rows"] = torch.randn(batch.num_sequences, 4)
+
+        def items(lo, hi):
+            calls.append((lo, hi))
+            return users["rows"] @ table[lo:hi].T
+        return ItemChunks(items, num_items + 1)
+    chunked = rank_split(scorer, split, max_seq_len=8, batch_size=20, device=torch.device("cpu"), temperature=0.05)
+    ranges = [(0, 8), (8, 16), (16, 24), (24, 31)]
+    assert calls == ranges * 2
+    whole = rank_split(lambda batch: users["rows"] @ table.T, split, max_seq_len=8, batch_size=20,
+                       device=torch.device("cpu"), temperature=0.05)
+    assert torch.equal(chunked.ranks, whole.ranks)
+    torch.testing.assert_close(chunked.nll, whole.nll)
 
 
 def test_popularity_ties_do_not_flatter_the_baseline():
@@ -148,14 +174,13 @@ def test_ranks_item_range_by_item_range_equal_the_whole_matrix(chunk, exclude_hi
     candidates = torch.rand(num_columns, generator=generator) < 0.8
     for held in (None, candidates):
         whole = target_ranks(scores, targets, batch, exclude_history, held)
-        chunked = chunked_target_ranks(ItemChunks(lambda lo, hi: scores[:, lo:hi], num_columns), targets, batch,
-                                       exclude_history, held, chunk_columns=chunk)
-        assert torch.equal(whole, chunked)
+        chunked = chunked_target_ranks(whole_matrix(scores), targets, batch, exclude_history, held,
+                                       chunk_columns=chunk)
+        assert torch.equal(whole, chunked.ranks) and chunked.nll is None
     broken = scores.clone()
     broken[3, 40] = float("nan")
     with pytest.raises(ValueError, match="non-finite scores for 1 of 9 users"):
-        chunked_target_ranks(ItemChunks(lambda lo, hi: broken[:, lo:hi], num_columns), targets, batch,
-                             exclude_history, chunk_columns=chunk)
+        chunked_target_ranks(whole_matrix(broken), targets, batch, exclude_history, chunk_columns=chunk)
 
 
 class ThreadRanks:
@@ -214,7 +239,7 @@ def test_ranks_counted_where_the_rows_live_equal_the_whole_matrix(world_size, ch
     def run_ranks(table: torch.Tensor) -> list:
         def work(rank, combine):
             chunks = ItemChunks(lambda lo, hi: table[:, lo:hi], num_columns, (bounds[rank], bounds[rank + 1]), combine)
-            return chunked_target_ranks(chunks, targets, batch, exclude_history, chunk_columns=chunk)
+            return chunked_target_ranks(chunks, targets, batch, exclude_history, chunk_columns=chunk).ranks
         return ThreadRanks.run(world_size, work)
 
     whole = target_ranks(scores, targets, batch, exclude_history)
@@ -238,8 +263,8 @@ def test_nll_summed_where_the_rows_live_equals_the_whole_matrix(world_size, chun
 
     def work(rank, combine):
         chunks = ItemChunks(lambda lo, hi: scores[:, lo:hi], num_columns, (bounds[rank], bounds[rank + 1]), combine)
-        return target_nll(chunks, targets, 0.1, chunk_columns=chunk)
-    whole = target_nll(ItemChunks(lambda lo, hi: scores[:, lo:hi], num_columns), targets, 0.1)
+        return chunked_target_ranks(chunks, targets, None, False, chunk_columns=chunk, temperature=0.1).nll
+    whole = chunked_target_ranks(whole_matrix(scores), targets, None, False, temperature=0.1).nll
     for result in ThreadRanks.run(world_size, work):
         torch.testing.assert_close(result, whole)
 

@@ -27,7 +27,7 @@ def mrr(ranks: torch.Tensor) -> float:
 def summarize(ranks: torch.Tensor, ks: tuple[int, ...] = (10, 50, 200),
               nll: torch.Tensor | None = None) -> dict[str, float]:
     """{'hr@k', 'ndcg@k' for each k, 'mrr'}, and 'nll', the mean of the held-out items' negative log-likelihoods
-    (nats; genrec.eval.protocol.target_nll) where given."""
+    (nats; genrec.eval.protocol.TargetLikelihood) where given."""
     if ranks.numel() == 0:
         raise ValueError("no ranks to summarise (empty evaluation split)")
     if int(ranks.min()) < 1:

@@ -6,7 +6,6 @@ Shapes: B users per chunk, I items + 1 (padding id 0).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -46,18 +45,33 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, batch: SequenceBat
     excluded (a repeat of a history item) ranks last. Non-finite scores are an error: NaN compares false
     with everything, which would rank the target first. candidates [I + 1] bool: the items that may be
     ranked at all (a stream's held items); a target outside them ranks last, like an excluded one."""
-    return chunked_target_ranks(ItemChunks(lambda lo, hi: scores[:, lo:hi], scores.shape[1]), targets, batch,
-                                exclude_history, candidates, chunk_columns=scores.shape[1])
+    return chunked_target_ranks(whole_matrix(scores), targets, batch, exclude_history, candidates,
+                                chunk_columns=scores.shape[1]).ranks
+
+
+def whole_matrix(scores: torch.Tensor) -> ItemChunks:
+    """A [B, I + 1] score matrix as ItemChunks."""
+    return ItemChunks(lambda lo, hi: scores[:, lo:hi], scores.shape[1])
+
+
+@dataclass
+class SplitRanks:
+    """Ranks [U] (1-based) of the held-out items, and nll [U]: each one's negative log-likelihood (nats) under the
+    softmax of scores / temperature over the real items (None when no temperature was given)."""
+
+    ranks: torch.Tensor
+    nll: torch.Tensor | None = None
 
 
 def chunked_target_ranks(scores: ItemChunks, targets: torch.Tensor, batch: SequenceBatch | None,
                          exclude_history: bool, candidates: torch.Tensor | None = None,
-                         chunk_columns: int = EVAL_ITEM_CHUNK) -> torch.Tensor:
+                         chunk_columns: int = EVAL_ITEM_CHUNK, temperature: float | None = None) -> SplitRanks:
     """target_ranks over item ranges of chunk_columns: with several, every range is scored twice, first for the
-    targets' scores and the finiteness check, then to count, so that a target is compared with exactly the
-    score it has in its own range's matrix (a score computed apart could differ in the last bit and break a
-    tie in its favour). With own_columns, every rank ranks against its own ids and the counts are added up (the
-    target's score comes from the rank that holds it)."""
+    targets' scores, the finiteness check and the likelihood, then to count, so that a target is compared with
+    exactly the score it has in its own range's matrix (a score computed apart could differ in the last bit and
+    break a tie in its favour). With own_columns, every rank ranks against its own ids and the counts are added up
+    (the target's score comes from the rank that holds it). With a temperature (the model's training one), also the
+    targets' negative log-likelihood (TargetLikelihood)."""
     first, last = scores.own_columns or (0, scores.num_columns)
     chunk_columns = min(chunk_columns, COUNTED_COLUMNS)
     bounds = [(lo, min(lo + chunk_columns, last)) for lo in range(first, last, chunk_columns)]
@@ -69,11 +83,14 @@ def chunked_target_ranks(scores: ItemChunks, targets: torch.Tensor, batch: Seque
     rows = torch.arange(targets.shape[0], device=targets.device)
     target_scores = torch.full((targets.shape[0],), float("-inf"), device=targets.device)
     bad = torch.zeros(targets.shape[0], dtype=torch.bool, device=targets.device)
+    likelihood = None if temperature is None else TargetLikelihood(targets, temperature)
     for lo, hi in bounds:
         chunk = score_range(lo, hi).float()
         bad |= _non_finite_rows(chunk[:, max(0, 1 - lo):])  # column 0 (padding) is never ranked
         inside = (targets >= lo) & (targets < hi)
         target_scores[inside] = chunk[rows[inside], targets[inside] - lo]
+        if likelihood is not None:
+            likelihood.add(lo, chunk)
     combine(target_scores, "max")
     bad = _combined_flags(bad, combine)
     if bool(bad.any()):
@@ -112,7 +129,8 @@ def chunked_target_ranks(scores: ItemChunks, targets: torch.Tensor, batch: Seque
     combine(at_least, "sum")
     combine(eligible_count, "sum")
     target_eligible = _combined_flags(target_eligible, combine)
-    return torch.where(target_eligible, at_least + 1, eligible_count + 1)
+    return SplitRanks(torch.where(target_eligible, at_least + 1, eligible_count + 1),
+                      None if likelihood is None else likelihood.nll(combine))
 
 
 def _non_finite_rows(scores: torch.Tensor) -> torch.Tensor:
@@ -131,58 +149,41 @@ def _combined_flags(flags: torch.Tensor, combine: Callable[[torch.Tensor, str], 
     return values.bool()
 
 
-def target_nll(scores: ItemChunks, targets: torch.Tensor, temperature: float,
-               chunk_columns: int = EVAL_ITEM_CHUNK) -> torch.Tensor:
-    """[B] negative log-likelihood of each target under the softmax of scores / temperature over the real items (ids
-    1..I): the full-softmax loss on held-out events, which moves with every change of the model where top-K metrics
-    move only when an item crosses the cut-off. No history is excluded (training's softmax excludes none), so a
-    repeated item keeps its probability; a constant model scores ln I. The log-sum-exp runs range by range with a
-    running maximum, and across ranks for a table sharded by rows."""
-    first, last = scores.own_columns or (0, scores.num_columns)
-    combine = scores.combine or (lambda values, op: None)
-    rows = torch.arange(targets.shape[0], device=targets.device)
-    peak = torch.full((targets.shape[0],), float("-inf"), device=targets.device)
-    total = torch.zeros(targets.shape[0], device=targets.device)
-    target_logits = torch.full((targets.shape[0],), float("-inf"), device=targets.device)
-    for lo in range(first, last, chunk_columns):  # the ranges chunked_target_ranks reads (see last_range_kept)
-        hi = min(lo + chunk_columns, last)
-        logits = scores.items(lo, hi).float() / temperature
+class TargetLikelihood:
+    """Each target's negative log-likelihood under the softmax of scores / temperature over the real items (ids
+    1..I), gathered range by range: the full-softmax loss on held-out events, which moves with every change of the
+    model where top-K metrics move only when an item crosses the cut-off. No history is excluded (training's softmax
+    excludes none), so a repeated item keeps its probability; a constant model scores ln I. The log-sum-exp runs
+    with a running maximum, and across ranks for a table sharded by rows."""
+
+    def __init__(self, targets: torch.Tensor, temperature: float) -> None:
+        self.targets, self.temperature = targets, temperature
+        self.rows = torch.arange(targets.shape[0], device=targets.device)
+        self.peak = torch.full((targets.shape[0],), float("-inf"), device=targets.device)
+        self.total = torch.zeros(targets.shape[0], device=targets.device)
+        self.target_logits = torch.full((targets.shape[0],), float("-inf"), device=targets.device)
+
+    def add(self, lo: int, scores: torch.Tensor) -> None:
+        """scores [B, hi - lo]: item ids lo..hi - 1, in float32."""
+        logits = scores / self.temperature
         if lo == 0:  # column 0 is padding
             logits, lo = logits[:, 1:], 1
         if logits.shape[1] == 0:
-            continue
-        new_peak = torch.maximum(peak, logits.max(dim=1).values)
-        total = total * torch.exp(peak - new_peak) + torch.exp(logits - new_peak.view(-1, 1)).sum(dim=1)
-        peak = new_peak
-        inside = (targets >= lo) & (targets < hi)
-        target_logits[inside] = logits[rows[inside], targets[inside] - lo]
-    own_peak = peak.clone()
-    combine(peak, "max")
-    total *= torch.exp(own_peak - peak)  # a rank without items (own_peak -inf) adds 0
-    combine(total, "sum")
-    combine(target_logits, "max")
-    return peak + torch.log(total) - target_logits
+            return
+        new_peak = torch.maximum(self.peak, logits.max(dim=1).values)
+        self.total = self.total * torch.exp(self.peak - new_peak) + torch.exp(logits - new_peak.view(-1, 1)).sum(dim=1)
+        self.peak = new_peak
+        inside = (self.targets >= lo) & (self.targets < lo + logits.shape[1])
+        self.target_logits[inside] = logits[self.rows[inside], self.targets[inside] - lo]
 
-
-def last_range_kept(scores: ItemChunks) -> ItemChunks:
-    """The same scores, the range asked for last kept: ranking and the likelihood then score a catalogue of one
-    range (up to EVAL_ITEM_CHUNK items) once between them."""
-    kept: dict = {}
-
-    def items(lo: int, hi: int) -> torch.Tensor:
-        if kept.get("range") != (lo, hi):
-            kept.update(range=(lo, hi), values=scores.items(lo, hi))
-        return kept["values"]
-    return dataclasses.replace(scores, items=items)
-
-
-@dataclass
-class SplitRanks:
-    """A split's evaluation: ranks [U] (1-based) of the held-out items, and nll [U] (target_nll; None when no
-    temperature was given)."""
-
-    ranks: torch.Tensor
-    nll: torch.Tensor | None = None
+    def nll(self, combine: Callable[[torch.Tensor, str], None]) -> torch.Tensor:
+        """[B] nats, once every range (of every rank) was added."""
+        peak = self.peak.clone()
+        combine(peak, "max")
+        total = self.total * torch.exp(self.peak - peak)  # a rank without items (its peak -inf) adds 0
+        combine(total, "sum")
+        combine(self.target_logits, "max")
+        return peak + torch.log(total) - self.target_logits
 
 
 @torch.no_grad()
@@ -200,14 +201,14 @@ def rank_split(scorer: Scorer, split: EvalSplit, max_seq_len: int, batch_size: i
         batch = make_batch(split.histories, users, max_seq_len, query_times=query_times).to(device)
         targets = torch.from_numpy(split.target_items[users]).to(device)
         scores = scorer(batch)
-        if isinstance(scores, ItemChunks) and temperature is not None:
-            scores = last_range_kept(scores)
-        rank = target_ranks if isinstance(scores, torch.Tensor) else chunked_target_ranks
-        ranks.append(rank(scores, targets, batch, exclude_history).cpu())  # refuses non-finite scores
-        if temperature is not None:
-            if isinstance(scores, torch.Tensor):
-                scores = ItemChunks(lambda lo, hi, whole=scores: whole[:, lo:hi], scores.shape[1])
-            nlls.append(target_nll(scores, targets, temperature).cpu())
+        chunk_columns = EVAL_ITEM_CHUNK
+        if isinstance(scores, torch.Tensor):
+            scores, chunk_columns = whole_matrix(scores), scores.shape[1]
+        result = chunked_target_ranks(scores, targets, batch, exclude_history, chunk_columns=chunk_columns,
+                                      temperature=temperature)  # refuses non-finite scores
+        ranks.append(result.ranks.cpu())
+        if result.nll is not None:
+            nlls.append(result.nll.cpu())
     return SplitRanks(torch.cat(ranks), torch.cat(nlls) if nlls else None)
 
 
