@@ -54,7 +54,7 @@ DATASETS = {  # name: (reader, path under --data-root)
 ITEM_FEATURES = {"ml-1m-3k": "ml-1m", "ml-1m": "ml-1m", "ml-100k": "ml-100k", "synthetic-stream": "topics",
                  "beauty": "s3rec/Beauty_item2attributes.json", "toys": "s3rec/Toys_and_Games_item2attributes.json",
                  "sports": "s3rec/Sports_and_Outdoors_item2attributes.json"}
-METRICS = ("hr@10", "ndcg@10", "hr@50", "hr@200", "ndcg@200", "mrr")
+METRICS = ("hr@10", "ndcg@10", "hr@50", "hr@200", "ndcg@200", "mrr", "nll")  # nll: rows since 2026-12-06
 
 
 def build_config(data_root: Path, dataset: str, model: str, mode: str, epochs: int, tie_order: str,
