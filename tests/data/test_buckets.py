@@ -24,7 +24,8 @@ def test_every_batch_pads_to_the_same_number_of_sequences_and_keeps_its_rows(max
         tokens = int(lengths.sum())
         batch = SequenceBatch(torch.randint(1, 50, (tokens,)), offsets_from_lengths(lengths), max_seq_len,
                               timestamps=torch.arange(tokens), labels=torch.rand(tokens, 2),
-                              context=torch.randint(1, 4, (count, 3)))
+                              context=torch.randint(1, 4, (count, 3)), token_query_times=torch.arange(tokens) + 1,
+                              positions=torch.randint(0, max_seq_len, (tokens,)))
         padded = pad_to_bucket(batch, num_sequences)
         assert padded.num_sequences == num_sequences
         assert padded.item_ids.numel() == bucket_tokens(tokens + num_sequences - count)
@@ -33,6 +34,8 @@ def test_every_batch_pads_to_the_same_number_of_sequences_and_keeps_its_rows(max
         pad_lengths = padded.lengths[count:]
         assert pad_lengths.min() >= 1 and pad_lengths.max() <= max_seq_len
         assert torch.equal(padded.labels[:tokens], batch.labels) and (padded.context[count:] == 0).all()
+        assert torch.equal(padded.token_query_times[:tokens], batch.token_query_times)
+        assert torch.equal(padded.positions[:tokens], batch.positions)
         assert padded.timestamps_sorted
 
 

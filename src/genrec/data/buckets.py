@@ -58,4 +58,6 @@ def pad_to_bucket(batch: SequenceBatch, num_sequences: int) -> SequenceBatch:
     return SequenceBatch(extended(batch.item_ids, extra), offsets, batch.max_seq_len,
                          timestamps=extended(batch.timestamps, extra), ratings=extended(batch.ratings, extra),
                          labels=extended(batch.labels, extra), context=extended(batch.context, padding),
-                         query_times=extended(batch.query_times, padding), **series)
+                         query_times=extended(batch.query_times, padding),
+                         token_query_times=extended(batch.token_query_times, extra),
+                         positions=extended(batch.positions, extra), **series)

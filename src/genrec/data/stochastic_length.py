@@ -8,9 +8,11 @@ histories. A cut may instead keep N^(alpha/2) consecutive events from a start dr
 same attention work, and every kept event is followed by its true successor, so each target is the next event
 as in evaluation, where a uniform draw makes most targets events some steps ahead (on ML-1M no better:
 docs/long-sequences.md). Or a uniform cut's kept events may still predict their true successors (successors:
-stochastic_length_successors), dropped or not, with each successor's time as their query time. Training only: evaluation always sees the full (truncated) history. Where only some
-tokens are predicted (a stream's window events, after history that is context only), a cut may keep those first
-and fill the rest of its N^(alpha/2) with context: the same attention work, fewer targets lost.
+stochastic_length_successors), dropped or not, with each successor's time as their query time. Training only:
+evaluation always sees the full (truncated) history. Where only some tokens are predicted (a stream's window
+events, after history that is context only), a cut may keep those first and fill the rest of its N^(alpha/2) with
+context: the same attention work, fewer targets lost. A cut may also hand each kept event its index in the uncut
+history (original_positions), which the input embedding then reads as evaluation does.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def stochastic_length_successors(batch: SequenceBatch, alpha: float, generator: 
     (the batch, targets [T'] each kept token's successor's item id in the whole history, 0 for a sequence's last
     event). Each kept token's query time (token_query_times) is its successor's time, so the time bias asks the
     question evaluation asks; a kept event never sees its dropped successor, which the causal mask keeps out of
-    every earlier row. Host tensors; a batch without timestamps keeps none. original_positions: see stochastic_length."""
+    every earlier row. Host tensors; a batch without timestamps has no query times to set. original_positions: see
+    stochastic_length."""
     if batch.query_times is not None:
         raise ValueError("a training batch predicts its own events: it has no query times")
     targets = successors(batch.item_ids, batch.seq_offsets)
