@@ -20,12 +20,14 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.bin"]  # no temp files left behind
 
 
-@pytest.mark.parametrize("stochastic_length_alpha, ema_decay", [(0.0, 0.0), (1.2, 0.0), (0.0, 0.9)],
-                         ids=["full-length", "stochastic-length", "weight-average"])
-def test_resume_is_exact(tmp_path, deterministic, stochastic_length_alpha, ema_decay):
+@pytest.mark.parametrize("stochastic_length_alpha, sampling, ema_decay",
+                         [(0.0, "uniform", 0.0), (1.2, "uniform", 0.0), (1.2, "successors", 0.0), (0.0, "uniform", 0.9)],
+                         ids=["full-length", "stochastic-length", "stochastic-length-successors", "weight-average"])
+def test_resume_is_exact(tmp_path, deterministic, stochastic_length_alpha, sampling, ema_decay):
     def config(epochs):
         config = tiny_config(epochs=epochs)
         config.train.stochastic_length_alpha, config.train.ema_decay = stochastic_length_alpha, ema_decay
+        config.train.stochastic_length_sampling = sampling
         return config
 
     straight = Trainer(config(3), tmp_path / "a", progress=False, log=lambda _: None).fit()
