@@ -58,8 +58,8 @@ def test_hstu_time_bias_changes_outputs_only_when_on():
 
 
 def test_token_query_times_set_each_rows_time_question():
-    """Every token's query time given outright: the default ones give the default outputs; a later question at row 2
-    changes rows 2 on (later layers read row 2) and none before it."""
+    """Every token's query time given outright: the default ones give the default outputs; later questions from row 2
+    on (kept in order) change row 2, and neither the rows before it nor the other sequence."""
     from genrec.ops.attention.rab import query_timestamps
 
     config = preset("hstu")
