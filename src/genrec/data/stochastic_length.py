@@ -17,7 +17,7 @@ history (original_positions), which the input embedding then reads as evaluation
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import fields
 
 import torch
 
@@ -58,18 +58,19 @@ def stochastic_length_successors(batch: SequenceBatch, alpha: float, generator: 
     keep = stochastic_length_keep(batch, alpha, generator)
     if keep is None:
         return batch, targets
+    added = {}
     if batch.timestamps is not None:  # a last event asks about its own time (no successor, no loss)
-        query_times = torch.where(targets > 0, successors(batch.timestamps, batch.seq_offsets),
-                                  batch.timestamps)
-        batch = replace(batch, token_query_times=query_times)
-    return _cut(batch, keep, original_positions), targets[keep]
+        added["token_query_times"] = torch.where(targets > 0, successors(batch.timestamps, batch.seq_offsets),
+                                                 batch.timestamps)
+    return _cut(batch, keep, original_positions, **added), targets[keep]
 
 
-def _cut(batch: SequenceBatch, keep: torch.Tensor, original_positions: bool) -> SequenceBatch:
+def _cut(batch: SequenceBatch, keep: torch.Tensor, original_positions: bool, **added: torch.Tensor) -> SequenceBatch:
+    """keep_tokens, with the per-token fields `added` [T] set first (and positions, with original_positions)."""
     if original_positions:
-        starts = torch.repeat_interleave(batch.seq_offsets[:-1], batch.lengths)
-        batch = replace(batch, positions=torch.arange(batch.item_ids.shape[0]) - starts)
-    return keep_tokens(batch, keep)
+        added["positions"] = torch.arange(batch.item_ids.shape[0]) - torch.repeat_interleave(batch.seq_offsets[:-1],
+                                                                                              batch.lengths)
+    return keep_tokens(batch, keep, **added)
 
 
 def stochastic_length_keep(batch: SequenceBatch, alpha: float, generator: torch.Generator,
@@ -103,13 +104,15 @@ def stochastic_length_keep(batch: SequenceBatch, alpha: float, generator: torch.
     return keep
 
 
-def keep_tokens(batch: SequenceBatch, keep: torch.Tensor) -> SequenceBatch:
-    """The batch with only the tokens `keep` [T] marks, each sequence's in their order."""
+def keep_tokens(batch: SequenceBatch, keep: torch.Tensor, **added: torch.Tensor) -> SequenceBatch:
+    """The batch with only the tokens `keep` [T] marks, each sequence's in their order; added: per-token fields [T]
+    to set on it (cut the same way) in place of the batch's."""
     sequence = torch.repeat_interleave(torch.arange(batch.lengths.numel()), batch.lengths)
     offsets = torch.zeros(batch.lengths.numel() + 1, dtype=torch.int64)
     offsets[1:] = torch.cumsum(torch.bincount(sequence[keep], minlength=batch.lengths.numel()), 0)
     per_token = {f.name: getattr(batch, f.name) for f in fields(batch)  # derived fields are not passed in
                  if f.init and f.name not in ("seq_offsets", "max_seq_len", *SequenceBatch.PER_SEQUENCE)}
+    per_token.update(added)
     kept = {name: None if value is None else value[keep] for name, value in per_token.items()}
     return SequenceBatch(seq_offsets=offsets, max_seq_len=batch.max_seq_len, **kept,
                          **{name: getattr(batch, name) for name in SequenceBatch.PER_SEQUENCE})

@@ -56,8 +56,9 @@ def whole_matrix(scores: torch.Tensor) -> ItemChunks:
 
 @dataclass
 class SplitRanks:
-    """Ranks [U] (1-based) of the held-out items, and nll [U]: each one's negative log-likelihood (nats) under the
-    softmax of scores / temperature over the real items (None when no temperature was given)."""
+    """Ranks [U] (1-based) of the held-out items (of a split, or [B] of one batch), and nll [U]: each one's negative
+    log-likelihood (nats) under the softmax of scores / temperature over the real items (None without a
+    temperature)."""
 
     ranks: torch.Tensor
     nll: torch.Tensor | None = None
