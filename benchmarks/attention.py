@@ -14,8 +14,10 @@ Writes a PNG chart beside the JSON (TFLOP/s against N, genrec and SDPA flash; ne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -57,11 +59,31 @@ def fwd_bwd(fn, leaves):
     return run
 
 
+@contextlib.contextmanager
+def backward_scratch(allowed: bool):
+    """With allowed=False the backward recomputes the bias in every kernel (GENREC_BACKWARD_SCRATCH_GB=0)."""
+    before = os.environ.get("GENREC_BACKWARD_SCRATCH_GB")
+    if not allowed:
+        os.environ["GENREC_BACKWARD_SCRATCH_GB"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("GENREC_BACKWARD_SCRATCH_GB", None)
+        if before is not None:
+            os.environ["GENREC_BACKWARD_SCRATCH_GB"] = before
+
+
 def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), rab_parts=(), candidates=0, baselines=True,
-            sorted_times=True):
+            sorted_times=True, scratch=True):
     """rab_parts: which parts of the relative bias are fused ("position", "time"); none by default.
     candidates: each sequence ends in this many ranking candidates (num_targets); FLOPs still count causal pairs.
-    sorted_times: the bias is told that the (time-ordered) timestamps are sorted, as genrec's batches tell it."""
+    sorted_times: the bias is told that the (time-ordered) timestamps are sorted, as genrec's batches tell it.
+    scratch: whether the backward may store p and ds once for its kernels (kernel._backward_scratch)."""
+    with backward_scratch(scratch):
+        return _measure(name, n, heads, dim, num_seqs, fill, rab_parts, candidates, baselines, sorted_times)
+
+
+def _measure(name, n, heads, dim, num_seqs, fill, rab_parts, candidates, baselines, sorted_times):
     lengths, q, k, v, stamps = make_case(n, heads, dim, num_seqs, fill, seed=n + dim)
     offsets = offsets_from_lengths(lengths)
     num_targets = torch.full_like(lengths, candidates) if candidates else None
@@ -80,7 +102,12 @@ def measure(name, n, heads, dim, num_seqs=None, fill=(0.9, 1.0), rab_parts=(), c
     row = {"case": name, "N": n, "H": heads, "D": dim, "sequences": len(lengths), "tokens": int(lengths.sum()),
            "rab": "+".join(rab_parts) or None, "candidates": candidates, "fwd_ms": time_ms(kernel)}
     try:
-        row["fwd_bwd_ms"] = time_ms(fwd_bwd(kernel, leaves))
+        run = fwd_bwd(kernel, leaves)
+        row["fwd_bwd_ms"] = time_ms(run)
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        run()
+        row["fwd_bwd_peak_gb"] = (torch.cuda.max_memory_allocated() - before) / 2**30
     except Exception as error:  # report, keep measuring the other cases
         row["fwd_bwd_error"] = repr(error)[:200]
     if baselines:
@@ -132,6 +159,9 @@ def main() -> None:
     cases = [dict(name=f"D128 N={n}", n=n, heads=4, dim=128) for n in sizes]
     both = ("position", "time")
     cases += [dict(name=f"D128 N={n} rab", n=n, heads=4, dim=128, rab_parts=both, baselines=False) for n in sizes]
+    # the backward recomputing the bias in each kernel instead of storing p and ds once
+    cases += [dict(name=f"D128 N={n} rab, no scratch", n=n, heads=4, dim=128, rab_parts=both, baselines=False,
+                   scratch=False) for n in sizes]
     # which part of the bias costs what
     cases += [dict(name=f"D128 N={sizes[-1]} rab {part} only", n=sizes[-1], heads=4, dim=128, rab_parts=(part,),
                    baselines=False) for part in both]

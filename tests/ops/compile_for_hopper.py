@@ -6,9 +6,9 @@ GPU needed; run in a process without TRITON_INTERPRET (the interpreter replaces 
     python tests/ops/compile_for_hopper.py --tiles bwd_kv   # bf16, D = 128: every tile of the kernel's tuning list
 
 --quick compiles each kernel (bf16) with every option and the bias on at head dim 25 (no window-free tiles
-then), then plain (but the bias-gradient kernel) and with the position bias alone at head dim 128 (whole
-tiles below the diagonal in their own loop). --tiles shows where a tile runs out of registers: a kernel that
-spills (stack > 0) keeps part of its tile in local memory.
+then), then plain (but the bias-gradient kernel), with the position bias alone, and the backward through its
+scratch with both biases, at head dim 128 (whole tiles below the diagonal in their own loop). --tiles shows where
+a tile runs out of registers: a kernel that spills (stack > 0) keeps part of its tile in local memory.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from triton.compiler import ASTSource
 
 from genrec.ops.attention import kernel
 
-INT64_POINTERS = {"seq_offsets", "num_targets", "ts", "qts", "time_g"}
+INT64_POINTERS = {"seq_offsets", "num_targets", "scratch_offsets", "ts", "qts", "time_g"}
 FP32_POINTERS = {"pos_w", "time_w", "DPOS", "DTIME"}
 FLOATS = {"alpha", "inv_n", "time_scale"}
 KERNELS = {"fwd": (kernel._fwd_kernel, (128, 64, 8, 3)), "bwd_kv": (kernel._bwd_kv_kernel, (64, 64, 4, 2)),
@@ -48,6 +48,8 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
             types[name] = f"*{dtype}" if in_dtype else "*fp32"
         elif name in FLOATS:
             types[name] = "fp32"
+        elif name == "scratch_stride":
+            types[name] = "i64"
         elif name.startswith("stride") or name in ("max_seq_len", "max_attn_len", "contextual_len", "num_buckets",
                                                    "length_tier"):
             types[name] = "i32"
@@ -58,7 +60,8 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
 
 def compile_variant(name: str, dtype: str, variant: str, head_dim: int, tile: tuple | None = None) -> dict:
     """variant: "plain"; "position" (the position bias alone, read from its table); "all" (every option and
-    both biases; with candidates the position bias is gathered). tile: (block_m, block_n, warps, stages[, split])
+    both biases; with candidates the position bias is gathered); "scratch" (both biases, no other option, the
+    backward through its scratch). tile: (block_m, block_n, warps, stages[, split])
     instead of the kernel's default (block_m alone for the bias kernel's square tiles)."""
     fn, (block_m, block_n, warps, stages) = KERNELS[name]
     split = variant == "position"
@@ -66,7 +69,8 @@ def compile_variant(name: str, dtype: str, variant: str, head_dim: int, tile: tu
         block_m, block_n, warps, stages, split = (*tile, False)[:5]
     flags = dict.fromkeys(("HAS_TARGETS", "HAS_POS", "TIME_BIAS", "HAS_WINDOW", "HAS_CONTEXT"), variant == "all")
     # with timestamps sorted within each sequence, as genrec's batches have them
-    flags.update(HAS_POS=variant != "plain", POS_TABLE=variant == "position", TIME_BIAS=2 * (variant == "all"))
+    flags.update(HAS_POS=variant != "plain", POS_TABLE=variant in ("position", "scratch"),
+                 TIME_BIAS=2 * (variant in ("all", "scratch")))
     block_dim = max(16, triton.next_power_of_2(head_dim))
     constexprs = dict(H=4, DQK=head_dim, DV=head_dim, IEEE=dtype == "fp32", BLOCK_DQK=block_dim,
                       BLOCK_DV=block_dim, **flags)
@@ -77,6 +81,8 @@ def compile_variant(name: str, dtype: str, variant: str, head_dim: int, tile: tu
     if name == "bwd_kv":  # which sums the time buckets only without a position bias; "position" as split programs
         constexprs.update(TIME_GRAD=flags["TIME_BIAS"] and not flags["HAS_POS"], BLOCK_BUCKETS=256,
                           SPLIT=split)
+    if "SCRATCH" in fn.arg_names:
+        constexprs["SCRATCH"] = variant == "scratch"
     types = signature(fn, dtype, constexprs)
     # what a launch specialises on: 16-byte aligned pointers, and strides divisible by 16 where they are
     aligned = [name for name, kind in types.items() if kind.startswith("*")
@@ -117,20 +123,21 @@ def tuned_tiles(name: str) -> list[tuple]:
 def main() -> None:
     if "--tiles" in sys.argv:
         name = sys.argv[sys.argv.index("--tiles") + 1]
-        for tile, variant in itertools.product(tuned_tiles(name), ("plain", "position", "all")):
-            if name == "bwd_bias" and variant == "plain":
+        for tile, variant in itertools.product(tuned_tiles(name), ("plain", "position", "all", "scratch")):
+            if (name == "bwd_bias" and variant == "plain") or (name == "fwd" and variant == "scratch"):
                 continue
             info = compile_variant(name, "bf16", variant, 128, tile)
             print(f"{name:<8} tile {tile} {variant:<9} registers {info['registers']} stack {info['stack']} "
                   f"shared {info['shared_bytes']}", flush=True)
         return
-    variants = itertools.product(KERNELS, ("bf16", "fp32"), ("plain", "position", "all"), (128, 25))
+    variants = itertools.product(KERNELS, ("bf16", "fp32"), ("plain", "position", "all", "scratch"), (128, 25))
     if "--quick" in sys.argv:
         variants = [(name, "bf16", variant, head_dim) for variant, head_dim in (("all", 25), ("plain", 128),
-                                                                                 ("position", 128))
+                                                                                 ("position", 128), ("scratch", 128))
                     for name in KERNELS]
     for name, dtype, variant, head_dim in variants:
-        if name == "bwd_bias" and variant == "plain":  # launched only with a bias
+        # the bias kernel runs only with a bias; the forward has no scratch
+        if (name == "bwd_bias" and variant == "plain") or (name == "fwd" and variant == "scratch"):
             continue
         info = compile_variant(name, dtype, variant, head_dim)
         print(f"{name:<7} {dtype} {variant:<9} D={head_dim:<4} {info}", flush=True)

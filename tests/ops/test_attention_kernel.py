@@ -159,6 +159,93 @@ def test_every_tuned_tile_against_reference(monkeypatch, case, options, dtype):
     check()
 
 
+# With a position bias and no contextual prefix the backward goes through the scratch (kernel._backward_scratch)
+SCRATCH_OPTIONS = [{"rab": True}, {"rab": True, "targets": True, "window": 5}, {"rab": True, "long": True},
+                   {"rab": True, "position_only": True, "targets": True}, {"rab": True, "unsorted_times": True},
+                   {"rab": True, "query_times": True, "targets": True, "long": True}]
+
+
+def poison_scratch(monkeypatch) -> list:
+    """Lets the backward take a scratch and fills it with NaN, so that reading a pair the dQ kernel did not write
+    shows in the gradients; returns the sizes of the scratches made."""
+    monkeypatch.setenv("GENREC_BACKWARD_SCRATCH_GB", "1")
+    made = []
+
+    def poisoned(numel, like):
+        made.append(numel)
+        return tuple(torch.full((numel,), float("nan"), dtype=like.dtype, device=like.device) for _ in range(2))
+
+    monkeypatch.setattr(kernel, "_scratch_buffers", poisoned)
+    return made
+
+
+@pytest.mark.parametrize("options", SCRATCH_OPTIONS, ids=lambda o: "-".join(o))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_backward_through_scratch_matches_reference(monkeypatch, options, dtype):
+    """The dQ kernel stores each visible pair's p and ds; the dK/dV and bias kernels read them back."""
+    made = poison_scratch(monkeypatch)
+    test_kernel_matches_reference(options, dtype)
+    assert made
+
+
+class _WiderTiles:
+    """A launcher whose launches take other tile sizes than the kernels' fixed ones."""
+
+    def __init__(self, launcher, **tiles):
+        self.launcher, self.tiles = launcher, tiles
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launcher[grid](*args, **{**kwargs, **self.tiles})
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the GPU's tuned tiles differ between the kernels anyway")
+@pytest.mark.parametrize("options", [{"rab": True, "targets": True, "window": 5}, {"rab": True, "long": True}],
+                         ids=lambda o: "-".join(o))
+def test_scratch_read_through_other_tiles(monkeypatch, options):
+    """The autotuner gives each kernel its own tiles, so the dK/dV and bias kernels meet pairs in their tiles that
+    no dQ tile wrote (here 32 keys wide against 16): they must read only visible pairs."""
+    made = poison_scratch(monkeypatch)
+    monkeypatch.setattr(kernel, "_bwd_kv", _WiderTiles(kernel._bwd_kv, BLOCK_N=32))
+    monkeypatch.setattr(kernel, "_FIXED_DIAGONAL", kernel._diagonal_tiles(32))
+    test_kernel_matches_reference(options, torch.float32)
+    assert made
+
+
+def test_no_scratch_with_contextual_queries_or_past_the_budget(monkeypatch):
+    made = poison_scratch(monkeypatch)
+    test_kernel_matches_reference({"rab": True, "window": 7, "context": 2}, torch.float32)
+    monkeypatch.setenv("GENREC_BACKWARD_SCRATCH_GB", "0")
+    test_kernel_matches_reference({"rab": True}, torch.float32)
+    assert not made
+
+
+def test_scratch_holds_every_sequence():
+    """The scratch is sized without reading the lengths back: from the token count and max_seq_len."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None)
+    @given(st.integers(1, 700), st.data())
+    def check(max_seq_len, data):
+        lengths = data.draw(st.lists(st.integers(0, max_seq_len), min_size=1, max_size=6))
+        offsets = offsets_from_lengths(torch.tensor(lengths))
+        q = torch.empty(sum(lengths), 2, 8)
+        options = kernel._Options(q, q, offsets, None, torch.zeros(2 * max_seq_len - 1), None, None, None,
+                                  max_seq_len, 1.0, 0, 0, 0.3, False, backward=True)
+        *_, starts, per_head = kernel._backward_scratch(options, q, offsets)
+        rows = kernel.SCRATCH_BLOCK
+        blocks = [-(-length // rows) for length in lengths]
+        assert starts.tolist() == [sum(rows * rows * b * (b + 1) // 2 for b in blocks[:i]) for i in range(len(lengths))]
+        assert starts[-1] + rows * rows * blocks[-1] * (blocks[-1] + 1) // 2 <= per_head
+
+    import os
+    os.environ["GENREC_BACKWARD_SCRATCH_GB"] = "64"
+    try:
+        check()
+    finally:
+        del os.environ["GENREC_BACKWARD_SCRATCH_GB"]
+
+
 @pytest.mark.parametrize("options", [{"rab": True, "targets": True, "window": 7, "context": 2},
                                      {"rab": True, "time_only": True}], ids=lambda o: "-".join(o))
 def test_split_key_blocks_match_reference(monkeypatch, options):
@@ -292,3 +379,6 @@ def test_kernels_compile_for_hopper():
     # kernel with its table (its diagonal sums and bucket runs sit beside the accumulator)
     for key in [("fwd", "all"), ("fwd", "plain"), ("fwd", "position"), ("bwd_bias", "position")]:
         assert "'stack': 0}" in lines[key], run.stdout
+    # through the scratch the dK/dV and bias kernels compute no score (no sigmoid), and dK/dV does not spill
+    assert all("'tanh': 0," in lines[name, "scratch"] for name in ("bwd_kv", "bwd_bias")), run.stdout
+    assert "'stack': 0}" in lines["bwd_kv", "scratch"] and "'tanh': 64," in lines["bwd_q", "scratch"], run.stdout

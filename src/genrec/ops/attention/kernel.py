@@ -182,16 +182,8 @@ def _add_bias(s, offs_m, offs_n, m0, n0, seq_len, history_len, t_query, max_seq_
     i = _across_queries(offs_m, TRANSPOSED)
     j = _across_keys(offs_n, TRANSPOSED)
     query_pos = tl.minimum(i, history_len)
-    if MASKED:
-        past = j < query_pos
-        if HAS_WINDOW:
-            past = past & (query_pos - j <= max_attn_len)
-        valid = (i == j) | past
-        if HAS_CONTEXT:
-            valid = valid | (j < contextual_len) | ((i < contextual_len) & (j < history_len))
-        valid = valid & (i < seq_len) & (j < seq_len)
-    else:
-        valid = (i < seq_len) & (j < seq_len)
+    valid = _visible(offs_m, offs_n, seq_len, history_len, max_attn_len, contextual_len, HAS_WINDOW, HAS_CONTEXT,
+                     MASKED, TRANSPOSED)
     # p(i), p(j) clamped per row and per column into [0, N): p(j) - p(i) + N - 1 lies in the weights'
     # range [0, 2N - 2] with one add per score (lengths past N are out of contract, never out of bounds)
     row_base = max_seq_len - 1 - tl.minimum(query_pos, max_seq_len - 1)
@@ -217,6 +209,26 @@ def _add_bias(s, offs_m, offs_n, m0, n0, seq_len, history_len, t_query, max_seq_
             bucket_lo = tl.min(tl.where(valid, bucket, 1 << 30))
             bucket_hi = tl.max(tl.where(valid, bucket, -1))
     return s, valid, rel, bucket, bucket_lo, bucket_hi
+
+
+@triton.jit
+def _visible(offs_m, offs_n, seq_len, history_len, max_attn_len, contextual_len, HAS_WINDOW: tl.constexpr,
+             HAS_CONTEXT: tl.constexpr, MASKED: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Which pairs of the tile a query sees and both lie inside the sequence; MASKED=False: the bounds alone."""
+    i = _across_queries(offs_m, TRANSPOSED)
+    j = _across_keys(offs_n, TRANSPOSED)
+    if MASKED:
+        query_pos = tl.minimum(i, history_len)
+        past = j < query_pos
+        if HAS_WINDOW:
+            past = past & (query_pos - j <= max_attn_len)
+        valid = (i == j) | past
+        if HAS_CONTEXT:
+            valid = valid | (j < contextual_len) | ((i < contextual_len) & (j < history_len))
+        valid = valid & (i < seq_len) & (j < seq_len)
+    else:
+        valid = (i < seq_len) & (j < seq_len)
+    return valid
 
 
 @triton.jit
@@ -432,16 +444,48 @@ def _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len
     return acc + _dot(p.to(v.dtype), v, IEEE)
 
 
+# The backward's scratch (with a position bias and no contextual prefix; see _backward_scratch). Computing the
+# relative bias costs more than the products it feeds (N = 8192, H100: the dK/dV kernel 11.9 ms with both biases
+# against 3.9 without, and a bias-gradient kernel of 9 ms that recomputes both products to get ds). So the dQ kernel,
+# which meets every visible pair once, stores each pair's p and ds per head; the dK/dV kernel then reads them for its
+# two products (no scores, no bias), and the bias-gradient kernel reads ds (no products). Values are in the inputs'
+# dtype, the precision the products take them in. Pairs no one wrote are never read: readers mask to visible pairs.
+SCRATCH_ROWS = tl.constexpr(128)  # query rows per scratch block: a multiple of every query tile's height
+
+
 @triton.jit
-def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w, time_w, ts, qts, time_g,
-                   stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-                   alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets, length_tier,
-                   H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+def _scratch_start(scratch_offsets, b, h, scratch_stride, SCRATCH: tl.constexpr):
+    """Where sequence b's scratch of head h starts (int64; 0, unused, without a scratch)."""
+    start = tl.zeros([], dtype=tl.int64)
+    if SCRATCH:
+        start = tl.load(scratch_offsets + b) + h * scratch_stride.to(tl.int64)
+    return start
+
+
+@triton.jit
+def _scratch_tile(start, m0, offs_m, offs_n, TRANSPOSED: tl.constexpr):
+    """(corner, offsets) of a tile's pairs in a sequence's scratch starting at `start`, for queries m0 + ... of one
+    scratch block. Block r holds its SCRATCH_ROWS rows' first (r + 1) * SCRATCH_ROWS keys, row by row: every pair on
+    and below the diagonal, at one row pitch within a block. The corner is int64, the offsets within it int32."""
+    block = m0 // SCRATCH_ROWS
+    pitch = (block + 1) * SCRATCH_ROWS
+    wide = block.to(tl.int64)
+    corner = start + wide * (wide + 1) // 2 * (SCRATCH_ROWS * SCRATCH_ROWS) + (m0 - block * SCRATCH_ROWS).to(
+        tl.int64) * pitch
+    return corner, _across_queries((offs_m - m0) * pitch, TRANSPOSED) + _across_keys(offs_n, TRANSPOSED)
+
+
+@triton.jit
+def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, scratch_offsets, pos_w, time_w, ts, qts,
+                   time_g, P_S, DS_S, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot,
+                   stride_doh, scratch_stride, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale,
+                   num_buckets, length_tier, H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
                    HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr,
                    HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, SPLIT: tl.constexpr):
+                   TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, SPLIT: tl.constexpr, SCRATCH: tl.constexpr):
     """TIME_GRAD: also sum the time-bucket gradient (when the bias kernel does not run: no position bias).
+    SCRATCH: read each tile's p and ds from the dQ kernel's scratch instead of computing them.
     SPLIT: two programs per key block, one summing dV and one dK (and the time buckets), each holding one
     [BLOCK_N, D] fp32 accumulator. At head dim 256 the two accumulators of one program spill whatever the tile,
     and computing the scores twice (five products per tile between the two programs, not four) costs less."""
@@ -452,32 +496,33 @@ def _bwd_kv_kernel(Q, K, V, DO, DK, DV_, DTIME, seq_offsets, num_targets, pos_w,
     n0 = pid_n * BLOCK_N
     if n0 >= seq_len:
         return
+    scratch = _scratch_start(scratch_offsets, b, h, scratch_stride, SCRATCH)
     dv_only = False  # and the other program of a split pair: dK only
     if SPLIT:
         dv_only = tl.program_id(0) % 2 == 0
     if dv_only:
         _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_len, h, stride_qt, stride_qh,
                       stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, alpha, inv_n, max_seq_len,
-                      max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale, num_buckets, DQK, DV,
-                      HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_N, BLOCK_DQK,
-                      BLOCK_DV, False, BLOCK_BUCKETS, False, True)
+                      max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale, num_buckets, P_S, DS_S,
+                      scratch, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_N,
+                      BLOCK_DQK, BLOCK_DV, False, BLOCK_BUCKETS, False, True, SCRATCH)
     else:
         _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_len, h, stride_qt, stride_qh,
                       stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, alpha, inv_n, max_seq_len,
-                      max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale, num_buckets, DQK, DV,
-                      HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_N, BLOCK_DQK,
-                      BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, True, not SPLIT)
+                      max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale, num_buckets, P_S, DS_S,
+                      scratch, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_N,
+                      BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, True, not SPLIT, SCRATCH)
 
 
 @triton.jit
 def _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_len, h, stride_qt, stride_qh,
                   stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, alpha, inv_n, max_seq_len,
-                  max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale, num_buckets,
-                  DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
+                  max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale, num_buckets, P_S, DS_S,
+                  scratch, DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
                   TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                   TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, WITH_DK: tl.constexpr,
-                  WITH_DV: tl.constexpr):
+                  WITH_DV: tl.constexpr, SCRATCH: tl.constexpr):
     """One key block's dK (and time-bucket sums), dV, or both, over the query blocks that see it."""
     offs_n = n0 + tl.arange(0, BLOCK_N)
     offs_dqk = tl.arange(0, BLOCK_DQK)
@@ -514,17 +559,17 @@ def _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_l
         dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len,
                                      history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
                                      max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g,
-                                     time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW,
-                                     HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS, WITH_DK,
-                                     WITH_DV, True)
+                                     time_scale, num_buckets, P_S, DS_S, scratch, DQK, DV, HAS_POS, POS_TABLE,
+                                     TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD,
+                                     BLOCK_BUCKETS, WITH_DK, WITH_DV, SCRATCH, True)
     if not HAS_WINDOW:
         for start_m in range(full_lo, seq_len, BLOCK_M):
             dk, dv, dtime = _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len,
                                          history_len, stride_qt, stride_qh, stride_dot, stride_doh, h, alpha, inv_n,
                                          max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g,
-                                         time_scale, num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW,
-                                         HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV, TIME_GRAD, BLOCK_BUCKETS,
-                                         WITH_DK, WITH_DV, False)
+                                         time_scale, num_buckets, P_S, DS_S, scratch, DQK, DV, HAS_POS, POS_TABLE,
+                                         TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_M, BLOCK_DQK, BLOCK_DV,
+                                         TIME_GRAD, BLOCK_BUCKETS, WITH_DK, WITH_DV, SCRATCH, False)
     if TIME_GRAD:
         _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS)
     row_mask = (offs_n < seq_len)[:, None]
@@ -539,17 +584,37 @@ def _bwd_kv_block(Q, K, V, DO, DK, DV_, DTIME, n0, seq_start, seq_len, history_l
 @triton.jit
 def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq_len, history_len, stride_qt, stride_qh,
                  stride_dot, stride_doh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts,
-                 qts, time_g, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr,
-                 POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr,
-                 IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                 TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, WITH_DK: tl.constexpr, WITH_DV: tl.constexpr,
-                 MASKED: tl.constexpr):
+                 qts, time_g, time_scale, num_buckets, P_S, DS_S, scratch, DQK: tl.constexpr, DV: tl.constexpr,
+                 HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                 HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_DQK: tl.constexpr,
+                 BLOCK_DV: tl.constexpr, TIME_GRAD: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, WITH_DK: tl.constexpr,
+                 WITH_DV: tl.constexpr, SCRATCH: tl.constexpr, MASKED: tl.constexpr):
     """One query block's share of a key block's dK and dV. The tile is transposed (keys by queries): p and ds are
     then the left operands of the dV and dK products as they are, where q k^T needed each turned around
     through shared memory (dK/dV kernel at D = 128, N = 8192: 5.12 -> 3.90 ms)."""
     offs_m = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
+    if SCRATCH:
+        dk, dv = _bwd_kv_read(dk, dv, q, do, P_S, DS_S, scratch, start_m, offs_m, offs_n, seq_len, history_len,
+                              max_seq_len, max_attn_len, contextual_len, HAS_WINDOW, HAS_CONTEXT, IEEE, WITH_DK, WITH_DV,
+                              MASKED)
+    else:
+        dk, dv, dtime = _bwd_kv_compute(dk, dv, dtime, k, v, q, do, start_m, n0, offs_m, offs_n, seq_start, seq_len,
+                                        history_len, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w,
+                                        time_w, ts, qts, time_g, time_scale, num_buckets, HAS_POS, POS_TABLE,
+                                        TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, TIME_GRAD, BLOCK_BUCKETS, WITH_DK,
+                                        WITH_DV, MASKED)
+    return dk, dv, dtime
+
+
+@triton.jit
+def _bwd_kv_compute(dk, dv, dtime, k, v, q, do, start_m, n0, offs_m, offs_n, seq_start, seq_len, history_len, alpha,
+                    inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale,
+                    num_buckets, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr,
+                    HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, TIME_GRAD: tl.constexpr,
+                    BLOCK_BUCKETS: tl.constexpr, WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, MASKED: tl.constexpr):
+    """The tile's p and ds from its scores and bias, into dV and dK."""
     t_query, query_min, query_max = _query_times(qts, seq_start, start_m, offs_m, seq_len, TIME_BIAS)
     s, valid, _, bucket, bucket_lo, bucket_hi = _tile(q, k, offs_m, offs_n, start_m, n0, seq_start, seq_len,
                                                       history_len, t_query, query_min, query_max, alpha, max_seq_len,
@@ -570,6 +635,26 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
     return dk, dv, dtime
 
 
+@triton.jit
+def _bwd_kv_read(dk, dv, q, do, P_S, DS_S, scratch, start_m, offs_m, offs_n, seq_len, history_len, max_seq_len,
+                 max_attn_len, contextual_len, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
+                 WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, MASKED: tl.constexpr):
+    """The tile's p and ds read from the scratch, into dV and dK: the visible pairs of the rows it holds (a sequence
+    past max_seq_len is cut there, as the forward cuts it). In an unmasked tile every key is in bounds: rows alone."""
+    rows = tl.minimum(seq_len, max_seq_len)
+    if MASKED:
+        seen = _visible(offs_m, offs_n, rows, history_len, max_attn_len, contextual_len, HAS_WINDOW, HAS_CONTEXT, True,
+                        True)
+    else:
+        seen = _across_queries(offs_m < rows, True)
+    corner, tile = _scratch_tile(scratch, start_m, offs_m, offs_n, True)
+    if WITH_DV:
+        dv += _dot(tl.load(P_S + corner + tile, mask=seen, other=0.0), do, IEEE)
+    if WITH_DK:
+        dk += _dot(tl.load(DS_S + corner + tile, mask=seen, other=0.0), q, IEEE)
+    return dk, dv
+
+
 # The bias-weight gradients are sums of ds over the (query, key) pairs sharing a weight. One atomic
 # per pair (the first build) funnels B*H*N^2 atomics into ~2N + 130 addresses, which the L2 serialises:
 # that backward ran 30-100x slower than without rab. With a position bias a kernel of their own walks
@@ -580,20 +665,22 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
 # masked reduction per bucket a tile meets) go with them, or without a position bias stay in the dK/dV
 # loop: a kernel recomputing ds for them alone cost more than it saved (time only: 37.8 -> 42.3 ms).
 @triton.jit
-def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, time_w, ts, qts, time_g,
-                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-                     alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets, length_tier,
-                     H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, scratch_offsets, pos_w, time_w, ts, qts,
+                     time_g, P_S, DS_S, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot,
+                     stride_doh, scratch_stride, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale,
+                     num_buckets, length_tier, H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
                      HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
                      TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                      BLOCK: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                     BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr):
-    """Program (d, sequence): the tiles with m0 - n0 = lag * BLOCK, lag = d for the first cdiv(N, BLOCK)
+                     BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, SCRATCH: tl.constexpr):
+    """SCRATCH: each head's ds read from the dQ kernel's scratch instead of computed (it holds no pairs above the
+    diagonal: no contextual queries then). Program (d, sequence): the tiles with m0 - n0 = lag * BLOCK, lag = d for the first cdiv(N, BLOCK)
     programs (on and below the diagonal, the longest first), then -1, -2, ... (above it: only contextual queries
     see keys there), each tile over every head. Launched only with a position bias."""
     tl.static_assert(HAS_POS)
     b = tl.program_id(1)
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
+    scratch = _scratch_start(scratch_offsets, b, 0, scratch_stride, SCRATCH)
     below = tl.cdiv(max_seq_len, BLOCK)
     lag = tl.where(tl.program_id(0) < below, tl.program_id(0), below - 1 - tl.program_id(0))
     first_m = tl.maximum(lag, 0) * BLOCK  # tile t of the diagonal: rows first_m + t * BLOCK
@@ -636,16 +723,16 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, pos_w, 
             acc, dtime, run_lower, run_upper, run_near, Q, K, V, DO, DPOS, m0, m0 - lag * BLOCK, seq_start, seq_len,
             history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, H,
             alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale,
-            num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK,
-            BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS, False)
+            num_buckets, DS_S, scratch, scratch_stride, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW,
+            HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK, BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS, SCRATCH, False)
     for index in range(unmasked, first_blocks + second_blocks):
         m0 = first_m + _segment_start(index, first_end, second_start, second_blocks, end, BLOCK)
         acc, dtime, run_lower, run_upper, run_near = _bwd_bias_step(
             acc, dtime, run_lower, run_upper, run_near, Q, K, V, DO, DPOS, m0, m0 - lag * BLOCK, seq_start, seq_len,
             history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh, H,
             alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts, time_g, time_scale,
-            num_buckets, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK,
-            BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS, True)
+            num_buckets, DS_S, scratch, scratch_stride, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW,
+            HAS_CONTEXT, IEEE, BLOCK, BLOCK_DQK, BLOCK_DV, BLOCK_REL, BLOCK_BUCKETS, SCRATCH, True)
     _add_diagonal_sums(DPOS, acc, max_seq_len - (lag + 1) * BLOCK, 2 * max_seq_len - 2, BLOCK, BLOCK_REL)
     if TIME_BIAS:
         dtime = _close_run(dtime, run_lower, run_upper, run_near, BLOCK_BUCKETS)
@@ -664,11 +751,11 @@ def _close_run(dtime, run_lower, run_upper, run_near, BLOCK_BUCKETS: tl.constexp
 def _bwd_bias_step(acc, dtime, run_lower, run_upper, run_near, Q, K, V, DO, DPOS, m0, n0, seq_start, seq_len,
                    history_len, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot,
                    stride_doh, H, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, qts,
-                   time_g, time_scale, num_buckets,
+                   time_g, time_scale, num_buckets, DS_S, scratch, scratch_stride,
                    DQK: tl.constexpr, DV: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr,
                    TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                    BLOCK: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
-                   BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, MASKED: tl.constexpr):
+                   BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, SCRATCH: tl.constexpr, MASKED: tl.constexpr):
     """One tile's ds summed over the heads (the bias is the same for all: computed, and its gradient summed,
     once per tile instead of once per head). MASKED=False: a tile whose every in-bounds pair is visible (see
     _bwd_bias_kernel)."""
@@ -686,13 +773,19 @@ def _bwd_bias_step(acc, dtime, run_lower, run_upper, run_near, Q, K, V, DO, DPOS
         key_min, two_buckets, far_gap, near_w, far_w, near, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT,
         IEEE, MASKED, False)
     ds = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
-    for h in range(H):
-        q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
-        do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, offs_dv, DV)
-        k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, offs_dqk, DQK)
-        v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
-        s = _dot(q, tl.trans(k), IEEE) * alpha + bias
-        ds += _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, False)
+    if SCRATCH:  # the rows the scratch holds (see _bwd_kv_read); a masked tile's other pairs are zeroed below
+        seen = (offs_m < tl.minimum(seq_len, max_seq_len))[:, None]
+        corner, tile = _scratch_tile(scratch, m0, offs_m, offs_n, False)
+        for h in tl.static_range(H):
+            ds += tl.load(DS_S + corner + h * scratch_stride.to(tl.int64) + tile, mask=seen, other=0.0).to(tl.float32)
+    else:
+        for h in range(H):
+            q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
+            do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, offs_dv, DV)
+            k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, offs_dqk, DQK)
+            v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, offs_dv, DV)
+            s = _dot(q, tl.trans(k), IEEE) * alpha + bias
+            ds += _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, False)
     if MASKED:  # once for all heads
         ds = tl.where(valid, ds, 0.0)
     if POS_TABLE:  # static: no inner loop, which would stop the tile loop's pipelining
@@ -763,13 +856,15 @@ def _flush_bucket_grad(DTIME, dtime, num_buckets, BLOCK_BUCKETS: tl.constexpr):
 
 
 @triton.jit
-def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, qts, time_g,
+def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, scratch_offsets, pos_w, time_w, ts, qts, time_g, P_S, DS_S,
                   stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dot, stride_doh,
-                  alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets, length_tier,
-                  H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
+                  scratch_stride, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, time_scale, num_buckets,
+                  length_tier, H: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr,
                   HAS_TARGETS: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr,
                   HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr):
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
+                  SCRATCH: tl.constexpr):
+    """SCRATCH: also store each tile's p and ds for the other two backward kernels (see _scratch_tile)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # a head's costliest row blocks first
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
@@ -783,23 +878,24 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, 
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
     dq = tl.zeros([BLOCK_M, BLOCK_DQK], dtype=tl.float32)
     t_query, query_min, query_max = _query_times(qts, seq_start, m0, offs_m, seq_len, TIME_BIAS)
+    scratch = _scratch_start(scratch_offsets, b, h, scratch_stride, SCRATCH)
     full_hi, ctx_hi, lo, hi = _key_range(m0, seq_len, history_len, max_attn_len, contextual_len, BLOCK_M,
                                          BLOCK_N, HAS_WINDOW, HAS_CONTEXT)
     if not HAS_WINDOW:
         for start_n in range(0, full_hi, BLOCK_N):
             dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min,
                              query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
-                             max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
+                             max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, P_S, DS_S, scratch, DQK, DV,
                              HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
-                             False)
+                             SCRATCH, False)
     num_blocks = ctx_hi // BLOCK_N + tl.cdiv(hi - lo, BLOCK_N)
     for index in range(0, num_blocks):
         start_n = _segment_start(index, ctx_hi, lo, tl.cdiv(hi - lo, BLOCK_N), hi, BLOCK_N)
         dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min,
                          query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
-                         max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK, DV,
+                         max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, P_S, DS_S, scratch, DQK, DV,
                          HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
-                         True)
+                         SCRATCH, True)
     tl.store(DQ + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_dqk[None, :],
              (dq * alpha).to(DQ.dtype.element_ty), mask=(offs_m < seq_len)[:, None] & (offs_dqk < DQK)[None, :])
 
@@ -807,10 +903,10 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, pos_w, time_w, ts, 
 @triton.jit
 def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min, query_max,
                 stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len, max_attn_len, contextual_len,
-                pos_w, time_w, ts, time_g, time_scale, num_buckets, DQK: tl.constexpr, DV: tl.constexpr,
-                HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr,
-                BLOCK_DV: tl.constexpr, MASKED: tl.constexpr):
+                pos_w, time_w, ts, time_g, time_scale, num_buckets, P_S, DS_S, scratch, DQK: tl.constexpr,
+                DV: tl.constexpr, HAS_POS: tl.constexpr, POS_TABLE: tl.constexpr, TIME_BIAS: tl.constexpr,
+                HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, SCRATCH: tl.constexpr, MASKED: tl.constexpr):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(K, offs_n, seq_start, seq_len, stride_kt, h * stride_kh, tl.arange(0, BLOCK_DQK), DQK)
     v = _load_rows(V, offs_n, seq_start, seq_len, stride_vt, h * stride_vh, tl.arange(0, BLOCK_DV), DV)
@@ -818,7 +914,15 @@ def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, histor
                                  query_max, alpha, max_seq_len, max_attn_len, contextual_len, pos_w, time_w, ts, time_g,
                                  time_scale, num_buckets, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE,
                                  MASKED, False)
-    ds = _silu_grad_over(s, _sigmoid(s, IEEE), _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
+    sig = _sigmoid(s, IEEE)
+    ds = _silu_grad_over(s, sig, _dot(do, tl.trans(v), IEEE), valid, inv_n, MASKED)
+    if SCRATCH:  # every visible pair passes here once: written whole, no mask (the scratch holds the tile)
+        p = s * sig * inv_n
+        if MASKED:
+            p = tl.where(valid, p, 0.0)
+        corner, tile = _scratch_tile(scratch, m0, offs_m, offs_n, False)
+        tl.store(P_S + corner + tile, p.to(P_S.dtype.element_ty))
+        tl.store(DS_S + corner + tile, ds.to(DS_S.dtype.element_ty))
     return dq + _dot(ds.to(k.dtype), k, IEEE)
 
 
@@ -834,12 +938,15 @@ def _diagonal_tiles(block: int) -> dict[str, int]:
 
 _MAX_GRID_Y = 65_535  # CUDA's bound on a grid's second axis
 # length_tier: max_seq_len's next power of two, so that nearby lengths share a tuning instead of each tuning anew
-_TUNE_KEY = ["length_tier", "H", "DQK", "DV", "HAS_POS", "TIME_BIAS"]
+_TUNE_KEY = ["length_tier", "H", "DQK", "DV", "HAS_POS", "TIME_BIAS", "SCRATCH"]
 # single-stage tiles keep head dim 256 within shared memory: 128 x 64 on 8 warps is the dQ kernel's pick there
 # (its q and dO rows take 128 KB; 4 x 256: 4.51 -> 3.75 ms against 64 x 32 on 4 warps). At D = 128, N = 2048 the
 # last tile of each list below took dQ 0.911 -> 0.885 ms and dK/dV 1.369 -> 1.280 (README, fused attention)
+# 128 x 32 on 8 warps: the one tile on which the dQ kernel holds both biases and its scratch stores without
+# spilling (sm_90 compile: 248 registers, no stack; 128 x 64 on 8 warps, the pick without them: 168-216 bytes)
 _ROW_BLOCK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4),
-                      (128, 128, 8, 2), (128, 128, 8, 3), (64, 32, 4, 1), (128, 64, 8, 1), (64, 64, 4, 2)]
+                      (128, 128, 8, 2), (128, 128, 8, 3), (64, 32, 4, 1), (128, 64, 8, 1), (64, 64, 4, 2),
+                      (128, 32, 8, 3)]
 # 32 x 64 on 8 warps, two stages: with rab the only two-accumulator tile that does not spill at D = 128 (sm_90,
 # tests/ops/compile_for_hopper.py: 254-255 registers, no stack; the one picked before, 32 x 64 on 4 warps:
 # 152-288 bytes)
@@ -938,26 +1045,31 @@ class _Options:
     def _programs(blocks: int, above: bool) -> int:
         return 2 * blocks - 1 if above else blocks  # block diagonals on and below the main one, then above
 
-    def launches(self, block: str, diagonals: bool = False, transposed: bool = False):
+    def launches(self, block: str, diagonals: bool = False, transposed: bool = False, scratch_offsets=None):
         """(grid, pointers) per launch. CUDA bounds the grid's second axis (sequences x heads) at 65,535,
         so larger batches go in chunks of sequences; sliced offsets keep token indices global. Every chunk
         has the same autotune key, so only the first can tune (and zero DPOS / DTIME while it does).
         diagonals: one program per block diagonal and sequence (the bias kernel, which loops over the heads); those
         above the main one only hold pairs when contextual queries see every key. transposed: for the kernel of
-        transposed tiles (dK/dV)."""
+        transposed tiles (dK/dV). scratch_offsets: the backward kernels' (see _backward_scratch), sliced with the
+        sequences and passed after the targets."""
         above = diagonals and self.constexprs["HAS_CONTEXT"]
         step = _MAX_GRID_Y // self.num_heads
         for start in range(0, self.num_seqs, step):
             stop = min(start + step, self.num_seqs)
-            offsets, targets = self.seq_offsets, self.num_targets
+            offsets, targets, starts = self.seq_offsets, self.num_targets, scratch_offsets
             if stop - start < self.num_seqs:  # only then: no views made on the usual, one-launch path
                 offsets = offsets[start:stop + 1]
                 targets = None if targets is None else targets[start:stop]
+                starts = None if starts is None else starts[start:stop]
             grid = lambda meta, rows=(stop - start) * (1 if diagonals else self.num_heads): (  # noqa: E731
                 self._programs(triton.cdiv(self.max_seq_len, meta[block]) * (2 if meta.get("SPLIT") else 1), above),
                 rows)
             bias_pointers = self.transposed_bias_pointers if transposed else self.bias_pointers
-            yield grid, (offsets, self.seq_offsets if targets is None else targets, *bias_pointers)
+            per_sequence = (offsets, self.seq_offsets if targets is None else targets)
+            if scratch_offsets is not None:
+                per_sequence += (starts,)
+            yield grid, (*per_sequence, *bias_pointers)
 
 
 def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, query_timestamps,
@@ -975,7 +1087,7 @@ def forward(q, k, v, seq_offsets, num_targets, position_weights, time_weights, t
 def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time_weights, timestamps,
              query_timestamps, max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale,
              sorted_timestamps):
-    """Launches the dK/dV, dQ and bias-gradient kernels; grad_out, q, k, v must be contiguous. Returns dq, dk,
+    """Launches the dQ, dK/dV and bias-gradient kernels; grad_out, q, k, v must be contiguous. Returns dq, dk,
     dv and the fp32 gradients of the position and time weights (shaped like them; [0] where a weight is absent)."""
     options = _Options(q, v, seq_offsets, num_targets, position_weights, time_weights, timestamps, query_timestamps,
                        max_seq_len, alpha, max_attn_len, contextual_seq_len, time_bucket_scale, sorted_timestamps,
@@ -989,13 +1101,56 @@ def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time
         return dq.zero_(), dk.zero_(), dv.zero_(), dpos, dtime
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                grad_out.stride(0), grad_out.stride(1))
-    for grid, pointers in options.launches("BLOCK_N", transposed=True):
-        _bwd_kv[grid](q, k, v, grad_out, dk, dv, dtime, *pointers, *strides, *options.scalars,
-                      **options.kv_constexprs)
-    for grid, pointers in options.launches("BLOCK_M"):
-        _bwd_q[grid](q, k, v, grad_out, dq, *pointers, *strides, *options.scalars, **options.constexprs)
+    scratch = _backward_scratch(options, q, seq_offsets)
+    p_scratch, ds_scratch, starts, head_stride = scratch or (seq_offsets, seq_offsets, seq_offsets, 0)
+    flag = {"SCRATCH": scratch is not None}
+    # dQ first: with a scratch it writes the p and ds the other two read
+    for grid, pointers in options.launches("BLOCK_M", scratch_offsets=starts):
+        _bwd_q[grid](q, k, v, grad_out, dq, *pointers, p_scratch, ds_scratch, *strides, head_stride, *options.scalars,
+                     **options.constexprs, **flag)
+    for grid, pointers in options.launches("BLOCK_N", transposed=True, scratch_offsets=starts):
+        _bwd_kv[grid](q, k, v, grad_out, dk, dv, dtime, *pointers, p_scratch, ds_scratch, *strides, head_stride,
+                      *options.scalars, **options.kv_constexprs, **flag)
     if dpos.numel():  # the bias kernel, which also sums the time buckets (see _bwd_bias_kernel)
-        for grid, pointers in options.launches("BLOCK", diagonals=True):
-            _bwd_bias[grid](q, k, v, grad_out, dpos, dtime, *pointers, *strides, *options.scalars,
-                            **options.bias_constexprs)
+        for grid, pointers in options.launches("BLOCK", diagonals=True, scratch_offsets=starts):
+            _bwd_bias[grid](q, k, v, grad_out, dpos, dtime, *pointers, p_scratch, ds_scratch, *strides, head_stride,
+                            *options.scalars, **options.bias_constexprs, **flag)
     return dq, dk, dv, dpos, dtime
+
+
+SCRATCH_BLOCK = SCRATCH_ROWS.value
+
+
+def scratch_budget(device: torch.device) -> int:
+    """Bytes the backward may take for its scratch (_backward_scratch): GENREC_BACKWARD_SCRATCH_GB if set (0: never),
+    else an eighth of the GPU's memory; none elsewhere (under the interpreter, tests set it)."""
+    setting = os.environ.get("GENREC_BACKWARD_SCRATCH_GB")
+    if setting is not None:
+        return int(float(setting) * 2**30)
+    return torch.cuda.get_device_properties(device).total_memory // 8 if device.type == "cuda" else 0
+
+
+def _scratch_buffers(numel: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The p and ds scratch, uninitialised: the kernels read only what the dQ kernel wrote."""
+    return (torch.empty(numel, dtype=like.dtype, device=like.device),
+            torch.empty(numel, dtype=like.dtype, device=like.device))
+
+
+def _backward_scratch(options: _Options, q: torch.Tensor, seq_offsets: torch.Tensor):
+    """(p, ds, each sequence's start, head stride) for the backward kernels to share (see _scratch_tile), or None:
+    without a position bias (the time buckets' sums then stay in the dK/dV loop), with contextual queries (they see
+    keys above the diagonal, which the scratch does not hold), or past scratch_budget. Sized from the token count
+    and max_seq_len, which bound each sequence's pairs, so that no length is read back to the host: a sequence of
+    L <= N tokens holds under (L + R) (N + 2R) / 2 pairs, R = SCRATCH_BLOCK."""
+    if not options.constexprs["HAS_POS"] or options.constexprs["HAS_CONTEXT"]:
+        return None
+    rows, max_len, heads = SCRATCH_BLOCK, options.max_seq_len, q.shape[1]
+    blocks = triton.cdiv(max_len, rows)
+    per_head = min(options.num_seqs * rows * rows * blocks * (blocks + 1) // 2,
+                   (q.shape[0] + options.num_seqs * rows) * (max_len + 2 * rows) // 2)
+    if 2 * heads * per_head * q.element_size() > scratch_budget(q.device):
+        return None
+    lengths = (seq_offsets[1:] - seq_offsets[:-1]).to(torch.int64).clamp(max=max_len)
+    blocks_each = (lengths + rows - 1) // rows
+    sizes = rows * rows * blocks_each * (blocks_each + 1) // 2
+    return *_scratch_buffers(heads * per_head, q), torch.cumsum(sizes, 0) - sizes, per_head
