@@ -204,9 +204,12 @@ def chart(result: dict, path: Path) -> None:
 
     plain = sorted((r for r in result["rows"] if re.fullmatch(r"D128 N=\d+", r["case"])), key=lambda r: r["N"])
     biased = sorted((r for r in result["rows"] if re.fullmatch(r"D128 N=\d+ rab", r["case"])), key=lambda r: r["N"])
+    recomputed = sorted((r for r in result["rows"] if re.fullmatch(r"D128 N=\d+ rab, no scratch", r["case"])),
+                        key=lambda r: r["N"])
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for axis, (label, key, factor) in zip(axes, (("forward", "fwd", 1.0), ("forward + backward", "fwd_bwd", 3.5))):
-        for rows, name, style in ((plain, "genrec", "o-"), (biased, "genrec, rab^{p,t}", "s--")):
+        for rows, name, style in ((plain, "genrec", "o-"), (biased, "genrec, rab^{p,t}", "s--"),
+                                  (recomputed, "genrec, rab^{p,t}, backward without scratch", "x:")):
             points = [(r["N"], r[f"{key}_tflops"]) for r in rows if f"{key}_tflops" in r]
             if points:
                 axis.plot(*zip(*points), style, label=name)
