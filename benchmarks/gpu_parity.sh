@@ -31,6 +31,7 @@ mkdir -p "$out_dir"
   echo "== $(date -u) group $group${narrow}"
   nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo "no GPU: the interpreter runs the kernels"
   PYTHONPATH=src python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  echo "GENREC_BACKWARD_SCRATCH_GB=${GENREC_BACKWARD_SCRATCH_GB-unset}"
   if [ "$group" = tiles ] || [ "$group" = rab ]; then
     # four processes at once: each case compiles its kernels cold, which is CPU work, and the device has the cores
     parts=("fp32 and long" "fp32 and not long" "bf16 and long" "bf16 and not long")
