@@ -219,7 +219,7 @@ def test_no_scratch_with_contextual_queries_or_past_the_budget(monkeypatch):
     assert not made
 
 
-def test_scratch_holds_every_sequence():
+def test_scratch_holds_every_sequence(monkeypatch):
     """The scratch is sized without reading the lengths back: from the token count and max_seq_len."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
@@ -238,12 +238,8 @@ def test_scratch_holds_every_sequence():
         assert starts.tolist() == [sum(rows * rows * b * (b + 1) // 2 for b in blocks[:i]) for i in range(len(lengths))]
         assert starts[-1] + rows * rows * blocks[-1] * (blocks[-1] + 1) // 2 <= per_head
 
-    import os
-    os.environ["GENREC_BACKWARD_SCRATCH_GB"] = "64"
-    try:
-        check()
-    finally:
-        del os.environ["GENREC_BACKWARD_SCRATCH_GB"]
+    monkeypatch.setenv("GENREC_BACKWARD_SCRATCH_GB", "64")
+    check()
 
 
 @pytest.mark.parametrize("options", [{"rab": True, "targets": True, "window": 7, "context": 2},
