@@ -4,9 +4,10 @@ weight gradients.
 This file holds the kernels and their launchers; op.py registers the launchers with PyTorch.
 
 The relative bias rab^{p,t} is computed inside the kernels from positions, timestamps and the
-bucket weights (see rab.py), never materialised. Plain pointers only (no block pointers), so the
-kernels run on triton 3.6 and its CPU interpreter. Head dims need not be powers of two: tiles are
-padded to the next power of two and masked.
+bucket weights (see rab.py), never materialised. With a position bias the backward computes it once: the dQ
+kernel stores each pair's p and ds in a scratch that the other two read (see _backward_scratch). Plain pointers
+only (no block pointers), so the kernels run on triton 3.6 and its CPU interpreter. Head dims need not be powers of
+two: tiles are padded to the next power of two and masked.
 
 Shapes: B sequences, T tokens, H heads, Dqk / Dv head dims, N max_seq_len.
 Grid: (cdiv(N, BLOCK), B * H); the bias kernel's (block diagonals, B), each program over every head; in chunks of
@@ -597,8 +598,8 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
     if SCRATCH:
         dk, dv = _bwd_kv_read(dk, dv, q, do, P_S, DS_S, scratch, start_m, offs_m, offs_n, seq_len, history_len,
-                              max_seq_len, max_attn_len, contextual_len, HAS_WINDOW, HAS_CONTEXT, IEEE, WITH_DK, WITH_DV,
-                              MASKED)
+                              max_seq_len, max_attn_len, contextual_len, HAS_WINDOW, HAS_CONTEXT, IEEE, WITH_DK,
+                              WITH_DV, MASKED)
     else:
         dk, dv, dtime = _bwd_kv_compute(dk, dv, dtime, k, v, q, do, start_m, n0, offs_m, offs_n, seq_start, seq_len,
                                         history_len, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w,
@@ -673,10 +674,10 @@ def _bwd_bias_kernel(Q, K, V, DO, DPOS, DTIME, seq_offsets, num_targets, scratch
                      TIME_BIAS: tl.constexpr, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                      BLOCK: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                      BLOCK_REL: tl.constexpr, BLOCK_BUCKETS: tl.constexpr, SCRATCH: tl.constexpr):
-    """SCRATCH: each head's ds read from the dQ kernel's scratch instead of computed (it holds no pairs above the
-    diagonal: no contextual queries then). Program (d, sequence): the tiles with m0 - n0 = lag * BLOCK, lag = d for the first cdiv(N, BLOCK)
+    """Program (d, sequence): the tiles with m0 - n0 = lag * BLOCK, lag = d for the first cdiv(N, BLOCK)
     programs (on and below the diagonal, the longest first), then -1, -2, ... (above it: only contextual queries
-    see keys there), each tile over every head. Launched only with a position bias."""
+    see keys there), each tile over every head. Launched only with a position bias. SCRATCH: each head's ds read
+    from the dQ kernel's scratch instead of computed (no contextual queries then: nothing above the diagonal)."""
     tl.static_assert(HAS_POS)
     b = tl.program_id(1)
     seq_start, seq_len, history_len = _seq_bounds(seq_offsets, num_targets, b, HAS_TARGETS)
@@ -885,17 +886,17 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, scratch_offsets, po
         for start_n in range(0, full_hi, BLOCK_N):
             dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min,
                              query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
-                             max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, P_S, DS_S, scratch, DQK, DV,
-                             HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
-                             SCRATCH, False)
+                             max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, P_S,
+                             DS_S, scratch, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE,
+                             BLOCK_N, BLOCK_DQK, BLOCK_DV, SCRATCH, False)
     num_blocks = ctx_hi // BLOCK_N + tl.cdiv(hi - lo, BLOCK_N)
     for index in range(0, num_blocks):
         start_n = _segment_start(index, ctx_hi, lo, tl.cdiv(hi - lo, BLOCK_N), hi, BLOCK_N)
         dq = _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len, t_query, query_min,
                          query_max, stride_kt, stride_kh, stride_vt, stride_vh, h, alpha, inv_n, max_seq_len,
-                         max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, P_S, DS_S, scratch, DQK, DV,
-                         HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N, BLOCK_DQK, BLOCK_DV,
-                         SCRATCH, True)
+                         max_attn_len, contextual_len, pos_w, time_w, ts, time_g, time_scale, num_buckets, P_S, DS_S,
+                         scratch, DQK, DV, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT, IEEE, BLOCK_N,
+                         BLOCK_DQK, BLOCK_DV, SCRATCH, True)
     tl.store(DQ + (seq_start + offs_m)[:, None] * stride_qt + h * stride_qh + offs_dqk[None, :],
              (dq * alpha).to(DQ.dtype.element_ty), mask=(offs_m < seq_len)[:, None] & (offs_dqk < DQK)[None, :])
 
