@@ -219,6 +219,20 @@ def test_no_scratch_with_contextual_queries_or_past_the_budget(monkeypatch):
     assert not made
 
 
+def test_no_scratch_when_the_memory_is_not_free(monkeypatch):
+    """A scratch that does not fit leaves the backward to recompute, as it did before there was one."""
+    monkeypatch.setenv("GENREC_BACKWARD_SCRATCH_GB", "1")
+    tried = []
+
+    def out_of_memory(numel, like):
+        tried.append(numel)
+        raise torch.OutOfMemoryError("no room for the scratch")
+
+    monkeypatch.setattr(kernel, "_scratch_buffers", out_of_memory)
+    test_kernel_matches_reference({"rab": True}, torch.float32)
+    assert tried
+
+
 def test_scratch_holds_every_sequence(monkeypatch):
     """The scratch is sized without reading the lengths back: from the token count and max_seq_len."""
     from hypothesis import given, settings

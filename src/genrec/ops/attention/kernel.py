@@ -1140,9 +1140,9 @@ def _scratch_buffers(numel: int, like: torch.Tensor) -> tuple[torch.Tensor, torc
 def _backward_scratch(options: _Options, q: torch.Tensor, seq_offsets: torch.Tensor):
     """(p, ds, each sequence's start, head stride) for the backward kernels to share (see _scratch_tile), or None:
     without a position bias (the time buckets' sums then stay in the dK/dV loop), with contextual queries (they see
-    keys above the diagonal, which the scratch does not hold), or past scratch_budget. Sized from the token count
-    and max_seq_len, which bound each sequence's pairs, so that no length is read back to the host: a sequence of
-    L <= N tokens holds under (L + R) (N + 2R) / 2 pairs, R = SCRATCH_BLOCK."""
+    keys above the diagonal, which the scratch does not hold), past scratch_budget, or when the memory is not free.
+    Sized from the token count and max_seq_len, which bound each sequence's pairs, so that no length is read back to
+    the host: a sequence of L <= N tokens holds under (L + R) (N + 2R) / 2 pairs, R = SCRATCH_BLOCK."""
     if not options.constexprs["HAS_POS"] or options.constexprs["HAS_CONTEXT"]:
         return None
     rows, max_len, heads = SCRATCH_BLOCK, options.max_seq_len, q.shape[1]
@@ -1151,7 +1151,11 @@ def _backward_scratch(options: _Options, q: torch.Tensor, seq_offsets: torch.Ten
                    (q.shape[0] + options.num_seqs * rows) * (max_len + 2 * rows) // 2)
     if 2 * heads * per_head * q.element_size() > scratch_budget(q.device):
         return None
+    try:
+        buffers = _scratch_buffers(heads * per_head, q)
+    except torch.OutOfMemoryError:  # a model that fills the GPU trains as it did without the scratch
+        return None
     lengths = (seq_offsets[1:] - seq_offsets[:-1]).to(torch.int64).clamp(max=max_len)
     blocks_each = (lengths + rows - 1) // rows
     sizes = rows * rows * blocks_each * (blocks_each + 1) // 2
-    return *_scratch_buffers(heads * per_head, q), torch.cumsum(sizes, 0) - sizes, per_head
+    return *buffers, torch.cumsum(sizes, 0) - sizes, per_head
