@@ -5,8 +5,9 @@ the first's outputs and the tiles the autotuner picked. Writes JSON and a bar ch
 
 Inputs as benchmarks/attention.py's D = 128 cases: 4 heads of 128, ~124k bf16 tokens in sequences of 0.9-1 N,
 time gaps of 1 s to 1 h; relative bias parts as --rab says (none: no bias, the baseline of rab's cost). --kernels
-bias: the bias-gradient kernel alone (compiles in a fraction of the time); all: the whole backward (dK/dV, dQ, bias);
-fwd: the forward.
+bias: the bias-gradient kernel alone, recomputing ds (compiles in a fraction of the time); all: the whole backward (dQ,
+dK/dV, bias; through the scratch where the version has one and GENREC_BACKWARD_SCRATCH_GB allows it); fwd: the
+forward.
 
     git show HEAD~1:src/genrec/ops/attention/kernel.py > /tmp/kernel_before.py
     python benchmarks/kernel_variants.py /tmp/kernel_before.py src/genrec/ops/attention/kernel.py --out /tmp/k.json
@@ -56,9 +57,15 @@ def launches_of(module, inputs: dict, kernels: str):
         dtime = torch.zeros(0 if inputs["time"] is None else inputs["time"].numel(), device=q.device)
         strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), grad.stride(0),
                    grad.stride(1))
-        for grid, pointers in options.launches("BLOCK", diagonals=True):
-            module._bwd_bias[grid](q, k, v, grad, dpos, dtime, *pointers, *strides, *options.scalars,
-                                   **options.bias_constexprs)
+        if "SCRATCH" not in module._bwd_bias_kernel.arg_names:  # a version from before the backward's scratch
+            for grid, pointers in options.launches("BLOCK", diagonals=True):
+                module._bwd_bias[grid](q, k, v, grad, dpos, dtime, *pointers, *strides, *options.scalars,
+                                       **options.bias_constexprs)
+            return dpos, dtime
+        unused = inputs["offsets"]  # the bias kernel alone recomputes ds: no scratch, placeholders for its pointers
+        for grid, pointers in options.launches("BLOCK", diagonals=True, scratch_offsets=unused):
+            module._bwd_bias[grid](q, k, v, grad, dpos, dtime, *pointers, unused, unused, *strides, 0,
+                                   *options.scalars, **options.bias_constexprs, SCRATCH=False)
         return dpos, dtime
     return bias_only
 
