@@ -298,6 +298,14 @@ def test_launches_in_chunks_of_sequences(monkeypatch):
     _chunked_case([1, 7, 3, 20, 5], heads=2, max_seq_len=24)
 
 
+def test_launches_in_chunks_of_sequences_through_the_scratch(monkeypatch):
+    """Each chunk's sequences find their own scratch: its starts are sliced with the offsets."""
+    made = poison_scratch(monkeypatch)
+    monkeypatch.setattr(kernel, "_MAX_GRID_Y", 5)
+    _chunked_case([1, 7, 3, 20, 5], heads=2, max_seq_len=24)
+    assert made
+
+
 @pytest.mark.skipif(DEVICE == "cpu", reason="65,600 programs take the interpreter too long")
 def test_more_sequence_heads_than_the_grid_axis_bound():
     _chunked_case([2] * 16_400, heads=4, max_seq_len=2)
