@@ -452,6 +452,7 @@ def _fwd_step(acc, q, K, V, start_n, offs_m, m0, seq_start, seq_len, history_len
 # two products (no scores, no bias), and the bias-gradient kernel reads ds (no products). Values are in the inputs'
 # dtype, the precision the products take them in. Pairs no one wrote are never read: readers mask to visible pairs.
 SCRATCH_ROWS = tl.constexpr(128)  # query rows per scratch block: a multiple of every query tile's height
+SCRATCH_BLOCK = SCRATCH_ROWS.value  # the same, for the launcher
 
 
 @triton.jit
@@ -1117,9 +1118,6 @@ def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time
             _bwd_bias[grid](q, k, v, grad_out, dpos, dtime, *pointers, p_scratch, ds_scratch, *strides, head_stride,
                             *options.scalars, **options.bias_constexprs, **flag)
     return dq, dk, dv, dpos, dtime
-
-
-SCRATCH_BLOCK = SCRATCH_ROWS.value
 
 
 def scratch_budget(device: torch.device) -> int:
