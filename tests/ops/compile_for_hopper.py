@@ -48,10 +48,10 @@ def signature(fn, dtype: str, constexprs: dict) -> dict[str, str]:
             types[name] = f"*{dtype}" if in_dtype else "*fp32"
         elif name in FLOATS:
             types[name] = "fp32"
-        elif name == "scratch_stride":
-            types[name] = "i64"
+        elif name in ("P_S", "DS_S") and fn is kernel._bwd_kv_kernel:  # tensor descriptors, blocked by the tile
+            types[name] = f"tensordesc<{dtype}[{constexprs['BLOCK_M']},{constexprs['BLOCK_N']}]>"
         elif name.startswith("stride") or name in ("max_seq_len", "max_attn_len", "contextual_len", "num_buckets",
-                                                   "length_tier"):
+                                                   "length_tier", "scratch_stride"):
             types[name] = "i32"
         else:
             types[name] = f"*{dtype}"
@@ -83,6 +83,8 @@ def compile_variant(name: str, dtype: str, variant: str, head_dim: int, tile: tu
                           SPLIT=split)
     if "SCRATCH" in fn.arg_names:
         constexprs["SCRATCH"] = variant == "scratch"
+        if variant != "scratch":  # the launchers pass None for the scratch's descriptors then
+            constexprs.update(P_S=None, DS_S=None)
     types = signature(fn, dtype, constexprs)
     # what a launch specialises on: 16-byte aligned pointers, and strides divisible by 16 where they are
     aligned = [name for name, kind in types.items() if kind.startswith("*")

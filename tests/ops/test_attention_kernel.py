@@ -246,11 +246,11 @@ def test_scratch_holds_every_sequence(monkeypatch):
         q = torch.empty(sum(lengths), 2, 8)
         options = kernel._Options(q, q, offsets, None, torch.zeros(2 * max_seq_len - 1), None, None, None,
                                   max_seq_len, 1.0, 0, 0, 0.3, False, backward=True)
-        *_, starts, per_head = kernel._backward_scratch(options, q, offsets)
+        *_, starts, per_head = kernel._backward_scratch(options, q, offsets)  # in rows of SCRATCH_BLOCK pairs
         rows = kernel.SCRATCH_BLOCK
         blocks = [-(-length // rows) for length in lengths]
-        assert starts.tolist() == [sum(rows * rows * b * (b + 1) // 2 for b in blocks[:i]) for i in range(len(lengths))]
-        assert starts[-1] + rows * rows * blocks[-1] * (blocks[-1] + 1) // 2 <= per_head
+        assert starts.tolist() == [sum(rows * b * (b + 1) // 2 for b in blocks[:i]) for i in range(len(lengths))]
+        assert starts[-1] + rows * blocks[-1] * (blocks[-1] + 1) // 2 <= per_head
 
     monkeypatch.setenv("GENREC_BACKWARD_SCRATCH_GB", "64")
     check()

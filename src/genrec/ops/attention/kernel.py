@@ -6,8 +6,8 @@ This file holds the kernels and their launchers; op.py registers the launchers w
 The relative bias rab^{p,t} is computed inside the kernels from positions, timestamps and the
 bucket weights (see rab.py), never materialised. With a position bias the backward computes it once: the dQ
 kernel stores each pair's p and ds in a scratch that the other two read (see _backward_scratch). Plain pointers
-only (no block pointers), so the kernels run on triton 3.6 and its CPU interpreter. Head dims need not be powers of
-two: tiles are padded to the next power of two and masked.
+and, for the dK/dV kernel's scratch loads, tensor descriptors (no block pointers), so the kernels run on triton 3.6
+and its CPU interpreter. Head dims need not be powers of two: tiles are padded to the next power of two and masked.
 
 Shapes: B sequences, T tokens, H heads, Dqk / Dv head dims, N max_seq_len.
 Grid: (cdiv(N, BLOCK), B * H); the bias kernel's (block diagonals, B), each program over every head; in chunks of
@@ -22,6 +22,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from genrec.ops.attention.rab import query_timestamps as default_query_timestamps
 from genrec.ops.attention.rab import thresholds_on
@@ -457,24 +458,30 @@ SCRATCH_BLOCK = SCRATCH_ROWS.value  # the same, for the launcher
 
 @triton.jit
 def _scratch_start(scratch_offsets, b, h, scratch_stride, SCRATCH: tl.constexpr):
-    """Where sequence b's scratch of head h starts (int64; 0, unused, without a scratch)."""
-    start = tl.zeros([], dtype=tl.int64)
+    """The row at which sequence b's scratch of head h starts (0, unused, without a scratch)."""
+    start = 0
     if SCRATCH:
-        start = tl.load(scratch_offsets + b) + h * scratch_stride.to(tl.int64)
+        start = tl.load(scratch_offsets + b).to(tl.int32) + h * scratch_stride
     return start
 
 
 @triton.jit
-def _scratch_tile(start, m0, offs_m, offs_n, TRANSPOSED: tl.constexpr):
-    """(corner, offsets) of a tile's pairs in a sequence's scratch starting at `start`, for queries m0 + ... of one
-    scratch block. Block r holds its SCRATCH_ROWS rows' first (r + 1) * SCRATCH_ROWS keys, row by row: every pair on
-    and below the diagonal, at one row pitch within a block. The corner is int64, the offsets within it int32."""
+def _scratch_corner(start, m0, n0):
+    """(row, column) of the tile at queries m0, keys n0 in the [rows, SCRATCH_ROWS] view of a sequence's scratch
+    that starts at row `start`. Pairs lie in square tiles of SCRATCH_ROWS, each row-major: query block r holds the
+    r + 1 tiles of its keys up to its diagonal, after the r (r + 1) / 2 tiles of the blocks before it. A kernel's
+    tile lies inside one of them (its sides divide SCRATCH_ROWS), at one pitch: a tensor descriptor's block."""
     block = m0 // SCRATCH_ROWS
-    pitch = (block + 1) * SCRATCH_ROWS
-    wide = block.to(tl.int64)
-    corner = start + wide * (wide + 1) // 2 * (SCRATCH_ROWS * SCRATCH_ROWS) + (m0 - block * SCRATCH_ROWS).to(
-        tl.int64) * pitch
-    return corner, _across_queries((offs_m - m0) * pitch, TRANSPOSED) + _across_keys(offs_n, TRANSPOSED)
+    column_block = n0 // SCRATCH_ROWS
+    square = block * (block + 1) // 2 + column_block
+    return start + square * SCRATCH_ROWS + m0 - block * SCRATCH_ROWS, n0 - column_block * SCRATCH_ROWS
+
+
+@triton.jit
+def _scratch_pointers(scratch, row, col, ROWS: tl.constexpr, COLS: tl.constexpr):
+    """Pointers to the [ROWS, COLS] tile at (row, col) of a [rows, SCRATCH_ROWS] scratch (int64 past its corner)."""
+    tile = tl.arange(0, ROWS)[:, None] * SCRATCH_ROWS + col + tl.arange(0, COLS)[None, :]
+    return scratch + row.to(tl.int64) * SCRATCH_ROWS + tile
 
 
 @triton.jit
@@ -598,9 +605,8 @@ def _bwd_kv_step(dk, dv, dtime, k, v, Q, DO, start_m, n0, offs_n, seq_start, seq
     q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, tl.arange(0, BLOCK_DQK), DQK)
     do = _load_rows(DO, offs_m, seq_start, seq_len, stride_dot, h * stride_doh, tl.arange(0, BLOCK_DV), DV)
     if SCRATCH:
-        dk, dv = _bwd_kv_read(dk, dv, q, do, P_S, DS_S, scratch, start_m, offs_m, offs_n, seq_len, history_len,
-                              max_seq_len, max_attn_len, contextual_len, HAS_WINDOW, HAS_CONTEXT, IEEE, WITH_DK,
-                              WITH_DV, MASKED)
+        dk, dv = _bwd_kv_read(dk, dv, q, do, P_S, DS_S, scratch, start_m, n0, offs_m, offs_n, seq_len, history_len,
+                              max_attn_len, contextual_len, HAS_WINDOW, HAS_CONTEXT, IEEE, WITH_DK, WITH_DV, MASKED)
     else:
         dk, dv, dtime = _bwd_kv_compute(dk, dv, dtime, k, v, q, do, start_m, n0, offs_m, offs_n, seq_start, seq_len,
                                         history_len, alpha, inv_n, max_seq_len, max_attn_len, contextual_len, pos_w,
@@ -638,22 +644,25 @@ def _bwd_kv_compute(dk, dv, dtime, k, v, q, do, start_m, n0, offs_m, offs_n, seq
 
 
 @triton.jit
-def _bwd_kv_read(dk, dv, q, do, P_S, DS_S, scratch, start_m, offs_m, offs_n, seq_len, history_len, max_seq_len,
-                 max_attn_len, contextual_len, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
+def _bwd_kv_read(dk, dv, q, do, P_S, DS_S, scratch, start_m, n0, offs_m, offs_n, seq_len, history_len, max_attn_len,
+                 contextual_len, HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                  WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, MASKED: tl.constexpr):
-    """The tile's p and ds read from the scratch, into dV and dK: the visible pairs of the rows it holds (a sequence
-    past max_seq_len is cut there, as the forward cuts it). In an unmasked tile every key is in bounds: rows alone."""
-    rows = tl.minimum(seq_len, max_seq_len)
+    """The tile's p and ds read from the scratch, into dV and dK. A masked tile takes its visible pairs alone: the
+    rest of its block was never written or holds other pairs. An unmasked tile lies inside a dQ tile that wrote all
+    of it (those rows past the sequence's end too, finite, against zero rows of dO and q), so its blocks go to the
+    products as they are, which lets triton's pipeliner prefetch them."""
+    row, col = _scratch_corner(scratch, start_m, n0)
+    p = tl.trans(P_S.load([row, col]))
+    ds = tl.trans(DS_S.load([row, col]))
     if MASKED:
-        seen = _visible(offs_m, offs_n, rows, history_len, max_attn_len, contextual_len, HAS_WINDOW, HAS_CONTEXT, True,
-                        True)
-    else:
-        seen = _across_queries(offs_m < rows, True)
-    corner, tile = _scratch_tile(scratch, start_m, offs_m, offs_n, True)
+        seen = _visible(offs_m, offs_n, seq_len, history_len, max_attn_len, contextual_len, HAS_WINDOW, HAS_CONTEXT,
+                        True, True)
+        p = tl.where(seen, p, 0.0)
+        ds = tl.where(seen, ds, 0.0)
     if WITH_DV:
-        dv += _dot(tl.load(P_S + corner + tile, mask=seen, other=0.0), do, IEEE)
+        dv += _dot(p, do, IEEE)
     if WITH_DK:
-        dk += _dot(tl.load(DS_S + corner + tile, mask=seen, other=0.0), q, IEEE)
+        dk += _dot(ds, q, IEEE)
     return dk, dv
 
 
@@ -775,11 +784,13 @@ def _bwd_bias_step(acc, dtime, run_lower, run_upper, run_near, Q, K, V, DO, DPOS
         key_min, two_buckets, far_gap, near_w, far_w, near, HAS_POS, POS_TABLE, TIME_BIAS, HAS_WINDOW, HAS_CONTEXT,
         IEEE, MASKED, False)
     ds = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
-    if SCRATCH:  # the rows the scratch holds (see _bwd_kv_read); a masked tile's other pairs are zeroed below
-        seen = (offs_m < tl.minimum(seq_len, max_seq_len))[:, None]
-        corner, tile = _scratch_tile(scratch, m0, offs_m, offs_n, False)
+    if SCRATCH:  # rows past the sequence's end may be unwritten; a masked tile's invisible pairs are zeroed below
+        # plain loads: per-head tensor-descriptor loads, waited on one by one, took this kernel 0.96 -> 1.23 ms
+        # (H100, N = 2048, both biases)
+        row, col = _scratch_corner(scratch, m0, n0)
         for h in tl.static_range(H):
-            ds += tl.load(DS_S + corner + h * scratch_stride.to(tl.int64) + tile, mask=seen, other=0.0).to(tl.float32)
+            ds += tl.load(_scratch_pointers(DS_S, row + h * scratch_stride, col, BLOCK, BLOCK),
+                          mask=(offs_m < seq_len)[:, None], other=0.0).to(tl.float32)
     else:
         for h in range(H):
             q = _load_rows(Q, offs_m, seq_start, seq_len, stride_qt, h * stride_qh, offs_dqk, DQK)
@@ -866,7 +877,7 @@ def _bwd_q_kernel(Q, K, V, DO, DQ, seq_offsets, num_targets, scratch_offsets, po
                   HAS_WINDOW: tl.constexpr, HAS_CONTEXT: tl.constexpr, IEEE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr,
                   SCRATCH: tl.constexpr):
-    """SCRATCH: also store each tile's p and ds for the other two backward kernels (see _scratch_tile)."""
+    """SCRATCH: also store each tile's p and ds for the other two backward kernels (see _scratch_corner)."""
     pid_m = tl.num_programs(0) - 1 - tl.program_id(0)  # a head's costliest row blocks first
     b = tl.program_id(1) // H
     h = tl.program_id(1) % H
@@ -922,9 +933,9 @@ def _bwd_q_step(dq, q, do, K, V, start_n, offs_m, m0, seq_start, seq_len, histor
         p = s * sig * inv_n
         if MASKED:
             p = tl.where(valid, p, 0.0)
-        corner, tile = _scratch_tile(scratch, m0, offs_m, offs_n, False)
-        tl.store(P_S + corner + tile, p.to(P_S.dtype.element_ty))
-        tl.store(DS_S + corner + tile, ds.to(DS_S.dtype.element_ty))
+        row, col = _scratch_corner(scratch, m0, start_n)
+        tl.store(_scratch_pointers(P_S, row, col, offs_m.shape[0], BLOCK_N), p.to(P_S.dtype.element_ty))
+        tl.store(_scratch_pointers(DS_S, row, col, offs_m.shape[0], BLOCK_N), ds.to(DS_S.dtype.element_ty))
     return dq + _dot(ds.to(k.dtype), k, IEEE)
 
 
@@ -955,6 +966,8 @@ _ROW_BLOCK_CONFIGS = [(64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 4, 3), (128, 64
 _KEY_BLOCK_CONFIGS = [(64, 64, 4, 2), (32, 128, 4, 2), (64, 128, 8, 2), (32, 64, 4, 1), (64, 128, 8, 3), (32, 64, 8, 2)]
 _SPLIT_KEY_BLOCK_CONFIGS = [(32, 128, 8, 2), (64, 64, 4, 2)]  # dK and dV in programs of their own (SPLIT)
 _DIAGONAL_CONFIGS = [(64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2), (32, 4, 2), (32, 4, 1)]
+# the dK/dV kernel reads its unmasked tiles from the scratch unmasked (_bwd_kv_read): each must lie inside a dQ tile
+assert max(m for m, *_ in _KEY_BLOCK_CONFIGS + _SPLIT_KEY_BLOCK_CONFIGS) <= min(m for m, *_ in _ROW_BLOCK_CONFIGS)
 if INTERPRET or not AUTOTUNE:  # the CPU interpreter is slow: one small tile there
     _fwd, _bwd_kv, _bwd_q, _bwd_bias = _fwd_kernel, _bwd_kv_kernel, _bwd_q_kernel, _bwd_bias_kernel
     _FIXED = {"BLOCK_M": 16, "BLOCK_N": 16} if INTERPRET else {"BLOCK_M": 64, "BLOCK_N": 64}
@@ -1104,18 +1117,19 @@ def backward(grad_out, q, k, v, seq_offsets, num_targets, position_weights, time
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                grad_out.stride(0), grad_out.stride(1))
     scratch = _backward_scratch(options, q, seq_offsets)
-    p_scratch, ds_scratch, starts, head_stride = scratch or (seq_offsets, seq_offsets, seq_offsets, 0)
+    p_scratch, ds_scratch, starts, head_stride = scratch or (None, None, seq_offsets, 0)
+    descriptors = (None, None) if scratch is None else _descriptors(p_scratch, ds_scratch)
     flag = {"SCRATCH": scratch is not None}
     # dQ first: with a scratch it writes the p and ds the other two read
     for grid, pointers in options.launches("BLOCK_M", scratch_offsets=starts):
         _bwd_q[grid](q, k, v, grad_out, dq, *pointers, p_scratch, ds_scratch, *strides, head_stride, *options.scalars,
                      **options.constexprs, **flag)
     for grid, pointers in options.launches("BLOCK_N", transposed=True, scratch_offsets=starts):
-        _bwd_kv[grid](q, k, v, grad_out, dk, dv, dtime, *pointers, p_scratch, ds_scratch, *strides, head_stride,
+        _bwd_kv[grid](q, k, v, grad_out, dk, dv, dtime, *pointers, *descriptors, *strides, head_stride,
                       *options.scalars, **options.kv_constexprs, **flag)
     if dpos.numel():  # the bias kernel, which also sums the time buckets (see _bwd_bias_kernel)
         for grid, pointers in options.launches("BLOCK", diagonals=True, scratch_offsets=starts):
-            _bwd_bias[grid](q, k, v, grad_out, dpos, dtime, *pointers, p_scratch, ds_scratch, *strides, head_stride,
+            _bwd_bias[grid](q, k, v, grad_out, dpos, dtime, *pointers, None, ds_scratch, *strides, head_stride,
                             *options.scalars, **options.bias_constexprs, **flag)
     return dq, dk, dv, dpos, dtime
 
@@ -1136,24 +1150,56 @@ def _scratch_buffers(numel: int, like: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 def _backward_scratch(options: _Options, q: torch.Tensor, seq_offsets: torch.Tensor):
-    """(p, ds, each sequence's start, head stride) for the backward kernels to share (see _scratch_tile), or None:
-    without a position bias (the time buckets' sums then stay in the dK/dV loop), with contextual queries (they see
-    keys above the diagonal, which the scratch does not hold), past scratch_budget, or when the memory is not free.
-    Sized from the token count and max_seq_len, which bound each sequence's pairs, so that no length is read back to
-    the host: a sequence of L <= N tokens holds under (L + R) (N + 2R) / 2 pairs, R = SCRATCH_BLOCK."""
+    """(p, ds, each sequence's first row, rows per head) for the backward kernels to share, or None: without a
+    position bias (the time buckets' sums then stay in the dK/dV loop), with contextual queries (they see keys above
+    the diagonal, which the scratch does not hold), past scratch_budget, or when the memory is not free. p and ds are
+    [rows, SCRATCH_BLOCK] (see _scratch_corner). Sized from the token count and max_seq_len, which bound each
+    sequence's pairs, so that no length is read back to the host: a sequence of L <= N tokens holds under
+    (L + R) (N + 2R) / 2 pairs, R = SCRATCH_BLOCK."""
     if not options.constexprs["HAS_POS"] or options.constexprs["HAS_CONTEXT"]:
         return None
     rows, max_len, heads = SCRATCH_BLOCK, options.max_seq_len, q.shape[1]
     blocks = triton.cdiv(max_len, rows)
-    per_head = min(options.num_seqs * rows * rows * blocks * (blocks + 1) // 2,
-                   (q.shape[0] + options.num_seqs * rows) * (max_len + 2 * rows) // 2)
-    if 2 * heads * per_head * q.element_size() > scratch_budget(q.device):
+    per_head = min(options.num_seqs * rows * blocks * (blocks + 1) // 2,
+                   triton.cdiv((q.shape[0] + options.num_seqs * rows) * (max_len + 2 * rows) // 2, rows))
+    # the kernels address rows in int32
+    if heads * per_head >= 2**31 or 2 * heads * per_head * rows * q.element_size() > scratch_budget(q.device):
         return None
     try:
-        buffers = _scratch_buffers(heads * per_head, q)
+        buffers = _scratch_buffers(heads * per_head * rows, q)
     except torch.OutOfMemoryError:  # a model that fills the GPU trains as it did without the scratch
         return None
     lengths = (seq_offsets[1:] - seq_offsets[:-1]).to(torch.int64).clamp(max=max_len)
     blocks_each = (lengths + rows - 1) // rows
-    sizes = rows * rows * blocks_each * (blocks_each + 1) // 2
-    return *buffers, torch.cumsum(sizes, 0) - sizes, per_head
+    sizes = rows * blocks_each * (blocks_each + 1) // 2
+    p, ds = (buffer.view(-1, rows) for buffer in buffers)
+    return p, ds, torch.cumsum(sizes, 0) - sizes, per_head
+
+
+def _descriptors(p: torch.Tensor, ds: torch.Tensor) -> tuple[TensorDescriptor, TensorDescriptor]:
+    """Tensor descriptors over the scratch for the dK/dV kernel, which loads its tiles with bulk asynchronous copies
+    (TMA) that triton pipelines (H100, N = 8192, both biases: 5.75 -> 2.82 ms, the tile-major layout included). Its
+    launches set their block to their tile (_scratch_blocks). The dQ kernel stores with plain pointers: through
+    descriptors it took 7.13 ms against 6.08; the bias kernel loads so (per-head descriptor loads, waited on one by
+    one: 0.96 -> 1.23 ms at N = 2048)."""
+    return TensorDescriptor.from_tensor(p, [SCRATCH_BLOCK] * 2), TensorDescriptor.from_tensor(ds, [SCRATCH_BLOCK] * 2)
+
+
+def _scratch_blocks(kernel) -> None:
+    """Before each launch of the kernel (each autotuned tile included), sets the scratch descriptors' block to the
+    launch's tile (BLOCK_M queries by BLOCK_N keys)."""
+    position = {name: index for index, name in enumerate(kernel.arg_names)}
+
+    def set_blocks(*args, **kwargs):
+        def argument(name):
+            return kwargs[name] if name in kwargs else args[position[name]]
+
+        for name in ("P_S", "DS_S"):
+            descriptor = argument(name)
+            if descriptor is not None:
+                descriptor.block_shape = [argument("BLOCK_M"), argument("BLOCK_N")]
+
+    kernel.add_pre_run_hook(set_blocks)
+
+
+_scratch_blocks(_bwd_kv_kernel)
