@@ -7,7 +7,7 @@
 # Appends to OUT_DIR/gpu-parity-DATE.txt with the device, versions and the group; commit it under
 # docs/gpu-parity/ whenever a kernel changes.
 # Group tiles: every tile of the training kernels' autotune lists launched as is, on random jagged lengths (four
-# pytest processes at once). Group rab: the reference cases with a relative bias, both dtypes (four processes).
+# pytest processes at once; cut off by `timeout`, the group still appends what each process logged). Group rab: the reference cases with a relative bias, both dtypes (four processes).
 #   bash benchmarks/gpu_parity.sh "$OUT" fp32   # groups: fp32, bf16, rab, tiles, rest (everything else), all, candidates
 # A third argument narrows a training-kernel group by pytest -k (one call may not hold them all), e.g. tiles 0-5:
 #   bash benchmarks/gpu_parity.sh "$OUT" tiles "context-0 or long-0 or context-5 or long-5"
@@ -39,13 +39,24 @@ mkdir -p "$out_dir"
       some="(window or wide_times or unsorted or time_only)"
       parts=("fp32 and $some" "fp32 and not $some" "bf16 and $some" "bf16 and not $some")
     fi
+    collect() {  # each process's log into the dated one, in order
+      for i in 0 1 2 3; do echo "-- $select and ${parts[$i]}$narrow"; cat "$out_dir/.part-$i.txt"; rm "$out_dir/.part-$i.txt"; done
+    }
+    cut_off() {  # timeout sends SIGTERM: stop the processes and keep what they logged
+      kill $(jobs -p) 2>/dev/null
+      wait
+      { collect; printf '\ncut off: SIGTERM\n'; } >> "$log"
+      exit 124
+    }
+    trap cut_off TERM
     for i in 0 1 2 3; do
       GENREC_AUTOTUNE=0 PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_attention_kernel.py \
         -k "$select and ${parts[$i]}$narrow" > "$out_dir/.part-$i.txt" 2>&1 &
     done
     rc=0
     for job in $(jobs -p); do wait "$job" || rc=1; done
-    for i in 0 1 2 3; do echo "-- $select and ${parts[$i]}$narrow"; cat "$out_dir/.part-$i.txt"; rm "$out_dir/.part-$i.txt"; done
+    trap - TERM
+    collect
     (exit $rc)
   elif [ "$group" = candidates ]; then
     PYTHONPATH=src:. python3 -m pytest -v -p no:cacheprovider tests/ops/test_candidate_kernel.py 2>&1
