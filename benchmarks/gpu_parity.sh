@@ -7,7 +7,8 @@
 # Appends to OUT_DIR/gpu-parity-DATE.txt with the device, versions and the group; commit it under
 # docs/gpu-parity/ whenever a kernel changes.
 # Group tiles: every tile of the training kernels' autotune lists launched as is, on random jagged lengths (four
-# pytest processes at once; cut off by `timeout`, the group still appends what each process logged). Group rab: the reference cases with a relative bias, both dtypes (four processes).
+# pytest processes at once). Group rab: the reference cases with a relative bias, both dtypes (four processes). Cut
+# off by `timeout`, either group still appends what each of its processes logged.
 #   bash benchmarks/gpu_parity.sh "$OUT" fp32   # groups: fp32, bf16, rab, tiles, rest (everything else), all, candidates
 # A third argument narrows a training-kernel group by pytest -k (one call may not hold them all), e.g. tiles 0-5:
 #   bash benchmarks/gpu_parity.sh "$OUT" tiles "context-0 or long-0 or context-5 or long-5"
