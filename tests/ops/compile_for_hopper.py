@@ -98,6 +98,8 @@ def compile_variant(name: str, dtype: str, variant: str, head_dim: int, tile: tu
             "sfu_ops": {op: len(re.findall(rf"\b{op}\.approx", ptx)) for op in ("tanh", "ex2", "rcp", "lg2")},
             "divisions": len(re.findall(r"\bdiv\.\w+\.f32", ptx)),
             "4-byte async copies": len(re.findall(r"cp\.async\.\w+\.shared\.global \[[^]]*\], \[[^]]*\], 0x4,", ptx)),
+            "2-byte loads": len(re.findall(r"\bld\.global\.b16", ptx)),
+            "2-byte stores": len(re.findall(r"\bst\.global\.b16", ptx)),
             **resource_usage(compiled.asm["cubin"])}
 
 

@@ -400,3 +400,6 @@ def test_kernels_compile_for_hopper():
     # through the scratch the dK/dV and bias kernels compute no score (no sigmoid), and dK/dV does not spill
     assert all("'tanh': 0," in lines[name, "scratch"] for name in ("bwd_kv", "bwd_bias")), run.stdout
     assert "'stack': 0}" in lines["bwd_kv", "scratch"] and "'tanh': 64," in lines["bwd_q", "scratch"], run.stdout
+    # the dQ kernel stores its scratch tiles, and the bias kernel loads them, in 16-byte vectors: not one 2-byte access
+    assert "'2-byte stores': 0," in lines["bwd_q", "scratch"], run.stdout
+    assert "'2-byte loads': 0," in lines["bwd_bias", "scratch"], run.stdout
